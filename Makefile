@@ -1,0 +1,110 @@
+# hostedai.gpuaas: developer and CI entry points.  `make test` is the one command
+# that installs what it needs and runs every check; `.ci/run` calls it.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+BUILD := $(CURDIR)/.build
+N ?= 5
+SCENARIOS := gpu_scan node_lifecycle unreachable
+
+# Keep every Ansible run out of the home directory, and find this checkout as
+# the hostedai.gpuaas collection.
+export ANSIBLE_COLLECTIONS_PATH := $(BUILD)/collections
+export ANSIBLE_HOME := $(BUILD)/ansible-home
+export ANSIBLE_LOCAL_TEMP := $(BUILD)/ansible-home/tmp
+export ANSIBLE_ASYNC_DIR := $(BUILD)/ansible-home/async
+export MOLECULE_GLOB := molecule/*/molecule.yml
+export PATH := $(BIN):$(PATH)
+
+FLEET := $(BIN)/python tests/fleet/fleet.py
+COLLECTION_LINK := $(BUILD)/collections/ansible_collections/hostedai/gpuaas
+DEBIAN_PACKAGES := openssh-server debootstrap gcc libyaml-dev iproute2 util-linux rsync
+
+.PHONY: help deps venv collection fleet-image fleet-up fleet-down test test-unit test-sanity \
+        test-lint test-build test-fleet test-molecule bench clean
+
+help:
+	@echo "make test                 install everything and run the whole suite (as root)"
+	@echo "make fleet-up N=3         start N test-fleet nodes;  make fleet-down  stops them"
+	@echo "make bench                fleet scan benchmark (1, 5, 10 nodes)"
+
+# --------------------------------------------------------------------------- setup
+$(BUILD)/debian-packages.stamp:
+	@mkdir -p $(BUILD)
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	@touch $@
+deps: $(BUILD)/debian-packages.stamp
+
+$(VENV)/.installed: requirements.txt | $(BUILD)/debian-packages.stamp
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	@touch $@
+venv: $(VENV)/.installed
+
+$(COLLECTION_LINK):
+	@mkdir -p $(dir $@)
+	ln -sfn $(CURDIR) $@
+collection: $(COLLECTION_LINK)
+
+# --------------------------------------------------------------------------- fleet
+fleet-image: venv deps
+	$(FLEET) image
+
+fleet-up: fleet-image collection
+	$(FLEET) up $(N)
+
+fleet-down: venv
+	$(FLEET) down
+
+# --------------------------------------------------------------------------- tests
+test: venv deps collection
+	@$(MAKE) --no-print-directory test-unit test-sanity test-lint test-build
+	@$(MAKE) --no-print-directory test-fleet
+	@echo "all checks passed"
+
+test-unit: venv collection
+	$(BIN)/pytest -q tests/unit
+
+# ansible-test wants to run from inside ansible_collections/<ns>/<name>: copy
+# the tracked files there.  See docs/development.md for the tests left out.
+test-sanity: venv
+	rm -rf $(BUILD)/sanity && mkdir -p $(BUILD)/sanity/ansible_collections/hostedai/gpuaas
+	git ls-files -co --exclude-standard | rsync -a --files-from=- ./ $(BUILD)/sanity/ansible_collections/hostedai/gpuaas/
+	cd $(BUILD)/sanity/ansible_collections/hostedai/gpuaas && git init -q && git add -A && \
+	  $(BIN)/ansible-test sanity --python 3.11 --color no \
+	    $$(sed -e 's/#.*//' -e '/^$$/d' -e 's/^/--skip-test /' $(CURDIR)/tests/sanity/skipped-tests.txt)
+
+test-lint: venv collection
+	ANSIBLE_LINT_SKIP_SCHEMA_UPDATE=1 $(BIN)/ansible-lint --offline --profile production
+
+test-build: venv
+	rm -rf $(BUILD)/dist $(BUILD)/installed && mkdir -p $(BUILD)/dist
+	$(BIN)/ansible-galaxy collection build --force --output-path $(BUILD)/dist .
+	$(BIN)/ansible-galaxy collection install --offline -p $(BUILD)/installed $(BUILD)/dist/hostedai-gpuaas-*.tar.gz
+	$(BIN)/pytest -q tests/build --installed $(BUILD)/installed --tarball $$(ls $(BUILD)/dist/hostedai-gpuaas-*.tar.gz)
+
+# The fleet is machine-wide: make sure none is left over, and always stop ours.
+test-fleet: fleet-image collection
+	@$(FLEET) down >/dev/null 2>&1 || true
+	@status=0; \
+	$(BIN)/pytest -q tests/fleet_harness || status=1; \
+	if [ $$status = 0 ]; then \
+	  $(FLEET) hub && \
+	  for s in $(SCENARIOS); do \
+	    echo "=== molecule test -s $$s"; \
+	    $(FLEET) exec -- env PATH="$$PATH" $(BIN)/molecule test -s $$s || { status=1; break; }; \
+	  done; \
+	fi; \
+	$(FLEET) down || status=1; \
+	exit $$status
+
+bench: fleet-image collection
+	$(BIN)/python bench/fleet_scan.py
+
+clean: fleet-down
+	rm -rf $(BUILD)

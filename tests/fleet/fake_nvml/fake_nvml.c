@@ -1,0 +1,347 @@
+/*
+ * A stand-in for NVIDIA's libnvidia-ml.so.1, loaded by nvidia-ml-py (pynvml)
+ * exactly as the real library is: dlopen("libnvidia-ml.so.1") and symbol
+ * lookups.  It exists so that the project's NVML code path runs unchanged on
+ * test-fleet nodes that have no GPU.
+ *
+ * Each node describes its GPUs in a profile file (default
+ * /etc/fake-nvml/profile, overridable with FAKE_NVML_PROFILE):
+ *
+ *   driver_version=550.54.15
+ *   cuda_version=12040
+ *   gpu=<uuid>|<name>|<memory MiB>|<pci bus id>|<mig 0/1>
+ *
+ * Settable state (compute mode) persists in the node's own filesystem under
+ * FAKE_NVML_STATE_DIR (default /var/lib/fake-nvml): compute-mode-<index>.
+ * A GPU is "lost" (NVML_ERROR_GPU_IS_LOST on every query) while the file
+ * <state dir>/lost-<index> exists, which is how failure tests pull a GPU.
+ * Utilisation, temperature and power are derived deterministically from the
+ * index and the clock, so samples vary but stay in realistic ranges.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef int nvmlReturn_t;
+#define NVML_SUCCESS 0
+#define NVML_ERROR_UNINITIALIZED 1
+#define NVML_ERROR_INVALID_ARGUMENT 2
+#define NVML_ERROR_NOT_SUPPORTED 3
+#define NVML_ERROR_NO_PERMISSION 4
+#define NVML_ERROR_NOT_FOUND 6
+#define NVML_ERROR_INSUFFICIENT_SIZE 7
+#define NVML_ERROR_DRIVER_NOT_LOADED 9
+#define NVML_ERROR_GPU_IS_LOST 15
+#define NVML_ERROR_UNKNOWN 999
+
+#define MAX_GPUS 16
+#define FIELD 96
+
+struct fake_gpu {
+    unsigned index;
+    char uuid[FIELD];
+    char name[FIELD];
+    unsigned long long memory_mib;
+    char bus_id[32];
+    unsigned mig;
+};
+typedef struct fake_gpu *nvmlDevice_t;
+
+typedef struct { unsigned long long total, free, used; } nvmlMemory_t;
+typedef struct {
+    unsigned int version;
+    unsigned long long total, reserved, free, used;
+} nvmlMemory_v2_t;
+typedef struct {
+    char busIdLegacy[16];
+    unsigned int domain, bus, device, pciDeviceId, pciSubSystemId;
+    char busId[32];
+} nvmlPciInfo_t;
+typedef struct { unsigned int gpu, memory; } nvmlUtilization_t;
+
+static struct fake_gpu gpus[MAX_GPUS];
+static unsigned gpu_count;
+static char driver_version[FIELD] = "550.54.15";
+static int cuda_version = 12040;
+static int initialised;
+
+static const char *profile_path(void) {
+    const char *p = getenv("FAKE_NVML_PROFILE");
+    return p && *p ? p : "/etc/fake-nvml/profile";
+}
+
+static const char *state_dir(void) {
+    const char *p = getenv("FAKE_NVML_STATE_DIR");
+    return p && *p ? p : "/var/lib/fake-nvml";
+}
+
+static void copy_field(char *dst, size_t size, const char *src) {
+    snprintf(dst, size, "%s", src ? src : "");
+}
+
+static nvmlReturn_t load_profile(void) {
+    FILE *f = fopen(profile_path(), "r");
+    char line[512];
+    gpu_count = 0;
+    /* A missing profile is a driver that is not loaded: the same answer the
+     * real library gives on a host whose kernel module is absent. */
+    if (!f) return NVML_ERROR_DRIVER_NOT_LOADED;
+    while (fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\r\n")] = 0;
+        if (!strncmp(line, "driver_version=", 15)) {
+            copy_field(driver_version, sizeof driver_version, line + 15);
+        } else if (!strncmp(line, "cuda_version=", 13)) {
+            cuda_version = atoi(line + 13);
+        } else if (!strncmp(line, "gpu=", 4) && gpu_count < MAX_GPUS) {
+            struct fake_gpu *g = &gpus[gpu_count];
+            char *save = NULL, *tok;
+            char *fields[5] = {0};
+            int n = 0;
+            for (tok = strtok_r(line + 4, "|", &save); tok && n < 5; tok = strtok_r(NULL, "|", &save))
+                fields[n++] = tok;
+            if (n < 4) continue;
+            g->index = gpu_count;
+            copy_field(g->uuid, sizeof g->uuid, fields[0]);
+            copy_field(g->name, sizeof g->name, fields[1]);
+            g->memory_mib = strtoull(fields[2], NULL, 10);
+            copy_field(g->bus_id, sizeof g->bus_id, fields[3]);
+            g->mig = n > 4 ? (unsigned)atoi(fields[4]) : 0;
+            gpu_count++;
+        }
+    }
+    fclose(f);
+    return NVML_SUCCESS;
+}
+
+static void state_file(char *buf, size_t size, const char *what, unsigned index) {
+    snprintf(buf, size, "%s/%s-%u", state_dir(), what, index);
+}
+
+static int is_lost(const struct fake_gpu *g) {
+    char path[512];
+    state_file(path, sizeof path, "lost", g->index);
+    return access(path, F_OK) == 0;
+}
+
+/* Every per-device call starts here: initialised, valid handle, not lost. */
+static nvmlReturn_t check_device(nvmlDevice_t d) {
+    if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    if (d < gpus || d >= gpus + gpu_count) return NVML_ERROR_INVALID_ARGUMENT;
+    if (is_lost(d)) return NVML_ERROR_GPU_IS_LOST;
+    return NVML_SUCCESS;
+}
+
+static nvmlReturn_t copy_out(char *dst, unsigned length, const char *src) {
+    if (!dst) return NVML_ERROR_INVALID_ARGUMENT;
+    if (strlen(src) + 1 > length) return NVML_ERROR_INSUFFICIENT_SIZE;
+    strcpy(dst, src);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
+    nvmlReturn_t rc;
+    (void)flags;
+    rc = load_profile();
+    if (rc == NVML_SUCCESS) initialised = 1;
+    return rc;
+}
+nvmlReturn_t nvmlInit_v2(void) { return nvmlInitWithFlags(0); }
+nvmlReturn_t nvmlInit(void) { return nvmlInitWithFlags(0); }
+nvmlReturn_t nvmlShutdown(void) {
+    if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    initialised = 0;
+    return NVML_SUCCESS;
+}
+
+const char *nvmlErrorString(nvmlReturn_t rc) {
+    switch (rc) {
+    case NVML_SUCCESS: return "Success";
+    case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
+    case NVML_ERROR_INVALID_ARGUMENT: return "Invalid Argument";
+    case NVML_ERROR_NOT_SUPPORTED: return "Not Supported";
+    case NVML_ERROR_NO_PERMISSION: return "Insufficient Permissions";
+    case NVML_ERROR_NOT_FOUND: return "Not Found";
+    case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient Size";
+    case NVML_ERROR_DRIVER_NOT_LOADED: return "Driver Not Loaded";
+    case NVML_ERROR_GPU_IS_LOST: return "GPU is lost";
+    default: return "Unknown Error";
+    }
+}
+
+nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length) {
+    if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    return copy_out(version, length, driver_version);
+}
+nvmlReturn_t nvmlSystemGetNVMLVersion(char *version, unsigned int length) {
+    char buf[FIELD + 8];
+    snprintf(buf, sizeof buf, "12.%s", driver_version);
+    return copy_out(version, length, buf);
+}
+nvmlReturn_t nvmlSystemGetCudaDriverVersion(int *version) {
+    if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    if (!version) return NVML_ERROR_INVALID_ARGUMENT;
+    *version = cuda_version;
+    return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *version) {
+    return nvmlSystemGetCudaDriverVersion(version);
+}
+
+nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) {
+    if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    *count = gpu_count;
+    return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlDeviceGetCount(unsigned int *count) { return nvmlDeviceGetCount_v2(count); }
+
+nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device) {
+    if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    if (!device || index >= gpu_count) return NVML_ERROR_INVALID_ARGUMENT;
+    *device = &gpus[index];
+    return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlDeviceGetHandleByIndex(unsigned int index, nvmlDevice_t *device) {
+    return nvmlDeviceGetHandleByIndex_v2(index, device);
+}
+nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device) {
+    unsigned i;
+    if (!initialised) return NVML_ERROR_UNINITIALIZED;
+    if (!uuid || !device) return NVML_ERROR_INVALID_ARGUMENT;
+    for (i = 0; i < gpu_count; i++) {
+        if (!strcmp(gpus[i].uuid, uuid)) {
+            if (is_lost(&gpus[i])) return NVML_ERROR_GPU_IS_LOST;
+            *device = &gpus[i];
+            return NVML_SUCCESS;
+        }
+    }
+    return NVML_ERROR_NOT_FOUND;
+}
+
+nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t d, unsigned int *index) {
+    nvmlReturn_t rc = check_device(d);
+    if (rc) return rc;
+    *index = d->index;
+    return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char *name, unsigned int length) {
+    nvmlReturn_t rc = check_device(d);
+    return rc ? rc : copy_out(name, length, d->name);
+}
+nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *uuid, unsigned int length) {
+    nvmlReturn_t rc = check_device(d);
+    return rc ? rc : copy_out(uuid, length, d->uuid);
+}
+
+static unsigned long long memory_used_bytes(const struct fake_gpu *g) {
+    /* A small, stable footprint per GPU (driver context), like an idle card. */
+    return (unsigned long long)(512 + 64 * g->index) * 1024 * 1024;
+}
+
+nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *memory) {
+    nvmlReturn_t rc = check_device(d);
+    if (rc) return rc;
+    if (!memory) return NVML_ERROR_INVALID_ARGUMENT;
+    memory->total = d->memory_mib * 1024 * 1024;
+    memory->used = memory_used_bytes(d);
+    memory->free = memory->total - memory->used;
+    return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v2_t *memory) {
+    nvmlReturn_t rc = check_device(d);
+    if (rc) return rc;
+    if (!memory) return NVML_ERROR_INVALID_ARGUMENT;
+    memory->total = d->memory_mib * 1024 * 1024;
+    memory->reserved = 0;
+    memory->used = memory_used_bytes(d);
+    memory->free = memory->total - memory->used;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t d, nvmlPciInfo_t *pci) {
+    unsigned domain = 0, bus = 0, device = 0, function = 0;
+    nvmlReturn_t rc = check_device(d);
+    if (rc) return rc;
+    if (!pci) return NVML_ERROR_INVALID_ARGUMENT;
+    memset(pci, 0, sizeof *pci);
+    sscanf(d->bus_id, "%x:%x:%x.%x", &domain, &bus, &device, &function);
+    pci->domain = domain;
+    pci->bus = bus;
+    pci->device = device;
+    pci->pciDeviceId = 0x233010de; /* device id << 16 | NVIDIA's vendor id */
+    pci->pciSubSystemId = 0x16c110de;
+    snprintf(pci->busId, sizeof pci->busId, "%s", d->bus_id);
+    snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "%04x:%02x:%02x.%x", domain, bus, device, function);
+    return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlDeviceGetPciInfo_v2(nvmlDevice_t d, nvmlPciInfo_t *pci) { return nvmlDeviceGetPciInfo_v3(d, pci); }
+nvmlReturn_t nvmlDeviceGetPciInfo(nvmlDevice_t d, nvmlPciInfo_t *pci) { return nvmlDeviceGetPciInfo_v3(d, pci); }
+
+nvmlReturn_t nvmlDeviceGetComputeMode(nvmlDevice_t d, int *mode) {
+    char path[512];
+    FILE *f;
+    nvmlReturn_t rc = check_device(d);
+    if (rc) return rc;
+    if (!mode) return NVML_ERROR_INVALID_ARGUMENT;
+    *mode = 0; /* NVML_COMPUTEMODE_DEFAULT until someone sets it */
+    state_file(path, sizeof path, "compute-mode", d->index);
+    if ((f = fopen(path, "r"))) {
+        if (fscanf(f, "%d", mode) != 1) *mode = 0;
+        fclose(f);
+    }
+    return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlDeviceSetComputeMode(nvmlDevice_t d, int mode) {
+    char path[512];
+    FILE *f;
+    nvmlReturn_t rc = check_device(d);
+    if (rc) return rc;
+    /* 0 DEFAULT, 2 PROHIBITED, 3 EXCLUSIVE_PROCESS; 1 was removed from NVML. */
+    if (mode != 0 && mode != 2 && mode != 3) return NVML_ERROR_INVALID_ARGUMENT;
+    if (geteuid() != 0) return NVML_ERROR_NO_PERMISSION;
+    mkdir(state_dir(), 0755);
+    state_file(path, sizeof path, "compute-mode", d->index);
+    if (!(f = fopen(path, "w"))) return NVML_ERROR_UNKNOWN;
+    fprintf(f, "%d\n", mode);
+    fclose(f);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t d, unsigned int *current, unsigned int *pending) {
+    nvmlReturn_t rc = check_device(d);
+    if (rc) return rc;
+    if (!current || !pending) return NVML_ERROR_INVALID_ARGUMENT;
+    *current = *pending = d->mig;
+    return NVML_SUCCESS;
+}
+
+static unsigned wave(const struct fake_gpu *g, unsigned spread) {
+    return (unsigned)((time(NULL) / 60 + g->index * 7) % spread);
+}
+
+nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtilization_t *u) {
+    nvmlReturn_t rc = check_device(d);
+    if (rc) return rc;
+    if (!u) return NVML_ERROR_INVALID_ARGUMENT;
+    u->gpu = 20 + wave(d, 70);
+    u->memory = 10 + wave(d, 50);
+    return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t d, int sensor, unsigned int *temp) {
+    nvmlReturn_t rc = check_device(d);
+    if (rc) return rc;
+    if (sensor != 0 || !temp) return NVML_ERROR_INVALID_ARGUMENT; /* only NVML_TEMPERATURE_GPU */
+    *temp = 35 + wave(d, 40);
+    return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t d, unsigned int *milliwatts) {
+    nvmlReturn_t rc = check_device(d);
+    if (rc) return rc;
+    if (!milliwatts) return NVML_ERROR_INVALID_ARGUMENT;
+    *milliwatts = 60000 + wave(d, 240) * 1000;
+    return NVML_SUCCESS;
+}

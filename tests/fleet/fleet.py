@@ -1,0 +1,620 @@
+#!/usr/bin/env python3
+"""The test fleet: several Debian nodes on this one machine, reached over real SSH.
+
+Each node is a network namespace with a veth into a bridge that lives in a
+"hub" namespace, an overlay of one shared debootstrap image, a private mount,
+UTS and PID namespace, and an sshd.  Ansible (and anything that drives it)
+runs inside the hub namespace, so no host interface is touched.
+
+    fleet.py image            build the node image once (debootstrap), reuse it
+    fleet.py up [N]           start N nodes (refuses if a fleet is running)
+    fleet.py down             stop every node by PID and remove all traces
+    fleet.py status           print the running fleet as JSON
+    fleet.py exec -- CMD...   run CMD inside the hub namespace
+    fleet.py sshd NODE stop|start
+    fleet.py node NODE stop|start
+    fleet.py lose-gpu NODE INDEX / restore-gpu NODE INDEX
+    fleet.py node-exec NODE -- CMD...   run CMD inside a node
+
+The fleet is a machine-wide resource (namespaces, a bridge, one address
+range), so `up` takes a lock and refuses to start over a running fleet.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+CACHE_DIR = Path(os.environ.get("FLEET_CACHE_DIR", "/var/cache/hostedai-gpuaas-fleet"))
+STATE_DIR = Path(os.environ.get("FLEET_STATE_DIR", "/var/lib/hostedai-gpuaas-fleet"))
+IMAGE_DIR = CACHE_DIR / "rootfs"
+HUB_NS = "gpuaas-hub"
+NODE_NS_PREFIX = "gpuaas-"
+BRIDGE = "gpuaas-br0"
+# RFC 2544 benchmarking range: never routed, and not this machine's network.
+SUBNET = ipaddress.ip_network(os.environ.get("FLEET_SUBNET", "198.18.0.0/24"))
+HUB_ADDRESS = SUBNET.network_address + 1
+FIRST_NODE_HOST = 11
+MAX_NODES = 32
+REBOOT_EXIT_CODE = 42
+IMAGE_PACKAGES = "openssh-server,python3,iproute2,procps,sudo"
+GPU_UUID_NAMESPACE = uuid.UUID("5f1d1c1e-9a43-4c1b-8f61-6a2f0e0a9a10")
+
+
+class FleetError(Exception):
+    """A precondition the operator must fix; printed as one line."""
+
+
+def run(*cmd: str, check: bool = True, capture: bool = False, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, text=True,
+                          stdout=subprocess.PIPE if capture else None,
+                          stderr=subprocess.PIPE if capture else None, **kwargs)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load_slots() -> list[dict]:
+    return yaml.safe_load((HERE / "profiles.yml").read_text())["slots"]
+
+
+def node_name(number: int) -> str:
+    return f"node{number}"
+
+
+def node_address(number: int) -> str:
+    return str(SUBNET.network_address + FIRST_NODE_HOST + number - 1)
+
+
+def gpu_uuid(node: str, index: int) -> str:
+    return "GPU-" + str(uuid.uuid5(GPU_UUID_NAMESPACE, f"{node}/{index}"))
+
+
+def node_hardware(number: int) -> dict:
+    """What node N has: groups, GPUs (with UUIDs), NPUs and volume group."""
+    slots = load_slots()
+    slot = slots[(number - 1) % len(slots)]
+    name = node_name(number)
+    hardware: dict = {"groups": slot["groups"], "nvml": None, "gpus": [], "npus": [], "volume_group": None}
+    if "nvml" in slot:
+        nvml = slot["nvml"]
+        spec = nvml["gpus"]
+        hardware["nvml"] = {"driver_version": nvml["driver_version"], "cuda_version": nvml["cuda_version"]}
+        hardware["gpus"] = [
+            {"index": i, "uuid": gpu_uuid(name, i), "model": spec["model"], "memory_mib": spec["memory_mib"],
+             "pci_bus_id": f"00000000:{spec['first_bus'] + i * 0x10:02X}:00.0"}
+            for i in range(spec["count"])
+        ]
+    if "npus" in slot:
+        spec = slot["npus"]
+        hardware["npus"] = [{"id": i, "chip": spec["chip"], "memory_mb": spec["memory_mb"], "health": "OK"}
+                            for i in range(spec["count"])]
+    if "volume_group" in slot:
+        hardware["volume_group"] = slot["volume_group"]
+    return hardware
+
+
+# --------------------------------------------------------------------------- image
+
+def image_inputs_digest() -> str:
+    """Rebuild the image when what goes into it changes."""
+    import pynvml  # the same nvidia-ml-py the project pins
+
+    digest = hashlib.sha256(IMAGE_PACKAGES.encode())
+    digest.update(Path(pynvml.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def apt_mirror() -> str:
+    """The Debian mirror this machine's apt already uses (no host is hard-coded)."""
+    sources = list(Path("/etc/apt/sources.list.d").glob("*.sources")) + [Path("/etc/apt/sources.list")]
+    for source in sources:
+        if not source.exists():
+            continue
+        for line in source.read_text().splitlines():
+            line = line.strip()
+            if line.startswith("URIs:") and "security" not in line:
+                return line.split()[1]
+            if line.startswith("deb ") and "security" not in line:
+                parts = [p for p in line.split() if not p.startswith("[")]
+                return parts[1]
+    raise FleetError("no Debian mirror found in /etc/apt sources")
+
+
+def build_image(force: bool = False) -> None:
+    marker = CACHE_DIR / "image.digest"
+    digest = image_inputs_digest()
+    if not force and IMAGE_DIR.is_dir() and marker.exists() and marker.read_text() == digest:
+        print(f"fleet image up to date: {IMAGE_DIR}")
+        return
+    for tool in ("debootstrap", "sshd", "ssh-keygen", "gcc"):
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
+            raise FleetError(f"{tool} is missing; run: apt-get install -y debootstrap openssh-server gcc")
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    partial = CACHE_DIR / "rootfs.partial"
+    if not (partial / "usr/sbin/sshd").exists() or force:
+        shutil.rmtree(partial, ignore_errors=True)
+        print("building the fleet image with debootstrap (about a minute)...", flush=True)
+        run("debootstrap", "--variant=minbase", f"--include={IMAGE_PACKAGES}", "bookworm", str(partial), apt_mirror(),
+            stdout=subprocess.DEVNULL)
+    # Every node gets its own host keys at start-up; none may be shared.
+    for key in (partial / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    (partial / "etc/ssh/sshd_config.d/fleet.conf").write_text(
+        "HostKey /etc/ssh/ssh_host_ed25519_key\n"
+        "PermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\n"
+        "UseDNS no\n"
+        "MaxStartups 100:30:200\n"
+        "MaxSessions 50\n")
+    # nvidia-ml-py is one pure-Python file; production nodes install it too.
+    import pynvml
+
+    site = partial / "usr/lib/python3/dist-packages"
+    shutil.copy2(pynvml.__file__, site / "pynvml.py")
+    shutil.rmtree(IMAGE_DIR, ignore_errors=True)
+    partial.rename(IMAGE_DIR)
+    marker.write_text(digest)
+    print(f"fleet image ready: {IMAGE_DIR}")
+
+
+def build_fake_nvml() -> Path:
+    out = STATE_DIR / "libnvidia-ml.so.1"
+    run("gcc", "-O2", "-Wall", "-Wno-format-truncation", "-shared", "-fPIC", "-Wl,-soname,libnvidia-ml.so.1",
+        "-o", str(out), str(HERE / "fake_nvml/fake_nvml.c"))
+    return out
+
+
+# --------------------------------------------------------------------------- state
+
+def read_state() -> dict | None:
+    path = STATE_DIR / "state.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_state(state: dict) -> None:
+    tmp = STATE_DIR / "state.json.tmp"
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(STATE_DIR / "state.json")
+
+
+def namespaces() -> list[str]:
+    listing = run("ip", "netns", "list", capture=True).stdout
+    return [line.split()[0] for line in listing.splitlines() if line.strip()]
+
+
+def fleet_is_running(state: dict | None) -> bool:
+    """Nodes are running, or node namespaces exist that no record explains."""
+    if state and any(pid_alive(n["supervisor_pid"]) for n in state["nodes"].values()):
+        return True
+    return any(ns.startswith(NODE_NS_PREFIX) and ns != HUB_NS for ns in namespaces())
+
+
+def ensure_hub() -> None:
+    """The hub namespace holds the bridge; the controller (ansible) runs in it.
+
+    It may outlive a fleet (`down --keep-hub`) so that a process already
+    running inside it, such as molecule, can bring up the next fleet.
+    """
+    if HUB_NS in namespaces():
+        return
+    check_subnet_free()
+    run("ip", "netns", "add", HUB_NS)
+    run("ip", "-n", HUB_NS, "link", "set", "lo", "up")
+    run("ip", "-n", HUB_NS, "link", "add", BRIDGE, "type", "bridge")
+    run("ip", "-n", HUB_NS, "addr", "add", f"{HUB_ADDRESS}/{SUBNET.prefixlen}", "dev", BRIDGE)
+    run("ip", "-n", HUB_NS, "link", "set", BRIDGE, "up")
+
+
+class FleetLock:
+    """Serialises up/down across processes: the fleet is machine-wide."""
+
+    def __enter__(self):
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        self.handle = open(STATE_DIR.parent / f".{STATE_DIR.name}.lock", "w")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FleetError("another fleet command holds the lock; wait for it") from None
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+# --------------------------------------------------------------------------- up
+
+def check_subnet_free() -> None:
+    addresses = run("ip", "-o", "-4", "addr", "show", capture=True).stdout
+    for line in addresses.splitlines():
+        address = ipaddress.ip_interface(line.split()[3])
+        if address.network.overlaps(SUBNET):
+            raise FleetError(f"{SUBNET} is already used on this host ({line.split()[1]}); set FLEET_SUBNET")
+
+
+def write_node_files(name: str, number: int, upper: Path, client_pubkey: str, hardware: dict,
+                     nvml_library: Path) -> str:
+    """Populate the node's overlay upper dir before first boot; return its host public key."""
+    for directory in ("etc/ssh", "root/.ssh", "usr/local/sbin", "usr/local/bin", "var/lib/fake-kube-apiserver",
+                      "var/log", "etc/gpuaas"):
+        (upper / directory).mkdir(parents=True, exist_ok=True)
+    (upper / "etc/hostname").write_text(name + "\n")
+    (upper / "etc/hosts").write_text(f"127.0.0.1 localhost\n{node_address(number)} {name}\n")
+    # The host resolver is unreachable from a namespace: fail lookups fast.
+    (upper / "etc/resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    key = upper / "etc/ssh/ssh_host_ed25519_key"
+    run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key))
+    ssh_dir = upper / "root/.ssh"
+    ssh_dir.chmod(0o700)
+    (ssh_dir / "authorized_keys").write_text(client_pubkey)
+    (ssh_dir / "authorized_keys").chmod(0o600)
+    for tool in ("fleet-init", "shutdown", "kubeadm", "kubectl"):
+        target = upper / ("usr/local/sbin" if tool in ("fleet-init", "shutdown") else "usr/local/bin") / tool
+        shutil.copy2(HERE / "node_files" / tool, target)
+    for alias in ("reboot", "poweroff"):
+        (upper / "usr/local/sbin" / alias).symlink_to("shutdown")
+    if hardware["nvml"]:
+        libdir = upper / "usr/lib/x86_64-linux-gnu"
+        libdir.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(nvml_library, libdir / "libnvidia-ml.so.1")
+        profile = upper / "etc/fake-nvml/profile"
+        profile.parent.mkdir(parents=True, exist_ok=True)
+        lines = [f"driver_version={hardware['nvml']['driver_version']}",
+                 f"cuda_version={hardware['nvml']['cuda_version']}"]
+        lines += [f"gpu={g['uuid']}|{g['model']}|{g['memory_mib']}|{g['pci_bus_id']}|0" for g in hardware["gpus"]]
+        profile.write_text("\n".join(lines) + "\n")
+    if hardware["npus"]:
+        shutil.copy2(HERE / "node_files/npu-smi", upper / "usr/local/sbin/npu-smi")
+        profile = upper / "etc/fake-npu/profile"
+        profile.parent.mkdir(parents=True, exist_ok=True)
+        profile.write_text("".join(f"{n['id']}|{n['chip']}|{n['memory_mb']}|{n['health']}\n"
+                                   for n in hardware["npus"]))
+    if hardware["volume_group"]:
+        vg = hardware["volume_group"]
+        shutil.copy2(HERE / "node_files/vgs", upper / "usr/local/sbin/vgs")
+        (upper / "etc/fake-lvm").mkdir(parents=True, exist_ok=True)
+        (upper / "etc/fake-lvm/vg").write_text(f"{vg['name']}|{vg['size_bytes']}|{vg['free_bytes']}\n")
+    return Path(str(key) + ".pub").read_text().split()[:2]
+
+
+BOOT_SCRIPT = r"""
+set -e
+node_dir=$1; image=$2; cluster=$3
+merged=$node_dir/merged
+mount -t overlay overlay -o lowerdir=$image,upperdir=$node_dir/upper,workdir=$node_dir/work $merged
+mount -t proc proc $merged/proc
+mount -t tmpfs -o mode=755,size=16m tmpfs $merged/dev
+for dev in null zero random urandom tty full; do
+  touch $merged/dev/$dev; mount --bind /dev/$dev $merged/dev/$dev
+done
+mkdir -p $merged/dev/pts $merged/dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666 devpts $merged/dev/pts
+ln -s pts/ptmx $merged/dev/ptmx
+mount -t tmpfs -o mode=755,size=32m tmpfs $merged/run
+mount -t tmpfs -o mode=1777,size=256m tmpfs $merged/tmp
+mount --rbind /sys $merged/sys
+mount --bind $cluster $merged/var/lib/fake-kube-apiserver
+hostname "$(cat $node_dir/upper/etc/hostname)"
+exec chroot $merged /usr/local/sbin/fleet-init
+"""
+
+SUPERVISOR_SCRIPT = r"""
+# Boots the node; boots it again when its PID 1 exits with the reboot code.
+while :; do
+  ip netns exec "$1" unshare --mount --uts --pid --fork --propagation private bash -c "$BOOT" boot "$2" "$3" "$4"
+  rc=$?
+  [ "$rc" -eq {reboot} ] || exit "$rc"
+  sleep 3  # the node really is away for a while, as after a real reboot
+done
+""".replace("{reboot}", str(REBOOT_EXIT_CODE))
+
+
+def start_node(name: str, node: dict, image: Path) -> int:
+    env = dict(os.environ, BOOT=BOOT_SCRIPT)
+    log = open(Path(node["dir"]) / "supervisor.log", "a")
+    process = subprocess.Popen(
+        ["bash", "-c", SUPERVISOR_SCRIPT, "supervisor", node["netns"], node["dir"], str(image),
+         str(STATE_DIR / "cluster")],
+        env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    return process.pid
+
+
+def up(count: int) -> None:
+    if not 1 <= count <= MAX_NODES:
+        raise FleetError(f"N must be between 1 and {MAX_NODES}")
+    with FleetLock():
+        state = read_state()
+        if fleet_is_running(state):
+            raise FleetError("a fleet is already running; run `make fleet-down` first")
+        if state:  # leftovers of a fleet that died: clean them before reuse
+            teardown(state, keep_hub=True)
+        if not (CACHE_DIR / "image.digest").exists():
+            build_image()
+        ensure_hub()
+        shutil.rmtree(STATE_DIR, ignore_errors=True)
+        STATE_DIR.mkdir(parents=True)
+        (STATE_DIR / "cluster").mkdir()
+        client_key = STATE_DIR / "id_ed25519"
+        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gpuaas-fleet-controller", "-f", str(client_key))
+        nvml_library = build_fake_nvml()
+        state = {"subnet": str(SUBNET), "hub_netns": HUB_NS, "nodes": {}}
+        write_state(state)  # from here on `down` can clean up whatever follows
+
+        known_hosts = []
+        for number in range(1, count + 1):
+            name = node_name(number)
+            netns = NODE_NS_PREFIX + name
+            node_dir = STATE_DIR / "nodes" / name
+            for sub in ("upper", "work", "merged"):
+                (node_dir / sub).mkdir(parents=True)
+            hardware = node_hardware(number)
+            host_key = write_node_files(name, number, node_dir / "upper", (client_key.with_suffix(".pub")).read_text(),
+                                        hardware, nvml_library)
+            known_hosts.append(f"{node_address(number)} {host_key[0]} {host_key[1]}")
+            run("ip", "netns", "add", netns)
+            run("ip", "-n", HUB_NS, "link", "add", f"veth-{name}", "type", "veth", "peer", "name", "eth0",
+                "netns", netns)
+            run("ip", "-n", HUB_NS, "link", "set", f"veth-{name}", "master", BRIDGE, "up")
+            run("ip", "-n", netns, "link", "set", "lo", "up")
+            run("ip", "-n", netns, "addr", "add", f"{node_address(number)}/{SUBNET.prefixlen}", "dev", "eth0")
+            run("ip", "-n", netns, "link", "set", "eth0", "up")
+            node = {"number": number, "address": node_address(number), "netns": netns, "dir": str(node_dir),
+                    "hardware": hardware}
+            node["supervisor_pid"] = start_node(name, node, IMAGE_DIR)
+            state["nodes"][name] = node
+            write_state(state)
+
+        (STATE_DIR / "known_hosts").write_text("\n".join(known_hosts) + "\n")
+        write_inventory(state)
+        wait_for_sshd(state)
+        print(f"fleet up: {count} nodes; inventory {STATE_DIR / 'inventory.yml'}; "
+              f"run ansible with: {sys.argv[0]} exec -- ansible ...")
+
+
+def write_inventory(state: dict) -> None:
+    groups: dict[str, dict] = {}
+    for name, node in state["nodes"].items():
+        for group in node["hardware"]["groups"]:
+            groups.setdefault(group, {"hosts": {}})["hosts"][name] = None
+    hosts = {}
+    for name, node in state["nodes"].items():
+        host = {"ansible_host": node["address"], "fleet_hardware": node["hardware"]}
+        if node["hardware"]["volume_group"]:
+            host["gpuaas_node_init_volume_group"] = node["hardware"]["volume_group"]["name"]
+            host["gpuaas_storage_metrics_volume_group"] = node["hardware"]["volume_group"]["name"]
+        if "gateway" in node["hardware"]["groups"]:
+            host["gpuaas_node_init_external_service_ip"] = node["address"]
+        hosts[name] = host
+    ssh_args = (f"-o UserKnownHostsFile={STATE_DIR / 'known_hosts'} -o StrictHostKeyChecking=yes "
+                "-o ControlMaster=auto -o ControlPersist=60s -o ConnectTimeout=5 "
+                "-o ServerAliveInterval=5 -o ServerAliveCountMax=2")
+    inventory = {
+        "all": {
+            "vars": {
+                "ansible_user": "root",
+                "ansible_python_interpreter": "/usr/bin/python3",
+                "ansible_ssh_private_key_file": str(STATE_DIR / "id_ed25519"),
+                "ansible_ssh_common_args": ssh_args,
+                # Fleet nodes have no kernel boot id of their own: PID 1 writes one at boot.
+                "gpuaas_node_reboot_boot_time_command": "cat /run/fleet-boot-id",
+                # Nodes have no package repositories; everything is baked into the image.
+                "gpuaas_node_init_manage_packages": False,
+            },
+            "hosts": hosts,
+            "children": groups,
+        }
+    }
+    (STATE_DIR / "inventory.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
+
+
+def wait_for_sshd(state: dict, names: list[str] | None = None, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    for name in names or list(state["nodes"]):
+        address = state["nodes"][name]["address"]
+        while True:
+            probe = run("ip", "netns", "exec", HUB_NS, "bash", "-c", f"exec 3<>/dev/tcp/{address}/22",
+                        check=False, capture=True)
+            if probe.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                log = Path(state["nodes"][name]["dir"]) / "supervisor.log"
+                raise FleetError(f"{name}: sshd did not answer within {timeout:.0f}s; see {log}")
+            time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- down
+
+def node_init_pid(node: dict) -> int | None:
+    """The host PID of the node's PID 1: the child of unshare, under the supervisor."""
+    supervisor = node["supervisor_pid"]
+
+    def children(pid: int) -> list[int]:
+        try:
+            return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    for unshare in children(supervisor):
+        kids = children(unshare)
+        if kids:
+            return kids[0]
+    return None
+
+
+def stop_node_processes(node: dict) -> None:
+    supervisor = node["supervisor_pid"]
+    init_pid = node_init_pid(node)
+    if pid_alive(supervisor):
+        os.kill(supervisor, signal.SIGKILL)  # first, so it cannot boot the node again
+    if init_pid and pid_alive(init_pid):
+        # Killing PID 1 of a PID namespace ends every process in it.
+        os.kill(init_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while init_pid and pid_alive(init_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def teardown(state: dict, keep_hub: bool) -> None:
+    for name, node in state["nodes"].items():
+        stop_node_processes(node)
+        # The veth pair goes with the node's namespace.
+        run("ip", "netns", "delete", node["netns"], check=False, capture=True)
+    if not keep_hub:
+        run("ip", "netns", "delete", HUB_NS, check=False, capture=True)
+    shutil.rmtree(STATE_DIR, ignore_errors=True)
+
+
+def down(keep_hub: bool = False) -> None:
+    with FleetLock():
+        state = read_state()
+        if state is None:
+            # No record, but a hub left by a crashed run must still go.
+            if not keep_hub:
+                run("ip", "netns", "delete", HUB_NS, check=False, capture=True)
+            print("no fleet running")
+            return
+        teardown(state, keep_hub)
+        leftovers = [line for line in run("ip", "netns", "list", capture=True).stdout.splitlines()
+                     if line.startswith(NODE_NS_PREFIX) and not line.startswith(HUB_NS)]
+        if leftovers:
+            raise FleetError(f"namespaces left behind: {leftovers}")
+        print(f"fleet down: {len(state['nodes'])} nodes stopped")
+
+
+# --------------------------------------------------------------------------- operations on a running fleet
+
+def require_state() -> dict:
+    state = read_state()
+    if not state:
+        raise FleetError("no fleet is running; run `make fleet-up` first")
+    return state
+
+
+def require_node(state: dict, name: str) -> dict:
+    if name not in state["nodes"]:
+        raise FleetError(f"unknown node {name!r}; the fleet has {', '.join(state['nodes'])}")
+    return state["nodes"][name]
+
+
+def node_exec(node: dict, command: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    pid = node_init_pid(node)
+    if not pid:
+        raise FleetError(f"node {node['netns']} is not running")
+    return run("nsenter", f"--target={pid}", "--mount", "--uts", "--pid", "--net", "--root", "--wd=/", *command,
+               check=check)
+
+
+def sshd_control(name: str, action: str) -> None:
+    state = require_state()
+    node = require_node(state, name)
+    if action == "stop":
+        node_exec(node, ["pkill", "-x", "sshd"], check=False)
+    else:
+        node_exec(node, ["/usr/sbin/sshd"])
+        wait_for_sshd(state, [name])
+
+
+def node_power(name: str, action: str) -> None:
+    with FleetLock():
+        state = require_state()
+        node = require_node(state, name)
+        if action == "stop":
+            stop_node_processes(node)
+        else:
+            if pid_alive(node["supervisor_pid"]):
+                raise FleetError(f"{name} is already running")
+            node["supervisor_pid"] = start_node(name, node, IMAGE_DIR)
+            write_state(state)
+            wait_for_sshd(state, [name])
+
+
+def set_gpu_lost(name: str, index: int, lost: bool) -> None:
+    node = require_node(require_state(), name)
+    marker = f"/var/lib/fake-nvml/lost-{index}"
+    node_exec(node, ["sh", "-c", f"mkdir -p /var/lib/fake-nvml && touch {marker}" if lost else f"rm -f {marker}"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("image").add_argument("--force", action="store_true")
+    sub.add_parser("up").add_argument("count", type=int, nargs="?", default=5)
+    sub.add_parser("down").add_argument("--keep-hub", action="store_true",
+                                         help="leave the hub namespace for processes running in it")
+    sub.add_parser("hub", help="create the hub namespace (idempotent)")
+    sub.add_parser("status")
+    sub.add_parser("exec").add_argument("argv", nargs=argparse.REMAINDER)
+    for verb in ("sshd", "node"):
+        p = sub.add_parser(verb)
+        p.add_argument("name")
+        p.add_argument("action", choices=["stop", "start"])
+    for verb in ("lose-gpu", "restore-gpu"):
+        p = sub.add_parser(verb)
+        p.add_argument("name")
+        p.add_argument("index", type=int)
+    p = sub.add_parser("node-exec")
+    p.add_argument("name")
+    p.add_argument("argv", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+
+    if os.geteuid() != 0:
+        print("fleet: must run as root (namespaces, mounts)", file=sys.stderr)
+        return 2
+    try:
+        if args.command == "image":
+            build_image(force=args.force)
+        elif args.command == "up":
+            up(args.count)
+        elif args.command == "down":
+            down(args.keep_hub)
+        elif args.command == "hub":
+            with FleetLock():
+                ensure_hub()
+        elif args.command == "status":
+            print(json.dumps(require_state(), indent=2))
+        elif args.command == "exec":
+            command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+            if HUB_NS not in namespaces():
+                raise FleetError("the hub namespace does not exist; run `fleet.py hub` or `make fleet-up`")
+            os.execvp("ip", ["ip", "netns", "exec", HUB_NS, *command])
+        elif args.command == "sshd":
+            sshd_control(args.name, args.action)
+        elif args.command == "node":
+            node_power(args.name, args.action)
+        elif args.command in ("lose-gpu", "restore-gpu"):
+            set_gpu_lost(args.name, args.index, args.command == "lose-gpu")
+        elif args.command == "node-exec":
+            command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+            return node_exec(require_node(require_state(), args.name), command, check=False).returncode
+    except FleetError as error:
+        print(f"fleet: {error}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as error:
+        print(f"fleet: command failed ({error.returncode}): {' '.join(error.cmd)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
