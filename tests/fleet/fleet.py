@@ -463,23 +463,43 @@ def node_init_pid(node: dict) -> int | None:
 
 
 def stop_node_processes(node: dict) -> None:
+    """Kill the node's supervisor, unshare and PID 1, and wait until they are gone.
+
+    The supervisor leads its own process group (start_new_session), so one
+    killpg reaches the supervisor, `ip netns exec`/unshare and the node's PID 1;
+    killing PID 1 of a PID namespace ends every process in it.  Waiting matters:
+    a namespace (and its veth) lives on while any process still holds it.
+    """
     supervisor = node["supervisor_pid"]
     init_pid = node_init_pid(node)
-    if pid_alive(supervisor):
-        os.kill(supervisor, signal.SIGKILL)  # first, so it cannot boot the node again
+    try:
+        os.killpg(supervisor, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     if init_pid and pid_alive(init_pid):
-        # Killing PID 1 of a PID namespace ends every process in it.
         os.kill(init_pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while init_pid and pid_alive(init_pid) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if not process_group_alive(supervisor) and not (init_pid and pid_alive(init_pid)):
+            return
         time.sleep(0.05)
+    raise FleetError(f"{node['netns']}: processes still alive 10s after SIGKILL")
+
+
+def process_group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def teardown(state: dict, keep_hub: bool) -> None:
     for name, node in state["nodes"].items():
         stop_node_processes(node)
-        # The veth pair goes with the node's namespace.
         run("ip", "netns", "delete", node["netns"], check=False, capture=True)
+        # Normally gone with the node's namespace; make sure, so the name is free.
+        run("ip", "-n", HUB_NS, "link", "delete", f"veth-{name}", check=False, capture=True)
     if not keep_hub:
         run("ip", "netns", "delete", HUB_NS, check=False, capture=True)
     shutil.rmtree(STATE_DIR, ignore_errors=True)
