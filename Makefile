@@ -73,6 +73,7 @@ test-unit: venv collection
 # ansible-test wants to run from inside ansible_collections/<ns>/<name>: copy
 # the tracked files there.  See docs/development.md for the tests left out.
 test-sanity: venv
+	$(BIN)/python tests/sanity/seed_pip_bootstrap.py
 	rm -rf $(BUILD)/sanity && mkdir -p $(BUILD)/sanity/ansible_collections/hostedai/gpuaas
 	git ls-files -co --exclude-standard | rsync -a --files-from=- ./ $(BUILD)/sanity/ansible_collections/hostedai/gpuaas/
 	cd $(BUILD)/sanity/ansible_collections/hostedai/gpuaas && git init -q && git add -A && \
@@ -85,7 +86,7 @@ test-lint: venv collection
 test-build: venv
 	rm -rf $(BUILD)/dist $(BUILD)/installed && mkdir -p $(BUILD)/dist
 	$(BIN)/ansible-galaxy collection build --force --output-path $(BUILD)/dist .
-	$(BIN)/ansible-galaxy collection install --offline -p $(BUILD)/installed $(BUILD)/dist/hostedai-gpuaas-*.tar.gz
+	ANSIBLE_COLLECTIONS_PATH=$(BUILD)/installed $(BIN)/ansible-galaxy collection install --offline --force -p $(BUILD)/installed $(BUILD)/dist/hostedai-gpuaas-*.tar.gz
 	$(BIN)/pytest -q tests/build --installed $(BUILD)/installed --tarball $$(ls $(BUILD)/dist/hostedai-gpuaas-*.tar.gz)
 
 # The fleet is machine-wide: make sure none is left over, and always stop ours.

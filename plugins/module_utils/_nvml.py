@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 # Copyright: hosted·ai GPUaaS infrastructure developers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 """NVML access shared by the node-side modules (private to the collection).
 
 Everything goes through nvidia-ml-py (``pynvml``), which loads

@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: hosted·ai GPUaaS infrastructure developers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -19,7 +19,7 @@ description:
     to turn the first into a failure.
   - A GPU that has fallen off the bus is reported with RV(gpus[].status=lost) instead of failing the scan.
 author:
-  - hosted·ai GPUaaS infrastructure developers
+  - hosted·ai GPUaaS developers (@hostedai)
 requirements:
   - nvidia-ml-py (C(pynvml)) on the managed node
   - the NVIDIA driver's C(libnvidia-ml.so.1) on the managed node, for any GPU to be found
@@ -40,8 +40,10 @@ attributes:
     description: The module only reads; it runs unchanged in check mode.
   diff_mode:
     support: none
+    description: Nothing is changed, so there is nothing to diff.
   idempotent:
     support: full
+    description: Reading twice gives the same answer while the hardware is unchanged.
 notes:
   - Only reads state; C(changed) is always false.
 seealso:
@@ -98,26 +100,71 @@ gpus:
   type: list
   elements: dict
   contains:
-    index: {description: NVML index., type: int, returned: always, sample: 0}
-    uuid: {description: GPU UUID., type: str, returned: when status is ok, sample: "GPU-5b6c1f8e-0d5e-5d3b-9a8c-3f2e1d0c9b8a"}
-    vendor: {description: Always C(NVIDIA)., type: str, returned: always, sample: NVIDIA}
-    model: {description: Product name., type: str, returned: when status is ok, sample: "NVIDIA H100 80GB HBM3"}
-    memory_mb: {description: Total memory in MiB., type: int, returned: when status is ok, sample: 81559}
-    pci_bus_id: {description: PCI bus id., type: str, returned: when status is ok, sample: "00000000:18:00.0"}
+    index:
+      description: NVML index.
+      type: int
+      returned: always
+      sample: 0
+    uuid:
+      description: GPU UUID.
+      type: str
+      returned: when status is ok
+      sample: "GPU-5b6c1f8e-0d5e-5d3b-9a8c-3f2e1d0c9b8a"
+    vendor:
+      description: Always C(NVIDIA).
+      type: str
+      returned: always
+      sample: NVIDIA
+    model:
+      description: Product name.
+      type: str
+      returned: when status is ok
+      sample: "NVIDIA H100 80GB HBM3"
+    memory_mb:
+      description: Total memory in MiB.
+      type: int
+      returned: when status is ok
+      sample: 81559
+    pci_bus_id:
+      description: PCI bus id.
+      type: str
+      returned: when status is ok
+      sample: "00000000:18:00.0"
     compute_mode:
       description: C(DEFAULT), C(PROHIBITED), C(EXCLUSIVE_PROCESS) (or C(EXCLUSIVE_THREAD) on old drivers).
       type: str
       returned: when status is ok
       sample: DEFAULT
-    mig_mode: {description: C(enabled), C(disabled) or C(unsupported)., type: str, returned: when status is ok, sample: disabled}
-    mig_mode_pending: {description: MIG mode after the next GPU reset., type: str, returned: when status is ok, sample: disabled}
-    status: {description: C(ok), C(lost) (fallen off the bus) or C(error)., type: str, returned: always, sample: ok}
-    error: {description: The NVML error for a lost or failing GPU., type: str, returned: when status is not ok, sample: "GPU is lost"}
+    mig_mode:
+      description: C(enabled), C(disabled) or C(unsupported).
+      type: str
+      returned: when status is ok
+      sample: disabled
+    mig_mode_pending:
+      description: MIG mode after the next GPU reset.
+      type: str
+      returned: when status is ok
+      sample: disabled
+    status:
+      description: C(ok), C(lost) (fallen off the bus) or C(error).
+      type: str
+      returned: always
+      sample: ok
+    error:
+      description: The NVML error for a lost or failing GPU.
+      type: str
+      returned: when status is not ok
+      sample: "GPU is lost"
     metrics:
       description: Utilisation, memory used, temperature and power.
       type: dict
       returned: when O(include_metrics=true) and status is ok
-      sample: {utilization_gpu_percent: 35, utilization_memory_percent: 20, memory_used_mb: 512, temperature_c: 41, power_w: 88.0}
+      sample:
+        utilization_gpu_percent: 35
+        utilization_memory_percent: 20
+        memory_used_mb: 512
+        temperature_c: 41
+        power_w: 88.0
 """
 
 from ansible.module_utils.basic import AnsibleModule

@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: hosted·ai GPUaaS infrastructure developers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -14,7 +14,7 @@ description:
   - Without C(npu-smi), falls back to the PCI bus and lists devices of Huawei's vendor id C(0x19e5)
     with the processing-accelerator class; chip, memory and health are then unknown.
 author:
-  - hosted·ai GPUaaS infrastructure developers
+  - hosted·ai GPUaaS developers (@hostedai)
 options:
   npu_smi_path:
     description: The npu-smi binary; found on C(PATH) (and C(/usr/local/sbin)) when not given.
@@ -29,8 +29,10 @@ attributes:
     description: The module only reads; it runs unchanged in check mode.
   diff_mode:
     support: none
+    description: Nothing is changed, so there is nothing to diff.
   idempotent:
     support: full
+    description: Reading twice gives the same answer while the hardware is unchanged.
 """
 
 EXAMPLES = r"""
@@ -65,11 +67,31 @@ npus:
   type: list
   elements: dict
   contains:
-    id: {description: NPU id (npu-smi) or position on the bus (pci)., type: int, returned: always, sample: 0}
-    chip_name: {description: Chip name, null from the PCI fallback., type: str, returned: always, sample: 910B3}
-    memory_mb: {description: HBM capacity in MB, null from the PCI fallback., type: int, returned: always, sample: 65536}
-    health: {description: Health as npu-smi reports it (C(OK), C(Warning), C(Alarm), ...) or C(unknown)., type: str, returned: always, sample: OK}
-    pci_address: {description: PCI address, from the PCI fallback only., type: str, returned: when source is pci, sample: "0000:c1:00.0"}
+    id:
+      description: NPU id (npu-smi) or position on the bus (pci).
+      type: int
+      returned: always
+      sample: 0
+    chip_name:
+      description: Chip name; null from the PCI fallback.
+      type: str
+      returned: always
+      sample: 910B3
+    memory_mb:
+      description: HBM capacity in MB; null from the PCI fallback.
+      type: int
+      returned: always
+      sample: 65536
+    health:
+      description: Health as npu-smi reports it (C(OK), C(Warning), C(Alarm) and so on), or C(unknown).
+      type: str
+      returned: always
+      sample: OK
+    pci_address:
+      description: PCI address, from the PCI fallback only.
+      type: str
+      returned: when source is pci
+      sample: "0000:c1:00.0"
 """
 
 import os

@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: hosted·ai GPUaaS infrastructure developers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 from __future__ import annotations
 
 DOCUMENTATION = r"""
@@ -13,7 +13,7 @@ description:
   - Reads LVM volume groups with C(vgs) (JSON report, sizes in bytes) and filesystem usage with C(statvfs).
   - This is what the API's storage metrics are built from.
 author:
-  - hosted·ai GPUaaS infrastructure developers
+  - hosted·ai GPUaaS developers (@hostedai)
 options:
   volume_group:
     description:
@@ -31,8 +31,10 @@ attributes:
     description: The module only reads; it runs unchanged in check mode.
   diff_mode:
     support: none
+    description: Nothing is changed, so there is nothing to diff.
   idempotent:
     support: full
+    description: Reading twice gives the same answer while the hardware is unchanged.
 """
 
 EXAMPLES = r"""

@@ -7,8 +7,9 @@ UTS and PID namespace, and an sshd.  Ansible (and anything that drives it)
 runs inside the hub namespace, so no host interface is touched.
 
     fleet.py image            build the node image once (debootstrap), reuse it
+    fleet.py hub              create the hub namespace (idempotent)
     fleet.py up [N]           start N nodes (refuses if a fleet is running)
-    fleet.py down             stop every node by PID and remove all traces
+    fleet.py down [--keep-hub]  stop every node by PID and remove all traces
     fleet.py status           print the running fleet as JSON
     fleet.py exec -- CMD...   run CMD inside the hub namespace
     fleet.py sshd NODE stop|start
@@ -401,10 +402,10 @@ def write_inventory(state: dict) -> None:
     for name, node in state["nodes"].items():
         host = {"ansible_host": node["address"], "fleet_hardware": node["hardware"]}
         if node["hardware"]["volume_group"]:
-            host["gpuaas_node_init_volume_group"] = node["hardware"]["volume_group"]["name"]
-            host["gpuaas_storage_metrics_volume_group"] = node["hardware"]["volume_group"]["name"]
+            host["node_init_volume_group"] = node["hardware"]["volume_group"]["name"]
+            host["storage_metrics_volume_group"] = node["hardware"]["volume_group"]["name"]
         if "gateway" in node["hardware"]["groups"]:
-            host["gpuaas_node_init_external_service_ip"] = node["address"]
+            host["node_init_external_service_ip"] = node["address"]
         hosts[name] = host
     ssh_args = (f"-o UserKnownHostsFile={STATE_DIR / 'known_hosts'} -o StrictHostKeyChecking=yes "
                 "-o ControlMaster=auto -o ControlPersist=60s -o ConnectTimeout=5 "
@@ -417,9 +418,9 @@ def write_inventory(state: dict) -> None:
                 "ansible_ssh_private_key_file": str(STATE_DIR / "id_ed25519"),
                 "ansible_ssh_common_args": ssh_args,
                 # Fleet nodes have no kernel boot id of their own: PID 1 writes one at boot.
-                "gpuaas_node_reboot_boot_time_command": "cat /run/fleet-boot-id",
+                "node_reboot_boot_time_command": "cat /run/fleet-boot-id",
                 # Nodes have no package repositories; everything is baked into the image.
-                "gpuaas_node_init_manage_packages": False,
+                "node_init_manage_packages": False,
             },
             "hosts": hosts,
             "children": groups,
@@ -580,8 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("image").add_argument("--force", action="store_true")
     sub.add_parser("up").add_argument("count", type=int, nargs="?", default=5)
-    sub.add_parser("down").add_argument("--keep-hub", action="store_true",
-                                         help="leave the hub namespace for processes running in it")
+    down_parser = sub.add_parser("down")
+    down_parser.add_argument("--keep-hub", action="store_true", help="leave the hub namespace for processes in it")
     sub.add_parser("hub", help="create the hub namespace (idempotent)")
     sub.add_parser("status")
     sub.add_parser("exec").add_argument("argv", nargs=argparse.REMAINDER)

@@ -1,0 +1,68 @@
+"""Unit tests run each module as Ansible runs it: a subprocess fed its arguments as JSON.
+
+The NVML tests load the project's fake libnvidia-ml.so.1 (the same C library the
+fleet nodes use) through nvidia-ml-py, so the real code path is exercised.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+COLLECTIONS = REPO / ".build" / "collections"
+
+
+def run_module(name: str, args: dict, env: dict | None = None, tmp_path: Path | None = None) -> dict:
+    """Run plugins/modules/<name>.py with ``args``; return its JSON result."""
+    module = REPO / "plugins" / "modules" / f"{name}.py"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("FAKE_NVML", "LD_LIBRARY_PATH"))}
+    environment["PYTHONPATH"] = str(COLLECTIONS)
+    environment.update(env or {})
+    completed = subprocess.run(
+        [sys.executable, str(module)],
+        input=json.dumps({"ANSIBLE_MODULE_ARGS": {"_ansible_check_mode": False, **args}}),
+        capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=60, check=False,
+    )
+    try:
+        return json.loads(completed.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"{name} printed no JSON (rc {completed.returncode}): {completed.stdout!r} {completed.stderr!r}")
+
+
+@pytest.fixture(scope="session")
+def fake_nvml_dir(tmp_path_factory) -> Path:
+    """Build the fleet's fake libnvidia-ml.so.1 once."""
+    out = tmp_path_factory.mktemp("fake-nvml")
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-Wno-format-truncation", "-shared", "-fPIC", "-Wl,-soname,libnvidia-ml.so.1",
+         "-o", str(out / "libnvidia-ml.so.1"), str(REPO / "tests/fleet/fake_nvml/fake_nvml.c")],
+        check=True)
+    return out
+
+
+@pytest.fixture
+def nvml_host(fake_nvml_dir, tmp_path):
+    """A host whose driver reports the GPUs written to its profile."""
+
+    class Host:
+        profile = tmp_path / "profile"
+        state_dir = tmp_path / "state"
+
+        def write_profile(self, gpus, driver="550.54.15", cuda=12040):
+            lines = [f"driver_version={driver}", f"cuda_version={cuda}"]
+            lines += [f"gpu={uuid}|{model}|{memory}|{bus}|{mig}" for uuid, model, memory, bus, mig in gpus]
+            self.profile.write_text("\n".join(lines) + "\n")
+
+        @property
+        def env(self):
+            return {"LD_LIBRARY_PATH": str(fake_nvml_dir), "FAKE_NVML_PROFILE": str(self.profile),
+                    "FAKE_NVML_STATE_DIR": str(self.state_dir)}
+
+    host = Host()
+    host.state_dir.mkdir()
+    return host
