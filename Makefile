@@ -21,10 +21,14 @@ export PATH := $(BIN):$(PATH)
 
 FLEET := $(BIN)/python tests/fleet/fleet.py
 COLLECTION_LINK := $(BUILD)/collections/ansible_collections/hostedai/gpuaas
-DEBIAN_PACKAGES := openssh-server debootstrap gcc libyaml-dev iproute2 util-linux rsync
+DEBIAN_PACKAGES := openssh-server debootstrap gcc libyaml-dev iproute2 util-linux rsync shellcheck
 
-.PHONY: help deps venv collection fleet-image fleet-up fleet-down test test-unit test-sanity \
+.PHONY: run help deps venv collection fleet-image fleet-up fleet-down test test-unit test-sanity \
         test-lint test-build test-fleet test-molecule bench clean
+
+run:
+	@echo "The REST service (gpuaas-api serve) is not built yet; see README.md, Status." >&2
+	@exit 1
 
 help:
 	@echo "make test                 install everything and run the whole suite (as root)"
@@ -71,14 +75,14 @@ test-unit: venv collection
 	$(BIN)/pytest -q tests/unit
 
 # ansible-test wants to run from inside ansible_collections/<ns>/<name>: copy
-# the tracked files there.  See docs/development.md for the tests left out.
+# the tracked files there.  Every sanity test runs; tests/sanity/ignore-2.19.txt
+# lists the few ignores, and docs/development.md says why.
 test-sanity: venv
 	$(BIN)/python tests/sanity/seed_pip_bootstrap.py
 	rm -rf $(BUILD)/sanity && mkdir -p $(BUILD)/sanity/ansible_collections/hostedai/gpuaas
 	git ls-files -co --exclude-standard | rsync -a --files-from=- ./ $(BUILD)/sanity/ansible_collections/hostedai/gpuaas/
 	cd $(BUILD)/sanity/ansible_collections/hostedai/gpuaas && git init -q && git add -A && \
-	  $(BIN)/ansible-test sanity --python 3.11 --color no \
-	    $$(sed -e 's/#.*//' -e '/^$$/d' -e 's/^/--skip-test /' $(CURDIR)/tests/sanity/skipped-tests.txt)
+	  $(BIN)/ansible-test sanity --python 3.11 --color no
 
 test-lint: venv collection
 	ANSIBLE_LINT_SKIP_SCHEMA_UPDATE=1 $(BIN)/ansible-lint --offline --profile production

@@ -34,16 +34,8 @@ options:
       - Also sample each GPU's utilisation, memory used, temperature and power.
     type: bool
     default: false
-attributes:
-  check_mode:
-    support: full
-    description: The module only reads; it runs unchanged in check mode.
-  diff_mode:
-    support: none
-    description: Nothing is changed, so there is nothing to diff.
-  idempotent:
-    support: full
-    description: Reading twice gives the same answer while the hardware is unchanged.
+extends_documentation_fragment:
+  - hostedai.gpuaas.read_only
 notes:
   - Only reads state; C(changed) is always false.
 seealso:

@@ -25,16 +25,8 @@ options:
     type: list
     elements: path
     default: ["/"]
-attributes:
-  check_mode:
-    support: full
-    description: The module only reads; it runs unchanged in check mode.
-  diff_mode:
-    support: none
-    description: Nothing is changed, so there is nothing to diff.
-  idempotent:
-    support: full
-    description: Reading twice gives the same answer while the hardware is unchanged.
+extends_documentation_fragment:
+  - hostedai.gpuaas.read_only
 """
 
 EXAMPLES = r"""

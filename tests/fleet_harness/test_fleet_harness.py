@@ -1,0 +1,164 @@
+"""The fleet harness itself: refusal over a running fleet, a clean stop, real reboots, failure controls.
+
+These start and stop real fleets (namespaces, overlays, sshd), so they run as root
+and one at a time; `make test-fleet` runs them before the molecule scenarios.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+FLEET = [sys.executable, str(REPO / "tests/fleet/fleet.py")]
+STATE_DIR = Path("/var/lib/hostedai-gpuaas-fleet")
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the fleet needs root (namespaces, mounts)")
+
+
+def fleet(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([*FLEET, *args], capture_output=True, text=True, check=check, timeout=120)
+
+
+def in_hub(*command: str, check: bool = True) -> subprocess.CompletedProcess:
+    return fleet("exec", "--", *command, check=check)
+
+
+def ssh(node: str, command: str, check: bool = True) -> subprocess.CompletedProcess:
+    address = json.loads((STATE_DIR / "state.json").read_text())["nodes"][node]["address"]
+    return in_hub("ssh", "-i", str(STATE_DIR / "id_ed25519"), "-o", f"UserKnownHostsFile={STATE_DIR / 'known_hosts'}",
+                  "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=3",
+                  f"root@{address}", command, check=check)
+
+
+def namespaces() -> list[str]:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout.split()
+
+
+@pytest.fixture
+def running_fleet():
+    fleet("down", check=False)
+    fleet("up", "3")
+    yield
+    fleet("down", check=False)
+
+
+def test_up_gives_each_node_its_own_identity_and_pinned_host_key(running_fleet):
+    names = {node: ssh(node, "hostname").stdout.strip() for node in ("node1", "node2", "node3")}
+    known_hosts = (STATE_DIR / "known_hosts").read_text().splitlines()
+
+    assert names == {"node1": "node1", "node2": "node2", "node3": "node3"}
+    assert len({line.split()[2] for line in known_hosts}) == 3  # one distinct host key per node
+    # Each node sees only its own processes (PID namespace) and its own root.
+    assert ssh("node1", "cat /proc/1/comm").stdout.strip() == "fleet-init"
+    ssh("node1", "touch /root/only-on-node1")
+    assert ssh("node2", "test -e /root/only-on-node1", check=False).returncode == 1
+
+
+def test_host_key_mismatch_is_refused(running_fleet, tmp_path):
+    wrong = tmp_path / "known_hosts"
+    lines = (STATE_DIR / "known_hosts").read_text().splitlines()
+    # node1's address with node2's key
+    wrong.write_text(f"{lines[0].split()[0]} {' '.join(lines[1].split()[1:])}\n")
+
+    result = in_hub("ssh", "-i", str(STATE_DIR / "id_ed25519"), "-o", f"UserKnownHostsFile={wrong}",
+                    "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "root@198.18.0.11", "true", check=False)
+
+    assert result.returncode == 255
+    assert "HOST IDENTIFICATION HAS CHANGED" in result.stderr or "Host key verification failed" in result.stderr
+
+
+def test_refuses_to_start_over_a_running_fleet(running_fleet):
+    before = json.loads((STATE_DIR / "state.json").read_text())
+
+    second = fleet("up", "2", check=False)
+
+    assert second.returncode == 1
+    assert "already running" in second.stderr
+    assert json.loads((STATE_DIR / "state.json").read_text()) == before
+    assert ssh("node3", "true").returncode == 0
+
+
+def test_down_stops_every_process_and_leaves_nothing(running_fleet):
+    state = json.loads((STATE_DIR / "state.json").read_text())
+    supervisors = [node["supervisor_pid"] for node in state["nodes"].values()]
+
+    fleet("down")
+
+    assert not [ns for ns in namespaces() if ns.startswith("gpuaas-")]
+    assert not STATE_DIR.exists()
+    for pid in supervisors:
+        assert not Path(f"/proc/{pid}").exists()
+    mounts = Path("/proc/mounts").read_text()
+    assert "hostedai-gpuaas-fleet" not in mounts
+    leftover = subprocess.run(["pgrep", "-f", "fleet-init"], capture_output=True, text=True, check=False)
+    assert leftover.stdout.strip() == ""
+
+
+def test_reboot_takes_the_node_away_and_brings_it_back_with_its_files(running_fleet):
+    boot_before = ssh("node2", "cat /run/fleet-boot-id").stdout.strip()
+    ssh("node2", "echo kept > /root/persistent; echo gone > /run/volatile")
+
+    ssh("node2", "reboot")
+    went_away = False
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if ssh("node2", "true", check=False).returncode != 0:
+            went_away = True
+        elif went_away:
+            break
+        time.sleep(0.3)
+
+    assert went_away, "the node never stopped answering"
+    assert ssh("node2", "cat /run/fleet-boot-id").stdout.strip() != boot_before
+    assert ssh("node2", "cat /root/persistent").stdout.strip() == "kept"
+    assert ssh("node2", "test -e /run/volatile", check=False).returncode == 1
+
+
+def test_stopped_sshd_refuses_connections_and_comes_back(running_fleet):
+    fleet("sshd", "node3", "stop")
+    refused = ssh("node3", "true", check=False)
+    fleet("sshd", "node3", "start")
+
+    assert refused.returncode == 255
+    assert ssh("node3", "true").returncode == 0
+
+
+def test_lost_gpu_toggles_in_the_node_filesystem(running_fleet):
+    fleet("lose-gpu", "node1", "2")
+    lost = ssh("node1", "python3 -c 'import pynvml as n; n.nvmlInit(); n.nvmlDeviceGetUUID(n.nvmlDeviceGetHandleByIndex(2))'",
+               check=False)
+    fleet("restore-gpu", "node1", "2")
+    back = ssh("node1", "python3 -c 'import pynvml as n; n.nvmlInit(); print(n.nvmlDeviceGetCount())'")
+
+    assert lost.returncode == 1 and "GPU is lost" in lost.stderr
+    assert back.stdout.strip() == "8"
+
+
+def test_compute_mode_persists_in_the_node_across_a_reboot(running_fleet):
+    ssh("node1", "python3 -c 'import pynvml as n; n.nvmlInit(); n.nvmlDeviceSetComputeMode(n.nvmlDeviceGetHandleByIndex(0), 3)'")
+    ssh("node1", "reboot")
+    time.sleep(1.5)
+    deadline = time.monotonic() + 20
+    while ssh("node1", "test -e /run/fleet-boot-id", check=False).returncode != 0 and time.monotonic() < deadline:
+        time.sleep(0.3)
+
+    mode = ssh("node1", "python3 -c 'import pynvml as n; n.nvmlInit(); print(n.nvmlDeviceGetComputeMode(n.nvmlDeviceGetHandleByIndex(0)))'")
+    other_node = ssh("node3", "python3 -c 'import pynvml as n; n.nvmlInit(); print(n.nvmlDeviceGetComputeMode(n.nvmlDeviceGetHandleByIndex(0)))'")
+
+    assert mode.stdout.strip() == "3"
+    assert other_node.stdout.strip() == "0"
+
+
+def test_gpu_less_node_has_no_nvml_library(running_fleet):
+    fleet("down")
+    fleet("up", "5")
+    result = ssh("node5", "python3 -c 'import pynvml as n; n.nvmlInit()'", check=False)
+
+    assert result.returncode == 1
+    assert "NVML Shared Library Not Found" in result.stderr
