@@ -52,7 +52,7 @@ def measure(nodes: int, repeats: int) -> tuple[float, float]:
         scan = [BIN / "ansible-playbook", "-i", INVENTORY, "hostedai.gpuaas.scan_gpus"]
         timed(list(map(str, ping)))  # warm-up: first SSH handshakes, page cache
         pings, scans = [], []
-        for _ in range(repeats):
+        for _repeat in range(repeats):
             pings.append(timed(list(map(str, ping))))
             scans.append(timed(list(map(str, scan))))
         return statistics.median(pings), statistics.median(scans)
