@@ -21,14 +21,14 @@ export PATH := $(BIN):$(PATH)
 
 FLEET := $(BIN)/python tests/fleet/fleet.py
 COLLECTION_LINK := $(BUILD)/collections/ansible_collections/hostedai/gpuaas
-DEBIAN_PACKAGES := openssh-server debootstrap gcc libyaml-dev iproute2 util-linux rsync shellcheck
+DEBIAN_PACKAGES := openssh-server debootstrap gcc libyaml-dev iproute2 util-linux rsync shellcheck postgresql
 
-.PHONY: run help deps venv collection fleet-image fleet-up fleet-down test test-unit test-sanity \
+.PHONY: run help deps venv collection fleet-image fleet-up fleet-down test test-unit test-api test-sanity \
         test-lint test-build test-fleet test-molecule bench clean
 
-run:
-	@echo "The REST service (gpuaas-api serve) is not built yet; see README.md, Status." >&2
-	@exit 1
+# The service on its embedded defaults: SQLite in ./var, 127.0.0.1:8080.
+run: venv deps
+	$(BIN)/gpuaas-api serve
 
 help:
 	@echo "make test                 install everything and run the whole suite (as root)"
@@ -43,10 +43,11 @@ $(BUILD)/debian-packages.stamp:
 	@touch $@
 deps: $(BUILD)/debian-packages.stamp
 
-$(VENV)/.installed: requirements.txt | $(BUILD)/debian-packages.stamp
+$(VENV)/.installed: requirements.txt pyproject.toml | $(BUILD)/debian-packages.stamp
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
 	@touch $@
 venv: $(VENV)/.installed
 
@@ -67,12 +68,19 @@ fleet-down: venv
 
 # --------------------------------------------------------------------------- tests
 test: venv deps collection
-	@$(MAKE) --no-print-directory test-unit test-sanity test-lint test-build
+	@$(MAKE) --no-print-directory test-unit test-api test-sanity test-lint test-build
 	@$(MAKE) --no-print-directory test-fleet
 	@echo "all checks passed"
 
 test-unit: venv collection
 	$(BIN)/pytest -q tests/unit
+
+# The API tests run twice: on SQLite, then on a throw-away PostgreSQL server.
+test-api: venv deps
+	$(BIN)/pytest -q tests/api
+	@url=$$(tests/api/postgres.sh start $(BUILD)/postgres) && \
+	  GPUAAS_TEST_DATABASE_URL="$$url" $(BIN)/pytest -q tests/api; status=$$?; \
+	  tests/api/postgres.sh stop $(BUILD)/postgres; exit $$status
 
 # ansible-test wants to run from inside ansible_collections/<ns>/<name>: copy
 # the tracked files there.  Every sanity test runs; tests/sanity/ignore-2.19.txt

@@ -1,0 +1,91 @@
+"""Users, API tokens and the authentication every route but login, health and the docs requires.
+
+Passwords: werkzeug's scrypt (a slow hash). Tokens: 32 random bytes shown once;
+only their SHA-256 is stored (a token is already high-entropy, so a fast hash is
+enough and lookups stay indexed).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import secrets
+
+from flask import Flask, g, request
+from sqlalchemy import select
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from .db import session
+from .errors import ApiError
+from .models import ApiToken, User
+
+PUBLIC_ENDPOINTS = {"auth.Login", "health.Health", "api-docs.openapi_json", "api-docs.openapi_swagger_ui",
+                    "static"}
+COOKIE_NAME = "token"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def hash_password(password: str) -> str:
+    return generate_password_hash(password, method="scrypt")
+
+
+def issue_token(user: User, hours: int | None, description: str = "") -> str:
+    token = secrets.token_urlsafe(32)
+    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=hours) if hours else None
+    session().add(ApiToken(user=user, token_hash=hash_token(token), description=description, expires_at=expires))
+    return token
+
+
+def check_login(username: str, password: str) -> User:
+    user = session().scalar(select(User).where(User.username == username))
+    # Compare against a dummy hash when the user is unknown, so timing does not tell.
+    stored = user.password_hash if user else _DUMMY_HASH
+    if not check_password_hash(stored, password) or user is None:
+        raise ApiError(401, "wrong username or password")
+    return user
+
+
+def _presented_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        return header[7:].strip()
+    return request.cookies.get(COOKIE_NAME)
+
+
+def authenticate() -> User:
+    token = _presented_token()
+    if not token:
+        raise ApiError(401, "authentication required: log in at POST /api/login or send a Bearer token")
+    row = session().scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
+    if row is None:
+        raise ApiError(401, "the token is not valid")
+    expires = row.expires_at
+    if expires is not None:
+        if expires.tzinfo is None:  # SQLite hands naive datetimes back
+            expires = expires.replace(tzinfo=dt.timezone.utc)
+        if expires < dt.datetime.now(dt.timezone.utc):
+            raise ApiError(401, "the token has expired")
+    return row.user
+
+
+def ensure_admin(username: str | None, password: str | None) -> None:
+    """Create the first admin from the environment when no user exists yet."""
+    if not username or not password:
+        return
+    db = session()
+    if db.scalar(select(User.id).limit(1)) is None:
+        db.add(User(username=username, password_hash=hash_password(password), role="admin", is_super_admin=True))
+        db.commit()
+
+
+def init_app(app: Flask) -> None:
+    @app.before_request
+    def _require_authentication():
+        if request.endpoint in PUBLIC_ENDPOINTS or request.method == "OPTIONS":
+            return
+        g.user = authenticate()
+
+
+_DUMMY_HASH = generate_password_hash(secrets.token_hex(8), method="scrypt")

@@ -1,0 +1,34 @@
+"""Configuration from the environment (see README: GPUAAS_*)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+class Config:
+    def __init__(self, environ: dict | None = None):
+        env = os.environ if environ is None else environ
+        self.BIND = env.get("GPUAAS_BIND", "127.0.0.1:8080")
+        self.DATA_DIR = Path(env.get("GPUAAS_DATA_DIR", "./var")).resolve()
+        self.DATABASE_URL = env.get("GPUAAS_DATABASE_URL") or f"sqlite:///{self.DATA_DIR / 'gpuaas.sqlite3'}"
+        self.ADMIN_USER = env.get("GPUAAS_ADMIN_USER")
+        self.ADMIN_PASSWORD = env.get("GPUAAS_ADMIN_PASSWORD")
+        self.TOKEN_TTL_HOURS = int(env.get("GPUAAS_TOKEN_TTL_HOURS", "24"))
+        self.SESSION_COOKIE_SECURE = env.get("GPUAAS_SECURE_COOKIES", "false").lower() == "true"
+        self.TESTING = False
+
+    def as_flask(self) -> dict:
+        """What Flask and flask-smorest read from app.config."""
+        return {
+            "API_TITLE": "hosted·ai GPUaaS infrastructure API",
+            "API_VERSION": "1",
+            "OPENAPI_VERSION": "3.0.3",
+            "OPENAPI_URL_PREFIX": "/api",
+            "OPENAPI_JSON_PATH": "openapi.json",
+            "OPENAPI_SWAGGER_UI_PATH": "docs",
+            # The page is served here; its JavaScript comes from this CDN (override for air-gapped sites).
+            "OPENAPI_SWAGGER_UI_URL": os.environ.get("GPUAAS_SWAGGER_UI_URL",
+                                                     "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"),
+            "TESTING": self.TESTING,
+            "GPUAAS": self,
+        }

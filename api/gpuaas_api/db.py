@@ -1,0 +1,37 @@
+"""One SQLAlchemy engine and scoped session per app; SQLite in WAL mode by default."""
+from __future__ import annotations
+
+from flask import Flask, current_app
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(connection, _record):
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def init_app(app: Flask, url: str) -> None:
+    engine = make_engine(url)
+    app.extensions["gpuaas_engine"] = engine
+    app.extensions["gpuaas_session"] = scoped_session(sessionmaker(bind=engine, expire_on_commit=False))
+
+    @app.teardown_appcontext
+    def _remove_session(_exc):
+        app.extensions["gpuaas_session"].remove()
+
+
+def session() -> Session:
+    return current_app.extensions["gpuaas_session"]()

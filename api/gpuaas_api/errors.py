@@ -1,0 +1,67 @@
+"""The one JSON error shape: {code, message, errors: [{field, message}]}."""
+from __future__ import annotations
+
+from flask import Flask, jsonify
+from werkzeug.exceptions import HTTPException
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, errors: list[dict] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors or []
+
+
+def conflict(message: str) -> ApiError:
+    return ApiError(409, message)
+
+
+def not_found(what: str, ident) -> ApiError:
+    return ApiError(404, f"{what} {ident} does not exist")
+
+
+def field_error(field: str, message: str, status: int = 422) -> ApiError:
+    return ApiError(status, f"{field}: {message}", [{"field": field, "message": message}])
+
+
+def _flatten(messages, prefix="") -> list[dict]:
+    """marshmallow's nested {field: [msg]} into [{field, message}]."""
+    out = []
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            name = key if not prefix else f"{prefix}.{key}"
+            if key in ("json", "query", "form", "headers", "cookies", "view_args") and not prefix:
+                name = ""
+            out += _flatten(value, name)
+    elif isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        out += [{"field": prefix, "message": m} for m in messages]
+    elif isinstance(messages, list):
+        for item in messages:
+            out += _flatten(item, prefix)
+    else:
+        out.append({"field": prefix, "message": str(messages)})
+    return out
+
+
+def body(status: int, message: str, errors: list[dict] | None = None):
+    response = jsonify({"code": status, "message": message, "errors": errors or []})
+    response.status_code = status
+    return response
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(error: ApiError):
+        return body(error.status, error.message, error.errors)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException):
+        # webargs/flask-smorest put validation messages in error.data["messages"].
+        messages = getattr(error, "data", {}).get("messages") if getattr(error, "data", None) else None
+        if messages:
+            errors = _flatten(messages)
+            first = errors[0] if errors else {"field": "", "message": "invalid input"}
+            message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
+            return body(error.code or 422, message, errors)
+        return body(error.code or 500, error.description or error.name)

@@ -1,0 +1,218 @@
+"""The fleet's state: SQLAlchemy 2 models. Alembic migrations in api/migrations follow these."""
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Enum, Float, ForeignKey, Integer, String, Text,
+                        UniqueConstraint, func)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from .states import ClusterStatus, GpuAssignment, JobStatus, NodeStatus, PoolStatus
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _enum(cls):
+    # Stored as the value strings (not Python names), without a database-side type,
+    # so SQLite and PostgreSQL hold the same thing.
+    return Enum(cls, values_callable=lambda e: [m.value for m in e], native_enum=False, length=32)
+
+
+class Timestamps:
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(),
+                                                    onupdate=func.now())
+
+
+class User(Timestamps, Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    email: Mapped[str] = mapped_column(String(254), default="")
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(32), default="admin")
+    is_super_admin: Mapped[bool] = mapped_column(Boolean, default=True)
+    tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", cascade="all, delete-orphan")
+
+
+class ApiToken(Timestamps, Base):
+    """Only a SHA-256 of the token is stored; the token itself is shown once."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(String(128), default="")
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    user: Mapped[User] = relationship(back_populates="tokens")
+
+
+class Region(Timestamps, Base):
+    __tablename__ = "regions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    region_name: Mapped[str] = mapped_column(String(12), unique=True)
+    address: Mapped[str] = mapped_column(String(255), default="")
+    city: Mapped[str] = mapped_column(String(128), default="")
+    country: Mapped[str] = mapped_column(String(128), default="")
+    country_code: Mapped[str] = mapped_column(String(3), default="")
+    zipcode: Mapped[str] = mapped_column(String(16), default="")
+    lat: Mapped[float | None] = mapped_column(Float)
+    lng: Mapped[float | None] = mapped_column(Float)
+    accelerator_type: Mapped[str] = mapped_column(String(8), default="gpu")
+    support_rdma: Mapped[str | None] = mapped_column(String(16))
+    gpuaas_status: Mapped[str] = mapped_column(String(8), default="none")
+    compute_status: Mapped[str] = mapped_column(String(8), default="none")
+
+
+class Cluster(Timestamps, Base):
+    """A "gpuaas": one Kubernetes cluster in one region."""
+
+    __tablename__ = "clusters"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    region_id: Mapped[int] = mapped_column(ForeignKey("regions.id"))
+    controller_node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", use_alter=True))
+    status: Mapped[ClusterStatus] = mapped_column(_enum(ClusterStatus), default=ClusterStatus.INITIALIZING)
+    k8s_api_server_address: Mapped[str | None] = mapped_column(String(255))
+    k8s_api_server_port: Mapped[int | None] = mapped_column(Integer)
+    prometheus_reverse_tunnel_port: Mapped[int | None] = mapped_column(Integer)
+    facts: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class Node(Timestamps, Base):
+    __tablename__ = "nodes"
+    __table_args__ = (UniqueConstraint("region_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(63))
+    region_id: Mapped[int] = mapped_column(ForeignKey("regions.id"))
+    cluster_id: Mapped[int | None] = mapped_column(ForeignKey("clusters.id"))
+    node_ip: Mapped[str] = mapped_column(String(45))
+    port: Mapped[int] = mapped_column(Integer, default=22)
+    username: Mapped[str] = mapped_column(String(32))
+    is_controller_node: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_worker_node: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_gateway_service: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_storage_service: Mapped[bool] = mapped_column(Boolean, default=False)
+    volume_group: Mapped[str | None] = mapped_column(String(128))
+    external_service_ip: Mapped[str | None] = mapped_column(String(45))
+    status: Mapped[NodeStatus] = mapped_column(_enum(NodeStatus), default=NodeStatus.UNINITIALIZED)
+    joined: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Pinned at the first successful contact, enforced afterwards.
+    ssh_host_key: Mapped[str | None] = mapped_column(Text)
+    nvidia_driver_version: Mapped[str | None] = mapped_column(String(32))
+    cuda_version: Mapped[str | None] = mapped_column(String(16))
+    total_memory_in_mb: Mapped[int | None] = mapped_column(Integer)
+    total_disk_in_mb: Mapped[int | None] = mapped_column(Integer)
+    cores: Mapped[int | None] = mapped_column(Integer)
+    cpu_model: Mapped[str | None] = mapped_column(String(128))
+    region: Mapped[Region] = relationship()
+    gpus: Mapped[list[Gpu]] = relationship(back_populates="node", order_by="Gpu.index")
+    npus: Mapped[list[Npu]] = relationship(back_populates="node", order_by="Npu.index")
+
+
+class Gpu(Timestamps, Base):
+    __tablename__ = "gpus"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    uuid: Mapped[str] = mapped_column(String(64), unique=True)
+    vendor: Mapped[str] = mapped_column(String(16), default="NVIDIA")
+    model: Mapped[str] = mapped_column(String(96))
+    memory_in_mb: Mapped[int] = mapped_column(Integer)
+    pci_bus_id: Mapped[str | None] = mapped_column(String(32))
+    compute_mode: Mapped[str | None] = mapped_column(String(24))
+    mig_mode: Mapped[str | None] = mapped_column(String(16))
+    assignment_status: Mapped[GpuAssignment] = mapped_column(_enum(GpuAssignment), default=GpuAssignment.UNASSIGNED)
+    pool_id: Mapped[int | None] = mapped_column(ForeignKey("pools.id"), index=True)
+    node: Mapped[Node] = relationship(back_populates="gpus")
+
+
+class Npu(Timestamps, Base):
+    __tablename__ = "npus"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    chip_name: Mapped[str | None] = mapped_column(String(32))
+    memory_in_mb: Mapped[int | None] = mapped_column(Integer)
+    health: Mapped[str] = mapped_column(String(16), default="unknown")
+    node: Mapped[Node] = relationship(back_populates="npus")
+
+
+class Pool(Timestamps, Base):
+    __tablename__ = "pools"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id"))
+    pool_name: Mapped[str] = mapped_column(String(63))
+    sharing_ratio: Mapped[int] = mapped_column(Integer)
+    time_quantum_in_sec: Mapped[int] = mapped_column(Integer)
+    security_level: Mapped[str] = mapped_column(String(8))
+    status: Mapped[PoolStatus] = mapped_column(_enum(PoolStatus), default=PoolStatus.DEPLOYMENT_SCHEDULED)
+
+
+class PoolSlot(Base):
+    """One virtual-GPU slot: a pool's GPU × sharing_ratio of these."""
+
+    __tablename__ = "pool_slots"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"), index=True)
+    gpu_id: Mapped[int] = mapped_column(ForeignKey("gpus.id", ondelete="CASCADE"))
+    slot_index: Mapped[int] = mapped_column(Integer)
+
+
+class Job(Timestamps, Base):
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    operation: Mapped[str] = mapped_column(String(32))
+    node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="SET NULL"), index=True)
+    cluster_id: Mapped[int | None] = mapped_column(ForeignKey("clusters.id", ondelete="SET NULL"))
+    mutating: Mapped[bool] = mapped_column(Boolean, default=True)
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.PENDING, index=True)
+    rc: Mapped[int | None] = mapped_column(Integer)
+    explanation: Mapped[str] = mapped_column(Text, default="")
+    extravars: Mapped[dict] = mapped_column(JSON, default=dict)
+    result: Mapped[dict] = mapped_column(JSON, default=dict)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    emitted_events: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    __table_args__ = (UniqueConstraint("job_id", "counter"),)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    node_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    counter: Mapped[int] = mapped_column(Integer)
+    event: Mapped[str] = mapped_column(String(64))
+    host: Mapped[str | None] = mapped_column(String(64))
+    task: Mapped[str | None] = mapped_column(String(255))
+    stdout: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Scan(Timestamps, Base):
+    __tablename__ = "scans"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(36), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # gpus, npus, resources
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    error_msg: Mapped[str | None] = mapped_column(Text)
+    resources: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class MetricSample(Base):
+    __tablename__ = "metric_samples"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    gpu_id: Mapped[int] = mapped_column(ForeignKey("gpus.id", ondelete="CASCADE"))
+    sampled_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    utilization_gpu_percent: Mapped[float] = mapped_column(Float)
+    memory_used_mb: Mapped[float] = mapped_column(Float)
+    temperature_c: Mapped[float] = mapped_column(Float)
+    power_w: Mapped[float] = mapped_column(Float)

@@ -1,0 +1,135 @@
+"""marshmallow schemas for every body and query. Ranges come from states/validation, not literals here."""
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, Schema, fields, post_dump, validate
+
+from . import validation
+from .states import INITIALIZE_STATE_CODES, K8S_JOIN_STATE_CODES, NodeStatus
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE  # clients send extra fields; ignore them rather than fail
+
+
+class LoginSchema(StrictSchema):
+    username = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=1024))
+
+
+class LoginReplySchema(Schema):
+    id = fields.Integer()
+    username = fields.String()
+    email = fields.String()
+    role = fields.String()
+    is_super_admin = fields.Boolean()
+    token = fields.String()
+    page_access = fields.List(fields.String())
+
+
+class RegionStatusSchema(Schema):
+    gpuaas = fields.String(validate=validate.OneOf(["enabled", "disabled", "none"]))
+    compute = fields.String(validate=validate.OneOf(["enabled", "disabled", "none"]))
+
+
+class RegionSchema(StrictSchema):
+    id = fields.Integer(dump_only=True)
+    region_name = fields.String(required=True, validate=validation.region_name)
+    address = fields.String(load_default="", validate=validate.Length(max=255))
+    city = fields.String(load_default="", validate=validate.Length(max=128))
+    country = fields.String(load_default="", validate=validate.Length(max=128))
+    country_code = fields.String(load_default="", validate=validate.Length(max=3))
+    zipcode = fields.String(load_default="", validate=validate.Length(max=16))
+    lat = fields.Float(allow_none=True, validate=validate.Range(-90, 90))
+    lng = fields.Float(allow_none=True, validate=validate.Range(-180, 180))
+    accelerator_type = fields.String(load_default="gpu", validate=validate.OneOf(["gpu", "npu"]))
+    support_rdma = fields.String(allow_none=True, validate=validate.OneOf(["infiniband", "gpu_direct"]))
+    status = fields.Method("_status", dump_only=True)
+
+    def _status(self, region):
+        return {"gpuaas": region.gpuaas_status, "compute": region.compute_status}
+
+
+class RegionUpdateSchema(RegionSchema):
+    region_name = fields.String(validate=validation.region_name)
+
+
+class NodeAddSchema(StrictSchema):
+    name = fields.String(required=True, validate=validation.node_name)
+    region_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    node_ip = fields.String(required=True, validate=validation.ip_address)
+    username = fields.String(required=True, validate=validation.username)
+    port = fields.Integer(load_default=22, strict=True, validate=validate.Range(min=1, max=65535))
+    is_controller_node = fields.Boolean(load_default=False)
+    is_worker_node = fields.Boolean(load_default=False)
+    is_gateway_service = fields.Boolean(load_default=False)
+    is_storage_service = fields.Boolean(load_default=False)
+    volume_group = fields.String(allow_none=True, validate=validation.volume_group)
+    external_service_ip = fields.String(allow_none=True, validate=validation.ip_address)
+
+
+class NodeEditSchema(StrictSchema):
+    name = fields.String(validate=validation.node_name)
+    node_ip = fields.String(validate=validation.ip_address)
+    username = fields.String(validate=validation.username)
+    port = fields.Integer(strict=True, validate=validate.Range(min=1, max=65535))
+    is_controller_node = fields.Boolean()
+    is_worker_node = fields.Boolean()
+    is_gateway_service = fields.Boolean()
+    is_storage_service = fields.Boolean()
+    volume_group = fields.String(allow_none=True, validate=validation.volume_group)
+    external_service_ip = fields.String(allow_none=True, validate=validation.ip_address)
+
+
+class GpuSchema(Schema):
+    id = fields.Integer()
+    gpu_id = fields.Function(lambda gpu: str(gpu.index))
+    uuid = fields.String()
+    vendor = fields.String()
+    gpu_model = fields.String(attribute="model")
+    memory_in_mb = fields.Integer()
+    pci_bus_id = fields.String()
+    assignment_status = fields.Function(lambda gpu: gpu.assignment_status.value)
+
+
+class NodeSchema(Schema):
+    id = fields.Integer()
+    name = fields.String()
+    region_id = fields.Integer()
+    gpuaas_id = fields.Integer(attribute="cluster_id", allow_none=True)
+    node_ip = fields.String()
+    port = fields.Integer()
+    username = fields.String()
+    volume_group = fields.String(allow_none=True)
+    external_service_ip = fields.String(allow_none=True)
+    status = fields.Function(lambda node: node.status.value)
+    disabled = fields.Boolean()
+    initialize_state_status_code = fields.Function(lambda node: INITIALIZE_STATE_CODES[node.status])
+    k8s_join_state_status_code = fields.Function(
+        lambda node: -1 if node.status is NodeStatus.ERROR and node.joined else K8S_JOIN_STATE_CODES.get(node.status, 0))
+    role = fields.Function(lambda node: {
+        "is_controller_node": node.is_controller_node, "is_worker_node": node.is_worker_node,
+        "is_gateway_service": node.is_gateway_service, "is_storage_service": node.is_storage_service})
+    gpus = fields.List(fields.Nested(GpuSchema))
+    nvidia_driver_version = fields.String(allow_none=True)
+    total_memory_in_mb = fields.Integer(allow_none=True)
+    total_disk_in_mb = fields.Integer(allow_none=True)
+    cores = fields.Integer(allow_none=True)
+    cpu_model = fields.String(allow_none=True)
+    region = fields.Nested(RegionSchema)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+    @post_dump
+    def _capital_id(self, data, **_kwargs):
+        data["Id"] = data["id"]  # existing clients read `Id`
+        return data
+
+
+class RegionQuerySchema(StrictSchema):
+    region_id = fields.Integer(validate=validate.Range(min=1))
+
+
+class SuccessSchema(Schema):
+    success = fields.Boolean()
+    message = fields.String()

@@ -1,0 +1,145 @@
+"""Every status the service knows, and the transitions between them, defined once.
+
+The API guide names node statuses as strings; existing clients also read numeric
+codes (compatibility.md). Both come from the tables here, and so do the 409
+answers for requests the current state does not allow.
+"""
+from __future__ import annotations
+
+import enum
+
+
+class NodeStatus(str, enum.Enum):
+    UNINITIALIZED = "uninitialized"
+    INITIALIZING = "initializing"
+    INITIALIZED = "initialized"
+    K8_INITIALIZING = "k8_initializing"
+    K8_INITIALIZED = "k8_initialized"
+    HEALTHY = "healthy"
+    ERROR = "error"
+    RESETTING = "resetting"
+
+
+class ClusterStatus(str, enum.Enum):
+    INITIALIZING = "GPUAAS_INITIALIZING"
+    ENABLE_SETTING_UP = "GPUAAS_ENABLE_SETTING_UP"
+    ACTIVE = "GPUAAS_ACTIVE"
+    INACTIVE = "GPUAAS_INACTIVE"
+    ERROR_WHILE_ENABLING = "GPUAAS_ERROR_WHILE_ENABLING"
+
+
+class JobStatus(str, enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESSFUL = "successful"
+    FAILED = "failed"
+    ERROR = "error"
+    CANCELED = "canceled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.ERROR, JobStatus.CANCELED)
+
+
+class GpuAssignment(str, enum.Enum):
+    """Emitted in upper case, as the guide writes it; accepted in any case."""
+
+    UNASSIGNED = "UNASSIGNED"
+    ASSIGNING = "ASSIGNING"
+    ASSIGNED = "ASSIGNED"
+    UNASSIGNING = "UNASSIGNING"
+    UNAVAILABLE = "UNAVAILABLE"
+
+    @classmethod
+    def parse(cls, value: str) -> "GpuAssignment":
+        return cls(value.upper())
+
+
+class PoolStatus(str, enum.Enum):
+    DEPLOYMENT_SCHEDULED = "DEPLOYMENT_SCHEDULED"
+    VM_CREATION = "VM_CREATION"
+    SETTING_UP = "SETTING_UP"
+    ACTIVE = "ACTIVE"
+    ERROR_WHILE_DEPLOYING = "ERROR_WHILE_DEPLOYING"
+    DELETING = "DELETING"
+
+
+# compatibility.md: 0 not done, 1 in progress, 2 done, -1 error, -2 deinit running.
+INITIALIZE_STATE_CODES = {
+    NodeStatus.UNINITIALIZED: 0,
+    NodeStatus.INITIALIZING: 1,
+    NodeStatus.INITIALIZED: 2,
+    NodeStatus.K8_INITIALIZING: 2,
+    NodeStatus.K8_INITIALIZED: 2,
+    NodeStatus.HEALTHY: 2,
+    NodeStatus.ERROR: -1,
+    NodeStatus.RESETTING: -2,
+}
+K8S_JOIN_STATE_CODES = {
+    NodeStatus.K8_INITIALIZING: 1,
+    NodeStatus.K8_INITIALIZED: 2,
+    NodeStatus.HEALTHY: 2,
+}
+
+
+class Operation(str, enum.Enum):
+    """Node operations that run a playbook; value = the collection's playbook."""
+
+    INIT = "node_init"
+    DEINIT = "node_deinit"
+    REBOOT = "node_reboot"
+    ENABLE = "gpuaas_enable"
+    JOIN = "node_join"
+    LEAVE = "node_leave"
+    DISABLE = "node_disable"
+    TEST_CONN = "test_conn"
+    SCAN_GPUS = "scan_gpus"
+    SCAN_NPUS = "scan_npus"
+    STORAGE_METRICS = "storage_metrics"
+
+
+class Transition:
+    """Which node statuses an operation may start from, and where it moves the node."""
+
+    def __init__(self, allowed_from, running=None, on_success=None, on_failure=None, mutating=True):
+        self.allowed_from = frozenset(allowed_from)
+        self.running = running
+        self.on_success = on_success
+        self.on_failure = on_failure
+        self.mutating = mutating
+
+
+_ANY = frozenset(NodeStatus)
+_READY = {NodeStatus.INITIALIZED, NodeStatus.K8_INITIALIZED, NodeStatus.HEALTHY}
+
+NODE_TRANSITIONS: dict[Operation, Transition] = {
+    Operation.INIT: Transition({NodeStatus.UNINITIALIZED, NodeStatus.ERROR}, NodeStatus.INITIALIZING,
+                               NodeStatus.INITIALIZED, NodeStatus.ERROR),
+    Operation.DEINIT: Transition(_ANY - {NodeStatus.INITIALIZING, NodeStatus.RESETTING}, NodeStatus.RESETTING,
+                                 NodeStatus.UNINITIALIZED, NodeStatus.ERROR),
+    Operation.ENABLE: Transition({NodeStatus.INITIALIZED}, NodeStatus.K8_INITIALIZING,
+                                 NodeStatus.HEALTHY, NodeStatus.ERROR),
+    Operation.JOIN: Transition({NodeStatus.INITIALIZED}, NodeStatus.K8_INITIALIZING,
+                               NodeStatus.HEALTHY, NodeStatus.ERROR),
+    Operation.LEAVE: Transition({NodeStatus.K8_INITIALIZED, NodeStatus.HEALTHY, NodeStatus.ERROR},
+                                NodeStatus.RESETTING, NodeStatus.INITIALIZED, NodeStatus.ERROR),
+    Operation.REBOOT: Transition(_ANY - {NodeStatus.INITIALIZING, NodeStatus.RESETTING, NodeStatus.K8_INITIALIZING}),
+    Operation.DISABLE: Transition(_READY, None, NodeStatus.INITIALIZED, None),
+    # Read-only operations never move the node and may run beside anything.
+    Operation.TEST_CONN: Transition(_ANY, mutating=False),
+    Operation.SCAN_GPUS: Transition(_ANY - {NodeStatus.UNINITIALIZED}, mutating=False),
+    Operation.SCAN_NPUS: Transition(_ANY - {NodeStatus.UNINITIALIZED}, mutating=False),
+    Operation.STORAGE_METRICS: Transition(_ANY - {NodeStatus.UNINITIALIZED}, mutating=False),
+}
+
+# A node can be deleted only when nothing of it remains configured.
+DELETABLE_NODE_STATUSES = frozenset({NodeStatus.UNINITIALIZED, NodeStatus.ERROR})
+
+
+def refusal(operation: Operation, status: NodeStatus) -> str | None:
+    """Why ``operation`` may not start on a node in ``status``; None when it may."""
+    transition = NODE_TRANSITIONS[operation]
+    if status in transition.allowed_from:
+        return None
+    allowed = ", ".join(sorted(s.value for s in transition.allowed_from))
+    return f"cannot {operation.name.lower().replace('_', ' ')} a node that is {status.value} (allowed from: {allowed})"

@@ -1,0 +1,77 @@
+"""`gpuaas-api serve` for real: gunicorn on a loopback port, the first admin from the environment."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CLI = Path(sys.executable).parent / "gpuaas-api"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def call(base, method, path, body=None, token=None):
+    request = urllib.request.Request(base + path, method=method, data=json.dumps(body).encode() if body else None,
+                                     headers={"Content-Type": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = free_port()
+    env = dict(os.environ, GPUAAS_BIND=f"127.0.0.1:{port}", GPUAAS_DATA_DIR=str(tmp_path / "var"),
+               GPUAAS_ADMIN_USER="root-admin", GPUAAS_ADMIN_PASSWORD="s3cret-enough")
+    env.pop("GPUAAS_DATABASE_URL", None)
+    process = subprocess.Popen([str(CLI), "serve", "--workers", "2"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if call(base, "GET", "/api/health")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail(f"serve did not answer: {process.stdout.read()}")
+    yield base, tmp_path / "var"
+    process.terminate()
+    process.wait(timeout=15)
+
+
+def test_serve_with_embedded_defaults(server):
+    base, data_dir = server
+
+    status, login = call(base, "POST", "/api/login", {"username": "root-admin", "password": "s3cret-enough"})
+    assert status == 200
+    token = login["token"]
+    assert call(base, "GET", "/gpuaas/list/regions")[0] == 401
+    status, region = call(base, "POST", "/regions", {"region_name": "lab-1"}, token)
+    assert status == 201
+    status, node = call(base, "POST", "/api/gpuaas/node/add",
+                        {"name": "w1", "region_id": region["id"], "node_ip": "198.18.0.12", "username": "root",
+                         "is_worker_node": True}, token)
+    assert status == 201 and node["Id"] == node["id"]
+    assert (data_dir / "gpuaas.sqlite3").exists()
+    assert (data_dir / "gpuaas.sqlite3-wal").exists()  # WAL mode
+    status, spec = call(base, "GET", "/api/openapi.json")
+    assert status == 200 and spec["info"]["title"].startswith("hosted")
