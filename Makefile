@@ -113,6 +113,10 @@ test-fleet: fleet-image collection
 	    $(FLEET) exec -- env PATH="$$PATH" $(BIN)/molecule test -s $$s || { status=1; break; }; \
 	  done; \
 	fi; \
+	if [ $$status = 0 ]; then \
+	  echo "=== end-to-end: gpuaas-api serve against the fleet"; \
+	  $(FLEET) exec -- env PATH="$$PATH" $(BIN)/pytest -q -p no:cacheprovider tests/e2e || status=1; \
+	fi; \
 	$(FLEET) down || status=1; \
 	exit $$status
 

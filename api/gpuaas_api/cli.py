@@ -11,6 +11,7 @@ from . import create_app
 from .auth import ensure_admin, hash_password, issue_token
 from .config import Config
 from .db import session
+from .jobs.worker import reconcile, start_workers
 from .migrate import upgrade
 from .models import User
 
@@ -22,6 +23,14 @@ def _serve(config: Config, workers: int) -> int:
     app = create_app(config)
     with app.app_context():
         ensure_admin(config.ADMIN_USER, config.ADMIN_PASSWORD)
+    # Jobs left running by a process of this host that is gone: finalise them, fix their nodes.
+    for job_id in reconcile(app):
+        print(f"gpuaas-api: job {job_id} was left running by a stopped process; finalised", file=sys.stderr)
+
+    def post_fork(_server, _worker):
+        # Connections must not be shared across fork; each worker process runs its own job workers.
+        app.extensions["gpuaas_engine"].dispose(close=False)
+        start_workers(app, config.JOB_WORKERS)
 
     class Server(BaseApplication):
         def load_config(self):
@@ -30,6 +39,8 @@ def _serve(config: Config, workers: int) -> int:
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("threads", 8)
             self.cfg.set("accesslog", "-")
+            self.cfg.set("post_fork", post_fork)
+            self.cfg.set("graceful_timeout", 10)
 
         def load(self):
             return app

@@ -1,6 +1,7 @@
 """Configuration from the environment (see README: GPUAAS_*)."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +16,10 @@ class Config:
         self.ADMIN_PASSWORD = env.get("GPUAAS_ADMIN_PASSWORD")
         self.TOKEN_TTL_HOURS = int(env.get("GPUAAS_TOKEN_TTL_HOURS", "24"))
         self.SESSION_COOKIE_SECURE = env.get("GPUAAS_SECURE_COOKIES", "false").lower() == "true"
+        # Site-wide variables for every playbook run, as JSON (for example a fleet's boot-id command).
+        self.ANSIBLE_EXTRA_VARS = json.loads(env.get("GPUAAS_ANSIBLE_EXTRA_VARS", "{}"))
+        self.JOB_TIMEOUT_SECONDS = int(env.get("GPUAAS_JOB_TIMEOUT_SECONDS", "3600"))
+        self.JOB_WORKERS = int(env.get("GPUAAS_JOB_WORKERS", "2"))
         self.TESTING = False
 
     def as_flask(self) -> dict:

@@ -35,3 +35,8 @@ def init_app(app: Flask, url: str) -> None:
 
 def session() -> Session:
     return current_app.extensions["gpuaas_session"]()
+
+
+def release() -> None:
+    """End this thread's session (worker threads live outside requests)."""
+    current_app.extensions["gpuaas_session"].remove()

@@ -99,6 +99,8 @@ class Node(Timestamps, Base):
     status: Mapped[NodeStatus] = mapped_column(_enum(NodeStatus), default=NodeStatus.UNINITIALIZED)
     joined: Mapped[bool] = mapped_column(Boolean, default=False)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The job holding the node for a mutating operation; taken with a conditional UPDATE.
+    busy_job_id: Mapped[int | None] = mapped_column(Integer)
     # Pinned at the first successful contact, enforced afterwards.
     ssh_host_key: Mapped[str | None] = mapped_column(Text)
     nvidia_driver_version: Mapped[str | None] = mapped_column(String(32))

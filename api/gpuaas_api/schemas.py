@@ -133,3 +133,81 @@ class RegionQuerySchema(StrictSchema):
 class SuccessSchema(Schema):
     success = fields.Boolean()
     message = fields.String()
+
+
+class NodeIdQuerySchema(StrictSchema):
+    gpuaas_node_id = fields.Integer(required=True, validate=validate.Range(min=1))
+
+
+class NodeIdAltQuerySchema(StrictSchema):
+    node_id = fields.Integer(required=True, validate=validate.Range(min=1))
+
+
+class LeaveQuerySchema(NodeIdAltQuerySchema):
+    ungraceful = fields.Boolean(load_default=False)
+
+
+class ControllerQuerySchema(StrictSchema):
+    controller_node_id = fields.Integer(required=True, validate=validate.Range(min=1))
+
+
+class JoinSchema(StrictSchema):
+    """The guide's body ({joinee_node_id, region_id}) or the clients' ({gpuaas_id, gpuaas_node_id})."""
+
+    joinee_node_id = fields.Integer(validate=validate.Range(min=1))
+    region_id = fields.Integer(validate=validate.Range(min=1))
+    gpuaas_id = fields.Integer(validate=validate.Range(min=1))
+    gpuaas_node_id = fields.Integer(validate=validate.Range(min=1))
+
+
+class ScanQuerySchema(StrictSchema):
+    scan_id = fields.String(required=True, validate=validate.Length(min=1, max=36))
+
+
+class PageQuerySchema(StrictSchema):
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+
+
+class OperationReplySchema(Schema):
+    success = fields.Boolean()
+    message = fields.String()
+    job_id = fields.Integer()
+
+
+class JobSchema(Schema):
+    id = fields.Integer()
+    operation = fields.String()
+    node_id = fields.Integer(allow_none=True)
+    gpuaas_id = fields.Integer(attribute="cluster_id", allow_none=True)
+    status = fields.Function(lambda job: job.status.value)
+    rc = fields.Integer(allow_none=True)
+    explanation = fields.String()
+    result = fields.Dict()
+    emitted_events = fields.Integer()
+    cancel_requested = fields.Boolean()
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+
+
+class ScanSchema(Schema):
+    id = fields.Integer()
+    scan_id = fields.Function(lambda scan: scan.request_id)
+    request_id = fields.String()
+    status = fields.String()
+    node_id = fields.Integer()
+    job_id = fields.Integer(allow_none=True)
+    error_msg = fields.String(allow_none=True)
+    resources = fields.Dict()
+
+
+class ClusterSchema(Schema):
+    id = fields.Integer()
+    region_id = fields.Integer()
+    controller_node_id = fields.Integer(allow_none=True)
+    status = fields.Function(lambda cluster: cluster.status.value)
+    k8s_api_server_port = fields.Integer(allow_none=True)
+    prometheus_reverse_tunnel_port = fields.Integer(allow_none=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()

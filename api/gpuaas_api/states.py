@@ -95,6 +95,7 @@ class Operation(str, enum.Enum):
     TEST_CONN = "test_conn"
     SCAN_GPUS = "scan_gpus"
     SCAN_NPUS = "scan_npus"
+    SCAN_RESOURCES = "scan_resources"
     STORAGE_METRICS = "storage_metrics"
 
 
@@ -124,11 +125,12 @@ NODE_TRANSITIONS: dict[Operation, Transition] = {
     Operation.LEAVE: Transition({NodeStatus.K8_INITIALIZED, NodeStatus.HEALTHY, NodeStatus.ERROR},
                                 NodeStatus.RESETTING, NodeStatus.INITIALIZED, NodeStatus.ERROR),
     Operation.REBOOT: Transition(_ANY - {NodeStatus.INITIALIZING, NodeStatus.RESETTING, NodeStatus.K8_INITIALIZING}),
-    Operation.DISABLE: Transition(_READY, None, NodeStatus.INITIALIZED, None),
+    Operation.DISABLE: Transition(_READY),
     # Read-only operations never move the node and may run beside anything.
     Operation.TEST_CONN: Transition(_ANY, mutating=False),
     Operation.SCAN_GPUS: Transition(_ANY - {NodeStatus.UNINITIALIZED}, mutating=False),
     Operation.SCAN_NPUS: Transition(_ANY - {NodeStatus.UNINITIALIZED}, mutating=False),
+    Operation.SCAN_RESOURCES: Transition(_ANY - {NodeStatus.UNINITIALIZED}, mutating=False),
     Operation.STORAGE_METRICS: Transition(_ANY - {NodeStatus.UNINITIALIZED}, mutating=False),
 }
 

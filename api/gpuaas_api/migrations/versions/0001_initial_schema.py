@@ -92,6 +92,7 @@ def upgrade() -> None:
     sa.Column('status', sa.Enum('uninitialized', 'initializing', 'initialized', 'k8_initializing', 'k8_initialized', 'healthy', 'error', 'resetting', name='nodestatus', native_enum=False, length=32), nullable=False),
     sa.Column('joined', sa.Boolean(), nullable=False),
     sa.Column('disabled', sa.Boolean(), nullable=False),
+    sa.Column('busy_job_id', sa.Integer(), nullable=True),
     sa.Column('ssh_host_key', sa.Text(), nullable=True),
     sa.Column('nvidia_driver_version', sa.String(length=32), nullable=True),
     sa.Column('cuda_version', sa.String(length=16), nullable=True),

@@ -1,0 +1,172 @@
+"""The one place where a finished job moves the job, the node, the cluster and the GPU inventory."""
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import select
+
+from ..db import session
+from ..models import Cluster, Gpu, Job, Node, Npu, Scan
+from ..states import NODE_TRANSITIONS, ClusterStatus, GpuAssignment, JobStatus, NodeStatus, Operation
+
+RUNNER_TO_JOB_STATUS = {
+    "successful": JobStatus.SUCCESSFUL,
+    "failed": JobStatus.FAILED,
+    "timeout": JobStatus.FAILED,
+    "canceled": JobStatus.CANCELED,
+}
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def finalize(job_id: int, runner_status: str, rc: int | None, explanation: str, artifact_data: dict,
+             new_host_keys: dict[int, str] | None = None, emitted_events: int = 0) -> Job:
+    db = session()
+    job = db.get(Job, job_id)
+    node = db.get(Node, job.node_id) if job.node_id else None
+    status = RUNNER_TO_JOB_STATUS.get(runner_status, JobStatus.ERROR)
+    if status is JobStatus.FAILED and not explanation:
+        explanation = _failure_explanation(artifact_data, rc)
+    job.status, job.rc, job.explanation = status, rc, explanation
+    job.result = artifact_data
+    job.finished_at = now()
+    job.emitted_events = emitted_events
+    for node_id, key in (new_host_keys or {}).items():
+        contacted = db.get(Node, node_id)
+        if contacted is not None and contacted.ssh_host_key is None:
+            contacted.ssh_host_key = key  # pinned at the first successful contact
+    if node is not None:
+        _move_node(job, node, status is JobStatus.SUCCESSFUL, artifact_data)
+        if node.busy_job_id == job.id:
+            node.busy_job_id = None
+    db.commit()
+    return job
+
+
+def _failure_explanation(artifact_data: dict, rc: int | None) -> str:
+    conn = artifact_data.get("gpuaas_conn_check", {})
+    for host, result in conn.items():
+        if result.get("failed_step"):
+            return f"{host}: step {result['failed_step']} failed"
+    if rc == 4:
+        return "the node could not be reached over SSH"
+    return f"the playbook failed (rc {rc}); see the node's logs"
+
+
+def _move_node(job: Job, node: Node, succeeded: bool, artifact_data: dict) -> None:
+    operation = Operation(job.operation)
+    transition = NODE_TRANSITIONS[operation]
+    target = transition.on_success if succeeded else transition.on_failure
+    if target is not None:
+        node.status = target
+    db = session()
+    cluster = db.get(Cluster, job.cluster_id) if job.cluster_id else None
+    if operation is Operation.ENABLE and cluster is not None:
+        if succeeded:
+            facts = artifact_data.get("gpuaas_cluster", {})
+            cluster.status = ClusterStatus.ACTIVE
+            cluster.facts = facts
+            cluster.k8s_api_server_address = facts.get("api_server_address")
+            cluster.k8s_api_server_port = int(facts["api_server_port"]) if facts.get("api_server_port") else None
+            node.cluster_id, node.joined = cluster.id, True
+        else:
+            cluster.status = ClusterStatus.ERROR_WHILE_ENABLING
+    elif operation is Operation.JOIN and succeeded:
+        node.cluster_id, node.joined = job.cluster_id, True
+    elif operation in (Operation.LEAVE, Operation.DEINIT) and succeeded:
+        node.joined = False
+        node.cluster_id = None
+        node.disabled = False
+    elif operation is Operation.DISABLE and succeeded:
+        node.disabled = True
+    elif operation in (Operation.SCAN_GPUS, Operation.SCAN_NPUS, Operation.SCAN_RESOURCES):
+        _finish_scan(job, node, succeeded, artifact_data)
+
+
+def _finish_scan(job: Job, node: Node, succeeded: bool, artifact_data: dict) -> None:
+    db = session()
+    scan = db.scalar(select(Scan).where(Scan.job_id == job.id))
+    gpu_report = artifact_data.get("gpuaas_gpu_scan", {}).get(node.name)
+    npu_report = artifact_data.get("gpuaas_npu_scan", {}).get(node.name)
+    storage_report = artifact_data.get("gpuaas_storage_metrics", {}).get(node.name)
+    if not succeeded or (gpu_report is None and npu_report is None):
+        if scan is not None:
+            scan.status, scan.error_msg = "failed", job.explanation or "the scan returned no result"
+        if job.operation != Operation.SCAN_NPUS.value:
+            for gpu in node.gpus:  # the node did not answer: its GPUs cannot be assigned now
+                gpu.assignment_status = GpuAssignment.UNAVAILABLE
+        return
+    resources: dict = {}
+    if gpu_report is not None:
+        resources["gpus"] = apply_gpu_scan(node, gpu_report)
+    if npu_report is not None:
+        resources["npus"] = apply_npu_scan(node, npu_report)
+    if job.operation == Operation.SCAN_RESOURCES.value:
+        resources.setdefault("gpus", [])
+        resources.setdefault("npus", [])
+        resources["hca_devices"], resources["hca_device_info"] = [], []
+        resources["volume"] = (storage_report or {}).get("volume_groups", [])
+    if scan is not None:
+        scan.status, scan.resources = "completed", resources
+
+
+def apply_gpu_scan(node: Node, report: dict) -> list[dict]:
+    """New GPUs become UNASSIGNED; GPUs not seen (or lost) become UNAVAILABLE, never deleted."""
+    db = session()
+    node.nvidia_driver_version = report.get("driver_version")
+    node.cuda_version = report.get("cuda_version")
+    known = {gpu.uuid: gpu for gpu in node.gpus}
+    seen = set()
+    scanned = []
+    for entry in report.get("gpus", []):
+        if entry.get("status") != "ok":
+            continue
+        seen.add(entry["uuid"])
+        gpu = known.get(entry["uuid"])
+        if gpu is None:
+            gpu = Gpu(node_id=node.id, uuid=entry["uuid"], index=entry["index"], model=entry["model"],
+                      memory_in_mb=entry["memory_mb"])
+            db.add(gpu)
+        elif gpu.assignment_status is GpuAssignment.UNAVAILABLE:
+            gpu.assignment_status = GpuAssignment.ASSIGNED if gpu.pool_id else GpuAssignment.UNASSIGNED
+        gpu.index, gpu.model, gpu.memory_in_mb = entry["index"], entry["model"], entry["memory_mb"]
+        gpu.vendor, gpu.pci_bus_id = entry.get("vendor", "NVIDIA"), entry.get("pci_bus_id")
+        gpu.compute_mode, gpu.mig_mode = entry.get("compute_mode"), entry.get("mig_mode")
+        scanned.append({"uuid": entry["uuid"], "vendor": gpu.vendor, "gpu_model": entry["model"],
+                        "memory_in_mb": entry["memory_mb"]})
+    for uuid, gpu in known.items():
+        if uuid not in seen:
+            gpu.assignment_status = GpuAssignment.UNAVAILABLE
+    return scanned
+
+
+def apply_npu_scan(node: Node, report: dict) -> list[dict]:
+    db = session()
+    known = {npu.index: npu for npu in node.npus}
+    scanned = []
+    for entry in report.get("npus", []):
+        npu = known.get(entry["id"]) or Npu(node_id=node.id, index=entry["id"])
+        npu.chip_name, npu.memory_in_mb, npu.health = entry.get("chip_name"), entry.get("memory_mb"), entry["health"]
+        db.add(npu)
+        scanned.append({"id": entry["id"], "chip_name": npu.chip_name, "memory_in_mb": npu.memory_in_mb,
+                        "health": npu.health})
+    return scanned
+
+
+def reconcile_orphans(hostname: str, is_alive) -> list[int]:
+    """Finalise jobs whose claiming process on this host is gone (after a crash or restart)."""
+    db = session()
+    orphans = []
+    for job in db.scalars(select(Job).where(Job.status == JobStatus.RUNNING)).all():
+        host, _, pid = (job.claimed_by or "").rpartition(":")
+        if host == hostname and pid.isdigit() and not is_alive(int(pid)):
+            orphans.append(job.id)
+    for job_id in orphans:
+        finalize(job_id, "error", None, "the API process running this job stopped before it finished; "
+                 "the node was set to a consistent state", {})
+    return orphans
+
+
+__all__ = ["finalize", "reconcile_orphans", "apply_gpu_scan", "NodeStatus"]

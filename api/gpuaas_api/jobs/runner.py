@@ -1,0 +1,195 @@
+"""One job, one ansible-runner run.
+
+The pitfalls of driving ansible-runner from a service (shared/notes/ansible-runner.md)
+each have their answer here: a fresh private data dir per job, the inventory and
+extravars as data, events taken through a cheap event_handler, a cancel_callback
+always, the whole process tree ended on cancel, a minimal environment, and the
+runner's `command` artifact deleted because it holds the environment.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ansible_runner
+
+COLLECTION_ROOT = Path(__file__).resolve().parents[3]  # the repository: galaxy.yml, playbooks/, roles/
+MAX_EVENT_STDOUT = 64 * 1024  # per event, like AWX's cap but smaller: logs are paginated anyway
+
+
+@dataclass
+class HostSpec:
+    node_id: int
+    name: str
+    address: str
+    port: int
+    user: str
+    groups: list[str]
+    host_key: str | None
+    hostvars: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    status: str  # successful, failed, canceled, timeout, error
+    rc: int | None
+    stats: dict
+    artifact_data: dict
+    new_host_keys: dict[int, str]  # node id -> "type base64", for nodes contacted for the first time
+    explanation: str = ""
+
+
+def collections_path(data_dir: Path) -> Path:
+    """A collections tree in the data dir whose hostedai/gpuaas is this checkout."""
+    root = data_dir / "collections"
+    link = root / "ansible_collections" / "hostedai" / "gpuaas"
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        tmp = link.with_name(f".gpuaas.{os.getpid()}")
+        tmp.symlink_to(COLLECTION_ROOT)
+        tmp.replace(link)
+    return root
+
+
+def build_inventory(hosts: list[HostSpec], key_file: Path, known_hosts: Path) -> dict:
+    """The inventory as data (never text assembled from strings)."""
+    inventory: dict = {"all": {"hosts": {}, "children": {}}}
+    for host in hosts:
+        # accept-new pins the key at the first contact; once pinned it is enforced strictly.
+        checking = "yes" if host.host_key else "accept-new"
+        inventory["all"]["hosts"][host.name] = {
+            "ansible_host": host.address,
+            "ansible_port": host.port,
+            "ansible_user": host.user,
+            "ansible_ssh_private_key_file": str(key_file),
+            "ansible_ssh_common_args": (f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking={checking} "
+                                        "-o HashKnownHosts=no -o ConnectTimeout=10 -o ServerAliveInterval=10 -o ServerAliveCountMax=3"),
+            "ansible_python_interpreter": "/usr/bin/python3",
+            **host.hostvars,
+        }
+        for group in host.groups:
+            inventory["all"]["children"].setdefault(group, {"hosts": {}})["hosts"][host.name] = None
+    return inventory
+
+
+def _known_hosts_lines(hosts: list[HostSpec]) -> str:
+    lines = []
+    for host in hosts:
+        if host.host_key:
+            target = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+            lines.append(f"{target} {host.host_key}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _read_new_keys(known_hosts: Path, hosts: list[HostSpec]) -> dict[int, str]:
+    found = {}
+    if not known_hosts.exists():
+        return found
+    by_target = {(h.address if h.port == 22 else f"[{h.address}]:{h.port}"): h.node_id
+                 for h in hosts if not h.host_key}
+    for line in known_hosts.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] in by_target:
+            found[by_target[parts[0]]] = f"{parts[1]} {parts[2]}"
+    return found
+
+
+def kill_job_processes(job_marker: str) -> int:
+    """End every process carrying this job's marker in its environment.
+
+    Ansible's workers (and their ssh children) leave the playbook's process group
+    and can outlive a cancel; the marker finds them wherever they were re-parented.
+    """
+    needle = job_marker.encode() + b"\0"
+    killed = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    return killed
+
+
+def run_playbook(job_id: int, playbook: str, hosts: list[HostSpec], extravars: dict, data_dir: Path,
+                 key_file: Path, on_event, should_cancel, timeout: int = 3600) -> RunResult:
+    """Run playbooks/<playbook>.yml against ``hosts``; ``on_event`` gets each event (keep it cheap)."""
+    jobs_dir = data_dir / "jobs"
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    private = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=jobs_dir))  # fresh per job, never reused
+    known_hosts = private / "known_hosts"
+    known_hosts.write_text(_known_hosts_lines(hosts))
+    marker = f"GPUAAS_JOB_MARKER={job_id}-{private.name}"
+    build = data_dir / "ansible"
+    envvars = {
+        # Minimal environment: the artifacts and status callbacks must not carry the service's.
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(private),
+        "LANG": "C.UTF-8",
+        "ANSIBLE_COLLECTIONS_PATH": str(collections_path(data_dir)),
+        "ANSIBLE_HOME": str(build),
+        "ANSIBLE_LOCAL_TEMP": str(build / "tmp"),
+        "ANSIBLE_PIPELINING": "True",
+        # SSH multiplexing masters belong to the job: they are ended with it (kill_job_processes),
+        # so their sockets must not be left where the next job would find them.
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(private / "cp"),
+        "ANSIBLE_FORKS": "50",
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        marker.split("=")[0]: marker.split("=", 1)[1],
+    }
+    canceled = threading.Event()
+    final_stats: dict = {}
+
+    def cancel_callback():
+        if should_cancel():
+            canceled.set()
+            return True
+        return False
+
+    def event_handler(event):
+        stdout = event.get("stdout", "")
+        if len(stdout) > MAX_EVENT_STDOUT:
+            event["stdout"] = stdout[:MAX_EVENT_STDOUT] + "\n[... output truncated]"
+        if event.get("event") == "playbook_on_stats":
+            final_stats.update(event.get("event_data", {}))
+        on_event(event)
+        return False  # the runner need not keep its own copy on disk
+
+    try:
+        runner = ansible_runner.run(
+            private_data_dir=str(private),
+            playbook=str(COLLECTION_ROOT / "playbooks" / f"{playbook}.yml"),
+            inventory=build_inventory(hosts, key_file, known_hosts),
+            extravars=extravars,
+            envvars=envvars,
+            event_handler=event_handler,
+            cancel_callback=cancel_callback,
+            timeout=timeout,
+            quiet=True,
+            ident="run",
+        )
+        status, rc = runner.status, runner.rc
+    finally:
+        kill_job_processes(marker)  # whatever the outcome, no process of this job outlives it
+        new_keys = _read_new_keys(known_hosts, hosts)
+        # The private dir holds the inventory, the env and the command line: gone with the job.
+        shutil.rmtree(private, ignore_errors=True)
+    explanation = ""
+    if canceled.is_set():
+        status, explanation = "canceled", "canceled on request"
+    elif status == "timeout":
+        explanation = f"the playbook ran past its {timeout}s limit and was stopped"
+    return RunResult(status=status, rc=rc, stats={key: final_stats.get(key, {}) for key in
+                                                  ("ok", "changed", "failures", "dark", "skipped", "processed")},
+                     artifact_data=final_stats.get("artifact_data", {}), new_host_keys=new_keys,
+                     explanation=explanation)

@@ -1,0 +1,36 @@
+"""Start a node operation: validate the transition, take the node, record the job."""
+from __future__ import annotations
+
+from sqlalchemy import update
+
+from ..db import session
+from ..errors import conflict
+from ..models import Job, Node
+from ..states import NODE_TRANSITIONS, Operation, refusal
+
+
+def submit(operation: Operation, node: Node, extravars: dict | None = None, cluster_id: int | None = None,
+           extra_hosts: list[int] | None = None) -> Job:
+    """Record a pending job for ``operation`` on ``node``; 409 when the state or a running job forbids it."""
+    db = session()
+    reason = refusal(operation, node.status)
+    if reason:
+        raise conflict(f"node {node.id}: {reason}")
+    transition = NODE_TRANSITIONS[operation]
+    job = Job(operation=operation.value, node_id=node.id, cluster_id=cluster_id, mutating=transition.mutating,
+              extravars={"hosts": [node.id] + list(extra_hosts or []), "vars": extravars or {}})
+    db.add(job)
+    db.flush()
+    if transition.mutating:
+        # One mutating operation per node: a conditional UPDATE is atomic on SQLite and PostgreSQL,
+        # so two requests racing for the node cannot both win.
+        taken = db.execute(update(Node).where(Node.id == node.id, Node.busy_job_id.is_(None))
+                           .values(busy_job_id=job.id)).rowcount
+        if taken != 1:
+            db.rollback()
+            busy = db.get(Node, node.id).busy_job_id
+            raise conflict(f"node {node.id} is busy with job {busy}; wait for it or cancel it")
+        if transition.running is not None:
+            db.execute(update(Node).where(Node.id == node.id).values(status=transition.running))
+    db.commit()
+    return job

@@ -1,0 +1,202 @@
+"""Node operations at the API edge: state machine, one mutating job per node, jobs, scans, logs.
+
+Nothing here runs ansible: the jobs stay pending (no worker runs in these tests), and
+finalisation is driven directly. tests/e2e runs the same operations on the fleet.
+"""
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from conftest import assert_error
+from gpuaas_api.db import session
+from gpuaas_api.jobs.finalize import finalize, reconcile_orphans
+from gpuaas_api.jobs.worker import claim_next
+from gpuaas_api.models import Gpu, Job, JobEvent, Node, Scan
+from gpuaas_api.states import GpuAssignment, JobStatus, NodeStatus
+
+
+def add_node(client, region, name="w1", **roles):
+    body = {"name": name, "region_id": region["id"], "node_ip": "198.18.0.12", "username": "root",
+            "is_worker_node": True}
+    body.update(roles)
+    return client.post("/gpuaas/node/add", json=body).get_json()
+
+
+def set_status(app, node_id, status):
+    with app.app_context():
+        session().get(Node, node_id).status = status
+        session().commit()
+
+
+def test_init_records_a_job_and_moves_the_node(app, client, region):
+    node = add_node(client, region)
+
+    reply = client.get(f"/gpuaas/node/init?gpuaas_node_id={node['id']}").get_json()
+
+    assert reply["success"] is True
+    job = client.get(f"/api/jobs/{reply['job_id']}").get_json()
+    assert (job["operation"], job["status"], job["node_id"]) == ("node_init", "pending", node["id"])
+    after = client.get(f"/gpuaas/node/{node['id']}").get_json()
+    assert after["status"] == "initializing" and after["initialize_state_status_code"] == 1
+
+
+def test_a_second_mutating_operation_on_a_busy_node_is_409(app, client, region):
+    node = add_node(client, region)
+    set_status(app, node["id"], NodeStatus.INITIALIZED)
+    reboot = client.post(f"/gpuaas/node/reboot?node_id={node['id']}").get_json()  # leaves the status as it is
+
+    body = assert_error(client.post(f"/gpuaas/node/{node['id']}/disable"), 409)
+    assert f"busy with job {reboot['job_id']}" in body["message"]
+    # read-only operations may still run beside it
+    assert client.get(f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}").status_code == 200
+
+
+def test_state_machine_refusals(app, client, region):
+    node = add_node(client, region)
+    set_status(app, node["id"], NodeStatus.INITIALIZED)
+
+    assert "cannot init" in assert_error(client.get(f"/gpuaas/node/init?gpuaas_node_id={node['id']}"), 409)["message"]
+    join = client.post("/gpuaas/node/join", json={"joinee_node_id": node["id"], "region_id": region["id"]})
+    assert "no active GPUaaS cluster" in assert_error(join, 409)["message"]
+    assert_error(client.post(f"/gpuaas/node/leave?node_id={node['id']}"), 409)
+    not_controller = client.post(f"/gpuaas/enable?controller_node_id={node['id']}")
+    assert_error(not_controller, 409, field="controller_node_id")
+
+
+def test_join_accepts_both_bodies_and_checks_them(app, client, region):
+    controller = add_node(client, region, name="ctrl", is_controller_node=True, is_worker_node=False)
+    worker = add_node(client, region, name="w1")
+    set_status(app, controller["id"], NodeStatus.INITIALIZED)
+    set_status(app, worker["id"], NodeStatus.INITIALIZED)
+    enabled = client.post(f"/gpuaas/enable?controller_node_id={controller['id']}").get_json()
+    gpuaas_id = enabled["gpuaas_id"]
+    with app.app_context():
+        finalize(enabled["job_id"], "successful", 0, "", {"gpuaas_cluster": {"api_server_port": 6443,
+                                                                             "api_server_address": "198.18.0.11"}})
+    cluster = client.get(f"/gpuaas/{gpuaas_id}").get_json()
+    assert cluster["status"] == "GPUAAS_ACTIVE" and cluster["k8s_api_server_port"] == 6443
+    assert client.get("/gpuaas").get_json() == [cluster]
+
+    assert_error(client.post("/gpuaas/node/join", json={}), 422, field="joinee_node_id")
+    assert_error(client.post("/gpuaas/node/join", json={"gpuaas_id": 999, "gpuaas_node_id": worker["id"]}), 409,
+                 field="gpuaas_id")
+    reply = client.post("/gpuaas/node/join", json={"gpuaas_id": gpuaas_id, "gpuaas_node_id": worker["id"]})
+    assert reply.status_code == 200
+    with app.app_context():
+        job = session().get(Job, reply.get_json()["job_id"])
+        assert job.extravars["hosts"] == [worker["id"], controller["id"]]
+        assert job.extravars["vars"] == {"cluster_join_controller": "ctrl"}
+    assert client.get(f"/gpuaas/node/{worker['id']}").get_json()["status"] == "k8_initializing"
+    assert_error(client.delete(f"/gpuaas/{gpuaas_id}"), 409)
+
+
+def test_each_job_is_claimed_once(app, client, region):
+    node = add_node(client, region)
+    job_id = client.get(f"/gpuaas/node/init?gpuaas_node_id={node['id']}").get_json()["job_id"]
+
+    with app.app_context():
+        first, second = claim_next(), claim_next()
+        job = session().get(Job, job_id)
+    assert (first, second) == (job_id, None)
+    assert job.status is JobStatus.RUNNING and job.claimed_by
+
+
+def test_cancel_and_finished_jobs(app, client, region):
+    node = add_node(client, region)
+    job_id = client.get(f"/gpuaas/node/init?gpuaas_node_id={node['id']}").get_json()["job_id"]
+
+    canceled = client.post(f"/api/jobs/{job_id}/cancel")
+    assert canceled.status_code == 202 and canceled.get_json()["cancel_requested"] is True
+    with app.app_context():
+        finalize(job_id, "canceled", None, "canceled on request", {})
+    assert_error(client.post(f"/api/jobs/{job_id}/cancel"), 409)
+    after = client.get(f"/gpuaas/node/{node['id']}").get_json()
+    assert after["status"] == "error"  # the init did not finish: the node says so
+    assert client.get(f"/gpuaas/node/init?gpuaas_node_id={node['id']}").status_code == 200  # and can retry
+    assert_error(client.get("/api/jobs/9999"), 404)
+
+
+def test_orphaned_jobs_are_finalised_after_a_restart(app, client, region):
+    node = add_node(client, region)
+    job_id = client.get(f"/gpuaas/node/init?gpuaas_node_id={node['id']}").get_json()["job_id"]
+    with app.app_context():
+        job = session().get(Job, job_id)
+        job.status, job.claimed_by = JobStatus.RUNNING, "this-host:999999"
+        session().commit()
+        orphans = reconcile_orphans("this-host", lambda pid: False)
+    job = client.get(f"/api/jobs/{job_id}").get_json()
+
+    assert orphans == [job_id]
+    assert job["status"] == "error" and "stopped before it finished" in job["explanation"]
+    assert client.get(f"/gpuaas/node/{node['id']}").get_json()["status"] == "error"
+    assert client.get(f"/gpuaas/node/reboot?node_id={node['id']}").status_code == 405  # POST only
+
+
+def gpu_report(*gpus):
+    return {"gpuaas_gpu_scan": {"w1": {"driver_state": "present", "driver_version": "550.54.15", "cuda_version": "12.4",
+                                      "gpu_count": len(gpus), "gpus": list(gpus)}}}
+
+
+def gpu(index, uuid, status="ok"):
+    return {"index": index, "uuid": uuid, "vendor": "NVIDIA", "model": "NVIDIA L40S", "memory_mb": 46068,
+            "pci_bus_id": f"00000000:{index:02X}:00.0", "compute_mode": "DEFAULT", "mig_mode": "disabled",
+            "status": status}
+
+
+def test_scans_update_the_gpu_inventory_without_deleting(app, client, region):
+    node = add_node(client, region)
+    set_status(app, node["id"], NodeStatus.INITIALIZED)
+    first = client.get(f"/gpuaas/node/scan_gpus?gpuaas_node_id={node['id']}").get_json()
+    assert first["status"] == "processing" and first["scan_id"]
+    with app.app_context():
+        finalize(first["job_id"], "successful", 0, "", gpu_report(gpu(0, "GPU-a"), gpu(1, "GPU-b")))
+    done = client.get(f"/gpuaas/node/scan_gpus/status?scan_id={first['scan_id']}").get_json()
+    assert done["status"] == "completed"
+    assert done["resources"]["gpus"][0] == {"uuid": "GPU-a", "vendor": "NVIDIA", "gpu_model": "NVIDIA L40S",
+                                            "memory_in_mb": 46068}
+
+    second = client.get(f"/gpuaas/node/scan_gpus?gpuaas_node_id={node['id']}").get_json()
+    with app.app_context():
+        finalize(second["job_id"], "successful", 0, "", gpu_report(gpu(0, "GPU-a"), gpu(1, "GPU-b", "lost")))
+        statuses = {g.uuid: g.assignment_status for g in session().scalars(select(Gpu)).all()}
+    assert statuses == {"GPU-a": GpuAssignment.UNASSIGNED, "GPU-b": GpuAssignment.UNAVAILABLE}
+    shown = client.get(f"/gpuaas/node/{node['id']}").get_json()
+    assert [(g["uuid"], g["assignment_status"]) for g in shown["gpus"]] == [("GPU-a", "UNASSIGNED"),
+                                                                            ("GPU-b", "UNAVAILABLE")]
+    assert shown["nvidia_driver_version"] == "550.54.15"
+    assert_error(client.get("/gpuaas/node/scan_gpus/status?scan_id=nope"), 404)
+    assert_error(client.get(f"/gpuaas/node/scan_npus/status?scan_id={first['scan_id']}"), 404)  # wrong kind
+
+
+def test_failed_scan_marks_gpus_unavailable(app, client, region):
+    node = add_node(client, region)
+    set_status(app, node["id"], NodeStatus.INITIALIZED)
+    scan = client.get(f"/gpuaas/node/scan_gpus?gpuaas_node_id={node['id']}").get_json()
+    with app.app_context():
+        finalize(scan["job_id"], "successful", 0, "", gpu_report(gpu(0, "GPU-a")))
+    again = client.get(f"/gpuaas/node/scan_gpus?gpuaas_node_id={node['id']}").get_json()
+    with app.app_context():
+        finalize(again["job_id"], "failed", 4, "", {})
+        assert session().scalar(select(Scan.status).where(Scan.request_id == again["scan_id"])) == "failed"
+    assert client.get(f"/gpuaas/node/{node['id']}").get_json()["gpus"][0]["assignment_status"] == "UNAVAILABLE"
+    assert "could not be reached" in client.get(f"/api/jobs/{again['job_id']}").get_json()["explanation"]
+
+
+def test_logs_are_paginated_in_a_stable_order(app, client, region):
+    node = add_node(client, region)
+    first = client.get(f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}").get_json()["job_id"]
+    second = client.get(f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}").get_json()["job_id"]
+    with app.app_context():
+        for job_id in (second, first):  # stored out of order on purpose
+            for counter in (3, 1, 2):
+                session().add(JobEvent(job_id=job_id, node_id=node["id"], counter=counter, event="runner_on_ok",
+                                       stdout=f"{job_id}-{counter}"))
+        session().commit()
+
+    page1 = client.get(f"/gpuaas/node/{node['id']}/logs?page=1&per_page=4").get_json()
+    page2 = client.get(f"/gpuaas/node/{node['id']}/logs?page=2&per_page=4").get_json()
+
+    assert page1["total"] == 6
+    order = [item["stdout"] for item in page1["items"] + page2["items"]]
+    assert order == [f"{first}-1", f"{first}-2", f"{first}-3", f"{second}-1", f"{second}-2", f"{second}-3"]
+    assert_error(client.get(f"/gpuaas/node/{node['id']}/logs?per_page=0"), 422, field="per_page")

@@ -1,0 +1,140 @@
+"""End-to-end: `gpuaas-api serve` as a real process, driving the test fleet over SSH.
+
+Runs inside the fleet's hub namespace (`make test-e2e`), where both the service and
+the nodes are reachable. Each test module gets a fresh fleet.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+FLEET = [sys.executable, str(REPO / "tests/fleet/fleet.py")]
+CLI = Path(sys.executable).parent / "gpuaas-api"
+ADMIN = {"username": "e2e-admin", "password": "e2e-password-long-enough"}
+FLEET_VARS = {
+    # Fleet nodes share the kernel's boot id and have no package repositories.
+    "node_reboot_boot_time_command": "cat /run/fleet-boot-id",
+    "node_reboot_timeout": 60,
+    "node_init_manage_packages": False,
+}
+
+
+def fleet(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*FLEET, *args], capture_output=True, text=True, check=True, timeout=120)
+
+
+class Api:
+    def __init__(self, base: str):
+        self.base, self.token = base, None
+
+    def call(self, method: str, path: str, body=None, expect: int | None = 200):
+        request = urllib.request.Request(self.base + path, method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Content-Type": "application/json"})
+        if self.token:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, payload = response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            status, payload = error.code, json.loads(error.read() or b"null")
+        if expect is not None:
+            assert status == expect, f"{method} {path}: {status} {payload}"
+        return payload if expect is not None else (status, payload)
+
+    def wait_job(self, job_id: int, timeout: float = 180) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.call("GET", f"/api/jobs/{job_id}")
+            if job["status"] not in ("pending", "running"):
+                return job
+            time.sleep(0.3)
+        raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}")
+
+    def run(self, method: str, path: str, body=None, timeout: float = 180) -> dict:
+        """Start an operation and wait for its job to finish."""
+        return self.wait_job(self.call(method, path, body)["job_id"], timeout)
+
+
+class Service:
+    """One `gpuaas-api serve` process; restartable over the same data dir."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir, self.process = data_dir, None
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.api = Api(f"http://127.0.0.1:{self.port}")
+
+    def start(self) -> None:
+        env = dict(os.environ, GPUAAS_BIND=f"127.0.0.1:{self.port}", GPUAAS_DATA_DIR=str(self.data_dir),
+                   GPUAAS_ADMIN_USER=ADMIN["username"], GPUAAS_ADMIN_PASSWORD=ADMIN["password"],
+                   GPUAAS_ANSIBLE_EXTRA_VARS=json.dumps(FLEET_VARS), GPUAAS_JOB_TIMEOUT_SECONDS="300")
+        log = open(self.data_dir.parent / "serve.log", "a")
+        self.process = subprocess.Popen([str(CLI), "serve", "--workers", "2"], env=env, stdout=log, stderr=log,
+                                        start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if self.api.call("GET", "/api/health", expect=None)[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("gpuaas-api serve did not answer")
+        self.api.token = self.api.call("POST", "/api/login", ADMIN)["token"]
+
+    def kill(self) -> None:
+        """SIGKILL the whole service (master, workers, their playbooks): a crash, not a shutdown."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the workers too, not only the master
+            try:
+                os.killpg(self.process.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="module")
+def running_fleet():
+    subprocess.run([*FLEET, "down", "--keep-hub"], capture_output=True, check=False)
+    fleet("up", "3")
+    yield json.loads(Path("/var/lib/hostedai-gpuaas-fleet/state.json").read_text())
+    subprocess.run([*FLEET, "down", "--keep-hub"], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def service(running_fleet, tmp_path_factory):
+    svc = Service(tmp_path_factory.mktemp("gpuaas") / "var")
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+def install_controller_key(api: Api, node_id: int, fleet_node: str) -> None:
+    """What an operator does with GET .../ssh_keys: add the keys to the node's authorized_keys."""
+    for key in api.call("GET", f"/gpuaas/node/{node_id}/ssh_keys"):
+        subprocess.run([*FLEET, "node-exec", fleet_node, "--", "sh", "-c",
+                        f"grep -qxF '{key}' /root/.ssh/authorized_keys || echo '{key}' >> /root/.ssh/authorized_keys"],
+                       check=True, capture_output=True)

@@ -1,0 +1,127 @@
+"""The guide's node lifecycle through the API, on the fleet, in order."""
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from conftest import FLEET, install_controller_key
+
+
+@pytest.fixture(scope="module")
+def cluster(service, running_fleet):
+    api = service.api
+    region = api.call("POST", "/regions", {"region_name": "fleet"}, expect=201)
+    nodes = {}
+    for name, roles in (("node1", {"is_controller_node": True}), ("node2", {"is_worker_node": True}),
+                        ("node3", {"is_worker_node": True})):
+        nodes[name] = api.call("POST", "/gpuaas/node/add", {
+            "name": name, "region_id": region["id"], "node_ip": running_fleet["nodes"][name]["address"],
+            "username": "root", "port": 22, **roles}, expect=201)
+        install_controller_key(api, nodes[name]["id"], name)
+    return {"region": region, "nodes": nodes}
+
+
+def test_1_test_conn_pins_each_host_key(service, cluster):
+    api = service.api
+    known = dict(line.split(" ", 1) for line in
+                 Path("/var/lib/hostedai-gpuaas-fleet/known_hosts").read_text().splitlines())
+    for name, node in cluster["nodes"].items():
+        job = api.run("GET", f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}")
+        assert job["status"] == "successful", job
+        assert job["result"]["gpuaas_conn_check"][name]["failed_step"] is None
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(f"sqlite:///{service.data_dir / 'gpuaas.sqlite3'}")
+    with engine.connect() as connection:
+        pinned = dict(connection.execute(text("SELECT node_ip, ssh_host_key FROM nodes")).all())
+    engine.dispose()
+    assert pinned == {cluster["nodes"][n]["node_ip"]: known[cluster["nodes"][n]["node_ip"]] for n in cluster["nodes"]}
+
+
+def test_2_init_enable_join(service, cluster):
+    api, nodes = service.api, cluster["nodes"]
+    for node in nodes.values():
+        job = api.run("GET", f"/gpuaas/node/init?gpuaas_node_id={node['id']}")
+        assert job["status"] == "successful", job
+        assert api.call("GET", f"/gpuaas/node/{node['id']}")["status"] == "initialized"
+
+    enabled = api.call("POST", f"/gpuaas/enable?controller_node_id={nodes['node1']['id']}")
+    assert api.wait_job(enabled["job_id"])["status"] == "successful"
+    cluster_state = api.call("GET", f"/gpuaas/{enabled['gpuaas_id']}")
+    assert cluster_state["status"] == "GPUAAS_ACTIVE" and cluster_state["k8s_api_server_port"] == 6443
+
+    guide_body = api.run("POST", "/gpuaas/node/join",
+                         {"joinee_node_id": nodes["node2"]["id"], "region_id": cluster["region"]["id"]})
+    client_body = api.run("POST", "/gpuaas/node/join",
+                          {"gpuaas_id": enabled["gpuaas_id"], "gpuaas_node_id": nodes["node3"]["id"]})
+    assert guide_body["status"] == client_body["status"] == "successful"
+    for name in ("node2", "node3"):
+        shown = api.call("GET", f"/gpuaas/node/{nodes[name]['id']}")
+        assert shown["status"] == "healthy" and shown["k8s_join_state_status_code"] == 2
+        calls = subprocess.run([*FLEET, "node-exec", name, "--", "cat", "/var/log/fake-k8s/calls.log"],
+                               capture_output=True, text=True, check=True).stdout
+        assert calls.count("kubeadm join 198.18.0.11:6443") == 1
+
+
+def test_3_scan_gpus_status_and_logs(service, cluster, running_fleet):
+    api, node = service.api, cluster["nodes"]["node2"]
+    scan = api.call("GET", f"/gpuaas/node/scan_gpus?gpuaas_node_id={node['id']}")
+    api.wait_job(scan["job_id"])
+    status = api.call("GET", f"/gpuaas/node/scan_gpus/status?scan_id={scan['scan_id']}")
+
+    expected = [g["uuid"] for g in running_fleet["nodes"]["node2"]["hardware"]["gpus"]]
+    assert status["status"] == "completed"
+    assert [g["uuid"] for g in status["resources"]["gpus"]] == expected
+    assert {g["gpu_model"] for g in status["resources"]["gpus"]} == {"NVIDIA A100-SXM4-40GB"}
+    shown = api.call("GET", f"/gpuaas/node/{node['id']}")
+    assert [g["uuid"] for g in shown["gpus"]] == expected
+    assert {g["assignment_status"] for g in shown["gpus"]} == {"UNASSIGNED"}
+    logs = api.call("GET", f"/gpuaas/node/{node['id']}/logs?page=1&per_page=10")
+    assert logs["total"] > 10 and len(logs["items"]) == 10
+    assert any(item["event"] == "playbook_on_stats" for item in
+               api.call("GET", f"/gpuaas/node/{node['id']}/logs?page=1&per_page=500")["items"])
+
+
+def test_4_reboot_a_worker(service, cluster):
+    job = service.api.run("POST", f"/gpuaas/node/reboot?node_id={cluster['nodes']['node3']['id']}")
+
+    assert job["status"] == "successful", job
+    power_log = subprocess.run([*FLEET, "node-exec", "node3", "--", "cat", "/var/log/fleet-power.log"],
+                               capture_output=True, text=True, check=True).stdout
+    assert "shutdown -r" in power_log
+
+
+def test_5_two_concurrent_operations_on_one_node(service, cluster):
+    api, node_id = service.api, cluster["nodes"]["node3"]["id"]
+    results = []
+
+    def reboot():
+        results.append(api.call("POST", f"/gpuaas/node/reboot?node_id={node_id}", expect=None))
+
+    threads = [threading.Thread(target=reboot) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [200, 409], results
+    accepted = next(body for status, body in results if status == 200)
+    assert api.wait_job(accepted["job_id"])["status"] == "successful"
+
+
+def test_6_leave_deinit_delete(service, cluster):
+    api, node = service.api, cluster["nodes"]["node3"]
+    assert api.run("POST", f"/gpuaas/node/leave?node_id={node['id']}")["status"] == "successful"
+    assert api.call("GET", f"/gpuaas/node/{node['id']}")["status"] == "initialized"
+    assert api.run("GET", f"/gpuaas/node/deinit?gpuaas_node_id={node['id']}")["status"] == "successful"
+    assert api.call("GET", f"/gpuaas/node/{node['id']}")["status"] == "uninitialized"
+    leftovers = subprocess.run([*FLEET, "node-exec", "node3", "--", "ls", "/etc/gpuaas"], capture_output=True,
+                               check=False)
+    assert leftovers.returncode != 0
+
+    assert api.call("DELETE", f"/gpuaas/node/{node['id']}/delete")["success"] is True
+    assert api.call("GET", f"/gpuaas/node/{node['id']}", expect=None)[0] == 404
