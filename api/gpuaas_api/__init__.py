@@ -7,7 +7,7 @@ from flask_smorest import Api
 from . import auth, db, errors
 from .config import Config
 from .resources import auth as auth_resources
-from .resources import nodes, operations, regions
+from .resources import nodes, operations, pools, regions
 
 # Existing clients use a base URL ending in /api; the guide's paths have none.
 # Routes live under /api; these top-level paths are served there too.
@@ -37,7 +37,8 @@ def create_app(config: Config | None = None) -> Flask:
     auth.init_app(app)
     api = Api(app)
     errors.init_app(app)  # after Api, whose own HTTPException handler it replaces
-    for blueprint in (auth_resources.blp, auth_resources.health_blp, regions.blp, nodes.blp, operations.blp):
+    for blueprint in (auth_resources.blp, auth_resources.health_blp, regions.blp, nodes.blp, operations.blp,
+                      pools.blp):
         api.register_blueprint(blueprint, url_prefix="/api")
     app.wsgi_app = PrefixAlias(app.wsgi_app)
     return app

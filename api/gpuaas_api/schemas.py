@@ -1,10 +1,13 @@
 """marshmallow schemas for every body and query. Ranges come from states/validation, not literals here."""
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, fields, post_dump, validate
+import datetime as dt
+
+from marshmallow import EXCLUDE, Schema, fields, post_dump, pre_load, validate
 
 from . import validation
-from .states import INITIALIZE_STATE_CODES, K8S_JOIN_STATE_CODES, NodeStatus
+from .states import (DEFAULT_TIME_QUANTUM_SECONDS, INITIALIZE_STATE_CODES, K8S_JOIN_STATE_CODES, SECURITY_LEVELS,
+                     SHARING_RATIO_RANGE, TIME_GROUPING_ALIASES, TIME_GROUPINGS, TIME_QUANTUM_RANGE_SECONDS, NodeStatus)
 
 
 class StrictSchema(Schema):
@@ -211,3 +214,78 @@ class ClusterSchema(Schema):
     prometheus_reverse_tunnel_port = fields.Integer(allow_none=True)
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
+
+
+class IntegralNumber(fields.Integer):
+    """An integer that may arrive as a float with an integral value (4.0); 2.5 is refused."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise self.make_error("invalid")
+            value = int(value)
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+_RATIO = validate.Range(*SHARING_RATIO_RANGE)
+_QUANTUM = validate.Range(*TIME_QUANTUM_RANGE_SECONDS)
+_LEVEL = validate.OneOf(SECURITY_LEVELS)
+POOL_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,62}$", error="not a valid pool name (at most 63 letters, "
+                                                                        "digits, spaces, _ . -)")
+
+
+class PoolFieldsSchema(StrictSchema):
+    pool_name = fields.String(required=True, validate=POOL_NAME)
+    sharing_ratio = IntegralNumber(required=True, strict=True, validate=_RATIO)
+    time_quantum_in_sec = IntegralNumber(load_default=DEFAULT_TIME_QUANTUM_SECONDS, strict=True, validate=_QUANTUM)
+    security_level = fields.String(required=True, validate=_LEVEL)
+    attach_gpu_ids = fields.List(fields.String(validate=validate.Length(min=1, max=64)), load_default=list)
+
+
+class PoolCreateSchema(StrictSchema):
+    gpuaas_id = fields.Integer(required=True, validate=validate.Range(min=1))
+    pool = fields.Nested(PoolFieldsSchema, required=True)
+
+
+class PoolUpdateSchema(StrictSchema):
+    """PUT: the create's pool fields, with the aliases clients use."""
+
+    pool_name = fields.String(validate=POOL_NAME)
+    sharing_ratio = IntegralNumber(strict=True, validate=_RATIO)
+    time_quantum_in_sec = IntegralNumber(strict=True, validate=_QUANTUM)
+    security_level = fields.String(validate=_LEVEL)
+
+    @pre_load
+    def _aliases(self, data, **_kwargs):
+        data = dict(data)
+        for alias, name in (("name", "pool_name"), ("overcommit_ratio", "sharing_ratio"),
+                            ("security_mode", "security_level")):
+            if alias in data and name not in data:
+                data[name] = data.pop(alias)
+        return data
+
+
+class GpuUuidsSchema(StrictSchema):
+    gpu_uuids = fields.List(fields.String(validate=validate.Length(min=1, max=64)), required=True,
+                            validate=validate.Length(min=1))
+
+
+class GpuUuidsQuerySchema(StrictSchema):
+    """remove_gpus by GET: ?gpu_uuids=a,b (comma-separated)."""
+
+    gpu_uuids = fields.String(required=True, validate=validate.Length(min=1))
+
+
+class PoolGpuSchema(StrictSchema):
+    pool_id = fields.Integer(required=True, validate=validate.Range(min=1))
+    gpuaas_node_id = fields.Integer(required=True, validate=validate.Range(min=1))
+    gpu_index = fields.Integer(required=True, validate=validate.Range(min=0))
+
+
+class MetricsQuerySchema(StrictSchema):
+    time_grouping = fields.String(load_default="hour", validate=validate.OneOf(
+        list(TIME_GROUPINGS) + list(TIME_GROUPING_ALIASES)))
+    start = fields.AwareDateTime(data_key="from", default_timezone=dt.timezone.utc)
+    end = fields.AwareDateTime(data_key="to", default_timezone=dt.timezone.utc)

@@ -55,6 +55,16 @@ class GpuAssignment(str, enum.Enum):
         return cls(value.upper())
 
 
+# A pool's sharing settings: the guide's ranges, defined here only.
+SHARING_RATIO_RANGE = (1, 10)
+TIME_QUANTUM_RANGE_SECONDS = (10, 120)
+DEFAULT_TIME_QUANTUM_SECONDS = 30  # hosted·ai's published default
+SECURITY_LEVELS = ("low", "medium", "high")
+# Metric buckets, with the short aliases clients send.
+TIME_GROUPINGS = {"minute": 60, "hour": 3600, "day": 86400, "week": 604800}
+TIME_GROUPING_ALIASES = {"1m": "minute", "1h": "hour", "1d": "day", "1w": "week"}
+
+
 class PoolStatus(str, enum.Enum):
     DEPLOYMENT_SCHEDULED = "DEPLOYMENT_SCHEDULED"
     VM_CREATION = "VM_CREATION"

@@ -1,0 +1,185 @@
+"""Pools at the API edge: validation, persistence, slots, GPU assignment, metrics."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import select
+
+from conftest import assert_error
+from gpuaas_api.db import session
+from gpuaas_api.models import Cluster, Gpu, MetricSample, Node, Pool, PoolSlot
+from gpuaas_api.states import ClusterStatus, GpuAssignment, NodeStatus
+
+
+@pytest.fixture
+def fleet_db(app, client, region):
+    """An ACTIVE cluster with two workers (2 + 2 GPUs), and a second cluster's node with one GPU."""
+    other_region = client.post("/api/regions", json={"region_name": "us-1"}).get_json()
+    with app.app_context():
+        db = session()
+        cluster = Cluster(region_id=region["id"], status=ClusterStatus.ACTIVE)
+        other = Cluster(region_id=other_region["id"], status=ClusterStatus.ACTIVE)
+        db.add_all([cluster, other])
+        db.flush()
+        uuids = {}
+        for name, cluster_id, count in (("w1", cluster.id, 2), ("w2", cluster.id, 2), ("x1", other.id, 1)):
+            node = Node(name=name, region_id=region["id"] if cluster_id == cluster.id else other_region["id"],
+                        node_ip="198.18.0.20", username="root", is_worker_node=True, cluster_id=cluster_id,
+                        joined=True, status=NodeStatus.HEALTHY)
+            db.add(node)
+            db.flush()
+            for index in range(count):
+                uuid = f"GPU-{name}-{index}"
+                db.add(Gpu(node_id=node.id, index=index, uuid=uuid, model="NVIDIA H100 80GB HBM3", memory_in_mb=81559))
+                uuids.setdefault(name, []).append(uuid)
+        db.commit()
+        return {"gpuaas_id": cluster.id, "other_id": other.id, "uuids": uuids}
+
+
+def create(client, fleet_db, **pool):
+    body = {"pool_name": "high-throughput-pool", "attach_gpu_ids": fleet_db["uuids"]["w1"], "sharing_ratio": 4,
+            "time_quantum_in_sec": 30, "security_level": "medium"}
+    body.update(pool)
+    return client.post("/gpuaas/pool/create", json={"gpuaas_id": fleet_db["gpuaas_id"], "pool": body})
+
+
+def snapshot(app):
+    with app.app_context():
+        db = session()
+        return (db.scalars(select(Pool.id)).all(), db.scalars(select(PoolSlot.id)).all(),
+                [(g.uuid, g.pool_id, g.assignment_status) for g in db.scalars(select(Gpu).order_by(Gpu.id))])
+
+
+def test_create_persists_the_pool_and_its_slots(app, client, fleet_db):
+    response = create(client, fleet_db, sharing_ratio=4.0)  # an integral float is accepted
+
+    assert response.status_code == 201
+    pool = response.get_json()
+    assert (pool["sharing_ratio"], pool["time_quantum_in_sec"], pool["security_level"]) == (4, 30, "medium")
+    assert pool["status"] == "DEPLOYMENT_SCHEDULED"
+    assert len(pool["gpus"]) == 2 * 4  # one entry per virtual slot
+    assert {slot["uuid"] for slot in pool["gpus"]} == set(fleet_db["uuids"]["w1"])
+    assert {slot["memory_in_mb"] for slot in pool["gpus"]} == {81559 // 4}
+    assert pool["gpu_model_type"] == "NVIDIA H100 80GB HBM3"
+    assert client.get(f"/gpuaas/{fleet_db['gpuaas_id']}/pool/list").get_json() == [pool]
+    assert client.get(f"/gpuaas/pool/{pool['id']}").get_json() == pool
+    with app.app_context():
+        assert session().scalar(select(PoolSlot.id).limit(1)) is not None
+    available = client.get(f"/gpuaas/{fleet_db['gpuaas_id']}/pool/available_gpus").get_json()["items"]
+    assert [gpu["uuid"] for gpu in available] == fleet_db["uuids"]["w2"]
+
+
+@pytest.mark.parametrize("change, field, status", [
+    ({"sharing_ratio": 0}, "pool.sharing_ratio", 422),
+    ({"sharing_ratio": 11}, "pool.sharing_ratio", 422),
+    ({"sharing_ratio": 2.5}, "pool.sharing_ratio", 422),
+    ({"sharing_ratio": True}, "pool.sharing_ratio", 422),
+    ({"time_quantum_in_sec": 9}, "pool.time_quantum_in_sec", 422),
+    ({"time_quantum_in_sec": 121}, "pool.time_quantum_in_sec", 422),
+    ({"security_level": "max"}, "pool.security_level", 422),
+    ({"pool_name": None}, "pool.pool_name", 422),
+    ({"attach_gpu_ids": ["GPU-nope"]}, "pool.attach_gpu_ids", 422),
+    ({"attach_gpu_ids": ["GPU-x1-0"]}, "pool.attach_gpu_ids", 409),  # another cluster's GPU
+])
+def test_bad_input_changes_nothing(app, client, fleet_db, change, field, status):
+    before = snapshot(app)
+    body = {"pool_name": "p", "attach_gpu_ids": fleet_db["uuids"]["w1"], "sharing_ratio": 2,
+            "time_quantum_in_sec": 30, "security_level": "low"}
+    body.update(change)
+    body = {key: value for key, value in body.items() if value is not None}
+
+    response = client.post("/gpuaas/pool/create", json={"gpuaas_id": fleet_db["gpuaas_id"], "pool": body})
+
+    assert_error(response, status, field=field)
+    assert snapshot(app) == before
+
+
+def test_a_gpu_belongs_to_one_pool(app, client, fleet_db):
+    first = create(client, fleet_db).get_json()
+    before = snapshot(app)
+
+    clash = create(client, fleet_db, pool_name="second")
+    assert "already belongs to pool" in assert_error(clash, 409, field="pool.attach_gpu_ids")["message"]
+    assert_error(client.post(f"/gpuaas/pool/{first['id']}/remove_gpus", json={"gpu_uuids": ["GPU-w2-0"]}), 409,
+                 field="gpu_uuids")
+    assert snapshot(app) == before
+
+
+def test_add_and_remove_gpus_in_every_form(app, client, fleet_db):
+    pool = create(client, fleet_db, sharing_ratio=2).get_json()
+    pid = pool["id"]
+
+    added = client.post(f"/gpuaas/pool/{pid}/add_gpus", json={"gpu_uuids": ["GPU-w2-0"]}).get_json()
+    assert len(added["gpus"]) == 3 * 2
+    one = client.post("/gpuaas/pool/gpu", json={"pool_id": pid, "gpuaas_node_id": 2, "gpu_index": 1}).get_json()
+    assert {slot["uuid"] for slot in one["gpus"]} == {"GPU-w1-0", "GPU-w1-1", "GPU-w2-0", "GPU-w2-1"}
+    removed = client.get(f"/gpuaas/pool/{pid}/remove_gpus?gpu_uuids=GPU-w2-0,GPU-w2-1").get_json()
+    assert {slot["uuid"] for slot in removed["gpus"]} == set(fleet_db["uuids"]["w1"])
+    gpu_id = client.get(f"/gpuaas/pool/{pid}/gpus").get_json()["items"][0]["id"]
+    left = client.delete(f"/gpuaas/pool/{pid}/gpu/{gpu_id}").get_json()
+    assert [slot["uuid"] for slot in left["gpus"]] == ["GPU-w1-1", "GPU-w1-1"]
+    all_gpus = client.get(f"/gpuaas/{fleet_db['gpuaas_id']}/pool/all_gpus").get_json()["items"]
+    assert {(g["uuid"], (g["pool_details"] or {}).get("id")) for g in all_gpus} == {
+        ("GPU-w1-0", None), ("GPU-w1-1", pid), ("GPU-w2-0", None), ("GPU-w2-1", None)}
+    assert all_gpus[0]["node_details"] == {"id": 1, "name": "w1"}
+
+
+def test_put_accepts_aliases_and_rebuilds_slots(client, fleet_db):
+    pool = create(client, fleet_db, sharing_ratio=2).get_json()
+
+    changed = client.put(f"/gpuaas/pool/{pool['id']}", json={"name": "renamed", "overcommit_ratio": 5,
+                                                              "security_mode": "high"}).get_json()
+
+    assert (changed["pool_name"], changed["sharing_ratio"], changed["security_level"]) == ("renamed", 5, "high")
+    assert len(changed["gpus"]) == 2 * 5
+    assert_error(client.put(f"/gpuaas/pool/{pool['id']}", json={"overcommit_ratio": 11}), 422, field="sharing_ratio")
+
+
+def test_add_needs_an_existing_pool_and_an_active_cluster(app, client, fleet_db):
+    body = {"gpuaas_id": fleet_db["gpuaas_id"], "pool": {"pool_name": "extra", "sharing_ratio": 2,
+                                                         "security_level": "low"}}
+    assert_error(client.post("/gpuaas/pool/add", json=body), 409)
+    create(client, fleet_db)
+    assert client.post("/gpuaas/pool/add", json=body).status_code == 201
+    with app.app_context():
+        session().get(Cluster, fleet_db["gpuaas_id"]).status = ClusterStatus.ENABLE_SETTING_UP
+        session().commit()
+    assert "GPUAAS_ACTIVE" in assert_error(create(client, fleet_db, pool_name="late", attach_gpu_ids=[]), 409)["message"]
+
+
+def test_delete_in_both_forms_frees_the_gpus(app, client, fleet_db):
+    first = create(client, fleet_db).get_json()
+    second = create(client, fleet_db, pool_name="b", attach_gpu_ids=fleet_db["uuids"]["w2"]).get_json()
+
+    assert client.delete(f"/gpuaas/pool/{first['id']}/delete").get_json()["success"] is True
+    assert client.delete(f"/gpuaas/pool/{second['id']}").get_json()["success"] is True
+    assert client.get(f"/gpuaas/{fleet_db['gpuaas_id']}/pool/list").get_json() == []
+    with app.app_context():
+        assert {g.assignment_status for g in session().scalars(select(Gpu))} == {GpuAssignment.UNASSIGNED}
+        assert session().scalar(select(PoolSlot.id).limit(1)) is None
+    assert_error(client.get(f"/gpuaas/pool/{first['id']}"), 404)
+
+
+def test_metrics_aggregate_per_bucket(app, client, fleet_db):
+    pool = create(client, fleet_db).get_json()
+    start = dt.datetime(2026, 11, 1, 10, 0, tzinfo=dt.timezone.utc)
+    with app.app_context():
+        gpu_ids = [g.id for g in session().scalars(select(Gpu).where(Gpu.pool_id == pool["id"]))]
+        for minute, utilization in ((0, 10.0), (1, 30.0), (61, 50.0)):
+            for gpu_id in gpu_ids:
+                session().add(MetricSample(gpu_id=gpu_id, sampled_at=start + dt.timedelta(minutes=minute),
+                                           utilization_gpu_percent=utilization, memory_used_mb=100.0,
+                                           temperature_c=40.0, power_w=200.0))
+        session().commit()
+
+    hourly = client.get(f"/gpuaas/pool/{pool['id']}/metrics?time_grouping=1h&from=2026-11-01T10:00:00Z"
+                        "&to=2026-11-01T12:00:00Z").get_json()
+
+    assert hourly["time_grouping"] == "hour"
+    assert hourly["slots_total"] == 8
+    assert [(b["samples"], b["utilization_gpu_percent"]) for b in hourly["series"]] == [
+        (4, {"avg": 20.0, "max": 30.0}), (2, {"avg": 50.0, "max": 50.0})]
+    assert_error(client.get(f"/gpuaas/pool/{pool['id']}/metrics?time_grouping=fortnight"), 422, field="time_grouping")
+    assert_error(client.get(f"/gpuaas/pool/{pool['id']}/metrics?from=2026-11-02T00:00:00Z&to=2026-11-01T00:00:00Z"),
+                 422, field="from")
