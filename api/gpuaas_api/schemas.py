@@ -232,8 +232,8 @@ class IntegralNumber(fields.Integer):
 _RATIO = validate.Range(*SHARING_RATIO_RANGE)
 _QUANTUM = validate.Range(*TIME_QUANTUM_RANGE_SECONDS)
 _LEVEL = validate.OneOf(SECURITY_LEVELS)
-POOL_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,62}$", error="not a valid pool name (at most 63 letters, "
-                                                                        "digits, spaces, _ . -)")
+POOL_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,62}$",
+                            error="not a valid pool name (at most 63 letters, digits, spaces, _ . -)")
 
 
 class PoolFieldsSchema(StrictSchema):

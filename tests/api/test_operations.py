@@ -133,8 +133,9 @@ def test_orphaned_jobs_are_finalised_after_a_restart(app, client, region):
 
 
 def gpu_report(*gpus):
-    return {"gpuaas_gpu_scan": {"w1": {"driver_state": "present", "driver_version": "550.54.15", "cuda_version": "12.4",
-                                      "gpu_count": len(gpus), "gpus": list(gpus)}}}
+    report = {"driver_state": "present", "driver_version": "550.54.15", "cuda_version": "12.4",
+              "gpu_count": len(gpus), "gpus": list(gpus)}
+    return {"gpuaas_gpu_scan": {"w1": report}}
 
 
 def gpu(index, uuid, status="ok"):

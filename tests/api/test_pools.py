@@ -128,8 +128,8 @@ def test_add_and_remove_gpus_in_every_form(app, client, fleet_db):
 def test_put_accepts_aliases_and_rebuilds_slots(client, fleet_db):
     pool = create(client, fleet_db, sharing_ratio=2).get_json()
 
-    changed = client.put(f"/gpuaas/pool/{pool['id']}", json={"name": "renamed", "overcommit_ratio": 5,
-                                                              "security_mode": "high"}).get_json()
+    aliases = {"name": "renamed", "overcommit_ratio": 5, "security_mode": "high"}
+    changed = client.put(f"/gpuaas/pool/{pool['id']}", json=aliases).get_json()
 
     assert (changed["pool_name"], changed["sharing_ratio"], changed["security_level"]) == ("renamed", 5, "high")
     assert len(changed["gpus"]) == 2 * 5

@@ -16,6 +16,10 @@ import pytest
 CLI = Path(sys.executable).parent / "gpuaas-api"
 
 
+def plain(value):
+    return value["__ansible_unsafe"] if isinstance(value, dict) and "__ansible_unsafe" in value else value
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -75,3 +79,41 @@ def test_serve_with_embedded_defaults(server):
     assert (data_dir / "gpuaas.sqlite3-wal").exists()  # WAL mode
     status, spec = call(base, "GET", "/api/openapi.json")
     assert status == 200 and spec["info"]["title"].startswith("hosted")
+
+
+def test_inventory_plugin_reads_the_nodes(server, tmp_path):
+    base = server[0]
+    token = call(base, "POST", "/api/login", {"username": "root-admin", "password": "s3cret-enough"})[1]["token"]
+    region = call(base, "POST", "/regions", {"region_name": "lab-2"}, token)[1]
+    for name, roles in (("ctrl-1", {"is_controller_node": True}),
+                        ("stor-1", {"is_storage_service": True, "is_gateway_service": True,
+                                    "volume_group": "gpuaas", "external_service_ip": "198.18.0.40"})):
+        body = {"name": name, "region_id": region["id"], "port": 2222, "node_ip": "198.18.0.30", "username": "ops",
+                **roles}
+        assert call(base, "POST", "/gpuaas/node/add", body, token)[0] == 201
+    source = tmp_path / "fleet.gpuaas.yml"
+    source.write_text("plugin: hostedai.gpuaas.gpuaas\n"
+                      "keyed_groups: [{key: gpuaas_node.status, prefix: status}]\n"
+                      "compose: {gpu_total: gpuaas_node.gpus | length}\n"
+                      "groups: {has_storage: \"'storage' in group_names\"}\n")
+    env = dict(os.environ, GPUAAS_URL=base, GPUAAS_TOKEN=token,
+               ANSIBLE_COLLECTIONS_PATH=str(Path(__file__).resolve().parents[2] / ".build" / "collections"),
+               ANSIBLE_HOME=str(tmp_path / "home"), ANSIBLE_INVENTORY_ENABLED="hostedai.gpuaas.gpuaas")
+    listed = subprocess.run([str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(source), "--list"],
+                            capture_output=True, text=True, env=env, check=True)
+    inventory = json.loads(listed.stdout)
+
+    assert inventory["controller"]["hosts"] == ["ctrl-1"]
+    assert sorted(inventory["storage"]["hosts"]) == ["stor-1"]
+    assert sorted(inventory["gateway"]["hosts"]) == ["stor-1"]
+    assert sorted(inventory["region_lab_2"]["hosts"]) == ["ctrl-1", "stor-1"]
+    assert sorted(inventory["status_uninitialized"]["hosts"]) == ["ctrl-1", "stor-1"]
+    hostvars = inventory["_meta"]["hostvars"]["ctrl-1"]
+    # Values from the API are marked unsafe (never templated); ansible-inventory shows the marking.
+    assert [plain(hostvars[key]) for key in ("ansible_host", "ansible_port", "ansible_user")] == [
+        "198.18.0.30", 2222, "ops"]
+    assert hostvars["gpu_total"] == 0 and hostvars["gpuaas_node"]["role"]["is_controller_node"] is True
+
+    refused = subprocess.run([str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(source), "--list"],
+                             capture_output=True, text=True, env={**env, "GPUAAS_TOKEN": "forged"}, check=False)
+    assert "did not answer" in refused.stderr

@@ -101,13 +101,13 @@ def test_5_two_concurrent_operations_on_one_node(service, cluster):
     def reboot():
         results.append(api.call("POST", f"/gpuaas/node/reboot?node_id={node_id}", expect=None))
 
-    threads = [threading.Thread(target=reboot) for _ in range(2)]
+    threads = [threading.Thread(target=reboot), threading.Thread(target=reboot)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
 
-    statuses = sorted(status for status, _ in results)
+    statuses = sorted(status for status, _body in results)
     assert statuses == [200, 409], results
     accepted = next(body for status, body in results if status == 200)
     assert api.wait_job(accepted["job_id"])["status"] == "successful"

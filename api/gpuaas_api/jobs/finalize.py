@@ -160,7 +160,7 @@ def reconcile_orphans(hostname: str, is_alive) -> list[int]:
     db = session()
     orphans = []
     for job in db.scalars(select(Job).where(Job.status == JobStatus.RUNNING)).all():
-        host, _, pid = (job.claimed_by or "").rpartition(":")
+        host, _colon, pid = (job.claimed_by or "").rpartition(":")
         if host == hostname and pid.isdigit() and not is_alive(int(pid)):
             orphans.append(job.id)
     for job_id in orphans:

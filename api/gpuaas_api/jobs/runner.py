@@ -127,7 +127,8 @@ def run_playbook(job_id: int, playbook: str, hosts: list[HostSpec], extravars: d
     private = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=jobs_dir))  # fresh per job, never reused
     known_hosts = private / "known_hosts"
     known_hosts.write_text(_known_hosts_lines(hosts))
-    marker = f"GPUAAS_JOB_MARKER={job_id}-{private.name}"
+    marker_value = f"{job_id}-{private.name}"
+    marker = f"GPUAAS_JOB_MARKER={marker_value}"
     build = data_dir / "ansible"
     envvars = {
         # Minimal environment: the artifacts and status callbacks must not carry the service's.
@@ -145,7 +146,7 @@ def run_playbook(job_id: int, playbook: str, hosts: list[HostSpec], extravars: d
         "ANSIBLE_HOST_KEY_CHECKING": "True",
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
-        marker.split("=")[0]: marker.split("=", 1)[1],
+        "GPUAAS_JOB_MARKER": marker_value,
     }
     canceled = threading.Event()
     final_stats: dict = {}

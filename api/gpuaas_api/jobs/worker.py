@@ -189,7 +189,7 @@ class JobWorker(threading.Thread):
 
 
 def start_workers(app: Flask, count: int = 2) -> list[JobWorker]:
-    workers = [JobWorker(app) for _ in range(count)]
+    workers = [JobWorker(app) for _worker in range(count)]
     for worker in workers:
         worker.start()
     return workers
