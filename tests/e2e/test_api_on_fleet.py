@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
-from conftest import FLEET, install_controller_key
+from conftest import ADMIN, FLEET, install_controller_key
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +34,6 @@ def test_1_test_conn_pins_each_host_key(service, cluster):
         job = api.run("GET", f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}")
         assert job["status"] == "successful", job
         assert job["result"]["gpuaas_conn_check"][name]["failed_step"] is None
-    from sqlalchemy import create_engine, text
-
     engine = create_engine(f"sqlite:///{service.data_dir / 'gpuaas.sqlite3'}")
     with engine.connect() as connection:
         pinned = dict(connection.execute(text("SELECT node_ip, ssh_host_key FROM nodes")).all())
@@ -125,3 +125,41 @@ def test_6_leave_deinit_delete(service, cluster):
 
     assert api.call("DELETE", f"/gpuaas/node/{node['id']}/delete")["success"] is True
     assert api.call("GET", f"/gpuaas/node/{node['id']}", expect=None)[0] == 404
+
+
+def test_7_cancel_ends_the_whole_job(service, cluster):
+    api, node_id = service.api, cluster["nodes"]["node2"]["id"]
+    job_id = api.call("POST", f"/gpuaas/node/reboot?node_id={node_id}")["job_id"]
+    deadline = time.monotonic() + 30
+    while api.call("GET", f"/api/jobs/{job_id}")["status"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1)  # let ansible-playbook and its workers start
+
+    assert api.call("POST", f"/api/jobs/{job_id}/cancel", expect=202)["cancel_requested"] is True
+    job = api.wait_job(job_id, timeout=60)
+
+    assert job["status"] == "canceled" and job["explanation"] == "canceled on request"
+    leftover = subprocess.run(["pgrep", "-f", f"job-{job_id}-"], capture_output=True, text=True, check=False)
+    assert leftover.stdout.strip() == ""
+    assert api.call("POST", f"/api/jobs/{job_id}/cancel", expect=None)[0] == 409
+    # the node is free again (a reboot does not move its status)
+    assert api.call("GET", f"/gpuaas/node/{node_id}")["status"] == "healthy"
+    assert api.wait_job(api.call("POST", f"/gpuaas/node/reboot?node_id={node_id}")["job_id"])["status"] == "successful"
+
+
+def test_8_no_secret_reaches_logs_or_disk(service, cluster):
+    data_dir = service.data_dir
+    private_key = (data_dir / "ssh" / "id_ed25519").read_text()
+    key_body = "".join(line for line in private_key.splitlines() if "PRIVATE KEY" not in line)
+    engine = create_engine(f"sqlite:///{data_dir / 'gpuaas.sqlite3'}")
+    with engine.connect() as connection:
+        logged = "\n".join(f"{stdout}{data}" for stdout, data in
+                           connection.execute(text("SELECT stdout, data FROM job_events")).all())
+        results = "\n".join(str(row[0]) for row in connection.execute(text("SELECT result FROM jobs")).all())
+    engine.dispose()
+
+    assert logged and results
+    for secret in (key_body[:40], service.api.token, ADMIN["password"]):
+        assert secret not in logged and secret not in results
+    assert "--token" not in logged  # the kubeadm join token (no_log in the role)
+    assert list((data_dir / "jobs").iterdir()) == []  # every private data dir is gone with its job
