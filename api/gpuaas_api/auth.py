@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+import time
 
 from flask import Flask, g, request
 from sqlalchemy import select
@@ -54,20 +55,32 @@ def _presented_token() -> str | None:
     return request.cookies.get(COOKIE_NAME)
 
 
-def authenticate() -> User:
+# token hash -> (user id, expiry, checked at): a valid token is looked up again after this long,
+# so a deleted token stops working within TOKEN_CACHE_SECONDS in every process.
+TOKEN_CACHE_SECONDS = 5.0
+_token_cache: dict[str, tuple[int, dt.datetime | None, float]] = {}
+
+
+def authenticate() -> int:
+    """The authenticated user's id."""
     token = _presented_token()
     if not token:
         raise ApiError(401, "authentication required: log in at POST /api/login or send a Bearer token")
-    row = session().scalar(select(ApiToken).where(ApiToken.token_hash == hash_token(token)))
-    if row is None:
-        raise ApiError(401, "the token is not valid")
-    expires = row.expires_at
-    if expires is not None:
-        if expires.tzinfo is None:  # SQLite hands naive datetimes back
+    digest = hash_token(token)
+    cached = _token_cache.get(digest)
+    if cached is None or time.monotonic() - cached[2] > TOKEN_CACHE_SECONDS:
+        row = session().execute(select(ApiToken.user_id, ApiToken.expires_at)
+                                .where(ApiToken.token_hash == digest)).first()
+        if row is None:
+            _token_cache.pop(digest, None)
+            raise ApiError(401, "the token is not valid")
+        expires = row.expires_at
+        if expires is not None and expires.tzinfo is None:  # SQLite hands naive datetimes back
             expires = expires.replace(tzinfo=dt.timezone.utc)
-        if expires < dt.datetime.now(dt.timezone.utc):
-            raise ApiError(401, "the token has expired")
-    return row.user
+        cached = _token_cache[digest] = (row.user_id, expires, time.monotonic())
+    if cached[1] is not None and cached[1] < dt.datetime.now(dt.timezone.utc):
+        raise ApiError(401, "the token has expired")
+    return cached[0]
 
 
 def ensure_admin(username: str | None, password: str | None) -> None:
@@ -85,7 +98,7 @@ def init_app(app: Flask) -> None:
     def _require_authentication():
         if request.endpoint in PUBLIC_ENDPOINTS or request.method == "OPTIONS":
             return
-        g.user = authenticate()
+        g.user_id = authenticate()
 
 
 _DUMMY_HASH = generate_password_hash(secrets.token_hex(8), method="scrypt")

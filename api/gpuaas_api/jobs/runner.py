@@ -16,7 +16,6 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import ansible_runner
 
 COLLECTION_ROOT = Path(__file__).resolve().parents[3]  # the repository: galaxy.yml, playbooks/, roles/
 MAX_EVENT_STDOUT = 64 * 1024  # per event, like AWX's cap but smaller: logs are paginated anyway
@@ -165,6 +164,8 @@ def run_playbook(job_id: int, playbook: str, hosts: list[HostSpec], extravars: d
             final_stats.update(event.get("event_data", {}))
         on_event(event)
         return False  # the runner need not keep its own copy on disk
+
+    import ansible_runner  # here, not at import: the web workers never need it
 
     try:
         runner = ansible_runner.run(

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from flask import current_app
+from flask import current_app, jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import select
@@ -13,6 +13,7 @@ from ..models import Node
 from ..schemas import NodeAddSchema, NodeEditSchema, NodeSchema, RegionQuerySchema
 from ..ssh_keys import controller_public_key
 from ..states import DELETABLE_NODE_STATUSES
+from ..views import node_dict, node_list
 from .regions import get_region
 
 blp = Blueprint("nodes", __name__, description="GPU nodes")
@@ -53,7 +54,7 @@ class NodeAdd(MethodView):
         _check_role_fields(node)
         session().add(node)
         _commit_unique(node)
-        return get_node(node.id)
+        return jsonify(node_dict(get_node(node.id))), 201
 
 
 @blp.route("/gpuaas/node/list")
@@ -62,17 +63,14 @@ class NodeList(MethodView):
     @blp.response(200, NodeSchema(many=True))
     def get(self, query):
         """Nodes, optionally of one region, as a bare array."""
-        statement = select(Node).options(selectinload(Node.gpus), selectinload(Node.region)).order_by(Node.id)
-        if "region_id" in query:
-            statement = statement.where(Node.region_id == query["region_id"])
-        return session().scalars(statement).all()
+        return jsonify(node_list(session(), query.get("region_id")))
 
 
 @blp.route("/gpuaas/node/<int:node_id>")
 class NodeById(MethodView):
     @blp.response(200, NodeSchema)
     def get(self, node_id):
-        return get_node(node_id)
+        return jsonify(node_dict(get_node(node_id)))
 
 
 @blp.route("/gpuaas/node/<int:node_id>/edit")
@@ -88,7 +86,7 @@ class NodeEdit(MethodView):
             node.ssh_host_key = None  # a new address is a new host: pin its key again
         _check_role_fields(node)
         _commit_unique(node)
-        return node
+        return jsonify(node_dict(get_node(node_id)))
 
 
 @blp.route("/gpuaas/node/<int:node_id>/delete")

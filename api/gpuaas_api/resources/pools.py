@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from flask import jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import func, select
@@ -266,10 +267,15 @@ class AvailableGpus(MethodView):
     def get(self, gpuaas_id):
         """GPUs of the cluster's nodes that no pool holds and that answer."""
         get_cluster(gpuaas_id)
-        rows = session().scalars(select(Gpu).join(Node).where(Node.cluster_id == gpuaas_id,
-                                                              Gpu.assignment_status == GpuAssignment.UNASSIGNED)
-                                 .order_by(Gpu.node_id, Gpu.index)).all()
-        return {"items": [gpu_item(gpu) for gpu in rows]}
+        # Core rows, not ORM objects: this list is thousands of GPUs long on a large cluster.
+        rows = session().execute(select(Gpu.id, Gpu.uuid, Gpu.vendor, Gpu.model, Gpu.memory_in_mb, Gpu.node_id,
+                                        Gpu.pool_id).join(Node).where(
+            Node.cluster_id == gpuaas_id, Gpu.assignment_status == GpuAssignment.UNASSIGNED)
+            .order_by(Gpu.node_id, Gpu.index))
+        unassigned = GpuAssignment.UNASSIGNED.value
+        return jsonify({"items": [{"id": row.id, "uuid": row.uuid, "vendor": row.vendor, "gpu_model": row.model,
+                                   "memory_in_mb": row.memory_in_mb, "gpuaas_node_id": row.node_id,
+                                   "assignment_status": unassigned, "pool_id": row.pool_id} for row in rows]})
 
 
 @blp.route("/gpuaas/<int:gpuaas_id>/pool/all_gpus")
