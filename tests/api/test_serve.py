@@ -117,3 +117,35 @@ def test_inventory_plugin_reads_the_nodes(server, tmp_path):
     refused = subprocess.run([str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(source), "--list"],
                              capture_output=True, text=True, env={**env, "GPUAAS_TOKEN": "forged"}, check=False)
     assert "did not answer" in refused.stderr
+
+
+def test_cli_db_upgrade_and_create_token(tmp_path):
+    env = dict(os.environ, GPUAAS_DATA_DIR=str(tmp_path / "var"))
+    env.pop("GPUAAS_DATABASE_URL", None)
+    upgraded = subprocess.run([str(CLI), "db", "upgrade"], env=env, capture_output=True, text=True, check=True)
+    first = subprocess.run([str(CLI), "create-token", "--user", "ops", "--password", "pw-for-ops", "--hours", "1"],
+                           env=env, capture_output=True, text=True, check=True).stdout.strip()
+    second = subprocess.run([str(CLI), "create-token", "--user", "ops"], env=env, capture_output=True, text=True,
+                            check=True).stdout.strip()
+
+    assert "database at head" in upgraded.stdout
+    assert len(first) >= 40 and first != second
+    port = free_port()
+    process = subprocess.Popen([str(CLI), "serve", "--workers", "1"], env={**env, "GPUAAS_BIND": f"127.0.0.1:{port}"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                call(base, "GET", "/api/health")
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert call(base, "GET", "/regions", token=first) == (200, [])
+        assert call(base, "GET", "/regions", token=second)[0] == 200
+        assert call(base, "GET", "/regions", token=first[:-1] + "x")[0] == 401
+        assert call(base, "POST", "/api/login", {"username": "ops", "password": "pw-for-ops"})[0] == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=15)

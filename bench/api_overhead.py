@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Benchmark: node operations through the API against the same playbook with ansible-playbook.
+
+On 1 and 10 fleet nodes, `test_conn` and `scan_gpus` are launched (a) with
+ansible-playbook on the fleet's inventory and (b) through `gpuaas-api serve`, one
+request per node as clients do, timed from the first request until every job has
+finished. Both run in the same fleet, alternating, median of --repeats.
+
+Target (issue #3): API <= 1.10 x ansible-playbook. Run as root with no fleet up:
+`.venv/bin/python bench/api_overhead.py` (it runs itself inside the hub namespace).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FLEET = [sys.executable, str(REPO / "tests/fleet/fleet.py")]
+BIN = Path(sys.executable).parent
+sys.path.insert(0, str(REPO / "tests" / "e2e"))
+
+
+def in_hub() -> bool:
+    return os.environ.get("GPUAAS_BENCH_IN_HUB") == "1"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if not in_hub():
+        subprocess.run([*FLEET, "hub"], check=True)
+        return subprocess.run([*FLEET, "exec", "--", "env", "GPUAAS_BENCH_IN_HUB=1", f"PATH={BIN}:{os.environ['PATH']}",
+                               sys.executable, __file__, "--repeats", str(args.repeats)]).returncode
+    from conftest import Service, install_controller_key  # the e2e harness: a real `serve` process
+
+    subprocess.run([*FLEET, "down", "--keep-hub"], capture_output=True, check=False)
+    subprocess.run([*FLEET, "up", "10"], check=True, capture_output=True)
+    state = json.loads(Path("/var/lib/hostedai-gpuaas-fleet/state.json").read_text())
+    os.environ["GPUAAS_JOB_WORKERS"] = "5"  # 2 processes x 5: ten jobs at once
+    service = Service(Path(tempfile.mkdtemp()) / "var")
+    service.start()
+    api = service.api
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build/collections"),
+               ANSIBLE_HOME=str(REPO / ".build/ansible-home"), ANSIBLE_PIPELINING="True", ANSIBLE_FORKS="50")
+    try:
+        region = api.call("POST", "/regions", {"region_name": "bench"}, expect=201)
+        ids = []
+        for name in sorted(state["nodes"], key=lambda n: int(n[4:])):
+            node = api.call("POST", "/gpuaas/node/add", {"name": name, "region_id": region["id"], "username": "root",
+                                                        "node_ip": state["nodes"][name]["address"],
+                                                        "is_worker_node": True}, expect=201)
+            install_controller_key(api, node["id"], name)
+            ids.append(node["id"])
+        for node_id in ids:  # first contact pins the keys; init makes the nodes scannable
+            api.wait_job(api.call("GET", f"/gpuaas/node/test_conn?gpuaas_node_id={node_id}")["job_id"])
+        jobs = [api.call("GET", f"/gpuaas/node/init?gpuaas_node_id={node_id}")["job_id"] for node_id in ids]
+        assert all(api.wait_job(job, 600)["status"] == "successful" for job in jobs)
+
+        def cli(playbook: str, count: int) -> float:
+            limit = ",".join(f"node{n}" for n in range(1, count + 1))
+            start = time.perf_counter()
+            subprocess.run([str(BIN / "ansible-playbook"), "-i", "/var/lib/hostedai-gpuaas-fleet/inventory.yml",
+                            "--limit", limit, str(REPO / "playbooks" / f"{playbook}.yml")], env=env, check=True,
+                           capture_output=True)
+            return time.perf_counter() - start
+
+        def through_api(path: str, count: int) -> float:
+            start = time.perf_counter()
+            started = [api.call("GET", path.format(node_id))["job_id"] for node_id in ids[:count]]
+            results = [api.wait_job(job, 600) for job in started]
+            elapsed = time.perf_counter() - start
+            assert all(r["status"] == "successful" for r in results), results
+            return elapsed
+
+        rows = []
+        for playbook, path in (("test_conn", "/gpuaas/node/test_conn?gpuaas_node_id={}"),
+                               ("scan_gpus", "/gpuaas/node/scan_gpus?gpuaas_node_id={}")):
+            for count in (1, 10):
+                cli_times, api_times = [], []
+                for _repeat in range(args.repeats):
+                    cli_times.append(cli(playbook, count))
+                    api_times.append(through_api(path, count))
+                rows.append((playbook, count, statistics.median(cli_times), statistics.median(api_times)))
+    finally:
+        service.stop()
+        subprocess.run([*FLEET, "down", "--keep-hub"], capture_output=True, check=False)
+
+    print(f"\nthrough the API vs ansible-playbook, median of {args.repeats} (seconds, {os.cpu_count()} CPUs; "
+          "the API runs one job per node, 10 job workers)\n")
+    print("| operation | nodes | ansible-playbook (s) | API (s) | API / CLI |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for playbook, count, cli_time, api_time in rows:
+        print(f"| {playbook} | {count} | {cli_time:.2f} | {api_time:.2f} | {api_time / cli_time:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
