@@ -14,7 +14,6 @@ Needs Debian's wrk. Sends traffic to 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal
@@ -24,7 +23,6 @@ import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,8 +111,8 @@ def wrk(url: str, token: str | None, seconds: int) -> dict:
 
 
 def rss_mb(pid: int) -> float:
-    pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True)
-                    .stdout.split() if int(p) != pid]
+    group = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True, check=False).stdout.split()
+    pids = [pid] + [int(p) for p in group if int(p) != pid]
     total = 0
     for p in pids:
         try:

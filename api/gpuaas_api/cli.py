@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import logging
 import sys
 
 from sqlalchemy import select
@@ -19,6 +20,7 @@ from .models import User
 def _serve(config: Config, workers: int) -> int:
     from gunicorn.app.base import BaseApplication
 
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
     upgrade(config.DATABASE_URL)
     app = create_app(config)
     with app.app_context():

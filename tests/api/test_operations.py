@@ -201,3 +201,25 @@ def test_logs_are_paginated_in_a_stable_order(app, client, region):
     order = [item["stdout"] for item in page1["items"] + page2["items"]]
     assert order == [f"{first}-1", f"{first}-2", f"{first}-3", f"{second}-1", f"{second}-2", f"{second}-3"]
     assert_error(client.get(f"/gpuaas/node/{node['id']}/logs?per_page=0"), 422, field="per_page")
+
+
+def test_read_only_jobs_on_several_nodes_share_one_run(app, client, region):
+    import time
+
+    from gpuaas_api.jobs.worker import BATCH_WINDOW_SECONDS, claim_batch
+
+    nodes = [add_node(client, region, name=f"w{i}") for i in range(3)]
+    for node in nodes:
+        set_status(app, node["id"], NodeStatus.INITIALIZED)
+    scans = [client.get(f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}").get_json()["job_id"] for node in nodes]
+    reboot = client.post(f"/gpuaas/node/reboot?node_id={nodes[0]['id']}").get_json()["job_id"]
+    again = client.get(f"/gpuaas/node/test_conn?gpuaas_node_id={nodes[0]['id']}").get_json()["job_id"]
+
+    with app.app_context():
+        assert claim_batch(claim_next()) == [reboot]  # mutating jobs start at once, and alone
+        assert claim_next() is None  # read-only ones wait for their batch window
+        time.sleep(BATCH_WINDOW_SECONDS)
+        batch = claim_batch(claim_next())
+        statuses = {job.id: job.status for job in session().scalars(select(Job))}
+    assert batch == scans  # the same node twice never joins a batch
+    assert statuses[again] is JobStatus.PENDING

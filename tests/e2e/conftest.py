@@ -59,7 +59,7 @@ class Api:
             job = self.call("GET", f"/api/jobs/{job_id}")
             if job["status"] not in ("pending", "running"):
                 return job
-            time.sleep(0.3)
+            time.sleep(0.05)
         raise AssertionError(f"job {job_id} did not finish in {timeout}s: {job}")
 
     def run(self, method: str, path: str, body=None, timeout: float = 180) -> dict:

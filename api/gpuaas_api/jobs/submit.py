@@ -1,12 +1,19 @@
 """Start a node operation: validate the transition, take the node, record the job."""
 from __future__ import annotations
 
+import datetime as dt
+import threading
+
 from sqlalchemy import update
 
 from ..db import session
 from ..errors import conflict
 from ..models import Job, Node
 from ..states import NODE_TRANSITIONS, Operation, refusal
+
+
+# Set on every submission: the job workers of this process wake at once instead of at their next poll.
+job_submitted = threading.Event()
 
 
 def submit(operation: Operation, node: Node, extravars: dict | None = None, cluster_id: int | None = None,
@@ -17,7 +24,7 @@ def submit(operation: Operation, node: Node, extravars: dict | None = None, clus
     if reason:
         raise conflict(f"node {node.id}: {reason}")
     transition = NODE_TRANSITIONS[operation]
-    job = Job(operation=operation.value, node_id=node.id, cluster_id=cluster_id, mutating=transition.mutating,
+    job = Job(created_at=dt.datetime.now(dt.timezone.utc), operation=operation.value, node_id=node.id, cluster_id=cluster_id, mutating=transition.mutating,
               extravars={"hosts": [node.id] + list(extra_hosts or []), "vars": extravars or {}})
     db.add(job)
     db.flush()
@@ -33,4 +40,5 @@ def submit(operation: Operation, node: Node, extravars: dict | None = None, clus
         if transition.running is not None:
             db.execute(update(Node).where(Node.id == node.id).values(status=transition.running))
     db.commit()
+    job_submitted.set()
     return job

@@ -15,13 +15,14 @@ import threading
 import time
 
 from flask import Flask
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from ..db import release, session
 from ..models import Job, JobEvent, Node
 from ..ssh_keys import controller_key_path, controller_public_key
 from ..states import JobStatus, Operation
 from .finalize import finalize, reconcile_orphans
+from .submit import job_submitted
 from .runner import HostSpec, run_playbook
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ EVENT_FLUSH_SECONDS = 0.2
 CANCEL_POLL_SECONDS = 0.5
 # Besides at start-up, workers look for jobs orphaned by a dead process this often.
 RECONCILE_SECONDS = 30
+BATCH_MAX = 50
+BATCH_WINDOW_SECONDS = 0.2
 
 
 def claimant() -> str:
@@ -45,8 +48,13 @@ def pid_alive(pid: int) -> bool:
 
 
 def claim_next() -> int | None:
+    """Claim the oldest pending job. A read-only job waits BATCH_WINDOW_SECONDS after its submission, so that
+    requests for other nodes sent at the same moment can join its run (claim_batch)."""
     db = session()
-    candidate = db.scalar(select(Job.id).where(Job.status == JobStatus.PENDING).order_by(Job.id).limit(1))
+    cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=BATCH_WINDOW_SECONDS)
+    candidate = db.scalar(select(Job.id).where(Job.status == JobStatus.PENDING,
+                                               or_(Job.mutating, Job.created_at <= cutoff))
+                          .order_by(Job.id).limit(1))
     if candidate is None:
         return None
     won = db.execute(update(Job).where(Job.id == candidate, Job.status == JobStatus.PENDING).values(
@@ -70,6 +78,9 @@ def host_spec(node: Node) -> HostSpec:
         hostvars["node_init_external_service_ip"] = node.external_service_ip
     return HostSpec(node_id=node.id, name=node.name, address=node.node_ip, port=node.port, user=node.username,
                     groups=node_groups(node), host_key=node.ssh_host_key, hostvars=hostvars)
+
+
+_WAKE: dict = {}  # put on an EventWriter's queue to end its wait at once
 
 
 class EventWriter:
@@ -103,6 +114,8 @@ class EventWriter:
     def _store(self, batch: list[dict]) -> None:
         db = session()
         for event in batch:
+            if event is _WAKE:
+                continue
             self.count += 1
             data = event.get("event_data", {})
             db.add(JobEvent(job_id=self.job_id, node_id=self.node_id, counter=event.get("counter", self.count),
@@ -114,8 +127,48 @@ class EventWriter:
 
     def close(self) -> int:
         self.stopping.set()
+        self.events.put(_WAKE)  # no need to wait out the flush interval
         self.thread.join(timeout=30)
         return self.count
+
+
+def claim_batch(first_id: int) -> list[int]:
+    """More pending jobs that can share the first one's playbook run.
+
+    Read-only operations on single nodes (test_conn, scans, storage metrics) with the same
+    variables run as one ansible-playbook over all their nodes: one process with many forks
+    instead of one process per node. Mutating operations always run alone.
+    """
+    db = session()
+    first = db.get(Job, first_id)
+    if first.mutating or len(first.extravars.get("hosts", [])) != 1:
+        return [first_id]
+    batch, nodes = [first_id], {first.node_id}
+    candidates = db.scalars(select(Job).where(Job.status == JobStatus.PENDING, Job.operation == first.operation,
+                                              Job.mutating.is_(False)).order_by(Job.id).limit(BATCH_MAX)).all()
+    for job in candidates:
+        if job.node_id in nodes or job.extravars != {"hosts": [job.node_id], "vars": first.extravars.get("vars", {})}:
+            continue
+        won = db.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.PENDING).values(
+            status=JobStatus.RUNNING, claimed_by=claimant(),
+            started_at=dt.datetime.now(dt.timezone.utc))).rowcount
+        if won == 1:
+            batch.append(job.id)
+            nodes.add(job.node_id)
+    db.commit()
+    return batch
+
+
+def _host_outcome(result, host: str) -> tuple[str, int | None]:
+    if result.status not in ("successful", "failed"):
+        return result.status, result.rc  # canceled, timeout, error: the whole run
+    if host in result.stats.get("dark", {}):
+        return "failed", 4
+    if host in result.stats.get("failures", {}):
+        return "failed", 2
+    if host not in result.stats.get("processed", {}):
+        return "failed", result.rc
+    return "successful", 0
 
 
 class JobWorker(threading.Thread):
@@ -137,55 +190,95 @@ class JobWorker(threading.Thread):
                     release()
                 try:
                     job_id = claim_next()
+                    batch = claim_batch(job_id) if job_id is not None else []
                 except Exception:  # the database may be briefly unavailable; try again
                     log.exception("claiming a job failed")
                     release()
-                    job_id = None
-                if job_id is None:
-                    self.stopping.wait(self.poll_seconds)
+                    batch = []
+                if not batch:
+                    job_submitted.clear()
+                    # A job held in its batch window becomes claimable soon: look again then.
+                    waiting = session().scalar(select(Job.id).where(Job.status == JobStatus.PENDING).limit(1))
+                    release()
+                    job_submitted.wait(BATCH_WINDOW_SECONDS / 2 if waiting else self.poll_seconds)
                     continue
                 try:
-                    self.execute(job_id)
+                    self.execute(batch)
                 except Exception:  # finalize failed (database gone?): keep the worker alive
-                    log.exception("job %s could not be finalised", job_id)
+                    log.exception("jobs %s could not be finalised", batch)
                 finally:
                     release()
 
-    def execute(self, job_id: int) -> None:
+    def execute(self, job_ids: list[int]) -> None:
         config = self.app.config["GPUAAS"]
         db = session()
-        job = db.get(Job, job_id)
-        node_ids = job.extravars.get("hosts", [])
-        nodes = [db.get(Node, node_id) for node_id in node_ids]
-        writer = EventWriter(self.app, job.id, job.node_id)
+        jobs = [db.get(Job, job_id) for job_id in job_ids]
+        lead = jobs[0]
+        nodes = [db.get(Node, node_id) for node_id in lead.extravars.get("hosts", [])]
+        if len(jobs) > 1:
+            nodes = [db.get(Node, job.node_id) for job in jobs]
+        writers = {job.id: EventWriter(self.app, job.id, job.node_id) for job in jobs}
+        writer_of_host = {node.name: writers[job.id] for job, node in zip(jobs, nodes) if node is not None}
         last_poll = [0.0, False]
+
+        def on_event(event: dict) -> None:
+            host = event.get("event_data", {}).get("host")
+            if host in writer_of_host and len(jobs) > 1:
+                writer_of_host[host].put(event)
+            else:
+                for writer in writers.values():
+                    writer.put(event)
 
         def should_cancel() -> bool:
             if time.monotonic() - last_poll[0] >= CANCEL_POLL_SECONDS:
                 last_poll[0] = time.monotonic()
                 with self.app.app_context():
-                    last_poll[1] = bool(session().scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+                    last_poll[1] = bool(session().scalar(select(Job.id).where(Job.id.in_(job_ids),
+                                                                              Job.cancel_requested).limit(1)))
                     release()
             return last_poll[1]
 
-        outcome = ("error", None, "", {}, {})
+        log.info("running job(s) %s: %s on %s", job_ids, lead.operation, ", ".join(n.name for n in nodes if n))
+        result, failure = None, ""
         try:
             if any(node is None for node in nodes):
                 raise RuntimeError("a node of this job was deleted before it ran")
             controller_public_key(config.DATA_DIR)  # make the key pair if this is the first job
-            extravars = {**config.ANSIBLE_EXTRA_VARS, **job.extravars.get("vars", {}),
-                         "gpuaas_targets": nodes[0].name}
-            result = run_playbook(job.id, Operation(job.operation).value, [host_spec(n) for n in nodes],
+            targets = ",".join(node.name for node in (nodes if len(jobs) > 1 else nodes[:1]))
+            extravars = {**config.ANSIBLE_EXTRA_VARS, **lead.extravars.get("vars", {}), "gpuaas_targets": targets}
+            result = run_playbook(lead.id, Operation(lead.operation).value, [host_spec(n) for n in nodes],
                                   extravars, config.DATA_DIR, controller_key_path(config.DATA_DIR),
-                                  writer.put, should_cancel, timeout=config.JOB_TIMEOUT_SECONDS)
-            outcome = (result.status, result.rc, result.explanation, result.artifact_data, result.new_host_keys)
+                                  on_event, should_cancel, timeout=config.JOB_TIMEOUT_SECONDS)
         except Exception as error:  # finalise whatever happened: a job never stays running
-            log.exception("job %s failed to run", job_id)
-            outcome = ("error", None, f"the job could not run: {error}", {}, {})
+            log.exception("jobs %s failed to run", job_ids)
+            failure = f"the job could not run: {error}"
         finally:
-            emitted = writer.close()
+            emitted = {job_id: writer.close() for job_id, writer in writers.items()}
             session().rollback()
-            finalize(job_id, *outcome, emitted_events=emitted)
+            self._finish(jobs, nodes, result, failure, emitted)
+
+    def _finish(self, jobs, nodes, result, failure: str, emitted: dict) -> None:
+        db = session()
+        for job, node in zip(jobs, nodes):
+            if result is None:
+                finalize(job.id, "error", None, failure, {}, emitted_events=emitted[job.id])
+                continue
+            if len(jobs) == 1:
+                finalize(job.id, result.status, result.rc, result.explanation, result.artifact_data,
+                         result.new_host_keys, emitted[job.id])
+                continue
+            if result.status == "canceled" and not db.scalar(select(Job.cancel_requested).where(Job.id == job.id)):
+                # Canceled because another job of its batch was: run it again later.
+                db.execute(update(Job).where(Job.id == job.id).values(status=JobStatus.PENDING, claimed_by=None,
+                                                                      started_at=None))
+                db.commit()
+                continue
+            status, rc = _host_outcome(result, node.name)
+            artifact = {key: {node.name: value[node.name]} for key, value in result.artifact_data.items()
+                        if isinstance(value, dict) and node.name in value}
+            keys = {node.id: result.new_host_keys[node.id]} if node.id in result.new_host_keys else {}
+            explanation = result.explanation if status == result.status else ""
+            finalize(job.id, status, rc, explanation, artifact, keys, emitted[job.id])
 
 
 def start_workers(app: Flask, count: int = 2) -> list[JobWorker]:

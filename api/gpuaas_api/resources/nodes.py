@@ -3,7 +3,6 @@ from __future__ import annotations
 from flask import current_app, jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
