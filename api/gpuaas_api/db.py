@@ -37,6 +37,19 @@ def session() -> Session:
     return current_app.extensions["gpuaas_session"]()
 
 
+def commit_unique(field: str, message: str) -> None:
+    """Commit; a unique-constraint violation becomes a 409 field error (the race-free duplicate check)."""
+    from sqlalchemy.exc import IntegrityError
+
+    from .errors import field_error
+
+    try:
+        session().commit()
+    except IntegrityError:
+        session().rollback()
+        raise field_error(field, message, 409) from None
+
+
 def release() -> None:
     """End this thread's session (worker threads live outside requests)."""
     current_app.extensions["gpuaas_session"].remove()

@@ -3,10 +3,9 @@ from __future__ import annotations
 from flask import current_app, jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
-from ..db import session
+from ..db import commit_unique, session
 from ..errors import conflict, field_error, not_found
 from ..models import Node
 from ..schemas import NodeAddSchema, NodeEditSchema, NodeSchema, RegionQuerySchema
@@ -35,11 +34,7 @@ def _check_role_fields(node: Node) -> None:
 
 
 def _commit_unique(node: Node) -> None:
-    try:
-        session().commit()
-    except IntegrityError:
-        session().rollback()
-        raise field_error("name", f"region {node.region_id} already has a node named {node.name}", 409) from None
+    commit_unique("name", f"region {node.region_id} already has a node named {node.name}")
 
 
 @blp.route("/gpuaas/node/add")

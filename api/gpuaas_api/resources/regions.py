@@ -3,10 +3,9 @@ from __future__ import annotations
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
-from ..db import session
-from ..errors import conflict, field_error, not_found
+from ..db import commit_unique, session
+from ..errors import conflict, not_found
 from ..models import Cluster, Node, Region
 from ..schemas import RegionSchema, RegionUpdateSchema
 
@@ -21,11 +20,7 @@ def get_region(region_id: int) -> Region:
 
 
 def _commit_unique_name(region: Region) -> None:
-    try:
-        session().commit()
-    except IntegrityError:
-        session().rollback()
-        raise field_error("region_name", f"a region named {region.region_name} exists already", 409) from None
+    commit_unique("region_name", f"a region named {region.region_name} exists already")
 
 
 @blp.route("/regions")
