@@ -223,3 +223,20 @@ def test_read_only_jobs_on_several_nodes_share_one_run(app, client, region):
         statuses = {job.id: job.status for job in session().scalars(select(Job))}
     assert batch == scans  # the same node twice never joins a batch
     assert statuses[again] is JobStatus.PENDING
+
+
+def test_deinit_of_the_controller_takes_its_cluster_down(app, client, region):
+    controller = add_node(client, region, name="ctrl", is_controller_node=True, is_worker_node=False)
+    set_status(app, controller["id"], NodeStatus.INITIALIZED)
+    enabled = client.post(f"/gpuaas/enable?controller_node_id={controller['id']}").get_json()
+    with app.app_context():
+        finalize(enabled["job_id"], "successful", 0, "", {"gpuaas_cluster": {"api_server_port": 6443}})
+
+    deinit = client.get(f"/gpuaas/node/deinit?gpuaas_node_id={controller['id']}").get_json()
+    with app.app_context():
+        finalize(deinit["job_id"], "successful", 0, "", {})
+
+    assert client.get(f"/gpuaas/{enabled['gpuaas_id']}").get_json()["status"] == "GPUAAS_INACTIVE"
+    assert client.get(f"/gpuaas/node/{controller['id']}").get_json()["status"] == "uninitialized"
+    again = client.post(f"/gpuaas/enable?controller_node_id={controller['id']}")
+    assert_error(again, 409)  # uninitialized: init it first

@@ -76,6 +76,11 @@ def _move_node(job: Job, node: Node, succeeded: bool, artifact_data: dict) -> No
     elif operation is Operation.JOIN and succeeded:
         node.cluster_id, node.joined = job.cluster_id, True
     elif operation in (Operation.LEAVE, Operation.DEINIT) and succeeded:
+        if operation is Operation.DEINIT:
+            # A controller that is reset takes its cluster down with it.
+            for controlled in db.scalars(select(Cluster).where(Cluster.controller_node_id == node.id,
+                                                               Cluster.status != ClusterStatus.INACTIVE)):
+                controlled.status = ClusterStatus.INACTIVE
         node.joined = False
         node.cluster_id = None
         node.disabled = False
