@@ -23,10 +23,34 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
+def _watch_data_version(factory: sessionmaker) -> None:
+    """Bump data_version in the transaction of any change to nodes, GPUs, regions or clusters."""
+    from sqlalchemy import update
+
+    from .models import Cluster, DataVersion, Gpu, Node, Region
+
+    watched = (Node, Gpu, Region, Cluster)
+    table = DataVersion.__table__
+    bump = update(table).where(table.c.id == 1).values(version=table.c.version + 1)
+
+    @event.listens_for(factory, "after_flush")
+    def _after_flush(db, _context):
+        if any(isinstance(obj, watched) for obj in (*db.new, *db.dirty, *db.deleted)):
+            db.connection().execute(bump)
+
+    @event.listens_for(factory, "do_orm_execute")
+    def _bulk_statements(state):
+        if (state.is_update or state.is_delete) and state.bind_mapper is not None \
+                and state.bind_mapper.class_ in watched:
+            state.session.connection().execute(bump)
+
+
 def init_app(app: Flask, url: str) -> None:
     engine = make_engine(url)
     app.extensions["gpuaas_engine"] = engine
-    app.extensions["gpuaas_session"] = scoped_session(sessionmaker(bind=engine, expire_on_commit=False))
+    factory = sessionmaker(bind=engine, expire_on_commit=False)
+    _watch_data_version(factory)
+    app.extensions["gpuaas_session"] = scoped_session(factory)
 
     @app.teardown_appcontext
     def _remove_session(_exc):

@@ -218,3 +218,15 @@ class MetricSample(Base):
     memory_used_mb: Mapped[float] = mapped_column(Float)
     temperature_c: Mapped[float] = mapped_column(Float)
     power_w: Mapped[float] = mapped_column(Float)
+
+
+class DataVersion(Base):
+    """One counter, bumped in the same transaction as any change to what node and GPU replies show.
+
+    Read endpoints cache their serialised replies per process under this version (views.py), so a
+    reply is rebuilt only after a change, and every process sees the change at once.
+    """
+
+    __tablename__ = "data_version"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)

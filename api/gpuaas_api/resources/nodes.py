@@ -11,7 +11,7 @@ from ..models import Node
 from ..schemas import NodeAddSchema, NodeEditSchema, NodeSchema, RegionQuerySchema
 from ..ssh_keys import controller_public_key
 from ..states import DELETABLE_NODE_STATUSES
-from ..views import node_dict, node_list
+from ..views import cached_reply, node_dict, node_list
 from .regions import get_region
 
 blp = Blueprint("nodes", __name__, description="GPU nodes")
@@ -57,14 +57,15 @@ class NodeList(MethodView):
     @blp.response(200, NodeSchema(many=True))
     def get(self, query):
         """Nodes, optionally of one region, as a bare array."""
-        return jsonify(node_list(session(), query.get("region_id")))
+        db = session()
+        return cached_reply(db, ("nodes", query.get("region_id")), lambda: node_list(db, query.get("region_id")))
 
 
 @blp.route("/gpuaas/node/<int:node_id>")
 class NodeById(MethodView):
     @blp.response(200, NodeSchema)
     def get(self, node_id):
-        return jsonify(node_dict(get_node(node_id)))
+        return cached_reply(session(), ("node", node_id), lambda: node_dict(get_node(node_id)))
 
 
 @blp.route("/gpuaas/node/<int:node_id>/edit")

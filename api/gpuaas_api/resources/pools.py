@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-from flask import jsonify
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import func, select
@@ -17,6 +16,7 @@ from ..models import Cluster, Gpu, MetricSample, Node, Pool, PoolSlot
 from ..schemas import (GpuUuidsQuerySchema, GpuUuidsSchema, MetricsQuerySchema, PoolCreateSchema, PoolGpuSchema,
                        PoolUpdateSchema)
 from ..states import TIME_GROUPING_ALIASES, TIME_GROUPINGS, ClusterStatus, GpuAssignment, PoolStatus
+from ..views import cached_reply
 
 blp = Blueprint("pools", __name__, description="GPU pools and GPU assignment")
 
@@ -267,15 +267,19 @@ class AvailableGpus(MethodView):
     def get(self, gpuaas_id):
         """GPUs of the cluster's nodes that no pool holds and that answer."""
         get_cluster(gpuaas_id)
-        # Core rows, not ORM objects: this list is thousands of GPUs long on a large cluster.
-        rows = session().execute(select(Gpu.id, Gpu.uuid, Gpu.vendor, Gpu.model, Gpu.memory_in_mb, Gpu.node_id,
-                                        Gpu.pool_id).join(Node).where(
-            Node.cluster_id == gpuaas_id, Gpu.assignment_status == GpuAssignment.UNASSIGNED)
-            .order_by(Gpu.node_id, Gpu.index))
-        unassigned = GpuAssignment.UNASSIGNED.value
-        return jsonify({"items": [{"id": row.id, "uuid": row.uuid, "vendor": row.vendor, "gpu_model": row.model,
-                                   "memory_in_mb": row.memory_in_mb, "gpuaas_node_id": row.node_id,
-                                   "assignment_status": unassigned, "pool_id": row.pool_id} for row in rows]})
+        return cached_reply(session(), ("available_gpus", gpuaas_id), lambda: _available_gpus(gpuaas_id))
+
+
+def _available_gpus(gpuaas_id: int) -> dict:
+    # Core rows, not ORM objects: this list is thousands of GPUs long on a large cluster.
+    rows = session().execute(
+        select(Gpu.id, Gpu.uuid, Gpu.vendor, Gpu.model, Gpu.memory_in_mb, Gpu.node_id, Gpu.pool_id).join(Node)
+        .where(Node.cluster_id == gpuaas_id, Gpu.assignment_status == GpuAssignment.UNASSIGNED)
+        .order_by(Gpu.node_id, Gpu.index))
+    unassigned = GpuAssignment.UNASSIGNED.value
+    return {"items": [{"id": row.id, "uuid": row.uuid, "vendor": row.vendor, "gpu_model": row.model,
+                       "memory_in_mb": row.memory_in_mb, "gpuaas_node_id": row.node_id,
+                       "assignment_status": unassigned, "pool_id": row.pool_id} for row in rows]}
 
 
 @blp.route("/gpuaas/<int:gpuaas_id>/pool/all_gpus")
