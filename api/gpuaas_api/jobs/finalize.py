@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from ..db import session
 from ..models import Cluster, Gpu, Job, Node, Npu, Scan
-from ..states import NODE_TRANSITIONS, ClusterStatus, GpuAssignment, JobStatus, NodeStatus, Operation
+from ..states import NODE_TRANSITIONS, ClusterStatus, GpuAssignment, JobStatus, Operation
 
 RUNNER_TO_JOB_STATUS = {
     "successful": JobStatus.SUCCESSFUL,
@@ -172,6 +172,3 @@ def reconcile_orphans(hostname: str, is_alive) -> list[int]:
         finalize(job_id, "error", None, "the API process running this job stopped before it finished; "
                  "the node was set to a consistent state", {})
     return orphans
-
-
-__all__ = ["finalize", "reconcile_orphans", "apply_gpu_scan", "NodeStatus"]
