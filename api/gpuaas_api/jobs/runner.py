@@ -13,6 +13,7 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,12 +99,25 @@ def _read_new_keys(known_hosts: Path, hosts: list[HostSpec]) -> dict[int, str]:
     return found
 
 
-def kill_job_processes(job_marker: str) -> int:
+def kill_job_processes(job_marker: str, rounds: int = 100) -> int:
     """End every process carrying this job's marker in its environment.
 
     Ansible's workers (and their ssh children) leave the playbook's process group
     and can outlive a cancel; the marker finds them wherever they were re-parented.
+    A process can fork while the scan passes it, so scan again until one finds none
+    (a killed process, dead or a zombie, has no environment left to match).
     """
+    killed = 0
+    for _round in range(rounds):
+        found = _kill_marked(job_marker)
+        if not found:
+            break
+        killed += found
+        time.sleep(0.02)
+    return killed
+
+
+def _kill_marked(job_marker: str) -> int:
     needle = job_marker.encode() + b"\0"
     killed = 0
     for entry in Path("/proc").iterdir():
