@@ -139,7 +139,7 @@ def test_7_cancel_ends_the_whole_job(service, cluster):
     job = api.wait_job(job_id, timeout=60)
 
     assert job["status"] == "canceled" and job["explanation"] == "canceled on request"
-    leftover = subprocess.run(["pgrep", "-f", f"job-{job_id}-"], capture_output=True, text=True, check=False)
+    leftover = subprocess.run(["pgrep", "-a", "-f", f"job-{job_id}-"], capture_output=True, text=True, check=False)
     assert leftover.stdout.strip() == ""
     assert api.call("POST", f"/api/jobs/{job_id}/cancel", expect=None)[0] == 409
     # the node is free again (a reboot does not move its status)

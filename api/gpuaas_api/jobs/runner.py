@@ -107,26 +107,39 @@ def kill_job_processes(job_marker: str, rounds: int = 100) -> int:
     A process can fork while the scan passes it, so scan again until one finds none
     (a killed process, dead or a zombie, has no environment left to match).
     """
-    killed = 0
+    killed: list[int] = []
     for _round in range(rounds):
         found = _kill_marked(job_marker)
         if not found:
             break
         killed += found
         time.sleep(0.02)
-    return killed
+    # SIGKILL is not instant: return once they are gone (or zombies), so the job is
+    # finalised only after its processes.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_running(pid) for pid in killed):
+        time.sleep(0.02)
+    return len(killed)
 
 
-def _kill_marked(job_marker: str) -> int:
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _kill_marked(job_marker: str) -> list[int]:
     needle = job_marker.encode() + b"\0"
-    killed = 0
+    killed = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             if needle in (entry / "environ").read_bytes():
                 os.kill(int(entry.name), signal.SIGKILL)
-                killed += 1
+                killed.append(int(entry.name))
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
     return killed
