@@ -117,12 +117,13 @@ def kill_job_processes(job_marker: str, rounds: int = 100) -> int:
     # SIGKILL is not instant: return once they are gone (or zombies), so the job is
     # finalised only after its processes.
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_running(pid) for pid in killed):
+    while time.monotonic() < deadline and any(pid_alive(pid) for pid in killed):
         time.sleep(0.02)
     return len(killed)
 
 
-def _running(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True for a running process; a zombie (dead, not yet reaped) counts as gone."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, IndexError):

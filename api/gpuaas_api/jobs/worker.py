@@ -23,7 +23,7 @@ from ..ssh_keys import controller_key_path, controller_public_key
 from ..states import JobStatus, Operation
 from .finalize import finalize, reconcile_orphans
 from .submit import job_submitted
-from .runner import HostSpec, run_playbook
+from .runner import HostSpec, pid_alive, run_playbook
 
 log = logging.getLogger(__name__)
 EVENT_FLUSH_SECONDS = 0.2
@@ -36,15 +36,6 @@ BATCH_WINDOW_SECONDS = 0.2
 
 def claimant() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def pid_alive(pid: int) -> bool:
-    """True for a running process; a zombie (dead, not yet reaped) counts as gone."""
-    try:
-        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def claim_next() -> int | None:
