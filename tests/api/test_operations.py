@@ -183,6 +183,27 @@ def test_failed_scan_marks_gpus_unavailable(app, client, region):
     assert "could not be reached" in client.get(f"/api/jobs/{again['job_id']}").get_json()["explanation"]
 
 
+def test_a_failed_job_names_its_first_failed_task_and_message(app, client, region):
+    node = add_node(client, region)
+    job_id = client.get(f"/gpuaas/node/init?gpuaas_node_id={node['id']}").get_json()["job_id"]
+    with app.app_context():
+        db = session()
+        db.add_all([
+            JobEvent(job_id=job_id, node_id=node["id"], counter=1, event="runner_on_ok", host="w1", task="Probe",
+                     data={"res": {"msg": "fine"}}),
+            JobEvent(job_id=job_id, node_id=node["id"], counter=2, event="runner_on_failed", host="w1",
+                     task="Install kubelet", data={"res": {"msg": "No package matching 'kubelet'\nsecond line"}}),
+            JobEvent(job_id=job_id, node_id=node["id"], counter=3, event="runner_on_failed", host="w1",
+                     task="Later", data={"res": {"msg": "not the first"}}),
+        ])
+        db.commit()
+        finalize(job_id, "failed", 2, "", {})
+
+    job = client.get(f"/api/jobs/{job_id}").get_json()
+    assert job["explanation"] == "w1: task 'Install kubelet' failed: No package matching 'kubelet'"
+    assert client.get(f"/gpuaas/node/{node['id']}").get_json()["status"] == "error"
+
+
 def test_logs_are_paginated_in_a_stable_order(app, client, region):
     node = add_node(client, region)
     first = client.get(f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}").get_json()["job_id"]

@@ -25,7 +25,7 @@ ADMIN = {"username": "e2e-admin", "password": "e2e-password-long-enough"}
 FLEET_VARS = {
     # Fleet nodes share the kernel's boot id and have no package repositories.
     "node_reboot_boot_time_command": "cat /run/fleet-boot-id",
-    "node_reboot_timeout": 60,
+    "node_reboot_timeout": 120,
     "node_init_manage_packages": False,
 }
 

@@ -32,7 +32,7 @@ def test_1_test_conn_pins_each_host_key(service, cluster):
                  Path("/var/lib/hostedai-gpuaas-fleet/known_hosts").read_text().splitlines())
     for name, node in cluster["nodes"].items():
         job = api.run("GET", f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}")
-        assert job["status"] == "successful", job
+        assert job["status"] == "successful", job["explanation"]
         assert job["result"]["gpuaas_conn_check"][name]["failed_step"] is None
     engine = create_engine(f"sqlite:///{service.data_dir / 'gpuaas.sqlite3'}")
     with engine.connect() as connection:
@@ -45,7 +45,7 @@ def test_2_init_enable_join(service, cluster):
     api, nodes = service.api, cluster["nodes"]
     for node in nodes.values():
         job = api.run("GET", f"/gpuaas/node/init?gpuaas_node_id={node['id']}")
-        assert job["status"] == "successful", job
+        assert job["status"] == "successful", job["explanation"]
         assert api.call("GET", f"/gpuaas/node/{node['id']}")["status"] == "initialized"
 
     enabled = api.call("POST", f"/gpuaas/enable?controller_node_id={nodes['node1']['id']}")
@@ -88,7 +88,7 @@ def test_3_scan_gpus_status_and_logs(service, cluster, running_fleet):
 def test_4_reboot_a_worker(service, cluster):
     job = service.api.run("POST", f"/gpuaas/node/reboot?node_id={cluster['nodes']['node3']['id']}")
 
-    assert job["status"] == "successful", job
+    assert job["status"] == "successful", job["explanation"]
     power_log = subprocess.run([*FLEET, "node-exec", "node3", "--", "cat", "/var/log/fleet-power.log"],
                                capture_output=True, text=True, check=True).stdout
     assert "shutdown -r" in power_log

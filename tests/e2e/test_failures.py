@@ -36,7 +36,8 @@ def test_a_node_that_is_down_fails_fast_and_says_which_step(service, nodes):
     assert job["status"] == "failed"
     assert job["explanation"] == "node2: step ssh failed"
     assert elapsed < 30
-    assert init["status"] == "failed" and "reached over SSH" in init["explanation"]
+    assert init["status"] == "failed" and init["explanation"].startswith("node2: task ")
+    assert "unreachable" in init["explanation"] and "Connection refused" in init["explanation"]
     assert api.call("GET", f"/gpuaas/node/{nodes['node2']['id']}")["status"] == "error"
     # back up: the retry succeeds
     assert api.run("GET", f"/gpuaas/node/init?gpuaas_node_id={nodes['node2']['id']}")["status"] == "successful"

@@ -6,8 +6,10 @@ import datetime as dt
 from sqlalchemy import select
 
 from ..db import session
-from ..models import Cluster, Gpu, Job, Node, Npu, Scan
+from ..models import Cluster, Gpu, Job, JobEvent, Node, Npu, Scan
 from ..states import NODE_TRANSITIONS, ClusterStatus, GpuAssignment, JobStatus, Operation
+
+MAX_MESSAGE = 300  # the explanation is a summary; the node's logs hold the whole output
 
 RUNNER_TO_JOB_STATUS = {
     "successful": JobStatus.SUCCESSFUL,
@@ -28,7 +30,7 @@ def finalize(job_id: int, runner_status: str, rc: int | None, explanation: str, 
     node = db.get(Node, job.node_id) if job.node_id else None
     status = RUNNER_TO_JOB_STATUS.get(runner_status, JobStatus.ERROR)
     if status is JobStatus.FAILED and not explanation:
-        explanation = _failure_explanation(artifact_data, rc)
+        explanation = _failure_explanation(job_id, artifact_data, rc)
     job.status, job.rc, job.explanation = status, rc, explanation
     job.result = artifact_data
     job.finished_at = now()
@@ -45,11 +47,22 @@ def finalize(job_id: int, runner_status: str, rc: int | None, explanation: str, 
     return job
 
 
-def _failure_explanation(artifact_data: dict, rc: int | None) -> str:
+def _failure_explanation(job_id: int, artifact_data: dict, rc: int | None) -> str:
+    """One line an operator can act on: the failed step, or the first failed task and its message."""
     conn = artifact_data.get("gpuaas_conn_check", {})
     for host, result in conn.items():
         if result.get("failed_step"):
             return f"{host}: step {result['failed_step']} failed"
+    first_failure = session().scalars(
+        select(JobEvent).where(JobEvent.job_id == job_id,
+                               JobEvent.event.in_(("runner_on_failed", "runner_on_unreachable")))
+        .order_by(JobEvent.counter).limit(1)).first()
+    if first_failure is not None:
+        res = first_failure.data.get("res", {}) if isinstance(first_failure.data, dict) else {}
+        message = str(res.get("msg") or res.get("stderr") or "").strip().splitlines()
+        what = "unreachable" if first_failure.event == "runner_on_unreachable" else "failed"
+        detail = f": {message[0][:MAX_MESSAGE]}" if message else ""
+        return f"{first_failure.host}: task '{first_failure.task}' {what}{detail}"
     if rc == 4:
         return "the node could not be reached over SSH"
     return f"the playbook failed (rc {rc}); see the node's logs"
