@@ -97,7 +97,7 @@ def test_each_job_is_claimed_once(app, client, region):
     with app.app_context():
         first, second = claim_next(), claim_next()
         job = session().get(Job, job_id)
-    assert (first, second) == (job_id, None)
+    assert (first, second) == ([job_id], [])
     assert job.status is JobStatus.RUNNING and job.claimed_by
 
 
@@ -224,26 +224,82 @@ def test_logs_are_paginated_in_a_stable_order(app, client, region):
     assert_error(client.get(f"/gpuaas/node/{node['id']}/logs?per_page=0"), 422, field="per_page")
 
 
+def _created(app, seconds_from_now: dict[int, float]) -> None:
+    """Backdate (or postdate) jobs' submission times: the batching rules depend only on them."""
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    now = dt.datetime.now(dt.timezone.utc)
+    with app.app_context():
+        for job_id, offset in seconds_from_now.items():
+            session().execute(update(Job).where(Job.id == job_id).values(created_at=now + dt.timedelta(seconds=offset)))
+        session().commit()
+
+
 def test_read_only_jobs_on_several_nodes_share_one_run(app, client, region):
-    import time
-
-    from gpuaas_api.jobs.worker import BATCH_WINDOW_SECONDS, claim_batch
-
     nodes = [add_node(client, region, name=f"w{i}") for i in range(3)]
     for node in nodes:
         set_status(app, node["id"], NodeStatus.INITIALIZED)
     scans = [client.get(f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}").get_json()["job_id"] for node in nodes]
     reboot = client.post(f"/gpuaas/node/reboot?node_id={nodes[0]['id']}").get_json()["job_id"]
     again = client.get(f"/gpuaas/node/test_conn?gpuaas_node_id={nodes[0]['id']}").get_json()["job_id"]
+    _created(app, {job_id: 5.0 for job_id in [*scans, again]})  # requests still arriving: a burst
 
     with app.app_context():
-        assert claim_batch(claim_next()) == [reboot]  # mutating jobs start at once, and alone
-        assert claim_next() is None  # read-only ones wait for their batch window
-        time.sleep(BATCH_WINDOW_SECONDS)
-        batch = claim_batch(claim_next())
+        assert claim_next() == [reboot]  # mutating jobs start at once, and alone
+        assert claim_next() == []  # read-only ones wait while their burst goes on
+    _created(app, {job_id: -0.1 for job_id in [*scans, again]})  # burst over, well within the window
+    with app.app_context():
+        batch = claim_next()
         statuses = {job.id: job.status for job in session().scalars(select(Job))}
     assert batch == scans  # the same node twice never joins a batch
     assert statuses[again] is JobStatus.PENDING
+
+
+def test_a_burst_that_never_ends_does_not_hold_its_first_jobs_past_the_window(app, client, region):
+    from gpuaas_api.jobs.worker import BATCH_WINDOW_SECONDS
+
+    nodes = [add_node(client, region, name=f"w{i}") for i in range(2)]
+    for node in nodes:
+        set_status(app, node["id"], NodeStatus.INITIALIZED)
+    old, new = [client.get(f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}").get_json()["job_id"]
+                for node in nodes]
+    _created(app, {old: -2 * BATCH_WINDOW_SECONDS, new: 5.0})
+
+    with app.app_context():
+        assert claim_next() == [old, new]  # the old one goes, and takes the newcomer along
+
+
+def test_workers_racing_for_one_burst_never_split_it(app, client, region):
+    import threading
+
+    from gpuaas_api.db import release
+
+    nodes = [add_node(client, region, name=f"w{i}") for i in range(10)]
+    for node in nodes:
+        set_status(app, node["id"], NodeStatus.INITIALIZED)
+    burst = [client.get(f"/gpuaas/node/scan_gpus?gpuaas_node_id={node['id']}").get_json()["job_id"] for node in nodes]
+    _created(app, {job_id: -0.1 for job_id in burst})
+    start, claims = threading.Barrier(4), []
+
+    def worker():
+        with app.app_context():
+            start.wait()
+            try:
+                claims.append(claim_next())
+            except Exception:  # a writer that lost the race on SQLite: claimed nothing
+                claims.append([])
+            finally:
+                release()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(claims, key=len) == [[], [], [], burst]
 
 
 def test_deinit_of_the_controller_takes_its_cluster_down(app, client, region):

@@ -31,6 +31,11 @@ CANCEL_POLL_SECONDS = 0.5
 # Besides at start-up, workers look for jobs orphaned by a dead process this often.
 RECONCILE_SECONDS = 30
 BATCH_MAX = 50
+# A burst of read-only requests (one per node, as clients send them) is gathered into one
+# playbook run: a read-only job waits while such requests keep arriving less than
+# BATCH_QUIET_SECONDS apart, and never longer than BATCH_WINDOW_SECONDS. A lone request
+# waits only the quiet interval.
+BATCH_QUIET_SECONDS = 0.03
 BATCH_WINDOW_SECONDS = 0.2
 
 
@@ -38,20 +43,32 @@ def claimant() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def claim_next() -> int | None:
-    """Claim the oldest pending job. A read-only job waits BATCH_WINDOW_SECONDS after its submission, so that
-    requests for other nodes sent at the same moment can join its run (claim_batch)."""
+def claim_next() -> list[int]:
+    """Claim the next run: a mutating job alone, or a batch of read-only jobs (see claim_batch).
+
+    A read-only job is claimable once its burst is over (see BATCH_QUIET_SECONDS). The
+    whole run is claimed with one conditional UPDATE, so that workers racing for the same
+    burst (in this process or another) cannot split it: one wins it, the others get
+    nothing or only jobs that arrived later. Returns the claimed job ids, oldest first.
+    """
     db = session()
-    cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=BATCH_WINDOW_SECONDS)
-    candidate = db.scalar(select(Job.id).where(Job.status == JobStatus.PENDING,
-                                               or_(Job.mutating, Job.created_at <= cutoff))
-                          .order_by(Job.id).limit(1))
-    if candidate is None:
-        return None
-    won = db.execute(update(Job).where(Job.id == candidate, Job.status == JobStatus.PENDING).values(
-        status=JobStatus.RUNNING, claimed_by=claimant(), started_at=dt.datetime.now(dt.timezone.utc))).rowcount
+    now = dt.datetime.now(dt.timezone.utc)
+    burst_going_on = db.scalar(select(Job.id).where(
+        Job.status == JobStatus.PENDING, Job.mutating.is_(False),
+        Job.created_at > now - dt.timedelta(seconds=BATCH_QUIET_SECONDS)).limit(1)) is not None
+    pending = select(Job).where(Job.status == JobStatus.PENDING)
+    if burst_going_on:
+        pending = pending.where(or_(Job.mutating, Job.created_at <= now - dt.timedelta(seconds=BATCH_WINDOW_SECONDS)))
+    first = db.scalars(pending.order_by(Job.id).limit(1)).first()
+    if first is None:
+        db.rollback()
+        return []
+    wanted = batch_of(first)
+    won = db.scalars(update(Job).where(Job.id.in_(wanted), Job.status == JobStatus.PENDING)
+                     .values(status=JobStatus.RUNNING, claimed_by=claimant(), started_at=dt.datetime.now(dt.timezone.utc))
+                     .returning(Job.id)).all()
     db.commit()
-    return candidate if won == 1 else None
+    return sorted(won)
 
 
 def node_groups(node: Node) -> list[str]:
@@ -123,30 +140,24 @@ class EventWriter:
         return self.count
 
 
-def claim_batch(first_id: int) -> list[int]:
-    """More pending jobs that can share the first one's playbook run.
+def batch_of(first: Job) -> list[int]:
+    """The pending jobs that can share ``first``'s playbook run, ``first`` included.
 
     Read-only operations on single nodes (test_conn, scans, storage metrics) with the same
     variables run as one ansible-playbook over all their nodes: one process with many forks
     instead of one process per node. Mutating operations always run alone.
     """
-    db = session()
-    first = db.get(Job, first_id)
     if first.mutating or len(first.extravars.get("hosts", [])) != 1:
-        return [first_id]
-    batch, nodes = [first_id], {first.node_id}
-    candidates = db.scalars(select(Job).where(Job.status == JobStatus.PENDING, Job.operation == first.operation,
-                                              Job.mutating.is_(False)).order_by(Job.id).limit(BATCH_MAX)).all()
+        return [first.id]
+    batch, nodes = [first.id], {first.node_id}
+    candidates = session().scalars(select(Job).where(Job.status == JobStatus.PENDING, Job.id != first.id,
+                                                     Job.operation == first.operation, Job.mutating.is_(False))
+                                   .order_by(Job.id).limit(BATCH_MAX)).all()
     for job in candidates:
         if job.node_id in nodes or job.extravars != {"hosts": [job.node_id], "vars": first.extravars.get("vars", {})}:
             continue
-        won = db.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.PENDING).values(
-            status=JobStatus.RUNNING, claimed_by=claimant(),
-            started_at=dt.datetime.now(dt.timezone.utc))).rowcount
-        if won == 1:
-            batch.append(job.id)
-            nodes.add(job.node_id)
-    db.commit()
+        batch.append(job.id)
+        nodes.add(job.node_id)
     return batch
 
 
@@ -180,8 +191,7 @@ class JobWorker(threading.Thread):
                         log.exception("reconciling orphaned jobs failed")
                     release()
                 try:
-                    job_id = claim_next()
-                    batch = claim_batch(job_id) if job_id is not None else []
+                    batch = claim_next()
                 except Exception:  # the database may be briefly unavailable; try again
                     log.exception("claiming a job failed")
                     release()
@@ -191,7 +201,7 @@ class JobWorker(threading.Thread):
                     # A job held in its batch window becomes claimable soon: look again then.
                     waiting = session().scalar(select(Job.id).where(Job.status == JobStatus.PENDING).limit(1))
                     release()
-                    job_submitted.wait(BATCH_WINDOW_SECONDS / 2 if waiting else self.poll_seconds)
+                    job_submitted.wait(BATCH_QUIET_SECONDS if waiting else self.poll_seconds)
                     continue
                 try:
                     self.execute(batch)
@@ -237,9 +247,11 @@ class JobWorker(threading.Thread):
             controller_public_key(config.DATA_DIR)  # make the key pair if this is the first job
             targets = ",".join(node.name for node in (nodes if len(jobs) > 1 else nodes[:1]))
             extravars = {**config.ANSIBLE_EXTRA_VARS, **lead.extravars.get("vars", {}), "gpuaas_targets": targets}
+            playbook_started = time.monotonic()
             result = run_playbook(lead.id, Operation(lead.operation).value, [host_spec(n) for n in nodes],
                                   extravars, config.DATA_DIR, controller_key_path(config.DATA_DIR),
                                   on_event, should_cancel, timeout=config.JOB_TIMEOUT_SECONDS)
+            log.info("job(s) %s: playbook %s in %.2f s", job_ids, result.status, time.monotonic() - playbook_started)
         except Exception as error:  # finalise whatever happened: a job never stays running
             log.exception("jobs %s failed to run", job_ids)
             failure = f"the job could not run: {error}"
