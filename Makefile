@@ -8,7 +8,7 @@ VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 BUILD := $(CURDIR)/.build
 N ?= 5
-SCENARIOS := gpu_scan node_lifecycle unreachable
+SCENARIOS := gpu_scan gpu_sharing node_lifecycle unreachable
 
 # Keep every Ansible run out of the home directory, and find this checkout as
 # the hostedai.gpuaas collection.

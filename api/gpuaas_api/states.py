@@ -7,6 +7,21 @@ answers for requests the current state does not allow.
 from __future__ import annotations
 
 import enum
+import importlib.util
+from pathlib import Path
+
+# The repository: galaxy.yml, playbooks/, roles/, plugins/ (the service runs from a checkout).
+COLLECTION_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_sharing_policy():
+    """The collection's own definition of the pool settings (module_utils/sharing_policy.py): the
+    modules on the nodes and this service validate with the same file."""
+    path = COLLECTION_ROOT / "plugins" / "module_utils" / "sharing_policy.py"
+    spec = importlib.util.spec_from_file_location("gpuaas_sharing_policy", path)
+    policy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(policy)
+    return policy
 
 
 class NodeStatus(str, enum.Enum):
@@ -55,11 +70,12 @@ class GpuAssignment(str, enum.Enum):
         return cls(value.upper())
 
 
-# A pool's sharing settings: the guide's ranges, defined here only.
-SHARING_RATIO_RANGE = (1, 10)
-TIME_QUANTUM_RANGE_SECONDS = (10, 120)
-DEFAULT_TIME_QUANTUM_SECONDS = 30  # hosted·ai's published default
-SECURITY_LEVELS = ("low", "medium", "high")
+# A pool's sharing settings: the guide's ranges, from the collection's single definition.
+SHARING_POLICY = _load_sharing_policy()
+SHARING_RATIO_RANGE = SHARING_POLICY.SHARING_RATIO_RANGE
+TIME_QUANTUM_RANGE_SECONDS = SHARING_POLICY.TIME_QUANTUM_RANGE_SECONDS
+DEFAULT_TIME_QUANTUM_SECONDS = SHARING_POLICY.DEFAULT_TIME_QUANTUM_SECONDS
+SECURITY_LEVELS = SHARING_POLICY.SECURITY_LEVELS
 # Metric buckets, with the short aliases clients send.
 TIME_GROUPINGS = {"minute": 60, "hour": 3600, "day": 86400, "week": 604800}
 TIME_GROUPING_ALIASES = {"1m": "minute", "1h": "hour", "1d": "day", "1w": "week"}

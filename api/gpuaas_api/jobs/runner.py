@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..states import COLLECTION_ROOT
 
-COLLECTION_ROOT = Path(__file__).resolve().parents[3]  # the repository: galaxy.yml, playbooks/, roles/
 MAX_EVENT_STDOUT = 64 * 1024  # per event, like AWX's cap but smaller: logs are paginated anyway
 
 
