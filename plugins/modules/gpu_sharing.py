@@ -15,13 +15,13 @@ description:
   - Writes a versioned node configuration (O(config_path)) recording, per GPU, the pool, the sharing ratio
     and slot count, the time quantum, the security level, the compute mode and (medium level) the per-slot limits.
     Its C(version) goes up by one with every change.
-  - Writes the Kubernetes device plugin's configuration for the node (O(device_plugin_config_path)) - one named
-    config: each pool with a sharing ratio of 2 or more is one time-slicing resource, C(nvidia.com/gpu.pool-<id>),
+  - Writes the Kubernetes device plugin's configuration for the node (O(device_plugin_config_path)), one named
+    config in which each pool with a sharing ratio of 2 or more is one time-slicing resource, C(nvidia.com/gpu.pool-<id>),
     limited to that pool's GPUs with C(replicas) equal to the ratio. GPUs of ratio-1 pools get no sharing entry
     (the plugin rejects C(replicas=1)) and stay C(nvidia.com/gpu). RV(device_plugin_config_name) changes with the
     content, so relabelling the node with it makes the plugin load the new config.
-  - Sets each GPU's compute mode through NVML from its security level - C(high) is EXCLUSIVE_PROCESS, C(low) and
-    C(medium) are DEFAULT - and, for C(medium), writes the MPS-style per-slot limits (vRAM / ratio,
+  - Sets each GPU's compute mode through NVML from its security level (C(high) is EXCLUSIVE_PROCESS, C(low) and
+    C(medium) are DEFAULT) and, for C(medium), writes the MPS-style per-slot limits (vRAM / ratio,
     100 / ratio % of compute) to O(runtime_limits_dir)C(/<uuid>.env).
   - O(state=absent) takes the GPUs out of their pools and restores their defaults (compute mode DEFAULT, no limits).
   - Every GPU is checked before anything is written; an unknown UUID or a setting out of range changes nothing.
