@@ -90,6 +90,14 @@ class PoolStatus(str, enum.Enum):
     DELETING = "DELETING"
 
 
+# A pool's lifecycle. A change (create, add_gpus, remove_gpus, delete, retry) is accepted only
+# from a settled status, and moves the pool to DEPLOYMENT_SCHEDULED (or DELETING); the job
+# then moves it through VM_CREATION (slots rebuilt) and SETTING_UP (nodes being configured)
+# to ACTIVE, or to ERROR_WHILE_DEPLOYING when a node failed (retry from there).
+POOL_SETTLED_STATUSES = frozenset({PoolStatus.ACTIVE, PoolStatus.ERROR_WHILE_DEPLOYING})
+# A GPU's assignment once its node has applied the change; on failure it stays in transit.
+GPU_SETTLES_TO = {GpuAssignment.ASSIGNING: GpuAssignment.ASSIGNED, GpuAssignment.UNASSIGNING: GpuAssignment.UNASSIGNED}
+
 # compatibility.md: 0 not done, 1 in progress, 2 done, -1 error, -2 deinit running.
 INITIALIZE_STATE_CODES = {
     NodeStatus.UNINITIALIZED: 0,
@@ -123,6 +131,8 @@ class Operation(str, enum.Enum):
     SCAN_NPUS = "scan_npus"
     SCAN_RESOURCES = "scan_resources"
     STORAGE_METRICS = "storage_metrics"
+    # Not a node operation: applies pools' sharing on the nodes holding their GPUs (pool lifecycle below).
+    POOL_APPLY = "pool_apply"
 
 
 class Transition:

@@ -8,7 +8,9 @@ from sqlalchemy import select
 
 from conftest import assert_error
 from gpuaas_api.db import session
-from gpuaas_api.models import Cluster, Gpu, MetricSample, Node, Pool, PoolSlot
+from gpuaas_api.jobs.finalize import finalize
+from gpuaas_api.jobs.worker import start_pool_deployment
+from gpuaas_api.models import Cluster, Gpu, Job, MetricSample, Node, Pool, PoolSlot
 from gpuaas_api.states import ClusterStatus, GpuAssignment, NodeStatus
 
 
@@ -44,11 +46,29 @@ def create(client, fleet_db, **pool):
     return client.post("/gpuaas/pool/create", json={"gpuaas_id": fleet_db["gpuaas_id"], "pool": body})
 
 
+def settle(app, reply: dict, failed_nodes=()) -> dict:
+    """Finish the change's pool_apply job as the nodes would: all succeed, or the named ones fail."""
+    with app.app_context():
+        job = session().get(Job, reply["job_id"])
+        start_pool_deployment(job.extravars["pool_id"])
+        names = {n.id: n.name for n in session().scalars(select(Node))}
+        outcomes = {node_id: names[node_id] not in failed_nodes for node_id in job.extravars["targets"]}
+        finalize(job.id, "failed" if failed_nodes else "successful", 2 if failed_nodes else 0, "", {},
+                 host_outcomes=outcomes)
+        return {"targets": sorted(names[i] for i in job.extravars["targets"]), "vars": job.extravars["vars"]}
+
+
+def statuses(app) -> dict:
+    with app.app_context():
+        return {g.uuid: (g.assignment_status.value, g.pool_id) for g in session().scalars(select(Gpu))}
+
+
 def snapshot(app):
     with app.app_context():
         db = session()
         return (db.scalars(select(Pool.id)).all(), db.scalars(select(PoolSlot.id)).all(),
-                [(g.uuid, g.pool_id, g.assignment_status) for g in db.scalars(select(Gpu).order_by(Gpu.id))])
+                [(g.uuid, g.pool_id, g.assignment_status) for g in db.scalars(select(Gpu).order_by(Gpu.id))],
+                db.scalars(select(Job.id)).all(), [(n.id, n.busy_job_id) for n in db.scalars(select(Node))])
 
 
 def test_create_persists_the_pool_and_its_slots(app, client, fleet_db):
@@ -62,8 +82,9 @@ def test_create_persists_the_pool_and_its_slots(app, client, fleet_db):
     assert {slot["uuid"] for slot in pool["gpus"]} == set(fleet_db["uuids"]["w1"])
     assert {slot["memory_in_mb"] for slot in pool["gpus"]} == {81559 // 4}
     assert pool["gpu_model_type"] == "NVIDIA H100 80GB HBM3"
-    assert client.get(f"/gpuaas/{fleet_db['gpuaas_id']}/pool/list").get_json() == [pool]
-    assert client.get(f"/gpuaas/pool/{pool['id']}").get_json() == pool
+    listed = {key: value for key, value in pool.items() if key != "job_id"}
+    assert client.get(f"/gpuaas/{fleet_db['gpuaas_id']}/pool/list").get_json() == [listed]
+    assert client.get(f"/gpuaas/pool/{pool['id']}").get_json() == listed
     with app.app_context():
         assert session().scalar(select(PoolSlot.id).limit(1)) is not None
     available = client.get(f"/gpuaas/{fleet_db['gpuaas_id']}/pool/available_gpus").get_json()["items"]
@@ -109,15 +130,25 @@ def test_a_gpu_belongs_to_one_pool(app, client, fleet_db):
 def test_add_and_remove_gpus_in_every_form(app, client, fleet_db):
     pool = create(client, fleet_db, sharing_ratio=2).get_json()
     pid = pool["id"]
+    settle(app, pool)
 
     added = client.post(f"/gpuaas/pool/{pid}/add_gpus", json={"gpu_uuids": ["GPU-w2-0"]}).get_json()
     assert len(added["gpus"]) == 3 * 2
+    assert settle(app, added)["targets"] == ["w2"]  # only the node holding the new GPU
     one = client.post("/gpuaas/pool/gpu", json={"pool_id": pid, "gpuaas_node_id": 2, "gpu_index": 1}).get_json()
     assert {slot["uuid"] for slot in one["gpus"]} == {"GPU-w1-0", "GPU-w1-1", "GPU-w2-0", "GPU-w2-1"}
+    settle(app, one)
     removed = client.get(f"/gpuaas/pool/{pid}/remove_gpus?gpu_uuids=GPU-w2-0,GPU-w2-1").get_json()
-    assert {slot["uuid"] for slot in removed["gpus"]} == set(fleet_db["uuids"]["w1"])
+    assert {slot["uuid"] for slot in removed["gpus"] if slot["assignment_status"] != "UNASSIGNING"} == set(
+        fleet_db["uuids"]["w1"])
+    applied = settle(app, removed)
+    assert applied["targets"] == ["w2"]
+    assert applied["vars"]["gpu_sharing_absent_by_host"] == {"w2": [{"uuid": "GPU-w2-0"}, {"uuid": "GPU-w2-1"}]}
+    assert applied["vars"]["gpu_sharing_by_host"] == {}
     gpu_id = client.get(f"/gpuaas/pool/{pid}/gpus").get_json()["items"][0]["id"]
     left = client.delete(f"/gpuaas/pool/{pid}/gpu/{gpu_id}").get_json()
+    settle(app, left)
+    left = client.get(f"/gpuaas/pool/{pid}").get_json()
     assert [slot["uuid"] for slot in left["gpus"]] == ["GPU-w1-1", "GPU-w1-1"]
     all_gpus = client.get(f"/gpuaas/{fleet_db['gpuaas_id']}/pool/all_gpus").get_json()["items"]
     assert {(g["uuid"], (g["pool_details"] or {}).get("id")) for g in all_gpus} == {
@@ -125,14 +156,18 @@ def test_add_and_remove_gpus_in_every_form(app, client, fleet_db):
     assert all_gpus[0]["node_details"] == {"id": 1, "name": "w1"}
 
 
-def test_put_accepts_aliases_and_rebuilds_slots(client, fleet_db):
+def test_put_accepts_aliases_and_rebuilds_slots(app, client, fleet_db):
     pool = create(client, fleet_db, sharing_ratio=2).get_json()
+    settle(app, pool)
 
     aliases = {"name": "renamed", "overcommit_ratio": 5, "security_mode": "high"}
     changed = client.put(f"/gpuaas/pool/{pool['id']}", json=aliases).get_json()
 
     assert (changed["pool_name"], changed["sharing_ratio"], changed["security_level"]) == ("renamed", 5, "high")
     assert len(changed["gpus"]) == 2 * 5
+    applied = settle(app, changed)  # the nodes apply the new sharing
+    assert {g["sharing_ratio"] for g in applied["vars"]["gpu_sharing_by_host"]["w1"]} == {5}
+    assert client.get(f"/gpuaas/pool/{pool['id']}").get_json()["status"] == "ACTIVE"
     assert_error(client.put(f"/gpuaas/pool/{pool['id']}", json={"overcommit_ratio": 11}), 422, field="sharing_ratio")
 
 
@@ -151,9 +186,14 @@ def test_add_needs_an_existing_pool_and_an_active_cluster(app, client, fleet_db)
 def test_delete_in_both_forms_frees_the_gpus(app, client, fleet_db):
     first = create(client, fleet_db).get_json()
     second = create(client, fleet_db, pool_name="b", attach_gpu_ids=fleet_db["uuids"]["w2"]).get_json()
+    settle(app, first)
+    settle(app, second)
 
-    assert client.delete(f"/gpuaas/pool/{first['id']}/delete").get_json()["success"] is True
-    assert client.delete(f"/gpuaas/pool/{second['id']}").get_json()["success"] is True
+    deleting = client.delete(f"/gpuaas/pool/{first['id']}/delete").get_json()
+    assert deleting["success"] is True and deleting["status"] == "DELETING"
+    assert client.get(f"/gpuaas/pool/{first['id']}").get_json()["status"] == "DELETING"
+    settle(app, deleting)
+    settle(app, client.delete(f"/gpuaas/pool/{second['id']}").get_json())
     assert client.get(f"/gpuaas/{fleet_db['gpuaas_id']}/pool/list").get_json() == []
     with app.app_context():
         assert {g.assignment_status for g in session().scalars(select(Gpu))} == {GpuAssignment.UNASSIGNED}
@@ -183,3 +223,74 @@ def test_metrics_aggregate_per_bucket(app, client, fleet_db):
     assert_error(client.get(f"/gpuaas/pool/{pool['id']}/metrics?time_grouping=fortnight"), 422, field="time_grouping")
     assert_error(client.get(f"/gpuaas/pool/{pool['id']}/metrics?from=2026-11-02T00:00:00Z&to=2026-11-01T00:00:00Z"),
                  422, field="from")
+
+
+def test_a_pool_moves_through_its_statuses_as_its_nodes_apply_it(app, client, fleet_db):
+    pool = create(client, fleet_db, attach_gpu_ids=["GPU-w1-0", "GPU-w2-0"]).get_json()
+    assert pool["status"] == "DEPLOYMENT_SCHEDULED"
+    assert statuses(app)["GPU-w1-0"] == ("ASSIGNING", pool["id"])
+    with app.app_context():
+        start_pool_deployment(pool["id"])
+    assert client.get(f"/gpuaas/pool/{pool['id']}").get_json()["status"] == "SETTING_UP"
+    busy = client.post(f"/gpuaas/pool/{pool['id']}/add_gpus", json={"gpu_uuids": ["GPU-w1-1"]})
+    assert "SETTING_UP" in assert_error(busy, 409)["message"]  # one change at a time
+
+    applied = settle(app, pool)
+
+    assert applied["targets"] == ["w1", "w2"]
+    assert applied["vars"]["gpu_sharing_by_host"]["w1"] == [{"uuid": "GPU-w1-0", "pool_id": pool["id"], "sharing_ratio": 4,
+                                                          "time_quantum_in_sec": 30, "security_level": "medium"}]
+    assert client.get(f"/gpuaas/pool/{pool['id']}").get_json()["status"] == "ACTIVE"
+    assert statuses(app)["GPU-w1-0"] == statuses(app)["GPU-w2-0"] == ("ASSIGNED", pool["id"])
+
+
+def test_partial_failure_says_what_is_configured_where_and_a_retry_completes(app, client, fleet_db):
+    pool = create(client, fleet_db, attach_gpu_ids=["GPU-w1-0", "GPU-w2-0"]).get_json()
+
+    settle(app, pool, failed_nodes=("w2",))
+
+    assert client.get(f"/gpuaas/pool/{pool['id']}").get_json()["status"] == "ERROR_WHILE_DEPLOYING"
+    assert statuses(app)["GPU-w1-0"] == ("ASSIGNED", pool["id"])
+    assert statuses(app)["GPU-w2-0"] == ("ASSIGNING", pool["id"])  # not configured there, and not lost
+    retry = client.post(f"/gpuaas/pool/{pool['id']}/retry")
+    assert retry.status_code == 202
+    assert settle(app, retry.get_json())["targets"] == ["w2"]  # only where it did not complete
+    assert client.get(f"/gpuaas/pool/{pool['id']}").get_json()["status"] == "ACTIVE"
+    assert statuses(app)["GPU-w2-0"] == ("ASSIGNED", pool["id"])
+    assert_error(client.post(f"/gpuaas/pool/{pool['id']}/retry"), 409)  # nothing left to retry
+
+
+def test_a_failed_delete_stays_deleting_until_a_retry_removes_the_pool(app, client, fleet_db):
+    pool = create(client, fleet_db, attach_gpu_ids=["GPU-w1-0", "GPU-w2-0"]).get_json()
+    settle(app, pool)
+
+    settle(app, client.delete(f"/gpuaas/pool/{pool['id']}").get_json(), failed_nodes=("w1",))
+
+    assert client.get(f"/gpuaas/pool/{pool['id']}").get_json()["status"] == "DELETING"
+    assert statuses(app)["GPU-w1-0"] == ("UNASSIGNING", pool["id"]) and statuses(app)["GPU-w2-0"] == ("UNASSIGNED", None)
+    settle(app, client.post(f"/gpuaas/pool/{pool['id']}/retry").get_json())
+    assert_error(client.get(f"/gpuaas/pool/{pool['id']}"), 404)
+    assert statuses(app)["GPU-w1-0"] == ("UNASSIGNED", None)
+
+
+def test_a_busy_node_refuses_the_change_and_nothing_changes(app, client, fleet_db):
+    reboot_of_w1 = client.post("/gpuaas/node/reboot?node_id=1").get_json()["job_id"]
+    assert reboot_of_w1
+    before = snapshot(app)
+
+    refused = create(client, fleet_db, attach_gpu_ids=["GPU-w1-0"])
+
+    assert f"busy with job {reboot_of_w1}" in assert_error(refused, 409)["message"]
+    assert snapshot(app) == before
+
+
+def test_each_node_receives_its_whole_configuration_across_pools(app, client, fleet_db):
+    first = create(client, fleet_db, attach_gpu_ids=["GPU-w1-0"], sharing_ratio=2, security_level="low").get_json()
+    settle(app, first)
+    second = create(client, fleet_db, pool_name="b", attach_gpu_ids=["GPU-w1-1"], sharing_ratio=1,
+                    security_level="high").get_json()
+
+    applied = settle(app, second)
+
+    assert [(g["uuid"], g["pool_id"]) for g in applied["vars"]["gpu_sharing_by_host"]["w1"]] == [
+        ("GPU-w1-0", first["id"]), ("GPU-w1-1", second["id"])]

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from ..db import session
-from ..models import Cluster, Gpu, Job, JobEvent, Node, Npu, Scan
-from ..states import NODE_TRANSITIONS, ClusterStatus, GpuAssignment, JobStatus, Operation
+from ..models import Cluster, Gpu, Job, JobEvent, Node, Npu, Pool, PoolSlot, Scan
+from ..states import GPU_SETTLES_TO, NODE_TRANSITIONS, ClusterStatus, GpuAssignment, JobStatus, Operation, PoolStatus
 
 MAX_MESSAGE = 300  # the explanation is a summary; the node's logs hold the whole output
 
@@ -24,7 +24,10 @@ def now() -> dt.datetime:
 
 
 def finalize(job_id: int, runner_status: str, rc: int | None, explanation: str, artifact_data: dict,
-             new_host_keys: dict[int, str] | None = None, emitted_events: int = 0) -> Job:
+             new_host_keys: dict[int, str] | None = None, emitted_events: int = 0,
+             host_outcomes: dict[int, bool] | None = None) -> Job:
+    """Record a finished job and move what it touched. ``host_outcomes`` (node id -> succeeded) tells a
+    multi-node job's per-node results; without it every node shares the job's outcome."""
     db = session()
     job = db.get(Job, job_id)
     node = db.get(Node, job.node_id) if job.node_id else None
@@ -43,8 +46,40 @@ def finalize(job_id: int, runner_status: str, rc: int | None, explanation: str, 
         _move_node(job, node, status is JobStatus.SUCCESSFUL, artifact_data)
         if node.busy_job_id == job.id:
             node.busy_job_id = None
+    if job.operation == Operation.POOL_APPLY.value:
+        succeeded = status is JobStatus.SUCCESSFUL
+        _finish_pool(job, {node_id: (host_outcomes or {}).get(node_id, succeeded)
+                           for node_id in job.extravars.get("targets", [])})
+        db.execute(update(Node).where(Node.busy_job_id == job.id).values(busy_job_id=None))
     db.commit()
     return job
+
+
+def _finish_pool(job: Job, node_succeeded: dict[int, bool]) -> None:
+    """GPUs settle on the nodes that applied the change; the pool says whether all of them did."""
+    db = session()
+    pool = db.get(Pool, job.extravars["pool_id"])
+    for node_id, succeeded in node_succeeded.items():
+        if not succeeded:
+            continue  # its GPUs stay ASSIGNING / UNASSIGNING: exactly what is not configured there
+        for gpu in db.scalars(select(Gpu).where(Gpu.node_id == node_id,
+                                                Gpu.assignment_status.in_(tuple(GPU_SETTLES_TO)))).all():
+            gpu.assignment_status = GPU_SETTLES_TO[gpu.assignment_status]
+            if gpu.assignment_status is GpuAssignment.UNASSIGNED:
+                gpu.pool_id = None
+    if pool is None:
+        return
+    db.flush()
+    in_transit = db.scalar(select(Gpu.id).where(Gpu.pool_id == pool.id, Gpu.assignment_status.in_(
+        tuple(GPU_SETTLES_TO))).limit(1))
+    if in_transit is not None or not all(node_succeeded.values()):
+        if pool.status is not PoolStatus.DELETING:  # a failed delete stays DELETING until a retry ends it
+            pool.status = PoolStatus.ERROR_WHILE_DEPLOYING
+    elif pool.status is PoolStatus.DELETING:
+        db.query(PoolSlot).filter(PoolSlot.pool_id == pool.id).delete()
+        db.delete(pool)
+    else:
+        pool.status = PoolStatus.ACTIVE
 
 
 def _failure_explanation(job_id: int, artifact_data: dict, rc: int | None) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from ..db import session
 from ..errors import conflict
@@ -41,4 +41,28 @@ def submit(operation: Operation, node: Node, extravars: dict | None = None, clus
             db.execute(update(Node).where(Node.id == node.id).values(status=transition.running))
     db.commit()
     job_submitted.set()
+    return job
+
+
+def submit_pool_apply(pool_id: int, cluster_id: int, node_ids: list[int], extra_hosts: list[int],
+                      extravars: dict) -> Job:
+    """Record a pool_apply job over ``node_ids`` (all of them taken, or 409 naming the busy one).
+
+    The caller has already committed nothing: on 409 its session is rolled back whole.
+    """
+    db = session()
+    job = Job(created_at=dt.datetime.now(dt.timezone.utc), operation=Operation.POOL_APPLY.value, node_id=None,
+              cluster_id=cluster_id, mutating=True,
+              extravars={"hosts": list(node_ids) + [h for h in extra_hosts if h not in node_ids],
+                         "targets": list(node_ids), "pool_id": pool_id, "vars": extravars})
+    db.add(job)
+    db.flush()
+    taken = db.execute(update(Node).where(Node.id.in_(node_ids), Node.busy_job_id.is_(None))
+                       .values(busy_job_id=job.id)).rowcount
+    if taken != len(node_ids):
+        busy = db.scalars(select(Node).where(Node.id.in_(node_ids), Node.busy_job_id.is_not(None),
+                                             Node.busy_job_id != job.id)).first()
+        db.rollback()
+        raise conflict(f"node {busy.id if busy else '?'} is busy with job {busy.busy_job_id if busy else '?'}; "
+                       "wait for it or cancel it")
     return job

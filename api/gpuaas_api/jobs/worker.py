@@ -18,10 +18,11 @@ from flask import Flask
 from sqlalchemy import or_, select, update
 
 from ..db import release, session
-from ..models import Job, JobEvent, Node
+from ..models import Job, JobEvent, Node, Pool
 from ..ssh_keys import controller_key_path, controller_public_key
-from ..states import JobStatus, Operation
+from ..states import JobStatus, Operation, PoolStatus
 from .finalize import finalize, reconcile_orphans
+from .pools import rebuild_slots
 from .submit import job_submitted
 from .runner import HostSpec, pid_alive, run_playbook
 
@@ -245,7 +246,13 @@ class JobWorker(threading.Thread):
             if any(node is None for node in nodes):
                 raise RuntimeError("a node of this job was deleted before it ran")
             controller_public_key(config.DATA_DIR)  # make the key pair if this is the first job
-            targets = ",".join(node.name for node in (nodes if len(jobs) > 1 else nodes[:1]))
+            if "targets" in lead.extravars:  # a multi-node job (pool_apply): its hosts beyond these are helpers
+                target_nodes = [node for node in nodes if node.id in lead.extravars["targets"]]
+            else:
+                target_nodes = nodes if len(jobs) > 1 else nodes[:1]
+            targets = ",".join(node.name for node in target_nodes)
+            if lead.operation == Operation.POOL_APPLY.value:
+                start_pool_deployment(lead.extravars["pool_id"])
             extravars = {**config.ANSIBLE_EXTRA_VARS, **lead.extravars.get("vars", {}), "gpuaas_targets": targets}
             playbook_started = time.monotonic()
             result = run_playbook(lead.id, Operation(lead.operation).value, [host_spec(n) for n in nodes],
@@ -267,8 +274,9 @@ class JobWorker(threading.Thread):
                 finalize(job.id, "error", None, failure, {}, emitted_events=emitted[job.id])
                 continue
             if len(jobs) == 1:
+                outcomes = {n.id: _host_outcome(result, n.name)[0] == "successful" for n in nodes if n is not None}
                 finalize(job.id, result.status, result.rc, result.explanation, result.artifact_data,
-                         result.new_host_keys, emitted[job.id])
+                         result.new_host_keys, emitted[job.id], host_outcomes=outcomes)
                 continue
             if result.status == "canceled" and not db.scalar(select(Job.cancel_requested).where(Job.id == job.id)):
                 # Canceled because another job of its batch was: run it again later.
@@ -282,6 +290,19 @@ class JobWorker(threading.Thread):
             keys = {node.id: result.new_host_keys[node.id]} if node.id in result.new_host_keys else {}
             explanation = result.explanation if status == result.status else ""
             finalize(job.id, status, rc, explanation, artifact, keys, emitted[job.id])
+
+
+def start_pool_deployment(pool_id: int) -> None:
+    """The pool's slots are (re)built (VM_CREATION), then its nodes are configured (SETTING_UP)."""
+    db = session()
+    pool = db.get(Pool, pool_id)
+    if pool is None or pool.status is PoolStatus.DELETING:
+        return
+    pool.status = PoolStatus.VM_CREATION
+    db.commit()
+    rebuild_slots(pool)
+    pool.status = PoolStatus.SETTING_UP
+    db.commit()
 
 
 def start_workers(app: Flask, count: int = 2) -> list[JobWorker]:

@@ -1,13 +1,13 @@
-"""GPU pools: validated and persisted here. Applying a pool's sharing on the nodes is the
-gpu_sharing role's work (not built yet), so pools stay DEPLOYMENT_SCHEDULED and their GPUs
-ASSIGNING until it is; see docs/api.md."""
+"""GPU pools: validated and persisted here; every change is applied on the nodes that hold the
+affected GPUs by a pool_apply job (playbooks/pool_apply.yml, the gpu_sharing role). The pool
+and GPU statuses follow that job (states.py: the pool lifecycle); see docs/api.md."""
 from __future__ import annotations
 
 import datetime as dt
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import selectinload
 
 from ..db import session
@@ -15,7 +15,10 @@ from ..errors import ApiError, conflict, field_error, not_found
 from ..models import Cluster, Gpu, MetricSample, Node, Pool, PoolSlot
 from ..schemas import (GpuUuidsQuerySchema, GpuUuidsSchema, MetricsQuerySchema, PoolCreateSchema, PoolGpuSchema,
                        PoolUpdateSchema)
-from ..states import TIME_GROUPING_ALIASES, TIME_GROUPINGS, ClusterStatus, GpuAssignment, PoolStatus
+from ..jobs.pools import active_apply_job, gpus_of, rebuild_slots, schedule_apply
+from ..jobs.submit import job_submitted
+from ..states import (POOL_SETTLED_STATUSES, TIME_GROUPING_ALIASES, TIME_GROUPINGS, ClusterStatus, GpuAssignment,
+                      PoolStatus)
 from ..views import cached_reply
 
 blp = Blueprint("pools", __name__, description="GPU pools and GPU assignment")
@@ -35,11 +38,6 @@ def get_pool(pool_id: int) -> Pool:
     if pool is None:
         raise not_found("pool", pool_id)
     return pool
-
-
-def gpus_of(pool: Pool) -> list[Gpu]:
-    return session().scalars(select(Gpu).options(selectinload(Gpu.node)).where(Gpu.pool_id == pool.id)
-                             .order_by(Gpu.node_id, Gpu.index)).all()
 
 
 def resolve_gpus(cluster: Cluster, uuids: list[str], field: str, pool: Pool | None = None) -> list[Gpu]:
@@ -62,28 +60,50 @@ def resolve_gpus(cluster: Cluster, uuids: list[str], field: str, pool: Pool | No
     return [found[uuid] for uuid in uuids]
 
 
-def attach(pool: Pool, gpus: list[Gpu]) -> None:
+def attach(pool: Pool, gpus: list[Gpu]) -> set[int]:
+    """Put GPUs in the pool (ASSIGNING until their node applied it); returns their nodes."""
     for gpu in gpus:
-        if gpu.pool_id == pool.id:
-            continue
         gpu.pool_id, gpu.assignment_status = pool.id, GpuAssignment.ASSIGNING
     rebuild_slots(pool)
+    return {gpu.node_id for gpu in gpus}
 
 
-def detach(pool: Pool, gpus: list[Gpu]) -> None:
+def detach(pool: Pool, gpus: list[Gpu]) -> set[int]:
+    """Take GPUs out of the pool (UNASSIGNING until their node restored their defaults); returns their nodes."""
     for gpu in gpus:
-        gpu.pool_id, gpu.assignment_status = None, GpuAssignment.UNASSIGNED
+        gpu.assignment_status = GpuAssignment.UNASSIGNING
     rebuild_slots(pool)
+    return {gpu.node_id for gpu in gpus}
 
 
-def rebuild_slots(pool: Pool) -> None:
-    """One slot per GPU per unit of sharing ratio."""
+def claim_pool(pool: Pool, to: PoolStatus = PoolStatus.DEPLOYMENT_SCHEDULED) -> None:
+    """Start a change of the pool: one at a time, and only from a settled status (409 otherwise)."""
+    allowed = set(POOL_SETTLED_STATUSES)
+    if to is PoolStatus.DELETING or pool.status is PoolStatus.DELETING:
+        allowed.add(PoolStatus.DELETING)  # a failed delete is retried or deleted again
+    if pool.status in allowed and pool.status is not PoolStatus.DELETING or (
+            pool.status is PoolStatus.DELETING and active_apply_job(pool.id) is None and to is PoolStatus.DELETING):
+        won = session().execute(update(Pool).where(Pool.id == pool.id, Pool.status == pool.status)
+                                .values(status=to)).rowcount
+        if won == 1:
+            session().refresh(pool)
+            return
+    raise conflict(f"pool {pool.id} is {pool.status.value}; wait until it is ACTIVE or ERROR_WHILE_DEPLOYING")
+
+
+def apply_change(pool: Pool, node_ids: set[int]) -> dict:
+    """Record the nodes' job with the change and commit both; a pool with nothing to apply settles at once."""
     db = session()
-    db.flush()
-    db.query(PoolSlot).filter(PoolSlot.pool_id == pool.id).delete()
-    for gpu in gpus_of(pool):
-        for index in range(pool.sharing_ratio):
-            db.add(PoolSlot(pool_id=pool.id, gpu_id=gpu.id, slot_index=index))
+    job = schedule_apply(pool, node_ids)
+    if job is None:
+        if pool.status is PoolStatus.DELETING:
+            db.delete(pool)
+            db.commit()
+            return {"success": True, "message": f"pool {pool.id} deleted", "job_id": None}
+        pool.status = PoolStatus.ACTIVE
+    db.commit()
+    job_submitted.set()
+    return {**pool_view(pool), "job_id": job.id if job else None}
 
 
 def pool_view(pool: Pool) -> dict:
@@ -121,9 +141,7 @@ def _create(body: dict, must_have_pools: bool) -> dict:
                 status=PoolStatus.DEPLOYMENT_SCHEDULED)
     db.add(pool)
     db.flush()
-    attach(pool, gpus)
-    db.commit()
-    return pool_view(pool)
+    return apply_change(pool, attach(pool, gpus))
 
 
 @blp.route("/gpuaas/pool/create")
@@ -165,11 +183,17 @@ class PoolById(MethodView):
     def put(self, fields, pool_id):
         """Change a pool (aliases: name, overcommit_ratio, security_mode)."""
         pool = get_pool(pool_id)
+        sharing_changes = {key for key, value in fields.items() if getattr(pool, key) != value} - {"pool_name"}
+        if not sharing_changes:
+            for key, value in fields.items():
+                setattr(pool, key, value)
+            session().commit()
+            return pool_view(pool)
+        claim_pool(pool)
         for key, value in fields.items():
             setattr(pool, key, value)
-        rebuild_slots(pool)
-        session().commit()
-        return pool_view(pool)
+        members = [gpu for gpu in gpus_of(pool) if gpu.assignment_status is not GpuAssignment.UNASSIGNING]
+        return apply_change(pool, attach(pool, members))  # every node of the pool applies the new settings
 
     @blp.response(200)
     def delete(self, pool_id):
@@ -177,18 +201,21 @@ class PoolById(MethodView):
 
 
 def _delete(pool_id: int) -> dict:
+    """The pool goes DELETING; it is removed once every node has restored its GPUs' defaults."""
     pool = get_pool(pool_id)
-    detach(pool, gpus_of(pool))
-    session().delete(pool)
-    session().commit()
-    return {"success": True, "message": f"pool {pool_id} deleted; its GPUs are unassigned"}
+    claim_pool(pool, PoolStatus.DELETING)
+    reply = apply_change(pool, detach(pool, gpus_of(pool)))
+    if reply.get("job_id") is None:
+        return reply
+    return {"success": True, "message": f"pool {pool_id} is being deleted; its GPUs become UNASSIGNED as their "
+            "nodes restore their defaults", "job_id": reply["job_id"], "status": PoolStatus.DELETING.value}
 
 
 @blp.route("/gpuaas/pool/<int:pool_id>/delete")
 class PoolDelete(MethodView):
     @blp.response(200)
     def delete(self, pool_id):
-        """Delete a pool; its GPUs become UNASSIGNED."""
+        """Delete a pool: DELETING until its nodes restored their GPUs' defaults, then gone."""
         return _delete(pool_id)
 
 
@@ -198,20 +225,22 @@ class PoolAddGpus(MethodView):
     @blp.response(200)
     def post(self, body, pool_id):
         pool = get_pool(pool_id)
-        attach(pool, resolve_gpus(get_cluster(pool.cluster_id), body["gpu_uuids"], "gpu_uuids", pool))
-        session().commit()
-        return pool_view(pool)
+        gpus = resolve_gpus(get_cluster(pool.cluster_id), body["gpu_uuids"], "gpu_uuids", pool)
+        already = [gpu.uuid for gpu in gpus if gpu.pool_id == pool.id]
+        if already:
+            raise field_error("gpu_uuids", f"GPU {already[0]} is already in pool {pool.id}", 409)
+        claim_pool(pool)
+        return apply_change(pool, attach(pool, gpus))
 
 
 def _remove(pool_id: int, uuids: list[str]) -> dict:
     pool = get_pool(pool_id)
-    members = {gpu.uuid: gpu for gpu in gpus_of(pool)}
+    members = {gpu.uuid: gpu for gpu in gpus_of(pool) if gpu.assignment_status is not GpuAssignment.UNASSIGNING}
     missing = [uuid for uuid in uuids if uuid not in members]
     if missing:
         raise field_error("gpu_uuids", f"GPU {missing[0]} is not in pool {pool_id}", 409)
-    detach(pool, [members[uuid] for uuid in uuids])
-    session().commit()
-    return pool_view(pool)
+    claim_pool(pool)
+    return apply_change(pool, detach(pool, [members[uuid] for uuid in uuids]))
 
 
 @blp.route("/gpuaas/pool/<int:pool_id>/remove_gpus")
@@ -226,6 +255,20 @@ class PoolRemoveGpus(MethodView):
     def get(self, query, pool_id):
         """The clients' form: ?gpu_uuids=a,b."""
         return _remove(pool_id, [uuid.strip() for uuid in query["gpu_uuids"].split(",") if uuid.strip()])
+
+
+@blp.route("/gpuaas/pool/<int:pool_id>/retry")
+class PoolRetry(MethodView):
+    @blp.response(202)
+    def post(self, pool_id):
+        """Apply again, on the nodes where it did not complete, what a failed change left in transit."""
+        pool = get_pool(pool_id)
+        if pool.status not in (PoolStatus.ERROR_WHILE_DEPLOYING, PoolStatus.DELETING):
+            raise conflict(f"pool {pool_id} is {pool.status.value}; only a failed change can be retried")
+        claim_pool(pool, PoolStatus.DELETING if pool.status is PoolStatus.DELETING else PoolStatus.DEPLOYMENT_SCHEDULED)
+        in_transit = {gpu.node_id for gpu in gpus_of(pool) if gpu.assignment_status in
+                      (GpuAssignment.ASSIGNING, GpuAssignment.UNASSIGNING)}
+        return apply_change(pool, in_transit)
 
 
 @blp.route("/gpuaas/pool/<int:pool_id>/gpus")
@@ -246,9 +289,11 @@ class PoolGpuAdd(MethodView):
                                                  Gpu.index == body["gpu_index"]))
         if gpu is None:
             raise field_error("gpu_index", f"node {body['gpuaas_node_id']} has no GPU {body['gpu_index']}", 404)
-        attach(pool, resolve_gpus(get_cluster(pool.cluster_id), [gpu.uuid], "gpu_index", pool))
-        session().commit()
-        return pool_view(pool)
+        gpus = resolve_gpus(get_cluster(pool.cluster_id), [gpu.uuid], "gpu_index", pool)
+        if gpu.pool_id == pool.id:
+            raise field_error("gpu_index", f"GPU {gpu.uuid} is already in pool {pool.id}", 409)
+        claim_pool(pool)
+        return apply_change(pool, attach(pool, gpus))
 
 
 @blp.route("/gpuaas/pool/<int:pool_id>/gpu/<int:gpu_id>")
