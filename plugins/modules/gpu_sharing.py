@@ -77,8 +77,10 @@ options:
 attributes:
   check_mode:
     support: full
+    description: Reports the files and compute modes that would change, and changes nothing.
   diff_mode:
     support: full
+    description: Shows each changed file before and after, and the compute modes that change.
 notes:
   - The time quantum is the platform's scheduling period, enforced above the driver; the driver has no setting
     in seconds. It is recorded per GPU for the node's scheduler.
@@ -137,8 +139,8 @@ import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.hostedai.gpuaas.plugins.module_utils._nvml import (COMPUTE_MODES, COMPUTE_MODE_VALUES,
-                                                                           NvmlSession, NvmlUnavailable)
+from ansible_collections.hostedai.gpuaas.plugins.module_utils._nvml import (
+    COMPUTE_MODES, COMPUTE_MODE_VALUES, NvmlSession, NvmlUnavailable)
 from ansible_collections.hostedai.gpuaas.plugins.module_utils.sharing_policy import (
     COMPUTE_MODE_BY_SECURITY_LEVEL, DEFAULT_COMPUTE_MODE, DEFAULT_TIME_QUANTUM_SECONDS, POOL_RESOURCE_RENAME,
     SECURITY_LEVELS, sharing_errors, slot_limits)

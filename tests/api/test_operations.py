@@ -293,7 +293,7 @@ def test_workers_racing_for_one_burst_never_split_it(app, client, region):
             finally:
                 release()
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
+    threads = [threading.Thread(target=worker) for _thread in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:

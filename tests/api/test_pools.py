@@ -238,8 +238,9 @@ def test_a_pool_moves_through_its_statuses_as_its_nodes_apply_it(app, client, fl
     applied = settle(app, pool)
 
     assert applied["targets"] == ["w1", "w2"]
-    assert applied["vars"]["gpu_sharing_by_host"]["w1"] == [{"uuid": "GPU-w1-0", "pool_id": pool["id"], "sharing_ratio": 4,
-                                                          "time_quantum_in_sec": 30, "security_level": "medium"}]
+    expected = {"uuid": "GPU-w1-0", "pool_id": pool["id"], "sharing_ratio": 4, "time_quantum_in_sec": 30,
+                "security_level": "medium"}
+    assert applied["vars"]["gpu_sharing_by_host"]["w1"] == [expected]
     assert client.get(f"/gpuaas/pool/{pool['id']}").get_json()["status"] == "ACTIVE"
     assert statuses(app)["GPU-w1-0"] == statuses(app)["GPU-w2-0"] == ("ASSIGNED", pool["id"])
 

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from sqlalchemy import create_engine, text
 
 from conftest import ADMIN, FLEET, install_controller_key
@@ -83,6 +84,59 @@ def test_3_scan_gpus_status_and_logs(service, cluster, running_fleet):
     assert logs["total"] > 10 and len(logs["items"]) == 10
     assert any(item["event"] == "playbook_on_stats" for item in
                api.call("GET", f"/gpuaas/node/{node['id']}/logs?page=1&per_page=500")["items"])
+
+
+def node_file(node: str, path: str) -> str | None:
+    done = subprocess.run([*FLEET, "node-exec", node, "--", "cat", path], capture_output=True, text=True, check=False)
+    return done.stdout if done.returncode == 0 else None
+
+
+def node_sharing(node: str) -> dict:
+    text = node_file(node, "/etc/gpuaas/sharing.yaml")
+    return yaml.safe_load(text)["gpus"] if text else {}
+
+
+def compute_mode(node: str, index: int) -> int:
+    return int(node_file(node, f"/var/lib/fake-nvml/compute-mode-{index}") or 0)
+
+
+def test_3b_pool_lifecycle_on_two_nodes(service, cluster, running_fleet):
+    api, nodes = service.api, cluster["nodes"]
+    api.wait_job(api.call("GET", f"/gpuaas/node/scan_gpus?gpuaas_node_id={nodes['node1']['id']}")["job_id"])
+    uuids = {name: [g["uuid"] for g in running_fleet["nodes"][name]["hardware"]["gpus"]] for name in ("node1", "node2")}
+    gpuaas_id = api.call("GET", f"/gpuaas/node/{nodes['node1']['id']}")["gpuaas_id"]
+
+    created = api.call("POST", "/gpuaas/pool/create", {"gpuaas_id": gpuaas_id, "pool": {
+        "pool_name": "e2e", "attach_gpu_ids": [uuids["node1"][0], uuids["node1"][1], uuids["node2"][0]],
+        "sharing_ratio": 4, "time_quantum_in_sec": 45, "security_level": "high"}}, expect=201)
+    assert created["status"] == "DEPLOYMENT_SCHEDULED"
+    assert api.wait_job(created["job_id"])["status"] == "successful"
+    pool = api.call("GET", f"/gpuaas/pool/{created['id']}")
+    assert pool["status"] == "ACTIVE" and len(pool["gpus"]) == 3 * 4
+    assert {slot["assignment_status"] for slot in pool["gpus"]} == {"ASSIGNED"}
+    assert sorted(node_sharing("node1")) == sorted(uuids["node1"][:2]) and list(node_sharing("node2")) == [uuids["node2"][0]]
+    assert node_sharing("node1")[uuids["node1"][0]]["time_quantum_in_sec"] == 45
+    assert [compute_mode("node1", i) for i in range(3)] == [3, 3, 0]  # high: EXCLUSIVE_PROCESS on its GPUs only
+    assert "gpu.pool-%d" % pool["id"] in node_file("node2", "/etc/gpuaas/device-plugin/config.yaml")
+    assert "label node node2 nvidia.com/device-plugin.config=gpuaas-" in node_file(
+        "node1", "/var/log/fake-k8s/calls.log")
+
+    added = api.call("POST", f"/gpuaas/pool/{pool['id']}/add_gpus", {"gpu_uuids": [uuids["node2"][1]]})
+    assert api.wait_job(added["job_id"])["status"] == "successful"
+    assert sorted(node_sharing("node2")) == sorted(uuids["node2"][:2])
+    assert api.call("GET", f"/gpuaas/pool/{pool['id']}")["status"] == "ACTIVE"
+
+    removed = api.call("GET", f"/gpuaas/pool/{pool['id']}/remove_gpus?gpu_uuids={uuids['node1'][1]}")
+    assert api.wait_job(removed["job_id"])["status"] == "successful"
+    assert list(node_sharing("node1")) == [uuids["node1"][0]] and compute_mode("node1", 1) == 0
+
+    deleted = api.call("DELETE", f"/gpuaas/pool/{pool['id']}")
+    assert api.wait_job(deleted["job_id"])["status"] == "successful"
+    assert api.call("GET", f"/gpuaas/pool/{pool['id']}", expect=None)[0] == 404
+    assert node_sharing("node1") == node_sharing("node2") == {}
+    assert compute_mode("node1", 0) == 0
+    available = api.call("GET", f"/gpuaas/{gpuaas_id}/pool/available_gpus")["items"]
+    assert set(uuids["node1"][:2] + uuids["node2"][:2]) <= {gpu["uuid"] for gpu in available}
 
 
 def test_4_reboot_a_worker(service, cluster):

@@ -65,8 +65,8 @@ def test_gpus_of_several_pools_on_one_node(node):
     assert f"# config name: {result['device_plugin_config_name']}" in node.files()["device-plugin/config.yaml"]
 
     assert [node.compute_mode(i) for i in range(4)] == [0, 0, 3, 0]  # high -> EXCLUSIVE_PROCESS
-    assert node.files()[f"mps/{D}.env"].splitlines()[1:] == [f"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT={D}=40960M",
-                                                           "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50"]
+    limits = node.files()[f"mps/{D}.env"].splitlines()[1:]
+    assert limits == [f"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT={D}=40960M", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50"]
     assert f"mps/{A}.env" not in node.files()
 
 

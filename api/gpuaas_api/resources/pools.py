@@ -12,7 +12,7 @@ from sqlalchemy.orm import selectinload
 
 from ..db import session
 from ..errors import ApiError, conflict, field_error, not_found
-from ..models import Cluster, Gpu, MetricSample, Node, Pool, PoolSlot
+from ..models import Cluster, Gpu, MetricSample, Node, Pool
 from ..schemas import (GpuUuidsQuerySchema, GpuUuidsSchema, MetricsQuerySchema, PoolCreateSchema, PoolGpuSchema,
                        PoolUpdateSchema)
 from ..jobs.pools import active_apply_job, gpus_of, rebuild_slots, schedule_apply
