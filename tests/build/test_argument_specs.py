@@ -35,6 +35,8 @@ def run_role(installed: Path, tmp_path: Path, role: str, variables: dict) -> sub
     ("node_reboot", {"node_reboot_timeout": "soon"}, "node_reboot_timeout"),
     ("cluster_controller", {"cluster_controller_mig_strategy": "all"}, "cluster_controller_mig_strategy"),
     ("report", {"report_name": "x"}, "report_data"),  # a required variable missing
+    ("gpu_sharing", {"gpu_sharing_gpus": [{"uuid": "GPU-a", "security_level": "max"}]}, "security_level"),
+    ("gpu_sharing", {"gpu_sharing_state": "present"}, "gpu_sharing_gpus"),  # the GPUs are required
 ])
 def test_bad_variable_fails_at_the_argument_spec(installed, tmp_path, role, variables, named):
     result = run_role(installed, tmp_path, role, variables)
