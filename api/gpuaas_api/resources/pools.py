@@ -77,12 +77,12 @@ def detach(pool: Pool, gpus: list[Gpu]) -> set[int]:
 
 
 def claim_pool(pool: Pool, to: PoolStatus = PoolStatus.DEPLOYMENT_SCHEDULED) -> None:
-    """Start a change of the pool: one at a time, and only from a settled status (409 otherwise)."""
-    allowed = set(POOL_SETTLED_STATUSES)
-    if to is PoolStatus.DELETING or pool.status is PoolStatus.DELETING:
-        allowed.add(PoolStatus.DELETING)  # a failed delete is retried or deleted again
-    if pool.status in allowed and pool.status is not PoolStatus.DELETING or (
-            pool.status is PoolStatus.DELETING and active_apply_job(pool.id) is None and to is PoolStatus.DELETING):
+    """Start a change of the pool: one at a time, and only from a settled status (409 otherwise).
+    A failed delete (still DELETING, no job running) may be deleted again, or retried."""
+    settled = pool.status in POOL_SETTLED_STATUSES
+    deleting_again = (pool.status is PoolStatus.DELETING and to is PoolStatus.DELETING
+                      and active_apply_job(pool.id) is None)
+    if settled or deleting_again:
         won = session().execute(update(Pool).where(Pool.id == pool.id, Pool.status == pool.status)
                                 .values(status=to)).rowcount
         if won == 1:
