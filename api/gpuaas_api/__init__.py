@@ -6,6 +6,7 @@ from flask_smorest import Api
 
 from . import auth, db, errors
 from .config import Config
+from .metrics import prometheus
 from .resources import auth as auth_resources
 from .resources import nodes, operations, pools, regions
 
@@ -35,11 +36,12 @@ def create_app(config: Config | None = None) -> Flask:
     config.DATA_DIR.mkdir(parents=True, exist_ok=True)
 
     db.init_app(app, config.DATABASE_URL)
-    auth.init_app(app)
+    auth.init_app(app, prometheus.ENDPOINTS if config.METRICS_PUBLIC else frozenset())
     api = Api(app)
     errors.init_app(app)  # after Api, whose own HTTPException handler it replaces
     for blueprint in (auth_resources.blp, auth_resources.health_blp, regions.blp, nodes.blp, operations.blp,
                       pools.blp):
         api.register_blueprint(blueprint, url_prefix="/api")
+    prometheus.init_app(app)
     app.wsgi_app = PrefixAlias(app.wsgi_app)
     return app

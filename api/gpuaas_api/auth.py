@@ -93,10 +93,13 @@ def ensure_admin(username: str | None, password: str | None) -> None:
         db.commit()
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, also_public: frozenset[str] = frozenset()) -> None:
+    """Every endpoint asks for a token but PUBLIC_ENDPOINTS and ``also_public`` (this app's choice)."""
+    public = PUBLIC_ENDPOINTS | also_public
+
     @app.before_request
     def _require_authentication():
-        if request.endpoint in PUBLIC_ENDPOINTS or request.method == "OPTIONS":
+        if request.endpoint in public or request.method == "OPTIONS":
             return
         g.user_id = authenticate()
 

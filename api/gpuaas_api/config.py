@@ -20,6 +20,12 @@ class Config:
         self.ANSIBLE_EXTRA_VARS = json.loads(env.get("GPUAAS_ANSIBLE_EXTRA_VARS", "{}"))
         self.JOB_TIMEOUT_SECONDS = int(env.get("GPUAAS_JOB_TIMEOUT_SECONDS", "3600"))
         self.JOB_WORKERS = int(env.get("GPUAAS_JOB_WORKERS", "2"))
+        # The collector samples every pool GPU and storage node this often; 0 turns it off.
+        self.METRICS_INTERVAL_SECONDS = float(env.get("GPUAAS_METRICS_INTERVAL_SECONDS", "60"))
+        self.METRICS_RAW_RETENTION_DAYS = int(env.get("GPUAAS_METRICS_RAW_RETENTION_DAYS", "7"))
+        self.METRICS_ROLLUP_RETENTION_DAYS = int(env.get("GPUAAS_METRICS_ROLLUP_RETENTION_DAYS", "400"))
+        # /metrics (Prometheus) asks for a token like the API unless this is true.
+        self.METRICS_PUBLIC = env.get("GPUAAS_METRICS_PUBLIC", "false").lower() == "true"
         self.TESTING = False
 
     def as_flask(self) -> dict:

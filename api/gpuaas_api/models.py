@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Enum, Float, ForeignKey, Integer, String, Text,
+from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Enum, Float, ForeignKey, Index, Integer, String, Text,
                         UniqueConstraint, func)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -210,14 +210,68 @@ class Scan(Timestamps, Base):
 
 
 class MetricSample(Base):
+    """One NVML reading of one GPU, taken by the metrics collector (metrics/collector.py).
+
+    ``pool_id`` is the pool the GPU was in when sampled: a pool's history stays its own when GPUs
+    move between pools. Raw samples are kept for GPUAAS_METRICS_RAW_RETENTION_DAYS; queries read
+    the rollups.
+    """
+
     __tablename__ = "metric_samples"
+    __table_args__ = (Index("ix_metric_samples_pool_time", "pool_id", "sampled_at"),)
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     gpu_id: Mapped[int] = mapped_column(ForeignKey("gpus.id", ondelete="CASCADE"))
+    pool_id: Mapped[int | None] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE",
+                                                           name="fk_metric_samples_pool_id_pools"))
     sampled_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
     utilization_gpu_percent: Mapped[float] = mapped_column(Float)
     memory_used_mb: Mapped[float] = mapped_column(Float)
     temperature_c: Mapped[float] = mapped_column(Float)
     power_w: Mapped[float] = mapped_column(Float)
+
+
+class MetricRollup(Base):
+    """A pool's samples summed per bucket of one time grouping, kept as samples arrive.
+
+    A metrics query reads one row per bucket instead of every sample: avg = sum / samples.
+    """
+
+    __tablename__ = "metric_rollups"
+    pool_id: Mapped[int] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"), primary_key=True)
+    width_seconds: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # epoch seconds, UTC
+    samples: Mapped[int] = mapped_column(Integer)
+    utilization_gpu_percent_sum: Mapped[float] = mapped_column(Float)
+    utilization_gpu_percent_max: Mapped[float] = mapped_column(Float)
+    memory_used_mb_sum: Mapped[float] = mapped_column(Float)
+    memory_used_mb_max: Mapped[float] = mapped_column(Float)
+    temperature_c_sum: Mapped[float] = mapped_column(Float)
+    temperature_c_max: Mapped[float] = mapped_column(Float)
+    power_w_sum: Mapped[float] = mapped_column(Float)
+    power_w_max: Mapped[float] = mapped_column(Float)
+
+
+class StorageSample(Base):
+    """One storage_info report of a storage node (volume groups, filesystems)."""
+
+    __tablename__ = "storage_samples"
+    __table_args__ = (Index("ix_storage_samples_node_time", "node_id", "sampled_at"),)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
+    sampled_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    data: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class Schedule(Base):
+    """When a periodic task (the metrics collection) is next due, shared by every API process.
+
+    A process runs the task only if it moves ``next_run_at`` forward with a conditional UPDATE,
+    so across any number of processes a period starts the task once.
+    """
+
+    __tablename__ = "schedules"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    next_run_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
 class DataVersion(Base):

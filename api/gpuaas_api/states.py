@@ -76,9 +76,13 @@ SHARING_RATIO_RANGE = SHARING_POLICY.SHARING_RATIO_RANGE
 TIME_QUANTUM_RANGE_SECONDS = SHARING_POLICY.TIME_QUANTUM_RANGE_SECONDS
 DEFAULT_TIME_QUANTUM_SECONDS = SHARING_POLICY.DEFAULT_TIME_QUANTUM_SECONDS
 SECURITY_LEVELS = SHARING_POLICY.SECURITY_LEVELS
-# Metric buckets, with the short aliases clients send.
+# Metric buckets, with the short aliases clients send. Buckets are aligned in UTC; a week starts on
+# Monday (the epoch was a Thursday, hence the 4-day offset).
 TIME_GROUPINGS = {"minute": 60, "hour": 3600, "day": 86400, "week": 604800}
 TIME_GROUPING_ALIASES = {"1m": "minute", "1h": "hour", "1d": "day", "1w": "week"}
+BUCKET_OFFSET_SECONDS = {604800: 4 * 86400}
+# What the collector reads from each pool GPU (gpu_info's metrics), in every series and rollup.
+GPU_METRICS = ("utilization_gpu_percent", "memory_used_mb", "temperature_c", "power_w")
 
 
 class PoolStatus(str, enum.Enum):
@@ -131,8 +135,11 @@ class Operation(str, enum.Enum):
     SCAN_NPUS = "scan_npus"
     SCAN_RESOURCES = "scan_resources"
     STORAGE_METRICS = "storage_metrics"
-    # Not a node operation: applies pools' sharing on the nodes holding their GPUs (pool lifecycle below).
+    # Not node operations: multi-node jobs with "targets".
+    # Applies pools' sharing on the nodes holding their GPUs (pool lifecycle below).
     POOL_APPLY = "pool_apply"
+    # Samples the pool GPUs and storage nodes (metrics/collector.py), read-only.
+    COLLECT_METRICS = "collect_metrics"
 
 
 class Transition:

@@ -9,12 +9,17 @@ import os
 import uuid
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine, make_url, select, text
 
 from gpuaas_api import create_app
 from gpuaas_api.auth import ensure_admin
 from gpuaas_api.config import Config
+from gpuaas_api.db import session
+from gpuaas_api.jobs.finalize import finalize
+from gpuaas_api.jobs.worker import start_pool_deployment
 from gpuaas_api.migrate import upgrade
+from gpuaas_api.models import Cluster, Gpu, Job, Node
+from gpuaas_api.states import ClusterStatus, NodeStatus
 
 ADMIN = {"username": "admin", "password": "correct horse battery staple"}
 
@@ -81,3 +86,47 @@ def assert_error(response, status, field=None):
     if field is not None:
         assert field in [error["field"] for error in body["errors"]], body
     return body
+
+
+@pytest.fixture
+def fleet_db(app, client, region):
+    """An ACTIVE cluster with two workers (2 + 2 GPUs), and a second cluster's node with one GPU."""
+    other_region = client.post("/api/regions", json={"region_name": "us-1"}).get_json()
+    with app.app_context():
+        db = session()
+        cluster = Cluster(region_id=region["id"], status=ClusterStatus.ACTIVE)
+        other = Cluster(region_id=other_region["id"], status=ClusterStatus.ACTIVE)
+        db.add_all([cluster, other])
+        db.flush()
+        uuids = {}
+        for name, cluster_id, count in (("w1", cluster.id, 2), ("w2", cluster.id, 2), ("x1", other.id, 1)):
+            node = Node(name=name, region_id=region["id"] if cluster_id == cluster.id else other_region["id"],
+                        node_ip="198.18.0.20", username="root", is_worker_node=True, cluster_id=cluster_id,
+                        joined=True, status=NodeStatus.HEALTHY)
+            db.add(node)
+            db.flush()
+            for index in range(count):
+                uuid = f"GPU-{name}-{index}"
+                db.add(Gpu(node_id=node.id, index=index, uuid=uuid, model="NVIDIA H100 80GB HBM3", memory_in_mb=81559))
+                uuids.setdefault(name, []).append(uuid)
+        db.commit()
+        return {"gpuaas_id": cluster.id, "other_id": other.id, "uuids": uuids}
+
+
+def create(client, fleet_db, **pool):
+    body = {"pool_name": "high-throughput-pool", "attach_gpu_ids": fleet_db["uuids"]["w1"], "sharing_ratio": 4,
+            "time_quantum_in_sec": 30, "security_level": "medium"}
+    body.update(pool)
+    return client.post("/gpuaas/pool/create", json={"gpuaas_id": fleet_db["gpuaas_id"], "pool": body})
+
+
+def settle(app, reply: dict, failed_nodes=()) -> dict:
+    """Finish the change's pool_apply job as the nodes would: all succeed, or the named ones fail."""
+    with app.app_context():
+        job = session().get(Job, reply["job_id"])
+        start_pool_deployment(job.extravars["pool_id"])
+        names = {n.id: n.name for n in session().scalars(select(Node))}
+        outcomes = {node_id: names[node_id] not in failed_nodes for node_id in job.extravars["targets"]}
+        finalize(job.id, "failed" if failed_nodes else "successful", 2 if failed_nodes else 0, "", {},
+                 host_outcomes=outcomes)
+        return {"targets": sorted(names[i] for i in job.extravars["targets"]), "vars": job.extravars["vars"]}

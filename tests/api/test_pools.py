@@ -1,61 +1,14 @@
 """Pools at the API edge: validation, persistence, slots, GPU assignment, metrics."""
 from __future__ import annotations
 
-import datetime as dt
-
 import pytest
 from sqlalchemy import select
 
-from conftest import assert_error
+from conftest import assert_error, create, settle
 from gpuaas_api.db import session
-from gpuaas_api.jobs.finalize import finalize
 from gpuaas_api.jobs.worker import start_pool_deployment
-from gpuaas_api.models import Cluster, Gpu, Job, MetricSample, Node, Pool, PoolSlot
-from gpuaas_api.states import ClusterStatus, GpuAssignment, NodeStatus
-
-
-@pytest.fixture
-def fleet_db(app, client, region):
-    """An ACTIVE cluster with two workers (2 + 2 GPUs), and a second cluster's node with one GPU."""
-    other_region = client.post("/api/regions", json={"region_name": "us-1"}).get_json()
-    with app.app_context():
-        db = session()
-        cluster = Cluster(region_id=region["id"], status=ClusterStatus.ACTIVE)
-        other = Cluster(region_id=other_region["id"], status=ClusterStatus.ACTIVE)
-        db.add_all([cluster, other])
-        db.flush()
-        uuids = {}
-        for name, cluster_id, count in (("w1", cluster.id, 2), ("w2", cluster.id, 2), ("x1", other.id, 1)):
-            node = Node(name=name, region_id=region["id"] if cluster_id == cluster.id else other_region["id"],
-                        node_ip="198.18.0.20", username="root", is_worker_node=True, cluster_id=cluster_id,
-                        joined=True, status=NodeStatus.HEALTHY)
-            db.add(node)
-            db.flush()
-            for index in range(count):
-                uuid = f"GPU-{name}-{index}"
-                db.add(Gpu(node_id=node.id, index=index, uuid=uuid, model="NVIDIA H100 80GB HBM3", memory_in_mb=81559))
-                uuids.setdefault(name, []).append(uuid)
-        db.commit()
-        return {"gpuaas_id": cluster.id, "other_id": other.id, "uuids": uuids}
-
-
-def create(client, fleet_db, **pool):
-    body = {"pool_name": "high-throughput-pool", "attach_gpu_ids": fleet_db["uuids"]["w1"], "sharing_ratio": 4,
-            "time_quantum_in_sec": 30, "security_level": "medium"}
-    body.update(pool)
-    return client.post("/gpuaas/pool/create", json={"gpuaas_id": fleet_db["gpuaas_id"], "pool": body})
-
-
-def settle(app, reply: dict, failed_nodes=()) -> dict:
-    """Finish the change's pool_apply job as the nodes would: all succeed, or the named ones fail."""
-    with app.app_context():
-        job = session().get(Job, reply["job_id"])
-        start_pool_deployment(job.extravars["pool_id"])
-        names = {n.id: n.name for n in session().scalars(select(Node))}
-        outcomes = {node_id: names[node_id] not in failed_nodes for node_id in job.extravars["targets"]}
-        finalize(job.id, "failed" if failed_nodes else "successful", 2 if failed_nodes else 0, "", {},
-                 host_outcomes=outcomes)
-        return {"targets": sorted(names[i] for i in job.extravars["targets"]), "vars": job.extravars["vars"]}
+from gpuaas_api.models import Cluster, Gpu, Job, Node, Pool, PoolSlot
+from gpuaas_api.states import ClusterStatus, GpuAssignment
 
 
 def statuses(app) -> dict:
@@ -199,30 +152,6 @@ def test_delete_in_both_forms_frees_the_gpus(app, client, fleet_db):
         assert {g.assignment_status for g in session().scalars(select(Gpu))} == {GpuAssignment.UNASSIGNED}
         assert session().scalar(select(PoolSlot.id).limit(1)) is None
     assert_error(client.get(f"/gpuaas/pool/{first['id']}"), 404)
-
-
-def test_metrics_aggregate_per_bucket(app, client, fleet_db):
-    pool = create(client, fleet_db).get_json()
-    start = dt.datetime(2026, 11, 1, 10, 0, tzinfo=dt.timezone.utc)
-    with app.app_context():
-        gpu_ids = [g.id for g in session().scalars(select(Gpu).where(Gpu.pool_id == pool["id"]))]
-        for minute, utilization in ((0, 10.0), (1, 30.0), (61, 50.0)):
-            for gpu_id in gpu_ids:
-                session().add(MetricSample(gpu_id=gpu_id, sampled_at=start + dt.timedelta(minutes=minute),
-                                           utilization_gpu_percent=utilization, memory_used_mb=100.0,
-                                           temperature_c=40.0, power_w=200.0))
-        session().commit()
-
-    hourly = client.get(f"/gpuaas/pool/{pool['id']}/metrics?time_grouping=1h&from=2026-11-01T10:00:00Z"
-                        "&to=2026-11-01T12:00:00Z").get_json()
-
-    assert hourly["time_grouping"] == "hour"
-    assert hourly["slots_total"] == 8
-    assert [(b["samples"], b["utilization_gpu_percent"]) for b in hourly["series"]] == [
-        (4, {"avg": 20.0, "max": 30.0}), (2, {"avg": 50.0, "max": 50.0})]
-    assert_error(client.get(f"/gpuaas/pool/{pool['id']}/metrics?time_grouping=fortnight"), 422, field="time_grouping")
-    assert_error(client.get(f"/gpuaas/pool/{pool['id']}/metrics?from=2026-11-02T00:00:00Z&to=2026-11-01T00:00:00Z"),
-                 422, field="from")
 
 
 def test_a_pool_moves_through_its_statuses_as_its_nodes_apply_it(app, client, fleet_db):

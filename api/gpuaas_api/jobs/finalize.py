@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+from flask import current_app
 from sqlalchemy import select, update
 
 from ..db import session
+from ..metrics.collector import store_collection
+from ..metrics.store import record_storage_sample
 from ..models import Cluster, Gpu, Job, JobEvent, Node, Npu, Pool, PoolSlot, Scan
 from ..states import GPU_SETTLES_TO, NODE_TRANSITIONS, ClusterStatus, GpuAssignment, JobStatus, Operation, PoolStatus
 
@@ -51,6 +54,15 @@ def finalize(job_id: int, runner_status: str, rc: int | None, explanation: str, 
         _finish_pool(job, {node_id: (host_outcomes or {}).get(node_id, succeeded)
                            for node_id in job.extravars.get("targets", [])})
         db.execute(update(Node).where(Node.busy_job_id == job.id).values(busy_job_id=None))
+    elif job.operation == Operation.COLLECT_METRICS.value:
+        succeeded = status is JobStatus.SUCCESSFUL
+        store_collection(job, artifact_data, {node_id: (host_outcomes or {}).get(node_id, succeeded)
+                                              for node_id in job.extravars.get("targets", [])},
+                         current_app.config["GPUAAS"])
+    elif job.operation == Operation.STORAGE_METRICS.value and status is JobStatus.SUCCESSFUL and node is not None:
+        report = artifact_data.get("gpuaas_storage_metrics", {}).get(node.name)
+        if report is not None:
+            record_storage_sample(node.id, job.finished_at, report)
     db.commit()
     return job
 

@@ -18,6 +18,7 @@ from flask import Flask
 from sqlalchemy import or_, select, update
 
 from ..db import release, session
+from ..metrics import collector
 from ..models import Job, JobEvent, Node, Pool
 from ..ssh_keys import controller_key_path, controller_public_key
 from ..states import JobStatus, Operation, PoolStatus
@@ -31,6 +32,8 @@ EVENT_FLUSH_SECONDS = 0.2
 CANCEL_POLL_SECONDS = 0.5
 # Besides at start-up, workers look for jobs orphaned by a dead process this often.
 RECONCILE_SECONDS = 30
+# How often each worker asks whether the metrics collection is due (see metrics/collector.py).
+COLLECTION_CHECK_SECONDS = 5.0
 BATCH_MAX = 50
 # A burst of read-only requests (one per node, as clients send them) is gathered into one
 # playbook run: a read-only job waits while such requests keep arriving less than
@@ -95,8 +98,11 @@ _WAKE: dict = {}  # put on an EventWriter's queue to end its wait at once
 class EventWriter:
     """Stores events as they arrive, off the runner's thread (a slow handler stalls the runner)."""
 
-    def __init__(self, app: Flask, job_id: int, node_id: int | None):
+    def __init__(self, app: Flask, job_id: int, node_id: int | None, node_of_host: dict[str, int] | None = None):
+        # A multi-node job (pool_apply, collect_metrics) has no node: each event is filed under its
+        # host's node, so that it shows in that node's logs.
         self.app, self.job_id, self.node_id = app, job_id, node_id
+        self.node_of_host = node_of_host or {}
         self.events: queue.Queue = queue.Queue()
         self.count = 0
         self.thread = threading.Thread(target=self._drain, name=f"events-{job_id}", daemon=True)
@@ -127,7 +133,8 @@ class EventWriter:
                 continue
             self.count += 1
             data = event.get("event_data", {})
-            db.add(JobEvent(job_id=self.job_id, node_id=self.node_id, counter=event.get("counter", self.count),
+            node_id = self.node_id or self.node_of_host.get(data.get("host"))
+            db.add(JobEvent(job_id=self.job_id, node_id=node_id, counter=event.get("counter", self.count),
                             event=event.get("event", "unknown"), host=data.get("host"),
                             task=data.get("task"), stdout=event.get("stdout", ""),
                             data={k: data[k] for k in ("res",) if k in data and isinstance(data[k], dict)
@@ -182,8 +189,19 @@ class JobWorker(threading.Thread):
 
     def run(self) -> None:
         next_reconcile = time.monotonic() + RECONCILE_SECONDS
+        next_collection_check = time.monotonic()
+        config = self.app.config["GPUAAS"]
         with self.app.app_context():
             while not self.stopping.is_set():
+                if config.METRICS_INTERVAL_SECONDS > 0 and time.monotonic() >= next_collection_check:
+                    # Cheap (one conditional UPDATE); the shared schedule lets one caller per period win.
+                    next_collection_check = time.monotonic() + min(COLLECTION_CHECK_SECONDS,
+                                                                   config.METRICS_INTERVAL_SECONDS / 2)
+                    try:
+                        collector.tick(config)
+                    except Exception:
+                        log.exception("scheduling the metrics collection failed")
+                    release()
                 if time.monotonic() >= next_reconcile:
                     next_reconcile = time.monotonic() + RECONCILE_SECONDS
                     try:
@@ -219,7 +237,11 @@ class JobWorker(threading.Thread):
         nodes = [db.get(Node, node_id) for node_id in lead.extravars.get("hosts", [])]
         if len(jobs) > 1:
             nodes = [db.get(Node, job.node_id) for job in jobs]
-        writers = {job.id: EventWriter(self.app, job.id, job.node_id) for job in jobs}
+        # A pool change shows in the logs of each node it touched; the periodic metrics collection
+        # would bury them, so its events stay with its job only.
+        node_of_host = ({} if lead.operation == Operation.COLLECT_METRICS.value
+                        else {node.name: node.id for node in nodes if node is not None})
+        writers = {job.id: EventWriter(self.app, job.id, job.node_id, node_of_host) for job in jobs}
         writer_of_host = {node.name: writers[job.id] for job, node in zip(jobs, nodes) if node is not None}
         last_poll = [0.0, False]
 

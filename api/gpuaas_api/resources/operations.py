@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from ..db import session
 from ..errors import ApiError, conflict, field_error, not_found
 from ..jobs.submit import submit
+from ..metrics.store import latest_storage_sample
 from ..models import Cluster, Job, JobEvent, Node, Scan
 from ..schemas import (ClusterSchema, ControllerQuerySchema, JobSchema, JoinSchema, LeaveQuerySchema,
                        NodeIdAltQuerySchema, NodeIdQuerySchema, OperationReplySchema, PageQuerySchema,
@@ -199,18 +200,19 @@ for _kind in (Operation.SCAN_GPUS, Operation.SCAN_NPUS, Operation.SCAN_RESOURCES
 class NodeStorageMetrics(MethodView):
     @blp.response(200)
     def get(self, node_id):
-        """The node's latest storage metrics (volume group, filesystems), and a fresh collection started."""
+        """The node's latest storage metrics (volume group, filesystems), and a fresh collection started.
+
+        The latest reading is the newest of this endpoint's own refreshes and the metrics collector's.
+        """
         node = get_node(node_id)
         db = session()
-        latest = db.scalar(select(Job).where(Job.node_id == node.id, Job.operation == Operation.STORAGE_METRICS.value,
-                                             Job.status == JobStatus.SUCCESSFUL).order_by(Job.id.desc()).limit(1))
+        latest = latest_storage_sample(node.id)
         running = db.scalar(select(Job.id).where(Job.node_id == node.id,
                                                  Job.operation == Operation.STORAGE_METRICS.value,
                                                  Job.status.in_([JobStatus.PENDING, JobStatus.RUNNING])).limit(1))
         job_id = running or submit(Operation.STORAGE_METRICS, node).id
-        metrics = (latest.result.get("gpuaas_storage_metrics", {}).get(node.name) if latest else None)
-        return {"node_id": node.id, "collected_at": latest.finished_at.isoformat() if latest else None,
-                "metrics": metrics, "refresh_job_id": job_id}
+        return {"node_id": node.id, "collected_at": latest.sampled_at.isoformat() if latest else None,
+                "metrics": latest.data if latest else None, "refresh_job_id": job_id}
 
 
 @blp.route("/gpuaas/node/<int:node_id>/logs")

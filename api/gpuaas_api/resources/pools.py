@@ -12,13 +12,14 @@ from sqlalchemy.orm import selectinload
 
 from ..db import session
 from ..errors import ApiError, conflict, field_error, not_found
-from ..models import Cluster, Gpu, MetricSample, Node, Pool
+from ..metrics.store import latest_gpu_samples, pool_series
+from ..models import Cluster, Gpu, Node, Pool
 from ..schemas import (GpuUuidsQuerySchema, GpuUuidsSchema, MetricsQuerySchema, PoolCreateSchema, PoolGpuSchema,
                        PoolUpdateSchema)
 from ..jobs.pools import active_apply_job, gpus_of, rebuild_slots, schedule_apply
 from ..jobs.submit import job_submitted
-from ..states import (POOL_SETTLED_STATUSES, TIME_GROUPING_ALIASES, TIME_GROUPINGS, ClusterStatus, GpuAssignment,
-                      PoolStatus)
+from ..states import (GPU_METRICS, POOL_SETTLED_STATUSES, TIME_GROUPING_ALIASES, TIME_GROUPINGS, ClusterStatus,
+                      GpuAssignment, PoolStatus)
 from ..views import cached_reply
 
 blp = Blueprint("pools", __name__, description="GPU pools and GPU assignment")
@@ -358,23 +359,27 @@ class PoolMetrics(MethodView):
         if start >= end:
             raise ApiError(422, "from must be before to", [{"field": "from", "message": "must be before to"}])
         gpus = gpus_of(pool)
-        samples = session().scalars(select(MetricSample).where(
-            MetricSample.gpu_id.in_([gpu.id for gpu in gpus]), MetricSample.sampled_at >= start,
-            MetricSample.sampled_at < end)).all()
-        buckets: dict[int, list[MetricSample]] = {}
-        for sample in samples:
-            at = sample.sampled_at if sample.sampled_at.tzinfo else sample.sampled_at.replace(tzinfo=dt.timezone.utc)
-            buckets.setdefault(int(at.timestamp()) // width * width, []).append(sample)
-        series = []
-        for bucket in sorted(buckets):
-            group = buckets[bucket]
-            entry = {"bucket_start": dt.datetime.fromtimestamp(bucket, dt.timezone.utc).isoformat(),
-                     "samples": len(group)}
-            for name in ("utilization_gpu_percent", "memory_used_mb", "temperature_c", "power_w"):
-                values = [getattr(sample, name) for sample in group]
-                entry[name] = {"avg": round(sum(values) / len(values), 2), "max": max(values)}
-            series.append(entry)
+        latest = latest_gpu_samples([gpu.id for gpu in gpus])
+        assigned = sum(1 for gpu in gpus if gpu.assignment_status is GpuAssignment.ASSIGNED)
         return {"pool_id": pool.id, "time_grouping": grouping, "from": start.isoformat(), "to": end.isoformat(),
                 "physical_gpus": len(gpus), "slots_total": len(gpus) * pool.sharing_ratio,
-                "slots_assigned": sum(1 for gpu in gpus if gpu.assignment_status is GpuAssignment.ASSIGNED)
-                * pool.sharing_ratio, "series": series}
+                "slots_assigned": assigned * pool.sharing_ratio,
+                "slots_unavailable": sum(1 for gpu in gpus if gpu.assignment_status is GpuAssignment.UNAVAILABLE)
+                * pool.sharing_ratio,
+                "usage": pool_usage(gpus, latest), "series": pool_series(pool.id, width, start, end)}
+
+
+def pool_usage(gpus: list[Gpu], latest: dict) -> dict:
+    """The pool now: each GPU's newest sample, and their totals."""
+    readings = [latest[gpu.id] for gpu in gpus if gpu.id in latest]
+    return {
+        "sampled_gpus": len(readings),
+        "utilization_gpu_percent": round(sum(r.utilization_gpu_percent for r in readings) / len(readings), 2)
+        if readings else None,
+        "memory_used_mb": sum(r.memory_used_mb for r in readings),
+        "memory_total_mb": sum(gpu.memory_in_mb or 0 for gpu in gpus),
+        "gpus": [{"uuid": gpu.uuid, "assignment_status": gpu.assignment_status.value,
+                  "sampled_at": latest[gpu.id].sampled_at.isoformat() if gpu.id in latest else None,
+                  **({name: getattr(latest[gpu.id], name) for name in GPU_METRICS} if gpu.id in latest else {})}
+                 for gpu in gpus],
+    }
