@@ -76,7 +76,7 @@ test-unit: venv collection
 	$(BIN)/pytest -q tests/unit
 
 # The API tests run twice: on SQLite, then on a throw-away PostgreSQL server.
-test-api: venv deps
+test-api: venv deps collection
 	$(BIN)/pytest -q tests/api
 	@url=$$(tests/api/postgres.sh start $(BUILD)/postgres) && \
 	  GPUAAS_TEST_DATABASE_URL="$$url" $(BIN)/pytest -q tests/api; status=$$?; \

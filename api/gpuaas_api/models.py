@@ -230,6 +230,19 @@ class MetricSample(Base):
     power_w: Mapped[float] = mapped_column(Float)
 
 
+class GpuReading(Base):
+    """Each GPU's newest sample, replaced at every collection: what "now" reads (pool usage, /metrics)
+    without searching the raw samples."""
+
+    __tablename__ = "gpu_readings"
+    gpu_id: Mapped[int] = mapped_column(ForeignKey("gpus.id", ondelete="CASCADE"), primary_key=True)
+    sampled_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    utilization_gpu_percent: Mapped[float] = mapped_column(Float)
+    memory_used_mb: Mapped[float] = mapped_column(Float)
+    temperature_c: Mapped[float] = mapped_column(Float)
+    power_w: Mapped[float] = mapped_column(Float)
+
+
 class MetricRollup(Base):
     """A pool's samples summed per bucket of one time grouping, kept as samples arrive.
 

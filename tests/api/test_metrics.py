@@ -14,7 +14,7 @@ from gpuaas_api.db import session
 from gpuaas_api.jobs.finalize import finalize
 from gpuaas_api.metrics.collector import claim_period, submit_collection, tick
 from gpuaas_api.metrics.store import record_gpu_samples
-from gpuaas_api.models import Gpu, Job, JobEvent, MetricRollup, MetricSample, Node, StorageSample
+from gpuaas_api.models import Gpu, Job, JobEvent, MetricRollup, MetricSample, Node
 from gpuaas_api.states import GpuAssignment, NodeStatus
 
 UTC = dt.timezone.utc

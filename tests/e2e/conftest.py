@@ -53,6 +53,12 @@ class Api:
             assert status == expect, f"{method} {path}: {status} {payload}"
         return payload if expect is not None else (status, payload)
 
+    def call_text(self, method: str, path: str) -> str:
+        request = urllib.request.Request(self.base + path, method=method,
+                                         headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.read().decode()
+
     def wait_job(self, job_id: int, timeout: float = 180) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -80,7 +86,9 @@ class Service:
     def start(self) -> None:
         env = dict(os.environ, GPUAAS_BIND=f"127.0.0.1:{self.port}", GPUAAS_DATA_DIR=str(self.data_dir),
                    GPUAAS_ADMIN_USER=ADMIN["username"], GPUAAS_ADMIN_PASSWORD=ADMIN["password"],
-                   GPUAAS_ANSIBLE_EXTRA_VARS=json.dumps(FLEET_VARS), GPUAAS_JOB_TIMEOUT_SECONDS="300")
+                   GPUAAS_ANSIBLE_EXTRA_VARS=json.dumps(FLEET_VARS), GPUAAS_JOB_TIMEOUT_SECONDS="300",
+                   # Sample pool GPUs often enough for a test to read metrics within seconds.
+                   GPUAAS_METRICS_INTERVAL_SECONDS="3")
         log = open(self.data_dir.parent / "serve.log", "a")
         self.process = subprocess.Popen([str(CLI), "serve", "--workers", "2"], env=env, stdout=log, stderr=log,
                                         start_new_session=True)

@@ -1,7 +1,10 @@
 """The guide's node lifecycle through the API, on the fleet, in order."""
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -10,7 +13,7 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
-from conftest import ADMIN, FLEET, install_controller_key
+from conftest import ADMIN, FLEET, REPO, install_controller_key
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +124,17 @@ def test_3b_pool_lifecycle_on_two_nodes(service, cluster, running_fleet):
     assert "label node node2 nvidia.com/device-plugin.config=gpuaas-" in node_file(
         "node1", "/var/log/fake-k8s/calls.log")
 
+    # The collector samples the pool's GPUs through NVML on their nodes (every 3 s here).
+    metrics = wait_for_samples(api, pool["id"], 3)
+    readings = {gpu["uuid"]: gpu for gpu in metrics["usage"]["gpus"]}
+    assert set(readings) == {uuids["node1"][0], uuids["node1"][1], uuids["node2"][0]}
+    for gpu in readings.values():  # the fake NVML's ranges (tests/fleet/fake_nvml)
+        assert 20 <= gpu["utilization_gpu_percent"] < 90 and 35 <= gpu["temperature_c"] < 75
+        assert 60 <= gpu["power_w"] < 300
+    assert metrics["series"][0]["samples"] >= 3 and metrics["slots_total"] == 12
+    scrape = api.call_text("GET", "/metrics")
+    assert f'gpuaas_gpu_utilization_percent{{node="node2",pool_id="{pool["id"]}",uuid="{uuids["node2"][0]}"}}' in scrape
+
     added = api.call("POST", f"/gpuaas/pool/{pool['id']}/add_gpus", {"gpu_uuids": [uuids["node2"][1]]})
     assert api.wait_job(added["job_id"])["status"] == "successful"
     assert sorted(node_sharing("node2")) == sorted(uuids["node2"][:2])
@@ -137,6 +151,106 @@ def test_3b_pool_lifecycle_on_two_nodes(service, cluster, running_fleet):
     assert compute_mode("node1", 0) == 0
     available = api.call("GET", f"/gpuaas/{gpuaas_id}/pool/available_gpus")["items"]
     assert set(uuids["node1"][:2] + uuids["node2"][:2]) <= {gpu["uuid"] for gpu in available}
+
+
+def wait_for_samples(api, pool_id: int, gpus: int, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        metrics = api.call("GET", f"/gpuaas/pool/{pool_id}/metrics?time_grouping=1m")
+        if metrics["usage"]["sampled_gpus"] == gpus and metrics["series"]:
+            return metrics
+        assert time.monotonic() < deadline, metrics
+        time.sleep(0.5)
+
+
+def nodes_configuration() -> dict:
+    """Everything a pool change writes on the pool nodes: their /etc/gpuaas and the fake NVML's compute modes."""
+    found = {}
+    for node in ("node1", "node2"):
+        listing = subprocess.run([*FLEET, "node-exec", node, "--", "sh", "-c",
+                                  "find /etc/gpuaas /var/lib/fake-nvml -type f 2>/dev/null | sort | xargs -r md5sum"],
+                                 capture_output=True, text=True, check=True)
+        found[node] = listing.stdout
+    return found
+
+
+def test_3c_bad_pool_input_changes_neither_the_database_nor_the_nodes(service, cluster, running_fleet):
+    api, nodes = service.api, cluster["nodes"]
+    uuids = {name: [g["uuid"] for g in running_fleet["nodes"][name]["hardware"]["gpus"]] for name in ("node1", "node2")}
+    gpuaas_id = api.call("GET", f"/gpuaas/node/{nodes['node1']['id']}")["gpuaas_id"]
+    holder = api.call("POST", "/gpuaas/pool/create", {"gpuaas_id": gpuaas_id, "pool": {
+        "pool_name": "holder", "attach_gpu_ids": [uuids["node2"][0]], "sharing_ratio": 2,
+        "security_level": "medium"}}, expect=201)
+    assert api.wait_job(holder["job_id"])["status"] == "successful"
+
+    def database():
+        return (api.call("GET", f"/gpuaas/{gpuaas_id}/pool/list"), api.call("GET", f"/gpuaas/{gpuaas_id}/pool/all_gpus"))
+    before = (database(), nodes_configuration())
+    good = {"pool_name": "bad", "attach_gpu_ids": [uuids["node1"][0]], "sharing_ratio": 2,
+            "time_quantum_in_sec": 30, "security_level": "low"}
+    bad_pools = [({"sharing_ratio": 0}, 422, "sharing_ratio"), ({"sharing_ratio": 11}, 422, "sharing_ratio"),
+                 ({"sharing_ratio": 2.5}, 422, "sharing_ratio"), ({"time_quantum_in_sec": 9}, 422, "time_quantum_in_sec"),
+                 ({"time_quantum_in_sec": 121}, 422, "time_quantum_in_sec"),
+                 ({"security_level": "max"}, 422, "security_level"), ({"pool_name": None}, 422, "pool_name"),
+                 ({"attach_gpu_ids": ["GPU-00000000-dead-beef-0000-000000000000"]}, 422, "attach_gpu_ids"),
+                 ({"attach_gpu_ids": [uuids["node2"][0]]}, 409, "attach_gpu_ids")]
+    for change, status, field in bad_pools:
+        pool = {key: value for key, value in {**good, **change}.items() if value is not None}
+        code, body = api.call("POST", "/gpuaas/pool/create", {"gpuaas_id": gpuaas_id, "pool": pool}, expect=None)
+        assert (code, field) == (status, body["errors"][0]["field"] if body.get("errors") else None), (change, body)
+    code, body = api.call("POST", f"/gpuaas/pool/{holder['id']}/remove_gpus", {"gpu_uuids": [uuids["node1"][0]]},
+                          expect=None)
+    assert code == 409 and body["errors"][0]["field"] == "gpu_uuids"
+
+    assert (database(), nodes_configuration()) == before
+
+    deleted = api.call("DELETE", f"/gpuaas/pool/{holder['id']}")
+    assert api.wait_job(deleted["job_id"])["status"] == "successful"
+
+
+def test_3d_the_pool_module_declares_a_pool_on_the_fleet(service, cluster, running_fleet, tmp_path):
+    api, nodes = service.api, cluster["nodes"]
+    node2 = [g["uuid"] for g in running_fleet["nodes"]["node2"]["hardware"]["gpus"]]
+    gpuaas_id = api.call("GET", f"/gpuaas/node/{nodes['node1']['id']}")["gpuaas_id"]
+    declared = {"api_url": api.base, "api_token": api.token, "gpuaas_id": gpuaas_id, "pool_name": "declared",
+                "sharing_ratio": 3, "time_quantum_in_sec": 60, "security_level": "high", "gpus": node2}
+
+    first, second = run_pool_module(tmp_path, declared, declared)
+
+    assert first["changed"] and first["pool"]["status"] == "ACTIVE" and not second["changed"]
+    assert sorted(node_sharing("node2")) == sorted(node2)
+    assert {entry["sharing_ratio"] for entry in node_sharing("node2").values()} == {3}
+    assert [compute_mode("node2", index) for index in range(len(node2))] == [3] * len(node2)
+
+    [removed] = run_pool_module(tmp_path, {**declared, "state": "absent"})
+
+    assert removed["changed"]
+    assert node_sharing("node2") == {}
+    assert [compute_mode("node2", index) for index in range(len(node2))] == [0] * len(node2)
+
+
+def run_pool_module(tmp_path: Path, *calls: dict) -> list[dict]:
+    """One play on localhost calling hostedai.gpuaas.pool once per entry; each call's registered result."""
+    tasks = [{"name": f"call {index}", "hostedai.gpuaas.pool": args, "register": f"call_{index}"}
+             for index, args in enumerate(calls)]
+    tasks.append({"name": "Keep the results", "ansible.builtin.copy": {
+        "content": "{{ [%s] | to_json }}" % ", ".join(f"call_{i}" for i in range(len(calls))),
+        "dest": str(tmp_path / "results.json")}})
+    playbook = tmp_path / "pools.yml"
+    playbook.write_text(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]))
+    run_playbook(playbook, tmp_path)
+    return json.loads((tmp_path / "results.json").read_text())
+
+
+def run_playbook(playbook: Path, tmp_path: Path) -> None:
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO / ".build/collections"),
+           "ANSIBLE_HOME": str(tmp_path / "ansible-home"), "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
+           "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run([str(bin_dir / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+                           "-e", f"ansible_python_interpreter={sys.executable}", str(playbook)],
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
 
 
 def test_4_reboot_a_worker(service, cluster):

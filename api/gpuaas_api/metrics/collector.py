@@ -132,4 +132,3 @@ def store_collection(job: Job, artifact_data: dict, node_succeeded: dict[int, bo
     # The collections' own job records (and their events) go with the raw samples they produced.
     db.execute(delete(Job).where(Job.operation == Operation.COLLECT_METRICS.value, Job.id != job.id,
                                  Job.finished_at < sampled_at - dt.timedelta(days=config.METRICS_RAW_RETENTION_DAYS)))
-

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from ..db import session
 from ..models import Gpu, Job, Node, Pool, StorageSample
-from ..states import GpuAssignment, JobStatus, NodeStatus, PoolStatus
+from ..states import GpuAssignment, NodeStatus, PoolStatus
 from .store import latest_gpu_samples
 
 blp = Blueprint("prometheus", __name__)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import case, delete, func, select
+from sqlalchemy import case, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from ..db import session
-from ..models import MetricRollup, MetricSample, StorageSample
+from ..models import GpuReading, MetricRollup, MetricSample, StorageSample
 from ..states import BUCKET_OFFSET_SECONDS, GPU_METRICS, TIME_GROUPINGS
 
 _ROLLUP = MetricRollup.__table__
@@ -51,21 +51,32 @@ def record_gpu_samples(samples: list[dict]) -> int:
                 row[f"{name}_max"] = max(row[f"{name}_max"], float(sample[name]))
     if sums:
         db.execute(_rollup_upsert(), list(sums.values()))
+    newest: dict[int, dict] = {}
+    for sample in samples:
+        if sample["gpu_id"] not in newest or sample["sampled_at"] >= newest[sample["gpu_id"]]["sampled_at"]:
+            newest[sample["gpu_id"]] = {key: value for key, value in sample.items() if key != "pool_id"}
+    db.execute(_upsert(GpuReading.__table__, ["gpu_id"], lambda table, new: {
+        column: new[column] for column in ("sampled_at", *GPU_METRICS)}), list(newest.values()))
     return len(samples)
 
 
-def _rollup_upsert():
-    """INSERT ... ON CONFLICT adding to the bucket's sums and raising its maxima (SQLite and PostgreSQL)."""
+def _upsert(table, keys: list[str], changes):
+    """INSERT ... ON CONFLICT (keys) DO UPDATE SET changes(table, excluded), on SQLite and PostgreSQL."""
     dialect = session().get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(_ROLLUP)
-    new = statement.excluded
-    changes = {"samples": _ROLLUP.c.samples + new.samples}
-    for name in GPU_METRICS:
-        changes[f"{name}_sum"] = _ROLLUP.c[f"{name}_sum"] + new[f"{name}_sum"]
-        changes[f"{name}_max"] = case((new[f"{name}_max"] > _ROLLUP.c[f"{name}_max"], new[f"{name}_max"]),
-                                      else_=_ROLLUP.c[f"{name}_max"])
-    return statement.on_conflict_do_update(index_elements=["pool_id", "width_seconds", "bucket_start"], set_=changes)
+    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    return statement.on_conflict_do_update(index_elements=keys, set_=changes(table, statement.excluded))
+
+
+def _rollup_upsert():
+    """Add to the bucket's sums and count, and raise its maxima."""
+    def changes(table, new):
+        merged = {"samples": table.c.samples + new.samples}
+        for name in GPU_METRICS:
+            merged[f"{name}_sum"] = table.c[f"{name}_sum"] + new[f"{name}_sum"]
+            merged[f"{name}_max"] = case((new[f"{name}_max"] > table.c[f"{name}_max"], new[f"{name}_max"]),
+                                         else_=table.c[f"{name}_max"])
+        return merged
+    return _upsert(_ROLLUP, ["pool_id", "width_seconds", "bucket_start"], changes)
 
 
 def pool_series(pool_id: int, width: int, start: dt.datetime, end: dt.datetime) -> list[dict]:
@@ -88,13 +99,12 @@ def pool_series(pool_id: int, width: int, start: dt.datetime, end: dt.datetime) 
     return series
 
 
-def latest_gpu_samples(gpu_ids: list[int]) -> dict[int, MetricSample]:
+def latest_gpu_samples(gpu_ids: list[int]) -> dict[int, GpuReading]:
     """Each GPU's newest sample, by GPU id."""
     if not gpu_ids:
         return {}
-    # The highest id of a GPU's samples is its newest one (ids only grow): one portable query.
-    last_ids = select(func.max(MetricSample.id)).where(MetricSample.gpu_id.in_(gpu_ids)).group_by(MetricSample.gpu_id)
-    return {sample.gpu_id: sample for sample in session().scalars(select(MetricSample).where(MetricSample.id.in_(last_ids)))}
+    return {reading.gpu_id: reading for reading in session().scalars(
+        select(GpuReading).where(GpuReading.gpu_id.in_(gpu_ids)))}
 
 
 def record_storage_sample(node_id: int, sampled_at: dt.datetime, report: dict) -> None:

@@ -1,4 +1,4 @@
-"""metrics rollups, storage samples, schedules
+"""metrics: pool of each sample, rollups, latest readings, storage samples, schedules
 
 Revision ID: 0002
 Revises: 0001
@@ -38,6 +38,16 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['pool_id'], ['pools.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('pool_id', 'width_seconds', 'bucket_start')
     )
+    op.create_table('gpu_readings',
+    sa.Column('gpu_id', sa.Integer(), nullable=False),
+    sa.Column('sampled_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('utilization_gpu_percent', sa.Float(), nullable=False),
+    sa.Column('memory_used_mb', sa.Float(), nullable=False),
+    sa.Column('temperature_c', sa.Float(), nullable=False),
+    sa.Column('power_w', sa.Float(), nullable=False),
+    sa.ForeignKeyConstraint(['gpu_id'], ['gpus.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('gpu_id')
+    )
     op.create_table('storage_samples',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('node_id', sa.Integer(), nullable=False),
@@ -66,5 +76,6 @@ def downgrade() -> None:
         batch_op.drop_index('ix_storage_samples_node_time')
 
     op.drop_table('storage_samples')
+    op.drop_table('gpu_readings')
     op.drop_table('metric_rollups')
     op.drop_table('schedules')
