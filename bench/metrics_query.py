@@ -77,8 +77,9 @@ def fill(app, days: int, gpu_count: int) -> tuple[int, dt.datetime, dt.datetime,
                 at = start + dt.timedelta(hours=hour, minutes=minute)
                 for gpu_id in gpu_ids:
                     batch.append({"gpu_id": gpu_id, "pool_id": pool.id, "sampled_at": at,
-                                  "utilization_gpu_percent": rng.uniform(0, 100), "memory_used_mb": rng.uniform(0, 81559),
-                                  "temperature_c": rng.uniform(30, 85), "power_w": rng.uniform(60, 700)})
+                                  # What NVML gives: whole percents, MiB and degrees, power to 0.1 W.
+                                  "utilization_gpu_percent": rng.randint(0, 100), "memory_used_mb": rng.randint(0, 81559),
+                                  "temperature_c": rng.randint(30, 85), "power_w": rng.randint(600, 7000) / 10})
             record_gpu_samples(batch)
             db.commit()
         ingest = time.perf_counter() - began

@@ -88,7 +88,7 @@ class Service:
                    GPUAAS_ADMIN_USER=ADMIN["username"], GPUAAS_ADMIN_PASSWORD=ADMIN["password"],
                    GPUAAS_ANSIBLE_EXTRA_VARS=json.dumps(FLEET_VARS), GPUAAS_JOB_TIMEOUT_SECONDS="300",
                    # Sample pool GPUs often enough for a test to read metrics within seconds.
-                   GPUAAS_METRICS_INTERVAL_SECONDS="3")
+                   GPUAAS_METRICS_INTERVAL_SECONDS=os.environ.get("GPUAAS_METRICS_INTERVAL_SECONDS", "3"))
         log = open(self.data_dir.parent / "serve.log", "a")
         self.process = subprocess.Popen([str(CLI), "serve", "--workers", "2"], env=env, stdout=log, stderr=log,
                                         start_new_session=True)
