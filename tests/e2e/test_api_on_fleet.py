@@ -135,6 +135,12 @@ def test_3b_pool_lifecycle_on_two_nodes(service, cluster, running_fleet):
     scrape = api.call_text("GET", "/metrics")
     assert f'gpuaas_gpu_utilization_percent{{node="node2",pool_id="{pool["id"]}",uuid="{uuids["node2"][0]}"}}' in scrape
 
+    # A pool GPU that NVML stops reporting is UNAVAILABLE at the next collection, and ASSIGNED once it is back.
+    subprocess.run([*FLEET, "lose-gpu", "node2", "0"], check=True, capture_output=True)
+    assert wait_for_slot_status(api, pool["id"], uuids["node2"][0], "UNAVAILABLE")
+    subprocess.run([*FLEET, "restore-gpu", "node2", "0"], check=True, capture_output=True)
+    assert wait_for_slot_status(api, pool["id"], uuids["node2"][0], "ASSIGNED")
+
     added = api.call("POST", f"/gpuaas/pool/{pool['id']}/add_gpus", {"gpu_uuids": [uuids["node2"][1]]})
     assert api.wait_job(added["job_id"])["status"] == "successful"
     assert sorted(node_sharing("node2")) == sorted(uuids["node2"][:2])
@@ -161,6 +167,16 @@ def wait_for_samples(api, pool_id: int, gpus: int, timeout: float = 60) -> dict:
             return metrics
         assert time.monotonic() < deadline, metrics
         time.sleep(0.5)
+
+
+def wait_for_slot_status(api, pool_id: int, uuid: str, status: str, timeout: float = 60) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        slots = api.call("GET", f"/gpuaas/pool/{pool_id}")["gpus"]
+        if {slot["assignment_status"] for slot in slots if slot["uuid"] == uuid} == {status}:
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def nodes_configuration() -> dict:

