@@ -110,18 +110,21 @@ def wrk(url: str, token: str | None, seconds: int) -> dict:
             "non2xx": int(errors.group(1)) if errors else 0}
 
 
-def rss_mb(pid: int) -> float:
+def memory_mb(pid: int) -> dict:
+    """The service's memory, master and workers together: RSS (pages shared after fork counted once per
+    process, as `ps` adds them up) and PSS (each shared page split among its sharers: what it costs)."""
     group = subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True, check=False).stdout.split()
     pids = [pid] + [int(p) for p in group if int(p) != pid]
-    total = 0
+    totals = {"Rss": 0, "Pss": 0}
     for p in pids:
         try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                name = line.split(":")[0]
+                if name in totals:
+                    totals[name] += int(line.split()[1])
         except FileNotFoundError:
             pass
-    return total / 1024
+    return {"processes": len(pids), "rss": totals["Rss"] / 1024, "pss": totals["Pss"] / 1024}
 
 
 def run(database_url: str | None, label: str, seconds: int) -> None:
@@ -144,7 +147,7 @@ def run(database_url: str | None, label: str, seconds: int) -> None:
                                ("GET /gpuaas/node/list (1,000 nodes)", "/gpuaas/node/list"),
                                ("GET /gpuaas/{id}/pool/available_gpus", f"/gpuaas/{cluster_id}/pool/available_gpus")):
                 rows.append((name, wrk(base + path, token, seconds)))
-            memory = rss_mb(api.pid)
+            memory = memory_mb(api.pid)
         finally:
             for process in (api, bare):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -157,7 +160,8 @@ def run(database_url: str | None, label: str, seconds: int) -> None:
         for name, row in rows:
             print(f"| {name} | {row['p50']:.1f} | {row['p99']:.1f} | {row['rps']:.0f} | "
                   f"{row['rps'] / bare_rps:.0%} | {row['non2xx']} |")
-        print(f"\nservice RSS (master + workers) after the runs: {memory:.0f} MB")
+        print(f"\nservice memory after the runs ({memory['processes']} processes): RSS {memory['rss']:.0f} MB, "
+              f"PSS {memory['pss']:.0f} MB")
 
 
 def main() -> int:

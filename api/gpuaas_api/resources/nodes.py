@@ -57,15 +57,14 @@ class NodeList(MethodView):
     @blp.response(200, NodeSchema(many=True))
     def get(self, query):
         """Nodes, optionally of one region, as a bare array."""
-        db = session()
-        return cached_reply(db, ("nodes", query.get("region_id")), lambda: node_list(db, query.get("region_id")))
+        return cached_reply(("nodes", query.get("region_id")), lambda: node_list(session(), query.get("region_id")))
 
 
 @blp.route("/gpuaas/node/<int:node_id>")
 class NodeById(MethodView):
     @blp.response(200, NodeSchema)
     def get(self, node_id):
-        return cached_reply(session(), ("node", node_id), lambda: node_dict(get_node(node_id)))
+        return cached_reply(("node", node_id), lambda: node_dict(get_node(node_id)))
 
 
 @blp.route("/gpuaas/node/<int:node_id>/edit")

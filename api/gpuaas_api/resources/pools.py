@@ -315,7 +315,7 @@ class AvailableGpus(MethodView):
     def get(self, gpuaas_id):
         """GPUs of the cluster's nodes that no pool holds and that answer."""
         get_cluster(gpuaas_id)
-        return cached_reply(session(), ("available_gpus", gpuaas_id), lambda: _available_gpus(gpuaas_id))
+        return cached_reply(("available_gpus", gpuaas_id), lambda: _available_gpus(gpuaas_id))
 
 
 def _available_gpus(gpuaas_id: int) -> dict:
