@@ -40,7 +40,7 @@ def _serve(config: Config, workers: int) -> int:
             self.cfg.set("workers", workers)
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("threads", 8)
-            self.cfg.set("accesslog", "-")
+            self.cfg.set("accesslog", config.ACCESS_LOG)
             self.cfg.set("post_fork", post_fork)
             self.cfg.set("graceful_timeout", 10)
 

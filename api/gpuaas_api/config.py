@@ -20,6 +20,9 @@ class Config:
         self.ANSIBLE_EXTRA_VARS = json.loads(env.get("GPUAAS_ANSIBLE_EXTRA_VARS", "{}"))
         self.JOB_TIMEOUT_SECONDS = int(env.get("GPUAAS_JOB_TIMEOUT_SECONDS", "3600"))
         self.JOB_WORKERS = int(env.get("GPUAAS_JOB_WORKERS", "2"))
+        # gunicorn's access log: "-" for stdout or a file path; none by default, as gunicorn's own
+        # default: a line per request cost a quarter of the cached reads' throughput (bench/api_reads.py).
+        self.ACCESS_LOG = env.get("GPUAAS_ACCESS_LOG") or None
         # The collector samples every pool GPU and storage node this often; 0 turns it off.
         self.METRICS_INTERVAL_SECONDS = float(env.get("GPUAAS_METRICS_INTERVAL_SECONDS", "60"))
         self.METRICS_RAW_RETENTION_DAYS = int(env.get("GPUAAS_METRICS_RAW_RETENTION_DAYS", "7"))

