@@ -168,8 +168,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--postgres-url", help="also run against this (empty) PostgreSQL database")
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--skip-sqlite", action="store_true")
     args = parser.parse_args()
-    run(None, "SQLite", args.seconds)
+    if not args.skip_sqlite:
+        run(None, "SQLite", args.seconds)
     if args.postgres_url:
         run(args.postgres_url, "PostgreSQL", args.seconds)
     return 0
