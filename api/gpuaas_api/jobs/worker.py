@@ -15,7 +15,7 @@ import threading
 import time
 
 from flask import Flask
-from sqlalchemy import or_, select, update
+from sqlalchemy import insert, or_, select, update
 
 from ..db import release, session
 from ..metrics import collector
@@ -127,19 +127,22 @@ class EventWriter:
             release()
 
     def _store(self, batch: list[dict]) -> None:
-        db = session()
+        rows = []
         for event in batch:
             if event is _WAKE:
                 continue
             self.count += 1
             data = event.get("event_data", {})
-            node_id = self.node_id or self.node_of_host.get(data.get("host"))
-            db.add(JobEvent(job_id=self.job_id, node_id=node_id, counter=event.get("counter", self.count),
-                            event=event.get("event", "unknown"), host=data.get("host"),
-                            task=data.get("task"), stdout=event.get("stdout", ""),
-                            data={k: data[k] for k in ("res",) if k in data and isinstance(data[k], dict)
-                                  and not data[k].get("_ansible_no_log")}))
-        db.commit()
+            rows.append({"job_id": self.job_id, "node_id": self.node_id or self.node_of_host.get(data.get("host")),
+                         "counter": event.get("counter", self.count), "event": event.get("event", "unknown"),
+                         "host": data.get("host"), "task": data.get("task"), "stdout": event.get("stdout", ""),
+                         "data": {k: data[k] for k in ("res",) if k in data and isinstance(data[k], dict)
+                                  and not data[k].get("_ansible_no_log")}})
+        if rows:
+            # One executemany, no ORM objects: this thread shares the GIL with the runner's.
+            db = session()
+            db.execute(insert(JobEvent), rows)
+            db.commit()
 
     def close(self) -> int:
         self.stopping.set()
