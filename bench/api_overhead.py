@@ -17,7 +17,6 @@ Target (issue #3): API <= 1.10 x ansible-playbook. Run as root with no fleet up:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -26,29 +25,21 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-FLEET = [sys.executable, str(REPO / "tests/fleet/fleet.py")]
-BIN = Path(sys.executable).parent
+from fleet_bench import BIN, FLEET, REPO, fresh_fleet, rerun_in_hub  # bench/ is sys.path[0] when run
+
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
-
-
-def in_hub() -> bool:
-    return os.environ.get("GPUAAS_BENCH_IN_HUB") == "1"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    if not in_hub():
-        subprocess.run([*FLEET, "hub"], check=True)
-        return subprocess.run([*FLEET, "exec", "--", "env", "GPUAAS_BENCH_IN_HUB=1", f"PATH={BIN}:{os.environ['PATH']}",
-                               sys.executable, __file__, "--repeats", str(args.repeats)], check=False).returncode
+    status = rerun_in_hub(__file__, sys.argv[1:])
+    if status is not None:
+        return status
     from conftest import Service, install_controller_key  # the e2e harness: a real `serve` process
 
-    subprocess.run([*FLEET, "down", "--keep-hub"], capture_output=True, check=False)
-    subprocess.run([*FLEET, "up", "10"], check=True, capture_output=True)
-    state = json.loads(Path("/var/lib/hostedai-gpuaas-fleet/state.json").read_text())
+    state = fresh_fleet(10)
     os.environ["GPUAAS_JOB_WORKERS"] = "5"  # 2 processes x 5: ten jobs at once
     service = Service(Path(tempfile.mkdtemp()) / "var")
     service.start()

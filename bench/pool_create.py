@@ -25,9 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-FLEET = [sys.executable, str(REPO / "tests/fleet/fleet.py")]
-BIN = Path(sys.executable).parent
+from fleet_bench import BIN, FLEET, REPO, fresh_fleet, rerun_in_hub  # bench/ is sys.path[0] when run
+
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 POOL_NODES = ("node1", "node2", "node6", "node7")
 GPUS_PER_NODE = 4
@@ -37,15 +36,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    if os.environ.get("GPUAAS_BENCH_IN_HUB") != "1":
-        subprocess.run([*FLEET, "hub"], check=True)
-        return subprocess.run([*FLEET, "exec", "--", "env", "GPUAAS_BENCH_IN_HUB=1", f"PATH={BIN}:{os.environ['PATH']}",
-                               sys.executable, __file__, "--repeats", str(args.repeats)], check=False).returncode
+    status = rerun_in_hub(__file__, sys.argv[1:])
+    if status is not None:
+        return status
     from conftest import Service, install_controller_key  # the e2e harness: a real `serve` process
 
-    subprocess.run([*FLEET, "down", "--keep-hub"], capture_output=True, check=False)
-    subprocess.run([*FLEET, "up", "7"], check=True, capture_output=True)
-    state = json.loads(Path("/var/lib/hostedai-gpuaas-fleet/state.json").read_text())
+    state = fresh_fleet(7)
     os.environ["GPUAAS_METRICS_INTERVAL_SECONDS"] = "0"  # nothing else runs on the nodes meanwhile
     service = Service(Path(tempfile.mkdtemp()) / "var")
     service.start()

@@ -31,12 +31,14 @@ def _prepare(config: Config) -> int:
     return 0
 
 
+M_ARENA_MAX = -8  # mallopt's parameter number, from glibc's malloc.h
+
+
 def _bound_malloc_arenas(arenas: int = 2) -> None:
     """glibc gives each thread its own malloc arena (up to 8 per CPU), and memory freed in one is
     rarely returned: with 8 request threads a worker grew by about 80 MB under load, 40 MB with 2."""
     import ctypes
 
-    M_ARENA_MAX = -8  # pylint: disable=invalid-name  (glibc's malloc.h)
     try:
         ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
     except OSError:  # not glibc: nothing to bound

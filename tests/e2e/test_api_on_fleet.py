@@ -179,10 +179,10 @@ def wait_for_slot_status(api, pool_id: int, uuid: str, status: str, timeout: flo
     return False
 
 
-def nodes_configuration() -> dict:
-    """Everything a pool change writes on the pool nodes: their /etc/gpuaas and the fake NVML's compute modes."""
+def nodes_configuration(nodes=("node1", "node2")) -> dict:
+    """Everything a pool change writes on the nodes: their /etc/gpuaas and the fake NVML's compute modes."""
     found = {}
-    for node in ("node1", "node2"):
+    for node in nodes:
         listing = subprocess.run([*FLEET, "node-exec", node, "--", "sh", "-c",
                                   "find /etc/gpuaas /var/lib/fake-nvml -type f 2>/dev/null | sort | xargs -r md5sum"],
                                  capture_output=True, text=True, check=True)
@@ -298,10 +298,24 @@ def test_5_two_concurrent_operations_on_one_node(service, cluster):
     assert api.wait_job(accepted["job_id"])["status"] == "successful"
 
 
-def test_6_leave_deinit_delete(service, cluster):
+def test_6_leave_deinit_delete(service, cluster, running_fleet):
     api, node = service.api, cluster["nodes"]["node3"]
+    gpuaas_id = api.call("GET", f"/gpuaas/node/{node['id']}")["gpuaas_id"]
     assert api.run("POST", f"/gpuaas/node/leave?node_id={node['id']}")["status"] == "successful"
     assert api.call("GET", f"/gpuaas/node/{node['id']}")["status"] == "initialized"
+
+    # A GPU of a node outside the cluster (node3 has left it) is refused, and nothing changes anywhere.
+    assert api.run("GET", f"/gpuaas/node/scan_gpus?gpuaas_node_id={node['id']}")["status"] == "successful"
+    outsider = running_fleet["nodes"]["node3"]["hardware"]["gpus"][0]["uuid"]
+    every_node = ("node1", "node2", "node3")
+    before = (api.call("GET", f"/gpuaas/{gpuaas_id}/pool/list"), api.call("GET", f"/gpuaas/{gpuaas_id}/pool/all_gpus"),
+              nodes_configuration(every_node))
+    code, body = api.call("POST", "/gpuaas/pool/create", {"gpuaas_id": gpuaas_id, "pool": {
+        "pool_name": "outsider", "attach_gpu_ids": [outsider], "sharing_ratio": 2, "security_level": "low"}},
+        expect=None)
+    assert code == 409 and body["errors"][0]["field"] == "pool.attach_gpu_ids", body
+    assert (api.call("GET", f"/gpuaas/{gpuaas_id}/pool/list"), api.call("GET", f"/gpuaas/{gpuaas_id}/pool/all_gpus"),
+            nodes_configuration(every_node)) == before
     assert api.run("GET", f"/gpuaas/node/deinit?gpuaas_node_id={node['id']}")["status"] == "successful"
     assert api.call("GET", f"/gpuaas/node/{node['id']}")["status"] == "uninitialized"
     leftovers = subprocess.run([*FLEET, "node-exec", "node3", "--", "ls", "/etc/gpuaas"], capture_output=True,
