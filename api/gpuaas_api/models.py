@@ -110,8 +110,12 @@ class Node(Timestamps, Base):
     cores: Mapped[int | None] = mapped_column(Integer)
     cpu_model: Mapped[str | None] = mapped_column(String(128))
     region: Mapped[Region] = relationship()
-    gpus: Mapped[list[Gpu]] = relationship(back_populates="node", order_by="Gpu.index")
-    npus: Mapped[list[Npu]] = relationship(back_populates="node", order_by="Npu.index")
+    # A deleted node takes its GPUs and NPUs with it (ON DELETE CASCADE in the database; the ORM must
+    # not try to orphan them first).
+    gpus: Mapped[list[Gpu]] = relationship(back_populates="node", order_by="Gpu.index",
+                                           cascade="all, delete-orphan", passive_deletes=True)
+    npus: Mapped[list[Npu]] = relationship(back_populates="node", order_by="Npu.index",
+                                           cascade="all, delete-orphan", passive_deletes=True)
 
 
 class Gpu(Timestamps, Base):

@@ -122,3 +122,29 @@ def test_ssh_keys_returns_the_controller_public_key(client, region):
     assert isinstance(keys, list) and len(keys) == 1
     assert keys[0].startswith("ssh-ed25519 ") and keys[0].endswith(" gpuaas-controller")
     assert client.get(f"/gpuaas/node/{node['id']}/ssh_keys").get_json() == keys  # made once, then kept
+
+
+def test_deleting_a_node_takes_its_gpus_npus_and_their_samples(app, client, region):
+    import datetime as dt
+
+    from sqlalchemy import func, select
+
+    from gpuaas_api.db import session
+    from gpuaas_api.metrics.store import record_gpu_samples
+    from gpuaas_api.models import Gpu, GpuReading, MetricSample, Npu
+
+    node = client.post("/gpuaas/node/add", json=worker(region["id"])).get_json()
+    with app.app_context():
+        gpu = Gpu(node_id=node["id"], index=0, uuid="GPU-gone-0", model="NVIDIA L40S", memory_in_mb=46068)
+        session().add_all([gpu, Npu(node_id=node["id"], index=0, chip_name="910B3", memory_in_mb=65536, health="OK")])
+        session().flush()
+        record_gpu_samples([{"gpu_id": gpu.id, "pool_id": None, "sampled_at": dt.datetime.now(dt.timezone.utc),
+                             "utilization_gpu_percent": 1, "memory_used_mb": 2, "temperature_c": 3, "power_w": 4}])
+        session().commit()
+
+    assert client.delete(f"/gpuaas/node/{node['id']}/delete").get_json()["success"] is True
+
+    with app.app_context():
+        db = session()
+        assert [db.scalar(select(func.count()).select_from(model)) for model in (Gpu, Npu, MetricSample, GpuReading)] \
+            == [0, 0, 0, 0]
