@@ -270,10 +270,16 @@ def run_playbook(playbook: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
 
 
-def test_4_reboot_a_worker(service, cluster):
+def test_4_reboot_a_worker(service, cluster, running_fleet):
     job = service.api.run("POST", f"/gpuaas/node/reboot?node_id={cluster['nodes']['node3']['id']}")
 
-    assert job["status"] == "successful", job["explanation"]
+    # On failure, say what the node went through: the harness's boot log of node3.
+    if job["status"] != "successful":
+        supervisor = Path(running_fleet["nodes"]["node3"]["dir"]) / "supervisor.log"
+        sshd = subprocess.run([*FLEET, "node-exec", "node3", "--", "tail", "-n", "20", "/var/log/sshd.log"],
+                              capture_output=True, text=True, check=False)
+        pytest.fail(f"{job['explanation']}\nsupervisor.log:\n{supervisor.read_text()[-2000:]}\n"
+                    f"sshd.log:\n{sshd.stdout}{sshd.stderr}")
     power_log = subprocess.run([*FLEET, "node-exec", "node3", "--", "cat", "/var/log/fleet-power.log"],
                                capture_output=True, text=True, check=True).stdout
     assert "shutdown -r" in power_log

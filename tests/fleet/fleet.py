@@ -303,7 +303,16 @@ BOOT_SCRIPT = r"""
 set -e
 node_dir=$1; image=$2; cluster=$3
 merged=$node_dir/merged
-mount -t overlay overlay -o lowerdir=$image,upperdir=$node_dir/upper,workdir=$node_dir/work $merged
+# After a reboot the previous boot's overlay can still hold the work dir for a moment (its mount
+# namespace is torn down asynchronously, later on a loaded machine): retry rather than fail the boot.
+for attempt in $(seq 1 60); do
+  if mount -t overlay overlay -o lowerdir=$image,upperdir=$node_dir/upper,workdir=$node_dir/work $merged; then
+    break
+  fi
+  [ "$attempt" -lt 60 ] || exit 1
+  echo "$(date -u +%FT%TZ) overlay mount failed (attempt $attempt); retrying" >&2
+  sleep 0.5
+done
 mount -t proc proc $merged/proc
 mount -t tmpfs -o mode=755,size=16m tmpfs $merged/dev
 for dev in null zero random urandom tty full; do
@@ -323,8 +332,10 @@ exec chroot $merged /usr/local/sbin/fleet-init
 SUPERVISOR_SCRIPT = r"""
 # Boots the node; boots it again when its PID 1 exits with the reboot code.
 while :; do
+  echo "$(date -u +%FT%TZ) boot"
   ip netns exec "$1" unshare --mount --uts --pid --fork --propagation private bash -c "$BOOT" boot "$2" "$3" "$4"
   rc=$?
+  echo "$(date -u +%FT%TZ) node ended (rc $rc)"
   [ "$rc" -eq {reboot} ] || exit "$rc"
   sleep 3  # the node really is away for a while, as after a real reboot
 done
@@ -549,10 +560,11 @@ def node_exec(node: dict, command: list[str], check: bool = True) -> subprocess.
 def sshd_control(name: str, action: str) -> None:
     state = require_state()
     node = require_node(state, name)
+    # The node's init keeps sshd running unless it is held down (node_files/fleet-init).
     if action == "stop":
-        node_exec(node, ["pkill", "-x", "sshd"], check=False)
+        node_exec(node, ["sh", "-c", "touch /run/fleet-sshd-held && pkill -x sshd"], check=False)
     else:
-        node_exec(node, ["/usr/sbin/sshd"])
+        node_exec(node, ["rm", "-f", "/run/fleet-sshd-held"])
         wait_for_sshd(state, [name])
 
 

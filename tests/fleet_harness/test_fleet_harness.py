@@ -122,11 +122,22 @@ def test_reboot_takes_the_node_away_and_brings_it_back_with_its_files(running_fl
 
 def test_stopped_sshd_refuses_connections_and_comes_back(running_fleet):
     fleet("sshd", "node3", "stop")
+    time.sleep(2.5)  # longer than the node init's restart period: a stopped sshd is held down
     refused = ssh("node3", "true", check=False)
     fleet("sshd", "node3", "start")
 
     assert refused.returncode == 255
     assert ssh("node3", "true").returncode == 0
+
+
+def test_an_sshd_that_dies_is_started_again_by_the_node_init(running_fleet):
+    fleet("node-exec", "node3", "--", "pkill", "-x", "sshd")
+    deadline = time.monotonic() + 10
+    while ssh("node3", "true", check=False).returncode != 0:
+        assert time.monotonic() < deadline, "sshd was not started again"
+        time.sleep(0.3)
+
+    assert "sshd ended; starting it again" in ssh("node3", "cat /var/log/sshd.log").stdout
 
 
 def test_lost_gpu_toggles_in_the_node_filesystem(running_fleet):
