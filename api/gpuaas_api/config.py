@@ -26,6 +26,9 @@ class Config:
         # The collector samples every pool GPU and storage node this often; 0 turns it off.
         self.METRICS_INTERVAL_SECONDS = float(env.get("GPUAAS_METRICS_INTERVAL_SECONDS", "60"))
         self.METRICS_RAW_RETENTION_DAYS = int(env.get("GPUAAS_METRICS_RAW_RETENTION_DAYS", "7"))
+        # Minute buckets are many (1,440 a day per pool): kept long enough for a month's query;
+        # hour, day and week buckets for GPUAAS_METRICS_ROLLUP_RETENTION_DAYS.
+        self.METRICS_MINUTE_RETENTION_DAYS = int(env.get("GPUAAS_METRICS_MINUTE_RETENTION_DAYS", "35"))
         self.METRICS_ROLLUP_RETENTION_DAYS = int(env.get("GPUAAS_METRICS_ROLLUP_RETENTION_DAYS", "400"))
         # /metrics (Prometheus) asks for a token like the API unless this is true.
         self.METRICS_PUBLIC = env.get("GPUAAS_METRICS_PUBLIC", "false").lower() == "true"

@@ -254,6 +254,8 @@ class MetricRollup(Base):
     """
 
     __tablename__ = "metric_rollups"
+    # Retention deletes by age per width (metrics.store.prune).
+    __table_args__ = (Index("ix_metric_rollups_width_time", "width_seconds", "bucket_start"),)
     pool_id: Mapped[int] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"), primary_key=True)
     width_seconds: Mapped[int] = mapped_column(Integer, primary_key=True)
     bucket_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # epoch seconds, UTC

@@ -216,6 +216,7 @@ def test_old_samples_rollups_and_collection_jobs_are_forgotten(app, client, flee
     uuids = fleet_db["uuids"]
     pool = active_pool(app, client, fleet_db)
     record(app, pool["id"], dt.datetime.now(UTC) - dt.timedelta(days=8), 1.0)  # past the raw retention (7 d)
+    record(app, pool["id"], dt.datetime.now(UTC) - dt.timedelta(days=40), 1.0)  # past the minutes' (35 d)
     record(app, pool["id"], dt.datetime.now(UTC) - dt.timedelta(days=401), 1.0)  # past the rollups' (400 d)
     old = collect(app, {"w1": [reading(u, 5) for u in uuids["w1"]]})
     with app.app_context():
@@ -233,9 +234,12 @@ def test_old_samples_rollups_and_collection_jobs_are_forgotten(app, client, flee
         assert db.scalar(select(func.count(MetricSample.id))) == 4  # both collections' readings of 2 GPUs
         oldest_rollup = db.scalar(select(func.min(MetricRollup.bucket_start)))
         assert oldest_rollup > (dt.datetime.now(UTC) - dt.timedelta(days=400)).timestamp() - 604800
-        assert db.scalar(select(func.count(MetricRollup.bucket_start)).where(
-            MetricRollup.bucket_start < (dt.datetime.now(UTC) - dt.timedelta(days=7)).timestamp(),
-            MetricRollup.width_seconds == 60)) == 1  # the 8-day-old minute survives in the rollups
+        def rollups_older_than(days, width):
+            return db.scalar(select(func.count(MetricRollup.bucket_start)).where(
+                MetricRollup.bucket_start < (dt.datetime.now(UTC) - dt.timedelta(days=days)).timestamp(),
+                MetricRollup.width_seconds == width))
+        assert rollups_older_than(7, 60) == 1  # the 8-day-old minute survives in the rollups, the 40-day-old not
+        assert rollups_older_than(39, 3600) == 1  # its hour does
         assert db.get(Job, old.id) is None
         assert db.scalar(select(func.count(JobEvent.id)).where(JobEvent.job_id == old.id)) == 0
 

@@ -128,7 +128,8 @@ def store_collection(job: Job, artifact_data: dict, node_succeeded: dict[int, bo
             samples.append({"gpu_id": gpu.id, "pool_id": gpu.pool_id, "sampled_at": sampled_at,
                             **{name: float(metrics[name]) for name in GPU_METRICS}})
     record_gpu_samples(samples)
-    prune(sampled_at, config.METRICS_RAW_RETENTION_DAYS, config.METRICS_ROLLUP_RETENTION_DAYS)
+    prune(sampled_at, config.METRICS_RAW_RETENTION_DAYS, config.METRICS_MINUTE_RETENTION_DAYS,
+          config.METRICS_ROLLUP_RETENTION_DAYS)
     # The collections' own job records (and their events) go with the raw samples they produced.
     db.execute(delete(Job).where(Job.operation == Operation.COLLECT_METRICS.value, Job.id != job.id,
                                  Job.finished_at < sampled_at - dt.timedelta(days=config.METRICS_RAW_RETENTION_DAYS)))

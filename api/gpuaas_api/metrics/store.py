@@ -138,9 +138,13 @@ def latest_storage_sample(node_id: int) -> StorageSample | None:
                              .order_by(StorageSample.sampled_at.desc(), StorageSample.id.desc()).limit(1)).first()
 
 
-def prune(now: dt.datetime, raw_days: int, rollup_days: int) -> None:
-    """Forget raw samples older than ``raw_days`` and rollups older than ``rollup_days``."""
+def prune(now: dt.datetime, raw_days: int, minute_days: int, rollup_days: int) -> None:
+    """Forget raw samples older than ``raw_days``, minute rollups older than ``minute_days`` and the
+    other rollups older than ``rollup_days``."""
     db = session()
     db.execute(delete(MetricSample).where(MetricSample.sampled_at < now - dt.timedelta(days=raw_days)))
     db.execute(delete(StorageSample).where(StorageSample.sampled_at < now - dt.timedelta(days=raw_days)))
-    db.execute(delete(MetricRollup).where(MetricRollup.bucket_start < (now - dt.timedelta(days=rollup_days)).timestamp()))
+    minute = TIME_GROUPINGS["minute"]
+    for widths, days in (([minute], minute_days), ([w for w in TIME_GROUPINGS.values() if w != minute], rollup_days)):
+        db.execute(delete(MetricRollup).where(MetricRollup.width_seconds.in_(widths),
+                                              MetricRollup.bucket_start < (now - dt.timedelta(days=days)).timestamp()))

@@ -38,6 +38,8 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['pool_id'], ['pools.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('pool_id', 'width_seconds', 'bucket_start')
     )
+    with op.batch_alter_table('metric_rollups', schema=None) as batch_op:
+        batch_op.create_index('ix_metric_rollups_width_time', ['width_seconds', 'bucket_start'], unique=False)
     op.create_table('gpu_readings',
     sa.Column('gpu_id', sa.Integer(), nullable=False),
     sa.Column('sampled_at', sa.DateTime(timezone=True), nullable=False),
@@ -77,5 +79,7 @@ def downgrade() -> None:
 
     op.drop_table('storage_samples')
     op.drop_table('gpu_readings')
+    with op.batch_alter_table('metric_rollups', schema=None) as batch_op:
+        batch_op.drop_index('ix_metric_rollups_width_time')
     op.drop_table('metric_rollups')
     op.drop_table('schedules')
