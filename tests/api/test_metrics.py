@@ -234,6 +234,7 @@ def test_old_samples_rollups_and_collection_jobs_are_forgotten(app, client, flee
         assert db.scalar(select(func.count(MetricSample.id))) == 4  # both collections' readings of 2 GPUs
         oldest_rollup = db.scalar(select(func.min(MetricRollup.bucket_start)))
         assert oldest_rollup > (dt.datetime.now(UTC) - dt.timedelta(days=400)).timestamp() - 604800
+
         def rollups_older_than(days, width):
             return db.scalar(select(func.count(MetricRollup.bucket_start)).where(
                 MetricRollup.bucket_start < (dt.datetime.now(UTC) - dt.timedelta(days=days)).timestamp(),
