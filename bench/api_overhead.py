@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fleet_bench import BIN, FLEET, REPO, fresh_fleet, rerun_in_hub  # bench/ is sys.path[0] when run
+from fleet_bench import BIN, FLEET, REPO, cli_env, fresh_fleet, rerun_in_hub  # bench/ is sys.path[0] when run
 
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
 
@@ -44,8 +44,7 @@ def main() -> int:
     service = Service(Path(tempfile.mkdtemp()) / "var")
     service.start()
     api = service.api
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build/collections"),
-               ANSIBLE_HOME=str(REPO / ".build/ansible-home"), ANSIBLE_PIPELINING="True", ANSIBLE_FORKS="50")
+    env = cli_env()
     try:
         region = api.call("POST", "/regions", {"region_name": "bench"}, expect=201)
         ids = []

@@ -27,3 +27,10 @@ def fresh_fleet(nodes: int) -> dict:
     subprocess.run([*FLEET, "down", "--keep-hub"], capture_output=True, check=False)
     subprocess.run([*FLEET, "up", str(nodes)], check=True, capture_output=True)
     return json.loads(STATE.read_text())
+
+
+def cli_env() -> dict:
+    """ansible-playbook's environment for the CLI side of a comparison: this checkout as the
+    collection, and the settings the service's runs use (pipelining, forks)."""
+    return dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(REPO / ".build/collections"),
+                ANSIBLE_HOME=str(REPO / ".build/ansible-home"), ANSIBLE_PIPELINING="True", ANSIBLE_FORKS="50")

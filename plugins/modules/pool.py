@@ -173,19 +173,7 @@ class PoolManager(object):
             self.job_ids.append(reply["job_id"])
         if not self.params["wait"]:
             return self.get(pool_id)
-
-        def settled():
-            pool = self.get(pool_id)
-            if pool is None:
-                return {"gone": True}
-            if pool["status"] in SETTLED:
-                return pool
-            if pool["status"] == "DELETING" and self.last_job_finished():
-                # Read again: the job may have ended (and removed the pool) since the first read.
-                # Still DELETING with its job over: the delete failed on some node.
-                return self.get(pool_id) or {"gone": True}
-            return None
-        pool = self.api.wait(settled, self.params["wait_timeout"])
+        pool = self.api.wait(lambda: self._settled_or_gone(pool_id), self.params["wait_timeout"])
         if pool is None:
             self.module.fail_json(msg="pool %d did not settle within %d s" % (pool_id, self.params["wait_timeout"]),
                                   job_ids=self.job_ids)
@@ -234,10 +222,17 @@ class PoolManager(object):
         return None if found.get("gone") else found
 
     def _settled_or_gone(self, pool_id):
+        """The pool once no change of it runs, {"gone": True} once deleted, None meanwhile."""
         pool = self.get(pool_id)
         if pool is None:
             return {"gone": True}
-        return pool if pool["status"] in SETTLED else None
+        if pool["status"] in SETTLED:
+            return pool
+        if pool["status"] == "DELETING" and self.last_job_finished():
+            # Read again: the job may have ended (and removed the pool) since the first read.
+            # Still DELETING with its job over: the delete failed on some node.
+            return self.get(pool_id) or {"gone": True}
+        return None
 
     def apply(self, pool, before, after):
         """Make the pool match ``after``; each step is one change on the service, waited for in turn."""

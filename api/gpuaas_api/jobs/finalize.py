@@ -49,16 +49,14 @@ def finalize(job_id: int, runner_status: str, rc: int | None, explanation: str, 
         _move_node(job, node, status is JobStatus.SUCCESSFUL, artifact_data)
         if node.busy_job_id == job.id:
             node.busy_job_id = None
+    # Each target node of a multi-node job: its own outcome, else the job's.
+    node_succeeded = {node_id: (host_outcomes or {}).get(node_id, status is JobStatus.SUCCESSFUL)
+                      for node_id in job.extravars.get("targets", [])}
     if job.operation == Operation.POOL_APPLY.value:
-        succeeded = status is JobStatus.SUCCESSFUL
-        _finish_pool(job, {node_id: (host_outcomes or {}).get(node_id, succeeded)
-                           for node_id in job.extravars.get("targets", [])})
+        _finish_pool(job, node_succeeded)
         db.execute(update(Node).where(Node.busy_job_id == job.id).values(busy_job_id=None))
     elif job.operation == Operation.COLLECT_METRICS.value:
-        succeeded = status is JobStatus.SUCCESSFUL
-        store_collection(job, artifact_data, {node_id: (host_outcomes or {}).get(node_id, succeeded)
-                                              for node_id in job.extravars.get("targets", [])},
-                         current_app.config["GPUAAS"])
+        store_collection(job, artifact_data, node_succeeded, current_app.config["GPUAAS"])
     elif job.operation == Operation.STORAGE_METRICS.value and status is JobStatus.SUCCESSFUL and node is not None:
         report = artifact_data.get("gpuaas_storage_metrics", {}).get(node.name)
         if report is not None:

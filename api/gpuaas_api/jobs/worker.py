@@ -48,7 +48,7 @@ def claimant() -> str:
 
 
 def claim_next() -> list[int]:
-    """Claim the next run: a mutating job alone, or a batch of read-only jobs (see claim_batch).
+    """Claim the next run: a mutating job alone, or a batch of read-only jobs (see batch_of).
 
     A read-only job is claimable once its burst is over (see BATCH_QUIET_SECONDS). The
     whole run is claimed with one conditional UPDATE, so that workers racing for the same
@@ -99,8 +99,8 @@ class EventWriter:
     """Stores events as they arrive, off the runner's thread (a slow handler stalls the runner)."""
 
     def __init__(self, app: Flask, job_id: int, node_id: int | None, node_of_host: dict[str, int] | None = None):
-        # A multi-node job (pool_apply, collect_metrics) has no node: each event is filed under its
-        # host's node, so that it shows in that node's logs.
+        # A multi-node job has no node: given ``node_of_host``, each event is filed under its host's
+        # node, so that it shows in that node's logs (pool_apply; see execute).
         self.app, self.job_id, self.node_id = app, job_id, node_id
         self.node_of_host = node_of_host or {}
         self.events: queue.Queue = queue.Queue()
