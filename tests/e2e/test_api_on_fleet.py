@@ -273,19 +273,13 @@ def run_playbook(playbook: Path, tmp_path: Path) -> None:
 def test_4_reboot_a_worker(service, cluster, running_fleet):
     job = service.api.run("POST", f"/gpuaas/node/reboot?node_id={cluster['nodes']['node3']['id']}")
 
-    # On failure, say what the node went through: the harness's boot log of node3.
-    if job["status"] != "successful":
-        supervisor = Path(running_fleet["nodes"]["node3"]["dir"]) / "supervisor.log"
-        sshd = subprocess.run([*FLEET, "node-exec", "node3", "--", "tail", "-n", "20", "/var/log/sshd.log"],
-                              capture_output=True, text=True, check=False)
-        pytest.fail(f"{job['explanation']}\nsupervisor.log:\n{supervisor.read_text()[-2000:]}\n"
-                    f"sshd.log:\n{sshd.stdout}{sshd.stderr}")
+    assert_rebooted(job, running_fleet, "node3")
     power_log = subprocess.run([*FLEET, "node-exec", "node3", "--", "cat", "/var/log/fleet-power.log"],
                                capture_output=True, text=True, check=True).stdout
     assert "shutdown -r" in power_log
 
 
-def test_5_two_concurrent_operations_on_one_node(service, cluster):
+def test_5_two_concurrent_operations_on_one_node(service, cluster, running_fleet):
     api, node_id = service.api, cluster["nodes"]["node3"]["id"]
     results = []
 
@@ -301,7 +295,18 @@ def test_5_two_concurrent_operations_on_one_node(service, cluster):
     statuses = sorted(status for status, _body in results)
     assert statuses == [200, 409], results
     accepted = next(body for status, body in results if status == 200)
-    assert api.wait_job(accepted["job_id"])["status"] == "successful"
+    assert_rebooted(api.wait_job(accepted["job_id"]), running_fleet, "node3")
+
+
+def assert_rebooted(job: dict, running_fleet: dict, node: str) -> None:
+    """The reboot job succeeded; if not, fail with what the node went through (its boot and sshd logs)."""
+    if job["status"] == "successful":
+        return
+    supervisor = Path(running_fleet["nodes"][node]["dir"]) / "supervisor.log"
+    logs = subprocess.run([*FLEET, "node-exec", node, "--", "tail", "-n", "20", "/var/log/sshd.log",
+                           "/var/log/fleet-power.log"], capture_output=True, text=True, check=False)
+    pytest.fail(f"{job['status']}: {job['explanation']}\nsupervisor.log:\n{supervisor.read_text()[-2000:]}\n"
+                f"{logs.stdout}{logs.stderr}")
 
 
 def test_6_leave_deinit_delete(service, cluster, running_fleet):

@@ -120,6 +120,22 @@ def test_reboot_takes_the_node_away_and_brings_it_back_with_its_files(running_fl
     assert ssh("node2", "test -e /run/volatile", check=False).returncode == 1
 
 
+def test_a_reboot_survives_the_hangup_of_the_session_that_asked_for_it(running_fleet):
+    # ansible's reboot runs `shutdown` under a pty (ssh -tt); when that session closes, its
+    # hangup can reach the stand-in's pending timer (on a loaded machine, before the timer has
+    # left the session).  Hang the timer up on purpose: the node must still reboot.
+    boot_before = ssh("node2", "cat /run/fleet-boot-id").stdout.strip()
+
+    # (the bracket keeps pkill from matching the command line of this very shell)
+    ssh("node2", "reboot && pkill -HUP -f 'waite[d]=0'")
+
+    deadline, boot_after = time.monotonic() + 30, boot_before
+    while time.monotonic() < deadline and boot_after == boot_before:
+        time.sleep(0.5)
+        boot_after = ssh("node2", "cat /run/fleet-boot-id", check=False).stdout.strip() or boot_before
+    assert boot_after != boot_before, "the node did not reboot after its pending timer was hung up"
+
+
 def test_stopped_sshd_refuses_connections_and_comes_back(running_fleet):
     fleet("sshd", "node3", "stop")
     time.sleep(2.5)  # longer than the node init's restart period: a stopped sshd is held down
