@@ -6,6 +6,7 @@ import datetime as dt
 from marshmallow import EXCLUDE, Schema, fields, post_dump, pre_load, validate
 
 from . import validation
+from .jobs.waiting import MAX_WAIT_SECONDS
 from .states import (DEFAULT_TIME_QUANTUM_SECONDS, INITIALIZE_STATE_CODES, K8S_JOIN_STATE_CODES, SECURITY_LEVELS,
                      SHARING_RATIO_RANGE, TIME_GROUPING_ALIASES, TIME_GROUPINGS, TIME_QUANTUM_RANGE_SECONDS, NodeStatus)
 
@@ -165,6 +166,11 @@ class JoinSchema(StrictSchema):
 
 class ScanQuerySchema(StrictSchema):
     scan_id = fields.String(required=True, validate=validate.Length(min=1, max=36))
+
+
+class JobWaitQuerySchema(StrictSchema):
+    wait = fields.Float(load_default=0, validate=validate.Range(min=0, max=MAX_WAIT_SECONDS), metadata={
+        "description": "Seconds to wait for the job to finish before answering (a long poll); 0 answers at once."})
 
 
 class PageQuerySchema(StrictSchema):

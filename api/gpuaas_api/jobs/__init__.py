@@ -4,4 +4,5 @@ submit.py   checks the state machine, takes the node, records the job (one trans
 worker.py   claims pending jobs exactly once and runs them; reconciles after a restart
 runner.py   one ansible-runner run: private data dir, inventory as data, events, cancel
 finalize.py the one place where a finished job moves the node, cluster and GPU inventory
+waiting.py  long polls: GET /api/jobs/{id}?wait= answers once the job has finished
 """

@@ -11,6 +11,7 @@ from ..metrics.collector import store_collection
 from ..metrics.store import record_storage_sample
 from ..models import Cluster, Gpu, Job, JobEvent, Node, Npu, Pool, PoolSlot, Scan
 from ..states import GPU_SETTLES_TO, NODE_TRANSITIONS, ClusterStatus, GpuAssignment, JobStatus, Operation, PoolStatus
+from .waiting import notify_finished
 
 MAX_MESSAGE = 300  # the explanation is a summary; the node's logs hold the whole output
 
@@ -62,6 +63,7 @@ def finalize(job_id: int, runner_status: str, rc: int | None, explanation: str, 
         if report is not None:
             record_storage_sample(node.id, job.finished_at, report)
     db.commit()
+    notify_finished()
     return job
 
 

@@ -12,8 +12,10 @@ from ..models import Job, Node
 from ..states import NODE_TRANSITIONS, Operation, refusal
 
 
-# Set on every submission: the job workers of this process wake at once instead of at their next poll.
-job_submitted = threading.Event()
+# Released once per submission: one job worker of this process wakes at once instead of at its
+# next poll (an Event would wake them all to race for the same job). A permit left while every
+# worker is busy costs a later worker one extra look; a wake-up is never lost.
+job_submitted = threading.Semaphore(0)
 
 
 def submit(operation: Operation, node: Node, extravars: dict | None = None, cluster_id: int | None = None,
@@ -40,7 +42,7 @@ def submit(operation: Operation, node: Node, extravars: dict | None = None, clus
         if transition.running is not None:
             db.execute(update(Node).where(Node.id == node.id).values(status=transition.running))
     db.commit()
-    job_submitted.set()
+    job_submitted.release()
     return job
 
 

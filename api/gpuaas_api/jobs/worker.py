@@ -48,31 +48,41 @@ def claimant() -> str:
 
 
 def claim_next() -> list[int]:
+    """Claim the next run: its job ids, oldest first (see claim_run)."""
+    return claim_run()[0]
+
+
+def claim_run() -> tuple[list[int], bool]:
     """Claim the next run: a mutating job alone, or a batch of read-only jobs (see batch_of).
 
     A read-only job is claimable once its burst is over (see BATCH_QUIET_SECONDS). The
     whole run is claimed with one conditional UPDATE, so that workers racing for the same
     burst (in this process or another) cannot split it: one wins it, the others get
-    nothing or only jobs that arrived later. Returns the claimed job ids, oldest first.
+    nothing or only jobs that arrived later. Returns the claimed job ids, oldest first, and
+    whether a pending job is being held in its burst. An idle poll costs one query.
     """
     db = session()
+    pending = select(Job).where(Job.status == JobStatus.PENDING).order_by(Job.id).limit(1)
+    first = db.scalars(pending).first()
+    if first is None:
+        db.rollback()
+        return [], False
     now = dt.datetime.now(dt.timezone.utc)
     burst_going_on = db.scalar(select(Job.id).where(
         Job.status == JobStatus.PENDING, Job.mutating.is_(False),
         Job.created_at > now - dt.timedelta(seconds=BATCH_QUIET_SECONDS)).limit(1)) is not None
-    pending = select(Job).where(Job.status == JobStatus.PENDING)
     if burst_going_on:
-        pending = pending.where(or_(Job.mutating, Job.created_at <= now - dt.timedelta(seconds=BATCH_WINDOW_SECONDS)))
-    first = db.scalars(pending.order_by(Job.id).limit(1)).first()
-    if first is None:
-        db.rollback()
-        return []
+        first = db.scalars(pending.where(or_(Job.mutating, Job.created_at <= now - dt.timedelta(
+            seconds=BATCH_WINDOW_SECONDS)))).first()
+        if first is None:
+            db.rollback()
+            return [], True
     wanted = batch_of(first)
     won = db.scalars(update(Job).where(Job.id.in_(wanted), Job.status == JobStatus.PENDING)
                      .values(status=JobStatus.RUNNING, claimed_by=claimant(), started_at=dt.datetime.now(dt.timezone.utc))
                      .returning(Job.id)).all()
     db.commit()
-    return sorted(won)
+    return sorted(won), not won
 
 
 def node_groups(node: Node) -> list[str]:
@@ -92,63 +102,73 @@ def host_spec(node: Node) -> HostSpec:
                     groups=node_groups(node), host_key=node.ssh_host_key, hostvars=hostvars)
 
 
-_WAKE: dict = {}  # put on an EventWriter's queue to end its wait at once
+_WAKE = (None, None)  # put on an EventWriter's queue to end its wait at once
 
 
 class EventWriter:
-    """Stores events as they arrive, off the runner's thread (a slow handler stalls the runner)."""
+    """Stores a run's events as they arrive, off the runner's thread (a slow handler stalls the runner).
 
-    def __init__(self, app: Flask, job_id: int, node_id: int | None, node_of_host: dict[str, int] | None = None):
-        # A multi-node job has no node: given ``node_of_host``, each event is filed under its host's
-        # node, so that it shows in that node's logs (pool_apply; see execute).
-        self.app, self.job_id, self.node_id = app, job_id, node_id
+    One writer per playbook run, however many jobs its batch holds: one thread, one
+    connection, at most one transaction per EVENT_FLUSH_SECONDS. (A writer per job meant ten
+    threads each committing every event it got, fighting over SQLite's single write lock:
+    the largest share of the service's CPU in bench/api_overhead.py.)
+    """
+
+    def __init__(self, app: Flask, node_of_job: dict[int, int | None], node_of_host: dict[str, int] | None = None):
+        # A multi-node job has no node: given ``node_of_host``, each of its events is filed under
+        # its host's node, so that it shows in that node's logs (pool_apply; see execute).
+        self.app, self.node_of_job = app, node_of_job
         self.node_of_host = node_of_host or {}
+        self.counts = dict.fromkeys(node_of_job, 0)
         self.events: queue.Queue = queue.Queue()
-        self.count = 0
-        self.thread = threading.Thread(target=self._drain, name=f"events-{job_id}", daemon=True)
         self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._drain, name=f"events-{min(node_of_job)}", daemon=True)
         self.thread.start()
 
-    def put(self, event: dict) -> None:
-        self.events.put(event)
+    def put(self, job_id: int, event: dict) -> None:
+        self.events.put((job_id, event))
 
     def _drain(self) -> None:
         with self.app.app_context():
             while not (self.stopping.is_set() and self.events.empty()):
-                batch = []
                 try:
-                    batch.append(self.events.get(timeout=EVENT_FLUSH_SECONDS))
-                    while True:
-                        batch.append(self.events.get_nowait())
+                    batch = [self.events.get(timeout=EVENT_FLUSH_SECONDS)]
                 except queue.Empty:
-                    pass
-                if batch:
-                    self._store(batch)
+                    continue
+                self.stopping.wait(EVENT_FLUSH_SECONDS)  # what follows within the interval joins this transaction
+                while True:
+                    try:
+                        batch.append(self.events.get_nowait())
+                    except queue.Empty:
+                        break
+                self._store(batch)
             release()
 
-    def _store(self, batch: list[dict]) -> None:
+    def _store(self, batch: list[tuple[int, dict]]) -> None:
         rows = []
-        for event in batch:
-            if event is _WAKE:
+        for job_id, event in batch:
+            if job_id is None:  # _WAKE
                 continue
-            self.count += 1
+            self.counts[job_id] += 1
             data = event.get("event_data", {})
-            rows.append({"job_id": self.job_id, "node_id": self.node_id or self.node_of_host.get(data.get("host")),
-                         "counter": event.get("counter", self.count), "event": event.get("event", "unknown"),
+            rows.append({"job_id": job_id, "node_id": self.node_of_job[job_id] or self.node_of_host.get(data.get("host")),
+                         "counter": event.get("counter", self.counts[job_id]), "event": event.get("event", "unknown"),
                          "host": data.get("host"), "task": data.get("task"), "stdout": event.get("stdout", ""),
                          "data": {k: data[k] for k in ("res",) if k in data and isinstance(data[k], dict)
                                   and not data[k].get("_ansible_no_log")}})
         if rows:
-            # One executemany, no ORM objects: this thread shares the GIL with the runner's.
+            # One executemany of the table's INSERT: no ORM objects, since this thread shares
+            # the GIL with the runner's.
             db = session()
-            db.execute(insert(JobEvent), rows)
+            db.execute(insert(JobEvent.__table__), rows)
             db.commit()
 
-    def close(self) -> int:
+    def close(self) -> dict[int, int]:
+        """Store what is queued, stop; the number of events stored per job."""
         self.stopping.set()
         self.events.put(_WAKE)  # no need to wait out the flush interval
         self.thread.join(timeout=30)
-        return self.count
+        return self.counts
 
 
 def batch_of(first: Job) -> list[int]:
@@ -213,17 +233,14 @@ class JobWorker(threading.Thread):
                         log.exception("reconciling orphaned jobs failed")
                     release()
                 try:
-                    batch = claim_next()
+                    batch, held = claim_run()
                 except Exception:  # the database may be briefly unavailable; try again
                     log.exception("claiming a job failed")
-                    release()
-                    batch = []
+                    batch, held = [], False
                 if not batch:
-                    job_submitted.clear()
-                    # A job held in its batch window becomes claimable soon: look again then.
-                    waiting = session().scalar(select(Job.id).where(Job.status == JobStatus.PENDING).limit(1))
                     release()
-                    job_submitted.wait(BATCH_QUIET_SECONDS if waiting else self.poll_seconds)
+                    # A job held in its batch window becomes claimable soon: look again then.
+                    job_submitted.acquire(timeout=BATCH_QUIET_SECONDS if held else self.poll_seconds)
                     continue
                 try:
                     self.execute(batch)
@@ -244,17 +261,19 @@ class JobWorker(threading.Thread):
         # would bury them, so its events stay with its job only.
         node_of_host = ({} if lead.operation == Operation.COLLECT_METRICS.value
                         else {node.name: node.id for node in nodes if node is not None})
-        writers = {job.id: EventWriter(self.app, job.id, job.node_id, node_of_host) for job in jobs}
-        writer_of_host = {node.name: writers[job.id] for job, node in zip(jobs, nodes) if node is not None}
+        writer = EventWriter(self.app, {job.id: job.node_id for job in jobs}, node_of_host)
+        # In a batch, a host's events belong to that host's job; the play's own go to every job.
+        job_of_host = ({node.name: job.id for job, node in zip(jobs, nodes) if node is not None}
+                       if len(jobs) > 1 else {})
         last_poll = [0.0, False]
 
         def on_event(event: dict) -> None:
             host = event.get("event_data", {}).get("host")
-            if host in writer_of_host and len(jobs) > 1:
-                writer_of_host[host].put(event)
+            if host in job_of_host:
+                writer.put(job_of_host[host], event)
             else:
-                for writer in writers.values():
-                    writer.put(event)
+                for job in jobs:
+                    writer.put(job.id, event)
 
         def should_cancel() -> bool:
             if time.monotonic() - last_poll[0] >= CANCEL_POLL_SECONDS:
@@ -288,7 +307,7 @@ class JobWorker(threading.Thread):
             log.exception("jobs %s failed to run", job_ids)
             failure = f"the job could not run: {error}"
         finally:
-            emitted = {job_id: writer.close() for job_id, writer in writers.items()}
+            emitted = writer.close()
             session().rollback()
             self._finish(jobs, nodes, result, failure, emitted)
 

@@ -10,11 +10,12 @@ from sqlalchemy import func, select
 from ..db import session
 from ..errors import ApiError, conflict, field_error, not_found
 from ..jobs.submit import submit
+from ..jobs.waiting import wait_until_finished
 from ..metrics.store import latest_storage_sample
 from ..models import Cluster, Job, JobEvent, Node, Scan
-from ..schemas import (ClusterSchema, ControllerQuerySchema, JobSchema, JoinSchema, LeaveQuerySchema,
-                       NodeIdAltQuerySchema, NodeIdQuerySchema, OperationReplySchema, PageQuerySchema,
-                       ScanQuerySchema, ScanSchema)
+from ..schemas import (ClusterSchema, ControllerQuerySchema, JobSchema, JobWaitQuerySchema, JoinSchema,
+                       LeaveQuerySchema, NodeIdAltQuerySchema, NodeIdQuerySchema, OperationReplySchema,
+                       PageQuerySchema, ScanQuerySchema, ScanSchema)
 from ..states import ClusterStatus, JobStatus, Operation
 from .nodes import get_node
 
@@ -235,11 +236,20 @@ class NodeLogs(MethodView):
 
 @blp.route("/jobs/<int:job_id>")
 class JobById(MethodView):
+    @blp.arguments(JobWaitQuerySchema, location="query")
     @blp.response(200, JobSchema)
-    def get(self, job_id):
-        job = session().get(Job, job_id)
+    def get(self, args, job_id):
+        """A job; with `wait`, answered once it has finished or `wait` seconds have passed (a long poll)."""
+        db = session()
+        job = db.get(Job, job_id)
         if job is None:
             raise not_found("job", job_id)
+        if args["wait"] and not job.status.finished:
+            db.rollback()  # hold no connection or transaction while waiting
+            wait_until_finished(job_id, args["wait"])
+            job = db.get(Job, job_id, populate_existing=True)
+            if job is None:
+                raise not_found("job", job_id)
         return job
 
 

@@ -105,7 +105,7 @@ def apply_change(pool: Pool, node_ids: set[int]) -> dict:
             return {"success": True, "message": f"pool {pool.id} deleted", "job_id": None}
         pool.status = PoolStatus.ACTIVE
     db.commit()
-    job_submitted.set()
+    job_submitted.release()
     return {**pool_view(pool), "job_id": job.id if job else None}
 
 
