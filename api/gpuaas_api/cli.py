@@ -68,7 +68,10 @@ def _serve(config: Config, workers: int) -> int:
             from .app import create_app
             from .jobs.worker import start_workers
 
+            from .version_listener import start_listener
+
             app = create_app(config)
+            start_listener(app)  # PostgreSQL only: cached reads without a round trip
             start_workers(app, config.JOB_WORKERS)
             return app
 

@@ -23,33 +23,57 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
-def _watch_data_version(factory: sessionmaker) -> None:
-    """Bump data_version in the transaction of any change to nodes, GPUs, regions or clusters."""
-    from sqlalchemy import update
+def _watch_data_version(factory: sessionmaker, app: Flask) -> None:
+    """Bump data_version in the transaction of any change to nodes, GPUs, regions or clusters.
+
+    On PostgreSQL the bump also sends NOTIFY (delivered at commit) for the other processes'
+    version listeners, and a commit moves this process's own listener at once
+    (version_listener.py).
+    """
+    from sqlalchemy import text, update
 
     from .models import Cluster, DataVersion, Gpu, Node, Region
+    from .version_listener import CHANNEL
 
     watched = (Node, Gpu, Region, Cluster)
     table = DataVersion.__table__
     bump = update(table).where(table.c.id == 1).values(version=table.c.version + 1)
+    notify = text(f"NOTIFY {CHANNEL}")
+
+    def _bump(db: Session) -> None:
+        connection = db.connection()
+        connection.execute(bump)
+        if connection.dialect.name == "postgresql":
+            connection.execute(notify)
+        db.info["data_version_bumped"] = True
 
     @event.listens_for(factory, "after_flush")
     def _after_flush(db, _context):
         if any(isinstance(obj, watched) for obj in (*db.new, *db.dirty, *db.deleted)):
-            db.connection().execute(bump)
+            _bump(db)
 
     @event.listens_for(factory, "do_orm_execute")
     def _bulk_statements(state):
         if (state.is_update or state.is_delete) and state.bind_mapper is not None \
                 and state.bind_mapper.class_ in watched:
-            state.session.connection().execute(bump)
+            _bump(state.session)
+
+    @event.listens_for(factory, "after_commit")
+    def _after_commit(db):
+        listener = app.extensions.get("gpuaas_version_listener")
+        if db.info.pop("data_version_bumped", False) and listener is not None:
+            listener.moved()
+
+    @event.listens_for(factory, "after_rollback")
+    def _after_rollback(db):
+        db.info.pop("data_version_bumped", None)
 
 
 def init_app(app: Flask, url: str) -> None:
     engine = make_engine(url)
     app.extensions["gpuaas_engine"] = engine
     factory = sessionmaker(bind=engine, expire_on_commit=False)
-    _watch_data_version(factory)
+    _watch_data_version(factory, app)
     app.extensions["gpuaas_session"] = scoped_session(factory)
 
     @app.teardown_appcontext

@@ -97,7 +97,7 @@ def _value(status) -> str:
 
 
 # (endpoint, argument) -> (data version, serialised reply); per process.
-_replies: dict[tuple, tuple[int, bytes]] = {}
+_replies: dict[tuple, tuple[tuple, bytes]] = {}
 MAX_CACHED_REPLIES = 1024
 
 
@@ -105,8 +105,18 @@ MAX_CACHED_REPLIES = 1024
 _VERSION_SQL = f"SELECT version FROM {DataVersion.__tablename__} WHERE id = 1"
 
 
-def current_data_version() -> int:
-    """data_version, on a pooled connection of its own: a cache hit makes no ORM session at all."""
+def current_data_version() -> tuple:
+    """The data version: this process's notified view on PostgreSQL under `serve` (no round trip,
+    version_listener.py), else data_version read on a pooled connection of its own (a cache hit
+    makes no ORM session at all)."""
+    listener = current_app.extensions.get("gpuaas_version_listener")
+    notified = listener.version() if listener is not None else None
+    if notified is not None:
+        return notified
+    return ("table", current_app.extensions["gpuaas_engine"].url.database, _table_version())
+
+
+def _table_version() -> int:
     connection = current_app.extensions["gpuaas_engine"].raw_connection()
     try:
         cursor = connection.cursor()
