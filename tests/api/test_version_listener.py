@@ -59,8 +59,7 @@ def node(client, region):
                                                  "username": "root", "is_worker_node": True}).get_json()
 
 
-def test_another_process_change_is_seen_by_its_notification_not_by_a_round_trip(client, node, listener,
-                                                                                 other_process):
+def test_another_process_change_is_seen_by_its_notification_not_a_round_trip(client, node, listener, other_process):
     assert node_name(client, node["id"]) == "w1"  # now cached
 
     rename_elsewhere(other_process, node["id"], "w2", notify=False)
