@@ -67,6 +67,22 @@ class GpuaasApi(object):
             raise ApiError(status, payload.get("message", info.get("msg")), payload.get("errors"))
         return payload
 
+    def wait_for_job(self, job_id, timeout):
+        """The job once it has ended, or None after ``timeout`` seconds.
+
+        Long polls (GET /api/jobs/{id}?wait=): the service answers each as soon as the job has
+        ended, so nothing is learnt late by polling; each stays well inside api_timeout.
+        """
+        deadline = time.monotonic() + timeout
+        longest = max(1, min(30, self.module.params["api_timeout"] - 5))
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            job = self.call("GET", "/jobs/%d?wait=%d" % (job_id, max(1, min(left, longest))))
+            if job["status"] not in ("pending", "running"):
+                return job
+
     def wait(self, probe, timeout, interval=1.0):
         """Call ``probe`` until it returns something other than None; None after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout

@@ -118,6 +118,8 @@ job_ids:
   sample: [41, 42]
 """
 
+import time
+
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.hostedai.gpuaas.plugins.module_utils.gpuaas_api import (
@@ -173,7 +175,11 @@ class PoolManager(object):
             self.job_ids.append(reply["job_id"])
         if not self.params["wait"]:
             return self.get(pool_id)
-        pool = self.api.wait(lambda: self._settled_or_gone(pool_id), self.params["wait_timeout"])
+        deadline = time.monotonic() + self.params["wait_timeout"]
+        if reply.get("job_id") is not None:
+            # Its pool settles when the job ends: learn that at once, then read the pool.
+            self.api.wait_for_job(reply["job_id"], self.params["wait_timeout"])
+        pool = self.api.wait(lambda: self._settled_or_gone(pool_id), max(0, deadline - time.monotonic()))
         if pool is None:
             self.module.fail_json(msg="pool %d did not settle within %d s" % (pool_id, self.params["wait_timeout"]),
                                   job_ids=self.job_ids)
