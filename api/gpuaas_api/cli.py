@@ -67,7 +67,6 @@ def _serve(config: Config, workers: int) -> int:
             _bound_malloc_arenas()
             from .app import create_app
             from .jobs.worker import start_workers
-
             from .version_listener import start_listener
 
             app = create_app(config)
