@@ -3,7 +3,9 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PYTHON ?= python3
+# Debian's own Python, as on a production host: the venv (and the service run from it) must
+# work for a non-root service user, and an interpreter under /root (pyenv) is not theirs to run.
+PYTHON ?= /usr/bin/python3
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 BUILD := $(CURDIR)/.build
@@ -21,7 +23,7 @@ export PATH := $(BIN):$(PATH)
 
 FLEET := $(BIN)/python tests/fleet/fleet.py
 COLLECTION_LINK := $(BUILD)/collections/ansible_collections/hostedai/gpuaas
-DEBIAN_PACKAGES := openssh-server debootstrap gcc libyaml-dev iproute2 util-linux rsync shellcheck postgresql wrk
+DEBIAN_PACKAGES := python3-venv openssh-server debootstrap gcc libyaml-dev iproute2 util-linux rsync shellcheck postgresql wrk
 
 .PHONY: run help deps venv collection fleet-image fleet-up fleet-down test test-unit test-api test-sanity \
         test-lint test-build test-fleet test-molecule bench clean

@@ -12,7 +12,8 @@ import secrets
 import time
 
 from flask import Flask, g, request
-from sqlalchemy import select
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .db import session
@@ -22,6 +23,7 @@ from .models import ApiToken, User
 PUBLIC_ENDPOINTS = {"auth.Login", "health.Health", "api-docs.openapi_json", "api-docs.openapi_swagger_ui",
                     "static"}
 COOKIE_NAME = "token"
+LOGIN_TOKEN = "login"  # the description of the tokens POST /api/login issues
 
 
 def hash_token(token: str) -> str:
@@ -83,14 +85,46 @@ def authenticate() -> int:
     return cached[0]
 
 
-def ensure_admin(username: str | None, password: str | None) -> None:
-    """Create the first admin from the environment when no user exists yet."""
-    if not username or not password:
-        return
+FIRST_ADMIN_USERNAME = "admin"
+
+
+def ensure_admin(username: str | None, password: str | None) -> str | None:
+    """Create the first admin when no user exists yet; return a generated password, if one was made.
+
+    With GPUAAS_ADMIN_USER and GPUAAS_ADMIN_PASSWORD, that user.  With neither, as Grafana and
+    Jenkins do, `admin` with a random password that the caller shows once: only its hash is
+    stored, so a new user gets straight in and no default password exists.
+    """
     db = session()
-    if db.scalar(select(User.id).limit(1)) is None:
-        db.add(User(username=username, password_hash=hash_password(password), role="admin", is_super_admin=True))
+    if db.scalar(select(User.id).limit(1)) is not None:
+        return None
+    generated = None
+    if not username:
+        username, password = FIRST_ADMIN_USERNAME, secrets.token_urlsafe(18)
+        generated = password
+    db.add(User(username=username, password_hash=hash_password(password), role="admin", is_super_admin=True))
+    try:
         db.commit()
+    except IntegrityError:  # another host on the same database made it first: that one stands
+        db.rollback()
+        return None
+    return generated
+
+
+def set_password(username: str, password: str) -> bool:
+    """Give an existing user a new password and end its login sessions; False when there is no such user.
+
+    Tokens from `create-token` (automation) stay valid: they were never tied to the password.
+    """
+    db = session()
+    user = db.scalar(select(User).where(User.username == username))
+    if user is None:
+        return False
+    user.password_hash = hash_password(password)
+    db.execute(delete(ApiToken).where(ApiToken.user_id == user.id, ApiToken.description == LOGIN_TOKEN))
+    db.commit()
+    _token_cache.clear()
+    return True
 
 
 def init_app(app: Flask, also_public: frozenset[str] = frozenset()) -> None:

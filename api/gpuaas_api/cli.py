@@ -1,4 +1,4 @@
-"""gpuaas-api: serve | db upgrade | create-token."""
+"""gpuaas-api: serve | db upgrade | create-token | set-password."""
 from __future__ import annotations
 
 import argparse
@@ -18,13 +18,28 @@ def _prepare(config: Config) -> int:
     """Before serving, in a process of its own: migrate, create the first admin, finalise orphaned jobs."""
     from .app import create_app
     from .auth import ensure_admin
+    from .jobs.runner import AnsibleNotFound, ansible_bin_dir
     from .jobs.worker import reconcile
     from .migrate import upgrade
 
+    if bool(config.ADMIN_USER) != bool(config.ADMIN_PASSWORD):
+        print("gpuaas-api: set both GPUAAS_ADMIN_USER and GPUAAS_ADMIN_PASSWORD, or neither "
+              "(then the first start creates 'admin' with a random password)", file=sys.stderr)
+        return 2
+    try:
+        ansible_bin_dir()
+    except AnsibleNotFound as missing:  # reads still work; say at once why every job will fail
+        print(f"gpuaas-api: warning: {missing}; every job will fail", file=sys.stderr)
     upgrade(config.DATABASE_URL)
     app = create_app(config)
     with app.app_context():
-        ensure_admin(config.ADMIN_USER, config.ADMIN_PASSWORD)
+        generated = ensure_admin(config.ADMIN_USER, config.ADMIN_PASSWORD)
+    if generated:
+        # Shown this once, like Grafana's and Jenkins' first admin; only its hash is stored.
+        print(f"gpuaas-api: no user existed: created user 'admin' with password {generated} (shown only now; "
+              f"change it with `gpuaas-api set-password --user admin`). Log in: curl -X POST "
+              f"http://{config.BIND}/api/login -H 'Content-Type: application/json' "
+              f"-d '{{\"username\": \"admin\", \"password\": \"{generated}\"}}'", file=sys.stderr, flush=True)
     # Jobs left running by a process of this host that is gone: finalise them, fix their nodes.
     for job_id in reconcile(app):
         print(f"gpuaas-api: job {job_id} was left running by a stopped process; finalised", file=sys.stderr)
@@ -61,6 +76,10 @@ def _serve(config: Config, workers: int) -> int:
             self.cfg.set("threads", 8)
             self.cfg.set("accesslog", config.ACCESS_LOG)
             self.cfg.set("graceful_timeout", 10)
+            # gunicorn's control socket defaults to one path per user (~/.gunicorn/gunicorn.ctl):
+            # two services on one machine would take each other's, and a system user has no home.
+            # Nothing here uses gunicornc; systemd (or the terminal) controls the service.
+            self.cfg.set("control_socket_disable", True)
 
         def load(self):
             # In the worker, after the fork: its own app, engine and job workers.
@@ -102,6 +121,22 @@ def _create_token(config: Config, username: str, password: str | None, hours: in
     return 0
 
 
+def _set_password(config: Config, username: str, password: str | None) -> int:
+    from .app import create_app
+    from .auth import set_password
+    from .migrate import upgrade
+
+    upgrade(config.DATABASE_URL)
+    password = password or getpass.getpass(f"new password for {username}: ")
+    app = create_app(config)
+    with app.app_context():
+        if not set_password(username, password):
+            print(f"gpuaas-api: no user {username!r}", file=sys.stderr)
+            return 1
+    print(f"password of {username} changed; its login sessions ended")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpuaas-api", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -113,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--user", required=True)
     token.add_argument("--password", help="for a new user; asked for when omitted")
     token.add_argument("--hours", type=int, help="lifetime; no expiry when omitted")
+    reset = sub.add_parser("set-password", help="give an existing user a new password (a lost admin password)")
+    reset.add_argument("--user", required=True)
+    reset.add_argument("--password", help="asked for when omitted")
     sub.add_parser("prepare", help="what serve does before it listens: migrate, first admin, orphaned jobs")
     args = parser.parse_args(argv)
     config = Config()
@@ -127,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         upgrade(config.DATABASE_URL)
         print(f"database at head: {config.DATABASE_URL.split('@')[-1]}")
         return 0
+    if args.command == "set-password":
+        return _set_password(config, args.user, args.password)
     return _create_token(config, args.user, args.password, args.hours)
 
 

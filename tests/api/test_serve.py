@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
+from service import call, free_port, start_service
 
 CLI = Path(sys.executable).parent / "gpuaas-api"
 
@@ -20,46 +17,14 @@ def plain(value):
     return value["__ansible_unsafe"] if isinstance(value, dict) and "__ansible_unsafe" in value else value
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def call(base, method, path, body=None, token=None):
-    request = urllib.request.Request(base + path, method=method, data=json.dumps(body).encode() if body else None,
-                                     headers={"Content-Type": "application/json"})
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 @pytest.fixture
 def server(tmp_path):
-    port = free_port()
-    env = dict(os.environ, GPUAAS_BIND=f"127.0.0.1:{port}", GPUAAS_DATA_DIR=str(tmp_path / "var"),
+    env = dict(os.environ, GPUAAS_BIND=f"127.0.0.1:{free_port()}", GPUAAS_DATA_DIR=str(tmp_path / "var"),
                GPUAAS_ADMIN_USER="root-admin", GPUAAS_ADMIN_PASSWORD="s3cret-enough")
     env.pop("GPUAAS_DATABASE_URL", None)
-    process = subprocess.Popen([str(CLI), "serve", "--workers", "2"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if call(base, "GET", "/api/health")[0] == 200:
-                break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail(f"serve did not answer: {process.stdout.read()}")
-    yield base, tmp_path / "var"
-    process.terminate()
-    process.wait(timeout=15)
+    service = start_service([str(CLI), "serve", "--workers", "2"], env, tmp_path / "serve.log")
+    yield service.base, tmp_path / "var"
+    service.stop()
 
 
 def test_serve_with_embedded_defaults(server):
@@ -130,22 +95,13 @@ def test_cli_db_upgrade_and_create_token(tmp_path):
 
     assert "database at head" in upgraded.stdout
     assert len(first) >= 40 and first != second
-    port = free_port()
-    process = subprocess.Popen([str(CLI), "serve", "--workers", "1"], env={**env, "GPUAAS_BIND": f"127.0.0.1:{port}"},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    service = start_service([str(CLI), "serve", "--workers", "1"], {**env, "GPUAAS_BIND": f"127.0.0.1:{free_port()}"},
+                            tmp_path / "serve.log")
+    base = service.base
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                call(base, "GET", "/api/health")
-                break
-            except OSError:
-                time.sleep(0.2)
         assert call(base, "GET", "/regions", token=first) == (200, [])
         assert call(base, "GET", "/regions", token=second)[0] == 200
         assert call(base, "GET", "/regions", token=first[:-1] + "x")[0] == 401
         assert call(base, "POST", "/api/login", {"username": "ops", "password": "pw-for-ops"})[0] == 200
     finally:
-        process.terminate()
-        process.wait(timeout=15)
+        service.stop()

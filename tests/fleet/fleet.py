@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
+import inspect
 import ipaddress
 import json
 import os
@@ -39,7 +40,11 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
-CACHE_DIR = Path(os.environ.get("FLEET_CACHE_DIR", "/var/cache/hostedai-gpuaas-fleet"))
+REPO = HERE.parents[1]
+# The image lives under the checkout, so a clean clone (CI's included) builds it
+# and never reuses one that an older checkout made.  Only what must be
+# machine-wide (the running fleet's state, namespaces and lock) is outside it.
+CACHE_DIR = Path(os.environ.get("FLEET_CACHE_DIR", REPO / ".build" / "fleet"))
 STATE_DIR = Path(os.environ.get("FLEET_STATE_DIR", "/var/lib/hostedai-gpuaas-fleet"))
 IMAGE_DIR = CACHE_DIR / "rootfs"
 HUB_NS = "gpuaas-hub"
@@ -52,6 +57,9 @@ FIRST_NODE_HOST = 11
 MAX_NODES = 32
 REBOOT_EXIT_CODE = 42
 IMAGE_PACKAGES = "openssh-server,python3,iproute2,procps,sudo"
+# debootstrap --variant=minbase with these packages takes about 300 MB; ask for
+# headroom so that a full disk fails before the download, not half-way.
+IMAGE_MIN_FREE_BYTES = 1 << 30
 GPU_UUID_NAMESPACE = uuid.UUID("5f1d1c1e-9a43-4c1b-8f61-6a2f0e0a9a10")
 
 
@@ -123,11 +131,17 @@ def image_inputs_digest() -> str:
 
     digest = hashlib.sha256(IMAGE_PACKAGES.encode())
     digest.update(Path(pynvml.__file__).read_bytes())
+    digest.update(inspect.getsource(build_image).encode())
     return digest.hexdigest()[:16]
 
 
 def apt_mirror() -> str:
-    """The Debian mirror this machine's apt already uses (no host is hard-coded)."""
+    """The Debian mirror this machine's apt already uses (no host is hard-coded).
+
+    FLEET_APT_MIRROR overrides it (the tests use it to make debootstrap fail).
+    """
+    if os.environ.get("FLEET_APT_MIRROR"):
+        return os.environ["FLEET_APT_MIRROR"]
     sources = list(Path("/etc/apt/sources.list.d").glob("*.sources")) + [Path("/etc/apt/sources.list")]
     for source in sources:
         if not source.exists():
@@ -142,7 +156,37 @@ def apt_mirror() -> str:
     raise FleetError("no Debian mirror found in /etc/apt sources")
 
 
+def last_error_line(log: Path) -> str:
+    """debootstrap's own reason: its last 'E:' line, else its last line."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("E:")]
+    return (errors or lines or ["(no output)"])[-1]
+
+
+def debootstrap(target: Path, log: Path) -> None:
+    """Run debootstrap into `target`; on failure remove it and raise one line."""
+    free = shutil.disk_usage(target.parent).free
+    if free < IMAGE_MIN_FREE_BYTES:
+        raise FleetError(f"debootstrap needs about 1 GiB free under {target.parent}; "
+                         f"{free // (1 << 20)} MiB is free")
+    mirror = apt_mirror()
+    with open(log, "w") as output:
+        result = subprocess.run(
+            ["debootstrap", "--variant=minbase", f"--include={IMAGE_PACKAGES}", "bookworm", str(target), mirror],
+            stdout=output, stderr=subprocess.STDOUT, check=False)
+    if result.returncode != 0:
+        shutil.rmtree(target, ignore_errors=True)
+        raise FleetError(f"debootstrap from {mirror} failed (rc {result.returncode}): {last_error_line(log)}; "
+                         f"full log: {log}")
+
+
 def build_image(force: bool = False) -> None:
+    """Build the node image once per checkout; rebuild it when its inputs change.
+
+    The image is made in rootfs.partial and renamed into place only when it is
+    complete, and the digest is written last: an interrupted or failed build
+    leaves nothing that a later run takes for a good image.
+    """
     marker = CACHE_DIR / "image.digest"
     digest = image_inputs_digest()
     if not force and IMAGE_DIR.is_dir() and marker.exists() and marker.read_text() == digest:
@@ -152,12 +196,11 @@ def build_image(force: bool = False) -> None:
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             raise FleetError(f"{tool} is missing; run: apt-get install -y debootstrap openssh-server gcc")
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
     partial = CACHE_DIR / "rootfs.partial"
-    if not (partial / "usr/sbin/sshd").exists() or force:
-        shutil.rmtree(partial, ignore_errors=True)
-        print("building the fleet image with debootstrap (about a minute)...", flush=True)
-        run("debootstrap", "--variant=minbase", f"--include={IMAGE_PACKAGES}", "bookworm", str(partial), apt_mirror(),
-            stdout=subprocess.DEVNULL)
+    shutil.rmtree(partial, ignore_errors=True)  # never resume a build that stopped half-way
+    print(f"building the fleet image with debootstrap in {CACHE_DIR} (about a minute)...", flush=True)
+    debootstrap(partial, CACHE_DIR / "debootstrap.log")
     # Every node gets its own host keys at start-up; none may be shared.
     for key in (partial / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
@@ -361,8 +404,7 @@ def up(count: int) -> None:
             raise FleetError("a fleet is already running; run `make fleet-down` first")
         if state:  # leftovers of a fleet that died: clean them before reuse
             teardown(state, keep_hub=True)
-        if not (CACHE_DIR / "image.digest").exists():
-            build_image()
+        build_image()  # a no-op when this checkout's image is up to date
         ensure_hub()
         shutil.rmtree(STATE_DIR, ignore_errors=True)
         STATE_DIR.mkdir(parents=True)

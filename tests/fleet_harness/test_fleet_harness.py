@@ -96,6 +96,7 @@ def test_down_stops_every_process_and_leaves_nothing(running_fleet):
         assert not Path(f"/proc/{pid}").exists()
     mounts = Path("/proc/mounts").read_text()
     assert "hostedai-gpuaas-fleet" not in mounts
+    assert str(REPO / ".build/fleet") not in mounts  # no node overlay still holds the image
     leftover = subprocess.run(["pgrep", "-f", "fleet-init"], capture_output=True, text=True, check=False)
     assert leftover.stdout.strip() == ""
 
@@ -189,3 +190,64 @@ def test_gpu_less_node_has_no_nvml_library(running_fleet):
 
     assert result.returncode == 1
     assert "NVML Shared Library Not Found" in result.stderr
+
+
+# --------------------------------------------------------------------------- the image
+
+def build_image_into(cache: Path, mirror: str = "http://127.0.0.1:9/debian") -> subprocess.CompletedProcess:
+    """`fleet.py image` into another cache dir, from a mirror that refuses connections."""
+    env = dict(os.environ, FLEET_CACHE_DIR=str(cache), FLEET_APT_MIRROR=mirror)
+    return subprocess.run([*FLEET, "image"], env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_the_image_is_built_under_the_checkout_not_machine_wide():
+    # `make test` builds it before the harness runs: a clean clone has its own.
+    assert (REPO / ".build/fleet/rootfs/usr/sbin/sshd").exists()
+    assert (REPO / ".build/fleet/image.digest").exists()
+    assert not Path("/var/cache/hostedai-gpuaas-fleet").exists()
+
+
+def test_a_failed_debootstrap_says_why_in_one_line_and_leaves_no_image(tmp_path):
+    cache = tmp_path / "fleet"
+
+    result = build_image_into(cache)
+
+    assert result.returncode == 1
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("fleet: debootstrap from http://127.0.0.1:9/debian failed (rc ")
+    assert f"full log: {cache / 'debootstrap.log'}" in errors[0]
+    assert not (cache / "rootfs").exists()
+    assert not (cache / "rootfs.partial").exists()
+    assert not (cache / "image.digest").exists()
+
+
+def test_a_half_built_image_is_never_taken_for_a_good_one(tmp_path):
+    cache = tmp_path / "fleet"
+    # What an interrupted build leaves: debootstrap got as far as sshd.
+    (cache / "rootfs.partial/usr/sbin").mkdir(parents=True)
+    (cache / "rootfs.partial/usr/sbin/sshd").write_text("")
+    # An image without its digest (the digest is written last).
+    (cache / "rootfs/usr/sbin").mkdir(parents=True)
+
+    result = build_image_into(cache)
+
+    # It started over with debootstrap instead of finishing either of them.
+    assert result.returncode == 1 and "debootstrap from" in result.stderr
+    assert not (cache / "rootfs.partial").exists()
+    assert not (cache / "image.digest").exists()
+
+
+def test_a_full_disk_fails_before_debootstrap_starts(tmp_path):
+    cache = tmp_path / "small"
+    cache.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(cache)], check=True)
+    try:
+        result = build_image_into(cache / "fleet")
+    finally:
+        subprocess.run(["umount", str(cache)], check=True)
+
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "debootstrap needs about 1 GiB free under" in result.stderr
+    assert "MiB is free" in result.stderr

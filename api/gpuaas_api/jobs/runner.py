@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -54,6 +56,26 @@ def collections_path(data_dir: Path) -> Path:
         tmp.symlink_to(COLLECTION_ROOT)
         tmp.replace(link)
     return root
+
+
+class AnsibleNotFound(RuntimeError):
+    """This service's install has no ansible-playbook to run jobs with."""
+
+
+def ansible_bin_dir() -> Path:
+    """Where this service's own Ansible lives: the scripts directory of its interpreter's install.
+
+    A virtual environment's `bin`, or the `bin` beside the interpreter.  Never looked up on
+    PATH: a service started by its absolute path (systemd, an operator's script) has no venv
+    on PATH, and a PATH-found ansible-playbook would be another install's, with other
+    versions and another Python.
+    """
+    for directory in (Path(sysconfig.get_path("scripts")), Path(sys.executable).parent):
+        if os.access(directory / "ansible-playbook", os.X_OK):
+            return directory
+    raise AnsibleNotFound(f"ansible-playbook not found at {Path(sysconfig.get_path('scripts')) / 'ansible-playbook'} "
+                          f"(the service runs the Ansible installed beside its interpreter {sys.executable}; "
+                          "install requirements.txt there)")
 
 
 def build_inventory(hosts: list[HostSpec], key_file: Path, known_hosts: Path) -> dict:
@@ -174,6 +196,7 @@ def _close_ptys_without_pause() -> None:
 def run_playbook(job_id: int, playbook: str, hosts: list[HostSpec], extravars: dict, data_dir: Path,
                  key_file: Path, on_event, should_cancel, timeout: int = 3600) -> RunResult:
     """Run playbooks/<playbook>.yml against ``hosts``; ``on_event`` gets each event (keep it cheap)."""
+    bin_dir = ansible_bin_dir()  # before anything is written: a missing Ansible leaves nothing behind
     jobs_dir = data_dir / "jobs"
     jobs_dir.mkdir(parents=True, exist_ok=True)
     private = Path(tempfile.mkdtemp(prefix=f"job-{job_id}-", dir=jobs_dir))  # fresh per job, never reused
@@ -184,7 +207,10 @@ def run_playbook(job_id: int, playbook: str, hosts: list[HostSpec], extravars: d
     build = data_dir / "ansible"
     envvars = {
         # Minimal environment: the artifacts and status callbacks must not carry the service's.
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        # The service's own bin first: ansible-runner starts `ansible-playbook` by name, looked up
+        # on this PATH (pexpect's which(env=)), and what the playbooks run on the controller
+        # (kubectl from PyPI) is that install's too.
+        "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "/usr/bin:/bin")]),
         "HOME": str(private),
         "LANG": "C.UTF-8",
         "ANSIBLE_COLLECTIONS_PATH": str(collections_path(data_dir)),

@@ -25,7 +25,7 @@ from ..states import JobStatus, Operation, PoolStatus
 from .finalize import finalize, reconcile_orphans
 from .pools import rebuild_slots
 from .submit import job_submitted
-from .runner import HostSpec, pid_alive, run_playbook
+from .runner import AnsibleNotFound, HostSpec, pid_alive, run_playbook
 
 log = logging.getLogger(__name__)
 EVENT_FLUSH_SECONDS = 0.2
@@ -303,6 +303,9 @@ class JobWorker(threading.Thread):
                                   extravars, config.DATA_DIR, controller_key_path(config.DATA_DIR),
                                   on_event, should_cancel, timeout=config.JOB_TIMEOUT_SECONDS)
             log.info("job(s) %s: playbook %s in %.2f s", job_ids, result.status, time.monotonic() - playbook_started)
+        except AnsibleNotFound as error:  # the install's fault, not the job's: no traceback
+            log.error("jobs %s could not run: %s", job_ids, error)
+            failure = f"the job could not run: {error}"
         except Exception as error:  # finalise whatever happened: a job never stays running
             log.exception("jobs %s failed to run", job_ids)
             failure = f"the job could not run: {error}"

@@ -5,7 +5,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import text
 
-from ..auth import COOKIE_NAME, check_login, issue_token
+from ..auth import COOKIE_NAME, LOGIN_TOKEN, check_login, issue_token
 from ..db import session
 from ..schemas import LoginReplySchema, LoginSchema
 
@@ -23,7 +23,7 @@ class Login(MethodView):
         """Exchange a username and password for a token (also set as the `token` cookie)."""
         user = check_login(credentials["username"], credentials["password"])
         config = current_app.config["GPUAAS"]
-        token = issue_token(user, config.TOKEN_TTL_HOURS, "login")
+        token = issue_token(user, config.TOKEN_TTL_HOURS, LOGIN_TOKEN)
         session().commit()
         reply = LoginReplySchema().dump({
             "id": user.id, "username": user.username, "email": user.email, "role": user.role,
