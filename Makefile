@@ -19,14 +19,18 @@ export ANSIBLE_HOME := $(BUILD)/ansible-home
 export ANSIBLE_LOCAL_TEMP := $(BUILD)/ansible-home/tmp
 export ANSIBLE_ASYNC_DIR := $(BUILD)/ansible-home/async
 export MOLECULE_GLOB := molecule/*/molecule.yml
+# Every cache a run makes (pip, ansible-lint's, molecule's) stays in the checkout: CI's clean
+# clone then starts from nothing, as a new user does, and no cache hides a missing step.
+export XDG_CACHE_HOME := $(BUILD)/cache
+export PIP_CACHE_DIR := $(BUILD)/cache/pip
 export PATH := $(BIN):$(PATH)
 
 FLEET := $(BIN)/python tests/fleet/fleet.py
 COLLECTION_LINK := $(BUILD)/collections/ansible_collections/hostedai/gpuaas
-DEBIAN_PACKAGES := python3-venv openssh-server debootstrap gcc libyaml-dev iproute2 util-linux rsync shellcheck postgresql wrk
+DEBIAN_PACKAGES := python3-venv systemd openssh-server debootstrap gcc libyaml-dev iproute2 util-linux rsync shellcheck postgresql wrk
 
 .PHONY: run help deps venv collection fleet-image fleet-up fleet-down test test-unit test-api test-sanity \
-        test-lint test-build test-fleet test-molecule bench clean
+        test-lint test-build test-deploy test-fleet test-molecule bench clean
 
 # The service on its embedded defaults: SQLite in ./var, 127.0.0.1:8080.
 run: venv deps
@@ -70,7 +74,7 @@ fleet-down: venv
 
 # --------------------------------------------------------------------------- tests
 test: venv deps collection
-	@$(MAKE) --no-print-directory test-unit test-api test-sanity test-lint test-build
+	@$(MAKE) --no-print-directory test-unit test-api test-deploy test-sanity test-lint test-build
 	@$(MAKE) --no-print-directory test-fleet
 	@echo "all checks passed"
 
@@ -84,9 +88,16 @@ test-api: venv deps collection
 	  GPUAAS_TEST_DATABASE_URL="$$url" $(BIN)/pytest -q tests/api; status=$$?; \
 	  tests/api/postgres.sh stop $(BUILD)/postgres; exit $$status
 
+# The shipped systemd unit: systemd-analyze verify, and the service started as the unit starts it
+# (its user, its absolute path, systemd's PATH).  Needs root.
+test-deploy: venv deps
+	$(BIN)/pytest -q tests/deploy
+
 # ansible-test wants to run from inside ansible_collections/<ns>/<name>: copy
-# the tracked files there.  Every sanity test runs; tests/sanity/ignore-2.19.txt
+# the tracked files there.  Its caches and virtual environments go under ~/.ansible/test
+# (a fixed path in ansible-test), so HOME is the checkout's for it.  Every sanity test runs; tests/sanity/ignore-2.19.txt
 # lists the few ignores, and docs/development.md says why.
+test-sanity: export HOME := $(BUILD)/home
 test-sanity: venv
 	$(BIN)/python tests/sanity/seed_pip_bootstrap.py
 	rm -rf $(BUILD)/sanity && mkdir -p $(BUILD)/sanity/ansible_collections/hostedai/gpuaas
