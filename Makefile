@@ -81,12 +81,14 @@ test: venv deps collection
 test-unit: venv collection
 	$(BIN)/pytest -q tests/unit
 
-# The API tests run twice: on SQLite, then on a throw-away PostgreSQL server.
+# The API tests run twice: on SQLite, then on a throw-away PostgreSQL server.  Its data lives
+# in a fresh directory under /tmp, removed after: the server runs as the postgres user, who
+# may not be able to enter the checkout (a clone under /root).
 test-api: venv deps collection
 	$(BIN)/pytest -q tests/api
-	@url=$$(tests/api/postgres.sh start $(BUILD)/postgres) && \
+	@pgdir=$$(mktemp -d /tmp/gpuaas-test-postgres.XXXXXX) && url=$$(tests/api/postgres.sh start $$pgdir) && \
 	  GPUAAS_TEST_DATABASE_URL="$$url" $(BIN)/pytest -q tests/api; status=$$?; \
-	  tests/api/postgres.sh stop $(BUILD)/postgres; exit $$status
+	  tests/api/postgres.sh stop $$pgdir; rm -rf $$pgdir; exit $$status
 
 # The shipped systemd unit: systemd-analyze verify, and the service started as the unit starts it
 # (its user, its absolute path, systemd's PATH).  Needs root.

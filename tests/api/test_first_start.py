@@ -25,8 +25,9 @@ PASSWORD_LINE = re.compile(r"created user 'admin' with password (\S+) \(shown on
 def service_env(data_dir: Path, **settings) -> dict:
     """The environment of a service started outside the Makefile: no venv on PATH, no GPUAAS_* of ours."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("GPUAAS_", "ANSIBLE_"))}
-    env.update({"PATH": SYSTEM_PATH, "GPUAAS_BIND": f"127.0.0.1:{free_port()}", "GPUAAS_DATA_DIR": str(data_dir),
-                "GPUAAS_METRICS_INTERVAL_SECONDS": "0", **settings})
+    # A HOME that does not exist: nothing may be written there (a system user may have none).
+    env.update({"PATH": SYSTEM_PATH, "HOME": str(data_dir.parent / "home"), "GPUAAS_BIND": f"127.0.0.1:{free_port()}",
+                "GPUAAS_DATA_DIR": str(data_dir), "GPUAAS_METRICS_INTERVAL_SECONDS": "0", **settings})
     return env
 
 
@@ -153,6 +154,8 @@ def test_jobs_run_the_services_own_ansible_whatever_path_says(tmp_path):
         assert job["explanation"] == "unreachable-1: step ssh failed", job
     finally:
         service.stop()
+    # Neither gunicorn (its control socket) nor a job's Ansible wrote into HOME.
+    assert not (tmp_path / "home").exists()
 
 
 def test_a_service_without_ansible_beside_its_interpreter_says_where_it_looked(tmp_path):
