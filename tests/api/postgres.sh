@@ -4,6 +4,7 @@
 # owned by the postgres system user (Debian's postgresql package).
 set -euo pipefail
 action=$1 dir=$2
+cd /  # the postgres user runs the commands below and may not be able to enter the caller's directory
 bin=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin | sort -V | tail -n 1)
 port=55432
 case "$action" in

@@ -29,7 +29,7 @@ def test_tarball_holds_collection_content_only(tarball):
     with tarfile.open(tarball) as archive:
         top_dirs = {name.split("/")[0] for name in archive.getnames()}
     assert {"plugins", "roles", "playbooks", "meta", "inventories", "MANIFEST.json", "FILES.json"} <= top_dirs
-    assert not top_dirs & {"api", "tests", "bench", "molecule", ".ci", ".venv", ".build", ".git", "Makefile"}
+    assert not top_dirs & {"api", "tests", "bench", "deploy", "molecule", ".ci", ".venv", ".build", ".git", "Makefile"}
 
 
 def test_requires_ansible_matches_the_pinned_core():

@@ -337,8 +337,37 @@ def test_6_leave_deinit_delete(service, cluster, running_fleet):
     assert api.call("GET", f"/gpuaas/node/{node['id']}", expect=None)[0] == 404
 
 
-def test_7_cancel_ends_the_whole_job(service, cluster):
+def node_runs(node: str, command: list[str]) -> bool:
+    return subprocess.run([*FLEET, "node-exec", node, "--", *command], capture_output=True, check=False).returncode == 0
+
+
+def wait_out_a_requested_power_off(node: str, power_log_before: str | None, boot_before: str | None,
+                                   timeout: float = 90) -> None:
+    """A canceled reboot may still take the node down: a command its SSH session had sent goes on
+    running on the node after the caller is killed (a real `shutdown -r` is not undone by killing
+    its caller either).  Wait until the node is quiet for a second: no SSH session, no shutdown
+    command, no pending power-off timer (the stand-in's `kill -s`).  Then, if a power-off was
+    asked for, wait until the node is back and its sshd answers."""
+    deadline = time.monotonic() + timeout
+    quiet_reads = 0
+    while quiet_reads < 3 and time.monotonic() < deadline:
+        busy = node_runs(node, ["pgrep", "-f", "sshd: root@|shutdown -r|kill -s"])
+        quiet_reads = 0 if busy else quiet_reads + 1
+        time.sleep(0.5)
+    if node_file(node, "/var/log/fleet-power.log") == power_log_before:
+        return
+    while time.monotonic() < deadline:
+        boot = node_file(node, "/run/fleet-boot-id")
+        if boot is not None and boot != boot_before and node_runs(
+                node, ["python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 22), 1)"]):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{node} asked to power off but not back within {timeout} s")
+
+
+def test_7_cancel_ends_the_whole_job(service, cluster, running_fleet):
     api, node_id = service.api, cluster["nodes"]["node2"]["id"]
+    power_log, boot = node_file("node2", "/var/log/fleet-power.log"), node_file("node2", "/run/fleet-boot-id")
     job_id = api.call("POST", f"/gpuaas/node/reboot?node_id={node_id}")["job_id"]
     deadline = time.monotonic() + 30
     while api.call("GET", f"/api/jobs/{job_id}")["status"] != "running" and time.monotonic() < deadline:
@@ -354,7 +383,9 @@ def test_7_cancel_ends_the_whole_job(service, cluster):
     assert api.call("POST", f"/api/jobs/{job_id}/cancel", expect=None)[0] == 409
     # the node is free again (a reboot does not move its status)
     assert api.call("GET", f"/gpuaas/node/{node_id}")["status"] == "healthy"
-    assert api.wait_job(api.call("POST", f"/gpuaas/node/reboot?node_id={node_id}")["job_id"])["status"] == "successful"
+    wait_out_a_requested_power_off("node2", power_log, boot)
+    assert_rebooted(api.wait_job(api.call("POST", f"/gpuaas/node/reboot?node_id={node_id}")["job_id"]),
+                    running_fleet, "node2")
 
 
 def test_8_no_secret_reaches_logs_or_disk(service, cluster):

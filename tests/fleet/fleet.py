@@ -6,7 +6,8 @@ Each node is a network namespace with a veth into a bridge that lives in a
 UTS and PID namespace, and an sshd.  Ansible (and anything that drives it)
 runs inside the hub namespace, so no host interface is touched.
 
-    fleet.py image            build the node image once (debootstrap), reuse it
+    fleet.py image            build the node image (debootstrap) and the signed package
+                              repository once per checkout, reuse them
     fleet.py hub              create the hub namespace (idempotent)
     fleet.py up [N]           start N nodes (refuses if a fleet is running)
     fleet.py down [--keep-hub]  stop every node by PID and remove all traces
@@ -47,6 +48,8 @@ REPO = HERE.parents[1]
 CACHE_DIR = Path(os.environ.get("FLEET_CACHE_DIR", REPO / ".build" / "fleet"))
 STATE_DIR = Path(os.environ.get("FLEET_STATE_DIR", "/var/lib/hostedai-gpuaas-fleet"))
 IMAGE_DIR = CACHE_DIR / "rootfs"
+REPO_DIR = CACHE_DIR / "repo"  # the signed apt repository (package_repo.py), served from the hub
+REPO_PORT = 80
 HUB_NS = "gpuaas-hub"
 NODE_NS_PREFIX = "gpuaas-"
 BRIDGE = "gpuaas-br0"
@@ -201,6 +204,9 @@ def build_image(force: bool = False) -> None:
     shutil.rmtree(partial, ignore_errors=True)  # never resume a build that stopped half-way
     print(f"building the fleet image with debootstrap in {CACHE_DIR} (about a minute)...", flush=True)
     debootstrap(partial, CACHE_DIR / "debootstrap.log")
+    # A node has no package repository but what the roles add (debootstrap leaves its mirror,
+    # which no node can reach): an apt-get update must not fail on a source nobody asked for.
+    (partial / "etc/apt/sources.list").unlink(missing_ok=True)
     # Every node gets its own host keys at start-up; none may be shared.
     for key in (partial / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
@@ -395,6 +401,54 @@ def start_node(name: str, node: dict, image: Path) -> int:
     return process.pid
 
 
+def build_package_repo() -> Path:
+    from package_repo import RepoError, build_repo
+
+    try:
+        return build_repo(REPO_DIR, IMAGE_DIR)
+    except RepoError as error:
+        raise FleetError(f"package repository: {error}") from None
+
+
+def start_repo_server(port: int = REPO_PORT, directory: Path | None = None) -> dict:
+    """Serve the repository over HTTP from the hub, where every node reaches it; return its record."""
+    public = directory or REPO_DIR / "public"
+    if not (public / "dists").is_dir():
+        raise FleetError(f"no package repository at {public}; run `fleet.py image`")
+    log = open(STATE_DIR / f"repo-server-{port}.log", "a")
+    process = subprocess.Popen(
+        ["ip", "netns", "exec", HUB_NS, sys.executable, "-m", "http.server", "--bind", str(HUB_ADDRESS),
+         "--directory", str(public), str(port)],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    record = {"pid": process.pid, "url": f"http://{HUB_ADDRESS}:{port}/",
+              "keyring": str(REPO_DIR / "public" / "gpuaas-fleet-archive-keyring.gpg"), "directory": str(public)}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        probe = run("ip", "netns", "exec", HUB_NS, sys.executable, "-c",
+                    f"import socket; socket.create_connection(('{HUB_ADDRESS}', {port}), 1)",
+                    check=False, capture=True)
+        if probe.returncode == 0:
+            return record
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
+    stop_repo_server(record)
+    raise FleetError(f"the package repository server did not start on {HUB_ADDRESS}:{port}; "
+                     f"see {STATE_DIR / f'repo-server-{port}.log'}")
+
+
+def stop_repo_server(record: dict | None) -> None:
+    if not record:
+        return
+    try:
+        os.killpg(record["pid"], signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and process_group_alive(record["pid"]):
+        time.sleep(0.05)
+
+
 def up(count: int) -> None:
     if not 1 <= count <= MAX_NODES:
         raise FleetError(f"N must be between 1 and {MAX_NODES}")
@@ -409,10 +463,11 @@ def up(count: int) -> None:
         shutil.rmtree(STATE_DIR, ignore_errors=True)
         STATE_DIR.mkdir(parents=True)
         (STATE_DIR / "cluster").mkdir()
+        repo_server = start_repo_server()
         client_key = STATE_DIR / "id_ed25519"
         run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gpuaas-fleet-controller", "-f", str(client_key))
         nvml_library = build_fake_nvml()
-        state = {"subnet": str(SUBNET), "hub_netns": HUB_NS, "nodes": {}}
+        state = {"subnet": str(SUBNET), "hub_netns": HUB_NS, "nodes": {}, "package_repo": repo_server}
         write_state(state)  # from here on `down` can clean up whatever follows
 
         known_hosts = []
@@ -474,6 +529,10 @@ def write_inventory(state: dict) -> None:
                 "node_reboot_boot_time_command": "cat /run/fleet-boot-id",
                 # Nodes have no package repositories; everything is baked into the image.
                 "node_init_manage_packages": False,
+                # The fleet's signed repository (package_repo.py): its URL as the nodes reach it,
+                # and the public keyring on this machine, for a role's signed-by.
+                "fleet_package_repo_url": state["package_repo"]["url"],
+                "fleet_package_repo_keyring": state["package_repo"]["keyring"],
             },
             "hosts": hosts,
             "children": groups,
@@ -549,6 +608,7 @@ def process_group_alive(pgid: int) -> bool:
 
 
 def teardown(state: dict, keep_hub: bool) -> None:
+    stop_repo_server(state.get("package_repo"))
     for name, node in state["nodes"].items():
         stop_node_processes(node)
         run("ip", "netns", "delete", node["netns"], check=False, capture=True)
@@ -659,6 +719,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "image":
             build_image(force=args.force)
+            print(f"fleet package repository ready: {build_package_repo()}")
         elif args.command == "up":
             up(args.count)
         elif args.command == "down":

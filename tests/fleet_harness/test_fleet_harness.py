@@ -251,3 +251,91 @@ def test_a_full_disk_fails_before_debootstrap_starts(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "debootstrap needs about 1 GiB free under" in result.stderr
     assert "MiB is free" in result.stderr
+
+
+# --------------------------------------------------------------------------- the package repository
+
+REPO_PUBLIC = REPO / ".build/fleet/repo/public"
+FLEET_SOURCES = """Types: deb
+URIs: {url}
+Suites: fleet
+Components: main
+Signed-By: /etc/apt/keyrings/gpuaas-fleet.gpg
+"""
+
+
+def ssh_input(node: str, command: str, data: bytes) -> None:
+    address = json.loads((STATE_DIR / "state.json").read_text())["nodes"][node]["address"]
+    subprocess.run([*FLEET, "exec", "--", "ssh", "-i", str(STATE_DIR / "id_ed25519"),
+                    "-o", f"UserKnownHostsFile={STATE_DIR / 'known_hosts'}", "-o", "StrictHostKeyChecking=yes",
+                    "-o", "BatchMode=yes", f"root@{address}", command], input=data, check=True, timeout=60)
+
+
+def use_repository(node: str, keyring: bytes, url: str) -> None:
+    """Add a repository to a node as a role does: a signed-by keyring and a deb822 source."""
+    ssh_input(node, "mkdir -p /etc/apt/keyrings && cat > /etc/apt/keyrings/gpuaas-fleet.gpg", keyring)
+    ssh_input(node, "cat > /etc/apt/sources.list.d/gpuaas-fleet.sources", FLEET_SOURCES.format(url=url).encode())
+
+
+def test_a_node_installs_the_real_kubectl_from_the_signed_repository(running_fleet):
+    repo = json.loads((STATE_DIR / "state.json").read_text())["package_repo"]
+    use_repository("node1", Path(repo["keyring"]).read_bytes(), repo["url"])
+
+    updated = ssh("node1", "apt-get update 2>&1", check=False)
+    installed = ssh("node1", "DEBIAN_FRONTEND=noninteractive apt-get install -y kubectl 2>&1", check=False)
+
+    assert updated.returncode == 0, updated.stdout
+    assert "W:" not in updated.stdout and "E:" not in updated.stdout, updated.stdout
+    assert installed.returncode == 0, installed.stdout
+    # /usr/bin: the package's path (the fleet's kubectl stand-in in /usr/local/bin comes first on PATH).
+    client = json.loads(ssh("node1", "/usr/bin/kubectl version --client -o json").stdout)["clientVersion"]
+    assert client["gitVersion"] == "v1.37.1" and client["platform"] == "linux/amd64"
+    assert ssh("node1", "dpkg-query -W -f '${Version}' kubectl").stdout == "1.37.1-1.1"
+    # containerd comes from Debian through the same repository, with what the image lacks.
+    policy = ssh("node1", "apt-cache policy containerd runc").stdout
+    assert policy.count(f"500 {repo['url'].rstrip('/')} fleet/main amd64 Packages") == 2, policy
+
+
+def test_apt_refuses_the_repository_under_another_key(running_fleet, tmp_path):
+    repo = json.loads((STATE_DIR / "state.json").read_text())["package_repo"]
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    gpg = ["gpg", "--batch", "--homedir", str(home)]
+    subprocess.run([*gpg, "--passphrase", "", "--quick-generate-key", "someone else <x@invalid>", "ed25519", "sign",
+                    "never"], check=True, capture_output=True)
+    other_key = subprocess.run([*gpg, "--export", "someone else"], check=True, capture_output=True).stdout
+    use_repository("node2", other_key, repo["url"])
+
+    updated = ssh("node2", "apt-get update 2>&1", check=False)
+
+    assert updated.returncode == 100, updated.stdout
+    assert "NO_PUBKEY" in updated.stdout and "is not signed" in updated.stdout, updated.stdout
+    assert ssh("node2", "apt-cache policy kubectl").stdout == ""  # apt knows no such package
+
+
+def test_apt_refuses_a_release_file_changed_after_signing(running_fleet, tmp_path):
+    repo = json.loads((STATE_DIR / "state.json").read_text())["package_repo"]
+    tampered = tmp_path / "public"
+    subprocess.run(["cp", "-al", str(REPO_PUBLIC), str(tampered)], check=True)
+    in_release = tampered / "dists/fleet/InRelease"
+    text = in_release.read_text()
+    in_release.unlink()  # a hard link to the real one: write a new file
+    in_release.write_text(text.replace("Label: gpuaas-fleet", "Label: gpuaas-fleeT"))
+    (tampered / "dists/fleet/Release.gpg").unlink()
+    server = subprocess.Popen(["ip", "netns", "exec", "gpuaas-hub", sys.executable, "-m", "http.server",
+                               "--bind", "198.18.0.1", "--directory", str(tampered), "8081"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        use_repository("node3", Path(repo["keyring"]).read_bytes(), "http://198.18.0.1:8081/")
+        deadline = time.monotonic() + 10
+        while ssh("node3", "exec 3<>/dev/tcp/198.18.0.1/8081", check=False).returncode and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+        updated = ssh("node3", "apt-get update 2>&1", check=False)
+    finally:
+        server.kill()
+        server.wait()
+
+    assert updated.returncode == 100, updated.stdout
+    assert "BADSIG" in updated.stdout, updated.stdout
+    assert ssh("node3", "apt-cache policy kubectl").stdout == ""
