@@ -1,19 +1,20 @@
 """A first start a person can use, and a service that finds its own Ansible.
 
 Each test runs `gpuaas-api serve` as an operator or a systemd unit would: by its absolute
-path, with a PATH that holds no virtual environment.
+path, with a PATH that holds no virtual environment, on the suite's database (SQLite, then
+PostgreSQL).
 """
 from __future__ import annotations
 
 import os
 import re
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from service import call, free_port, start_service, wait_for_job
+from sqlalchemy import create_engine, make_url, text
 
 VENV_BIN = Path(sys.executable).parent
 CLI = VENV_BIN / "gpuaas-api"
@@ -22,12 +23,13 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # 
 PASSWORD_LINE = re.compile(r"created user 'admin' with password (\S+) \(shown only now")
 
 
-def service_env(data_dir: Path, **settings) -> dict:
+def service_env(data_dir: Path, database_url: str, **settings) -> dict:
     """The environment of a service started outside the Makefile: no venv on PATH, no GPUAAS_* of ours."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("GPUAAS_", "ANSIBLE_"))}
     # A HOME that does not exist: nothing may be written there (a system user may have none).
     env.update({"PATH": SYSTEM_PATH, "HOME": str(data_dir.parent / "home"), "GPUAAS_BIND": f"127.0.0.1:{free_port()}",
-                "GPUAAS_DATA_DIR": str(data_dir), "GPUAAS_METRICS_INTERVAL_SECONDS": "0", **settings})
+                "GPUAAS_DATA_DIR": str(data_dir), "GPUAAS_DATABASE_URL": database_url,
+                "GPUAAS_METRICS_INTERVAL_SECONDS": "0", **settings})
     return env
 
 
@@ -35,8 +37,8 @@ def login(base: str, username: str, password: str) -> tuple[int, dict]:
     return call(base, "POST", "/api/login", {"username": username, "password": password})
 
 
-def test_a_first_start_without_a_configured_admin_prints_a_password_once_that_logs_in(tmp_path):
-    env = service_env(tmp_path / "var")
+def test_a_first_start_without_a_configured_admin_prints_a_password_once_that_logs_in(tmp_path, database_url):
+    env = service_env(tmp_path / "var", database_url)
     service = start_service([str(CLI), "serve", "--workers", "1"], env, tmp_path / "first.log")
     try:
         output = service.output()
@@ -53,11 +55,14 @@ def test_a_first_start_without_a_configured_admin_prints_a_password_once_that_lo
     finally:
         service.stop()
     # Only its hash is stored.
-    with sqlite3.connect(tmp_path / "var/gpuaas.sqlite3") as database:
-        rows = database.execute("SELECT username, password_hash FROM users").fetchall()
+    engine = create_engine(database_url)
+    with engine.connect() as database:
+        rows = database.execute(text("SELECT username, password_hash FROM users")).all()
+    engine.dispose()
     assert [row[0] for row in rows] == ["admin"]
     assert rows[0][1].startswith("scrypt:") and password not in rows[0][1]
-    assert password.encode() not in (tmp_path / "var/gpuaas.sqlite3").read_bytes()
+    if make_url(database_url).get_backend_name() == "sqlite":
+        assert password.encode() not in Path(make_url(database_url).database).read_bytes()
 
     # The next start finds the user: no new password, the first one still works.
     service = start_service([str(CLI), "serve", "--workers", "1"], env, tmp_path / "second.log")
@@ -68,8 +73,8 @@ def test_a_first_start_without_a_configured_admin_prints_a_password_once_that_lo
         service.stop()
 
 
-def test_a_configured_admin_is_created_and_no_password_is_printed(tmp_path):
-    env = service_env(tmp_path / "var", GPUAAS_ADMIN_USER="ops", GPUAAS_ADMIN_PASSWORD="from-the-env-file")
+def test_a_configured_admin_is_created_and_no_password_is_printed(tmp_path, database_url):
+    env = service_env(tmp_path / "var", database_url, GPUAAS_ADMIN_USER="ops", GPUAAS_ADMIN_PASSWORD="from-the-env-file")
     service = start_service([str(CLI), "serve", "--workers", "1"], env, tmp_path / "serve.log")
     try:
         assert "created user" not in service.output()
@@ -79,8 +84,8 @@ def test_a_configured_admin_is_created_and_no_password_is_printed(tmp_path):
         service.stop()
 
 
-def test_an_admin_user_without_its_password_refuses_to_start_in_one_line(tmp_path):
-    env = service_env(tmp_path / "var", GPUAAS_ADMIN_USER="ops")
+def test_an_admin_user_without_its_password_refuses_to_start_in_one_line(tmp_path, database_url):
+    env = service_env(tmp_path / "var", database_url, GPUAAS_ADMIN_USER="ops")
 
     result = subprocess.run([str(CLI), "serve", "--workers", "1"], env=env, capture_output=True, text=True,
                             timeout=60, check=False)
@@ -92,8 +97,8 @@ def test_an_admin_user_without_its_password_refuses_to_start_in_one_line(tmp_pat
         "(then the first start creates 'admin' with a random password)"]
 
 
-def test_set_password_replaces_a_lost_password_and_ends_login_sessions(tmp_path):
-    env = service_env(tmp_path / "var")
+def test_set_password_replaces_a_lost_password_and_ends_login_sessions(tmp_path, database_url):
+    env = service_env(tmp_path / "var", database_url)
     service = start_service([str(CLI), "serve", "--workers", "1"], env, tmp_path / "serve.log")
     try:
         first = PASSWORD_LINE.findall(service.output())[0]
@@ -136,8 +141,8 @@ def add_unreachable_node(base: str, token: str) -> int:
     return node["id"]
 
 
-def test_jobs_run_the_services_own_ansible_whatever_path_says(tmp_path):
-    env = service_env(tmp_path / "var", GPUAAS_ADMIN_USER="ops", GPUAAS_ADMIN_PASSWORD="pw-for-ops")
+def test_jobs_run_the_services_own_ansible_whatever_path_says(tmp_path, database_url):
+    env = service_env(tmp_path / "var", database_url, GPUAAS_ADMIN_USER="ops", GPUAAS_ADMIN_PASSWORD="pw-for-ops")
     assert not (Path("/usr/bin/ansible-playbook").exists() or Path("/usr/local/bin/ansible-playbook").exists())
     service = start_service([str(CLI), "serve", "--workers", "1"], env, tmp_path / "serve.log")
     try:
@@ -158,7 +163,7 @@ def test_jobs_run_the_services_own_ansible_whatever_path_says(tmp_path):
     assert not (tmp_path / "home").exists()
 
 
-def test_a_service_without_ansible_beside_its_interpreter_says_where_it_looked(tmp_path):
+def test_a_service_without_ansible_beside_its_interpreter_says_where_it_looked(tmp_path, database_url):
     # An install of the service with no Ansible in it: a venv whose packages are the project's
     # venv's but whose bin has no ansible-playbook.  PATH does hold one (the project's venv):
     # the service must not take another install's Ansible from PATH.
@@ -166,7 +171,7 @@ def test_a_service_without_ansible_beside_its_interpreter_says_where_it_looked(t
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
     site = next(Path(p) for p in sys.path if p.endswith("site-packages") and p.startswith(sys.prefix))
     (next((bare / "lib").glob("python3*")) / "site-packages/project.pth").write_text(f"{site}\n{REPO / 'api'}\n")
-    env = service_env(tmp_path / "var", PATH=f"{VENV_BIN}:{SYSTEM_PATH}",
+    env = service_env(tmp_path / "var", database_url, PATH=f"{VENV_BIN}:{SYSTEM_PATH}",
                       GPUAAS_ADMIN_USER="ops", GPUAAS_ADMIN_PASSWORD="pw-for-ops")
     service = start_service([str(bare / "bin/python"), "-m", "gpuaas_api.cli", "serve", "--workers", "1"], env,
                             tmp_path / "serve.log")

@@ -99,6 +99,9 @@ def test_down_stops_every_process_and_leaves_nothing(running_fleet):
     assert str(REPO / ".build/fleet") not in mounts  # no node overlay still holds the image
     leftover = subprocess.run(["pgrep", "-f", "fleet-init"], capture_output=True, text=True, check=False)
     assert leftover.stdout.strip() == ""
+    server = subprocess.run(["pgrep", "-f", "http.server --bind 198.18.0.1"], capture_output=True, text=True,
+                            check=False)
+    assert state["package_repo"]["pid"] and server.stdout.strip() == ""  # the repository server stopped too
 
 
 def test_reboot_takes_the_node_away_and_brings_it_back_with_its_files(running_fleet):
@@ -277,8 +280,17 @@ def use_repository(node: str, keyring: bytes, url: str) -> None:
     ssh_input(node, "cat > /etc/apt/sources.list.d/gpuaas-fleet.sources", FLEET_SOURCES.format(url=url).encode())
 
 
-def test_a_node_installs_the_real_kubectl_from_the_signed_repository(running_fleet):
-    repo = json.loads((STATE_DIR / "state.json").read_text())["package_repo"]
+@pytest.fixture(scope="module")
+def repo_fleet():
+    """One fleet for the repository tests (each uses a node of its own): these run last in the module."""
+    fleet("down", check=False)
+    fleet("up", "3")
+    yield json.loads((STATE_DIR / "state.json").read_text())["package_repo"]
+    fleet("down", check=False)
+
+
+def test_a_node_installs_the_real_kubectl_from_the_signed_repository(repo_fleet):
+    repo = repo_fleet
     use_repository("node1", Path(repo["keyring"]).read_bytes(), repo["url"])
 
     updated = ssh("node1", "apt-get update 2>&1", check=False)
@@ -296,8 +308,8 @@ def test_a_node_installs_the_real_kubectl_from_the_signed_repository(running_fle
     assert policy.count(f"500 {repo['url'].rstrip('/')} fleet/main amd64 Packages") == 2, policy
 
 
-def test_apt_refuses_the_repository_under_another_key(running_fleet, tmp_path):
-    repo = json.loads((STATE_DIR / "state.json").read_text())["package_repo"]
+def test_apt_refuses_the_repository_under_another_key(repo_fleet, tmp_path):
+    repo = repo_fleet
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
     gpg = ["gpg", "--batch", "--homedir", str(home)]
@@ -313,8 +325,8 @@ def test_apt_refuses_the_repository_under_another_key(running_fleet, tmp_path):
     assert ssh("node2", "apt-cache policy kubectl").stdout == ""  # apt knows no such package
 
 
-def test_apt_refuses_a_release_file_changed_after_signing(running_fleet, tmp_path):
-    repo = json.loads((STATE_DIR / "state.json").read_text())["package_repo"]
+def test_apt_refuses_a_release_file_changed_after_signing(repo_fleet, tmp_path):
+    repo = repo_fleet
     tampered = tmp_path / "public"
     subprocess.run(["cp", "-al", str(REPO_PUBLIC), str(tampered)], check=True)
     in_release = tampered / "dists/fleet/InRelease"
