@@ -41,11 +41,11 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
+CHECKOUT = HERE.parents[1]
 # The image lives under the checkout, so a clean clone (CI's included) builds it
 # and never reuses one that an older checkout made.  Only what must be
 # machine-wide (the running fleet's state, namespaces and lock) is outside it.
-CACHE_DIR = Path(os.environ.get("FLEET_CACHE_DIR", REPO / ".build" / "fleet"))
+CACHE_DIR = Path(os.environ.get("FLEET_CACHE_DIR", CHECKOUT / ".build" / "fleet"))
 STATE_DIR = Path(os.environ.get("FLEET_STATE_DIR", "/var/lib/hostedai-gpuaas-fleet"))
 IMAGE_DIR = CACHE_DIR / "rootfs"
 REPO_DIR = CACHE_DIR / "repo"  # the signed apt repository (package_repo.py), served from the hub
@@ -410,22 +410,23 @@ def build_package_repo() -> Path:
         raise FleetError(f"package repository: {error}") from None
 
 
-def start_repo_server(port: int = REPO_PORT, directory: Path | None = None) -> dict:
+def start_repo_server() -> dict:
     """Serve the repository over HTTP from the hub, where every node reaches it; return its record."""
-    public = directory or REPO_DIR / "public"
+    public = REPO_DIR / "public"
     if not (public / "dists").is_dir():
         raise FleetError(f"no package repository at {public}; run `fleet.py image`")
-    log = open(STATE_DIR / f"repo-server-{port}.log", "a")
-    process = subprocess.Popen(
-        ["ip", "netns", "exec", HUB_NS, sys.executable, "-m", "http.server", "--bind", str(HUB_ADDRESS),
-         "--directory", str(public), str(port)],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-    record = {"pid": process.pid, "url": f"http://{HUB_ADDRESS}:{port}/",
-              "keyring": str(REPO_DIR / "public" / "gpuaas-fleet-archive-keyring.gpg"), "directory": str(public)}
+    log_path = STATE_DIR / "repo-server.log"
+    with open(log_path, "a") as log:
+        process = subprocess.Popen(
+            ["ip", "netns", "exec", HUB_NS, sys.executable, "-m", "http.server", "--bind", str(HUB_ADDRESS),
+             "--directory", str(public), str(REPO_PORT)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    record = {"pid": process.pid, "url": f"http://{HUB_ADDRESS}:{REPO_PORT}/",
+              "keyring": str(public / "gpuaas-fleet-archive-keyring.gpg")}
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         probe = run("ip", "netns", "exec", HUB_NS, sys.executable, "-c",
-                    f"import socket; socket.create_connection(('{HUB_ADDRESS}', {port}), 1)",
+                    f"import socket; socket.create_connection(('{HUB_ADDRESS}', {REPO_PORT}), 1)",
                     check=False, capture=True)
         if probe.returncode == 0:
             return record
@@ -433,8 +434,7 @@ def start_repo_server(port: int = REPO_PORT, directory: Path | None = None) -> d
             break
         time.sleep(0.1)
     stop_repo_server(record)
-    raise FleetError(f"the package repository server did not start on {HUB_ADDRESS}:{port}; "
-                     f"see {STATE_DIR / f'repo-server-{port}.log'}")
+    raise FleetError(f"the package repository server did not start on {HUB_ADDRESS}:{REPO_PORT}; see {log_path}")
 
 
 def stop_repo_server(record: dict | None) -> None:
