@@ -263,6 +263,7 @@ def run_playbook(playbook: Path, tmp_path: Path) -> None:
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(REPO / ".build/collections"),
            "ANSIBLE_HOME": str(tmp_path / "ansible-home"), "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"),
+           "ANSIBLE_REMOTE_TEMP": str(tmp_path / "remote-tmp"),  # -c local: the "remote" is this machine
            "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     done = subprocess.run([str(bin_dir / "ansible-playbook"), "-i", "localhost,", "-c", "local",
                            "-e", f"ansible_python_interpreter={sys.executable}", str(playbook)],
