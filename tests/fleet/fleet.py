@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """The test fleet: several Debian nodes on this one machine, reached over real SSH.
 
-Each node is a network namespace with a veth into a bridge that lives in a
-"hub" namespace, an overlay of one shared debootstrap image, a private mount,
-UTS and PID namespace, and an sshd.  Ansible (and anything that drives it)
-runs inside the hub namespace, so no host interface is touched.
+Each node is a systemd-nspawn container booted with systemd as its PID 1 (as on a
+server: services, handlers and reboots are real) in a network namespace of its
+own, with a veth into a bridge that lives in a "hub" namespace, on an overlay of
+one shared debootstrap image.  Ansible (and anything that drives it) runs inside
+the hub namespace, so no host interface is touched.
 
     fleet.py image            build the node image (debootstrap) and the signed package
                               repository once per checkout, reuse them
     fleet.py hub              create the hub namespace (idempotent)
-    fleet.py up [N]           start N nodes (refuses if a fleet is running)
+    fleet.py up [N] [--without-driver NODE ...]
+                              start N nodes (refuses if a fleet is running); a node named
+                              by --without-driver has its GPUs but no NVIDIA driver
     fleet.py down [--keep-hub]  stop every node by PID and remove all traces
     fleet.py status           print the running fleet as JSON
     fleet.py exec -- CMD...   run CMD inside the hub namespace
@@ -58,8 +61,13 @@ SUBNET = ipaddress.ip_network(os.environ.get("FLEET_SUBNET", "198.18.0.0/24"))
 HUB_ADDRESS = SUBNET.network_address + 1
 FIRST_NODE_HOST = 11
 MAX_NODES = 32
-REBOOT_EXIT_CODE = 42
-IMAGE_PACKAGES = "openssh-server,python3,iproute2,procps,sudo"
+# systemd-nspawn(1), EXIT STATUS: "the container was rebooted" is 133; the supervisor boots it again.
+REBOOT_EXIT_CODE = 133
+# Each node's processes live in a cgroup of their own under this one, in each hierarchy that
+# systemd-nspawn uses: nspawn puts its payload beside itself, so two nodes must not share one.
+CGROUP_PARENT = "gpuaas-fleet"
+CGROUP_HIERARCHIES = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
+IMAGE_PACKAGES = "systemd,systemd-sysv,dbus,openssh-server,python3,iproute2,procps,sudo"
 # debootstrap --variant=minbase with these packages takes about 300 MB; ask for
 # headroom so that a full disk fails before the download, not half-way.
 IMAGE_MIN_FREE_BYTES = 1 << 30
@@ -135,6 +143,8 @@ def image_inputs_digest() -> str:
     digest = hashlib.sha256(IMAGE_PACKAGES.encode())
     digest.update(Path(pynvml.__file__).read_bytes())
     digest.update(inspect.getsource(build_image).encode())
+    digest.update(FLEET_BOOT_UNIT.encode())
+    digest.update((HERE / "node_files/swap").read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -183,6 +193,39 @@ def debootstrap(target: Path, log: Path) -> None:
                          f"full log: {log}")
 
 
+# Runs first at every boot of a node: what the kernel and firmware do on a server.
+#  - The boot id: every node shares this kernel's /proc/sys/kernel/random/boot_id, so a node's
+#    own boot is told apart by /run/fleet-boot-id (inventory: node_reboot_boot_time_command).
+#  - The NVIDIA kernel module: a driver installed since the last boot is loaded now, not
+#    before ("installed, loaded after reboot"); the stand-in NVML and nvidia-smi answer only
+#    when /run/fake-nvidia/loaded exists.
+#  - ldconfig, for libraries the fleet placed in the node's overlay before its first boot.
+#  - The node's own view of swap (swap is machine-wide on this host): the supervisor writes an
+#    empty /var/lib/fleet/swaps before each boot, and it is bound over /proc/swaps.  Then
+#    fstab's swap is activated, as systemd's fstab generator does on a server: in a container
+#    that generator ignores swap entries (src/fstab-generator: "Running in a container,
+#    ignoring fstab swap entry"), so `swapon -a` (the stand-in, node_files/swap) does it here.
+FLEET_BOOT_UNIT = """\
+[Unit]
+Description=Test-fleet node boot (boot id, NVIDIA module load)
+DefaultDependencies=no
+After=local-fs.target
+Before=sysinit.target swap.target ssh.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'cat /proc/sys/kernel/random/uuid > /run/fleet-boot-id'
+ExecStart=/bin/mount --bind /var/lib/fleet/swaps /proc/swaps
+ExecStart=/sbin/swapon -a
+ExecStart=/sbin/ldconfig
+ExecStart=/bin/sh -c 'if [ -e /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1 ]; then mkdir -p /run/fake-nvidia && touch /run/fake-nvidia/loaded; fi'
+
+[Install]
+WantedBy=sysinit.target
+"""
+
+
 def build_image(force: bool = False) -> None:
     """Build the node image once per checkout; rebuild it when its inputs change.
 
@@ -207,6 +250,27 @@ def build_image(force: bool = False) -> None:
     # A node has no package repository but what the roles add (debootstrap leaves its mirror,
     # which no node can reach): an apt-get update must not fail on a source nobody asked for.
     (partial / "etc/apt/sources.list").unlink(missing_ok=True)
+    units = partial / "etc/systemd/system"
+    (units / "fleet-boot.service").write_text(FLEET_BOOT_UNIT)
+    (units / "sysinit.target.wants").mkdir(exist_ok=True)
+    (units / "sysinit.target.wants/fleet-boot.service").symlink_to("../fleet-boot.service")
+    # No one logs in on the console (nspawn's --console=read-only only records it).
+    (units / "console-getty.service").symlink_to("/dev/null")
+    # Swap is machine-wide here: each node keeps its own in a view of /proc/swaps (bound per
+    # node, see start_node) that stand-in swapon/swapoff edit.  util-linux's own are diverted,
+    # as a package would do it, so that systemd's swap units call the stand-in.
+    for tool in ("swapon", "swapoff"):
+        run("chroot", str(partial), "dpkg-divert", "--quiet", "--local", "--rename", "--divert",
+            f"/sbin/{tool}.distrib", "--add", f"/sbin/{tool}")
+        shutil.copy2(HERE / "node_files/swap", partial / "usr/sbin" / tool)
+    # The swap a stock server install leaves: a swap file in fstab (Ubuntu's /swap.img).
+    swap_file = partial / "swap.img"
+    with open(swap_file, "wb") as handle:
+        handle.write(b"\0" * (1 << 20))
+    swap_file.chmod(0o600)
+    run("mkswap", "--quiet", str(swap_file))
+    with open(partial / "etc/fstab", "a") as fstab:
+        fstab.write("/swap.img\tnone\tswap\tsw\t0\t0\n")
     # Every node gets its own host keys at start-up; none may be shared.
     for key in (partial / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
@@ -319,11 +383,8 @@ def write_node_files(name: str, number: int, upper: Path, client_pubkey: str, ha
     ssh_dir.chmod(0o700)
     (ssh_dir / "authorized_keys").write_text(client_pubkey)
     (ssh_dir / "authorized_keys").chmod(0o600)
-    for tool in ("fleet-init", "shutdown", "kubeadm", "kubectl"):
-        target = upper / ("usr/local/sbin" if tool in ("fleet-init", "shutdown") else "usr/local/bin") / tool
-        shutil.copy2(HERE / "node_files" / tool, target)
-    for alias in ("reboot", "poweroff"):
-        (upper / "usr/local/sbin" / alias).symlink_to("shutdown")
+    for tool in ("kubeadm", "kubectl"):
+        shutil.copy2(HERE / "node_files" / tool, upper / "usr/local/bin" / tool)
     if hardware["nvml"]:
         libdir = upper / "usr/lib/x86_64-linux-gnu"
         libdir.mkdir(parents=True, exist_ok=True)
@@ -348,57 +409,62 @@ def write_node_files(name: str, number: int, upper: Path, client_pubkey: str, ha
     return Path(str(key) + ".pub").read_text().split()[:2]
 
 
-BOOT_SCRIPT = r"""
-set -e
-node_dir=$1; image=$2; cluster=$3
-merged=$node_dir/merged
-# After a reboot the previous boot's overlay can still hold the work dir for a moment (its mount
-# namespace is torn down asynchronously, later on a loaded machine): retry rather than fail the boot.
-for attempt in $(seq 1 60); do
-  if mount -t overlay overlay -o lowerdir=$image,upperdir=$node_dir/upper,workdir=$node_dir/work $merged; then
-    break
-  fi
-  [ "$attempt" -lt 60 ] || exit 1
-  echo "$(date -u +%FT%TZ) overlay mount failed (attempt $attempt); retrying" >&2
-  sleep 0.5
-done
-mount -t proc proc $merged/proc
-mount -t tmpfs -o mode=755,size=16m tmpfs $merged/dev
-for dev in null zero random urandom tty full; do
-  touch $merged/dev/$dev; mount --bind /dev/$dev $merged/dev/$dev
-done
-mkdir -p $merged/dev/pts $merged/dev/shm
-mount -t devpts -o newinstance,ptmxmode=0666 devpts $merged/dev/pts
-ln -s pts/ptmx $merged/dev/ptmx
-mount -t tmpfs -o mode=755,size=32m tmpfs $merged/run
-mount -t tmpfs -o mode=1777,size=256m tmpfs $merged/tmp
-mount --rbind /sys $merged/sys
-mount --bind $cluster $merged/var/lib/fake-kube-apiserver
-hostname "$(cat $node_dir/upper/etc/hostname)"
-exec chroot $merged /usr/local/sbin/fleet-init
-"""
-
 SUPERVISOR_SCRIPT = r"""
-# Boots the node; boots it again when its PID 1 exits with the reboot code.
+# Runs in a mount namespace of its own (unshare), which holds the node's overlay root for
+# as long as the node exists: killing the supervisor's process group ends the node and drops
+# the mount with it.  Boots the node; boots it again when it was rebooted.
+set -u
+netns=$1 node_dir=$2 image=$3 cluster=$4 name=$5
+for hierarchy in {hierarchies}; do
+  [ -d "$hierarchy" ] || continue
+  mkdir -p "$hierarchy/{parent}/$name"
+  echo $$ > "$hierarchy/{parent}/$name/cgroup.procs"
+done
+merged=$node_dir/merged
+mount -t overlay overlay -o "lowerdir=$image,upperdir=$node_dir/upper,workdir=$node_dir/work" "$merged" || exit 1
 while :; do
+  # Nothing is swapped on at power-on: systemd activates fstab's swap during the boot.
+  mkdir -p "$merged/var/lib/fleet"
+  printf 'Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n' > "$merged/var/lib/fleet/swaps"
   echo "$(date -u +%FT%TZ) boot"
-  ip netns exec "$1" unshare --mount --uts --pid --fork --propagation private bash -c "$BOOT" boot "$2" "$3" "$4"
+  # --keep-unit --register=no: this host's PID 1 is not systemd (no machined, no scope units).
+  # --tmpfs=/var/lib/containerd: containerd's overlayfs snapshotter refuses an overlayfs upper dir.
+  # --resolv-conf/--timezone/--link-journal: the node keeps its own files; nspawn writes none.
+  systemd-nspawn --quiet --boot --register=no --keep-unit --console=read-only \
+    --directory="$merged" --machine="$name" --network-namespace-path="/run/netns/$netns" \
+    --resolv-conf=off --timezone=off --link-journal=no \
+    --tmpfs=/var/lib/containerd \
+    --bind="$cluster:/var/lib/fake-kube-apiserver"
   rc=$?
   echo "$(date -u +%FT%TZ) node ended (rc $rc)"
   [ "$rc" -eq {reboot} ] || exit "$rc"
   sleep 3  # the node really is away for a while, as after a real reboot
 done
-""".replace("{reboot}", str(REBOOT_EXIT_CODE))
+""".replace("{reboot}", str(REBOOT_EXIT_CODE)).replace("{parent}", CGROUP_PARENT).replace(
+    "{hierarchies}", " ".join(CGROUP_HIERARCHIES))
 
 
 def start_node(name: str, node: dict, image: Path) -> int:
-    env = dict(os.environ, BOOT=BOOT_SCRIPT)
     log = open(Path(node["dir"]) / "supervisor.log", "a")
     process = subprocess.Popen(
-        ["bash", "-c", SUPERVISOR_SCRIPT, "supervisor", node["netns"], node["dir"], str(image),
-         str(STATE_DIR / "cluster")],
-        env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        ["unshare", "--mount", "--propagation", "private", "bash", "-c", SUPERVISOR_SCRIPT, "supervisor",
+         node["netns"], node["dir"], str(image), str(STATE_DIR / "cluster"), name],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     return process.pid
+
+
+def remove_node_cgroups(name: str) -> None:
+    """The node's cgroups (and nspawn's payload/supervisor groups below them), deepest first."""
+    for hierarchy in CGROUP_HIERARCHIES:
+        top = Path(hierarchy) / CGROUP_PARENT / name
+        if not top.is_dir():
+            continue
+        for directory in sorted((d for d in top.rglob("*") if d.is_dir()), key=lambda d: len(d.parts),
+                                reverse=True) + [top]:
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
 
 
 def build_package_repo() -> Path:
@@ -559,19 +625,20 @@ def wait_for_sshd(state: dict, names: list[str] | None = None, timeout: float = 
 # --------------------------------------------------------------------------- down
 
 def node_init_pid(node: dict) -> int | None:
-    """The host PID of the node's PID 1: the child of unshare, under the supervisor."""
-    supervisor = node["supervisor_pid"]
-
-    def children(pid: int) -> list[int]:
+    """The host PID of the node's systemd: the one descendant of the supervisor that is
+    PID 1 of a PID namespace (the last field of its NSpid line is 1)."""
+    pending = [node["supervisor_pid"]]
+    while pending:
+        pid = pending.pop(0)
         try:
-            return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        except FileNotFoundError:
-            return []
-
-    for unshare in children(supervisor):
-        kids = children(unshare)
-        if kids:
-            return kids[0]
+            status = Path(f"/proc/{pid}/status").read_text()
+            children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        nspid = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
+        if len(nspid) > 1 and nspid[-1] == "1":
+            return pid
+        pending.extend(children)
     return None
 
 
@@ -599,6 +666,13 @@ def stop_node_processes(node: dict) -> None:
     raise FleetError(f"{node['netns']}: processes still alive 10s after SIGKILL")
 
 
+def forget_node(name: str) -> None:
+    """What nspawn leaves on the host after its container is gone: its cgroups, and the
+    mount-propagation directory it cannot remove itself because this host's /run is no tmpfs."""
+    remove_node_cgroups(name)
+    shutil.rmtree(f"/run/systemd/nspawn/propagate/{name}", ignore_errors=True)
+
+
 def process_group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -611,6 +685,7 @@ def teardown(state: dict, keep_hub: bool) -> None:
     stop_repo_server(state.get("package_repo"))
     for name, node in state["nodes"].items():
         stop_node_processes(node)
+        forget_node(name)
         run("ip", "netns", "delete", node["netns"], check=False, capture=True)
         # Normally gone with the node's namespace; make sure, so the name is free.
         run("ip", "-n", HUB_NS, "link", "delete", f"veth-{name}", check=False, capture=True)
@@ -655,18 +730,17 @@ def node_exec(node: dict, command: list[str], check: bool = True) -> subprocess.
     pid = node_init_pid(node)
     if not pid:
         raise FleetError(f"node {node['netns']} is not running")
-    return run("nsenter", f"--target={pid}", "--mount", "--uts", "--pid", "--net", "--root", "--wd=/", *command,
-               check=check)
+    return run("nsenter", f"--target={pid}", "--mount", "--uts", "--ipc", "--pid", "--net", "--cgroup", "--root",
+               "--wd=/", *command, check=check)
 
 
 def sshd_control(name: str, action: str) -> None:
     state = require_state()
     node = require_node(state, name)
-    # The node's init keeps sshd running unless it is held down (node_files/fleet-init).
-    if action == "stop":
-        node_exec(node, ["sh", "-c", "touch /run/fleet-sshd-held && pkill -x sshd"], check=False)
-    else:
-        node_exec(node, ["rm", "-f", "/run/fleet-sshd-held"])
+    # systemd keeps sshd running (ssh.service: Restart=on-failure) until it is stopped on
+    # purpose; KillMode=process leaves open sessions alone, as on a server.
+    node_exec(node, ["systemctl", action, "ssh.service"])
+    if action == "start":
         wait_for_sshd(state, [name])
 
 
@@ -676,6 +750,7 @@ def node_power(name: str, action: str) -> None:
         node = require_node(state, name)
         if action == "stop":
             stop_node_processes(node)
+            forget_node(name)
         else:
             if pid_alive(node["supervisor_pid"]):
                 raise FleetError(f"{name} is already running")

@@ -1,6 +1,6 @@
 """The fleet harness itself: refusal over a running fleet, a clean stop, real reboots, failure controls.
 
-These start and stop real fleets (namespaces, overlays, sshd), so they run as root
+These start and stop real fleets (namespaces, overlays, systemd-nspawn, sshd), so they run as root
 and one at a time; `make test-fleet` runs them before the molecule scenarios.
 """
 from __future__ import annotations
@@ -54,8 +54,10 @@ def test_up_gives_each_node_its_own_identity_and_pinned_host_key(running_fleet):
 
     assert names == {"node1": "node1", "node2": "node2", "node3": "node3"}
     assert len({line.split()[2] for line in known_hosts}) == 3  # one distinct host key per node
-    # Each node sees only its own processes (PID namespace) and its own root.
-    assert ssh("node1", "cat /proc/1/comm").stdout.strip() == "fleet-init"
+    # Each node runs systemd as its PID 1 (its own PID namespace), booted with no failed unit.
+    assert ssh("node1", "cat /proc/1/comm").stdout.strip() == "systemd"
+    assert ssh("node1", "systemctl is-system-running --wait").stdout.strip() == "running"
+    assert ssh("node1", "systemctl is-active ssh.service").stdout.strip() == "active"
     ssh("node1", "touch /root/only-on-node1")
     assert ssh("node2", "test -e /root/only-on-node1", check=False).returncode == 1
 
@@ -97,8 +99,11 @@ def test_down_stops_every_process_and_leaves_nothing(running_fleet):
     mounts = Path("/proc/mounts").read_text()
     assert "hostedai-gpuaas-fleet" not in mounts
     assert str(REPO / ".build/fleet") not in mounts  # no node overlay still holds the image
-    leftover = subprocess.run(["pgrep", "-f", "fleet-init"], capture_output=True, text=True, check=False)
+    leftover = subprocess.run(["pgrep", "-f", "systemd-nspawn"], capture_output=True, text=True, check=False)
     assert leftover.stdout.strip() == ""
+    for node in state["nodes"]:  # nspawn's cgroups and propagation directory are gone with the node
+        assert not Path(f"/sys/fs/cgroup/systemd/gpuaas-fleet/{node}").exists()
+        assert not Path(f"/run/systemd/nspawn/propagate/{node}").exists()
     server = subprocess.run(["pgrep", "-f", "http.server --bind 198.18.0.1"], capture_output=True, text=True,
                             check=False)
     assert state["package_repo"]["pid"] and server.stdout.strip() == ""  # the repository server stopped too
@@ -124,25 +129,54 @@ def test_reboot_takes_the_node_away_and_brings_it_back_with_its_files(running_fl
     assert ssh("node2", "test -e /run/volatile", check=False).returncode == 1
 
 
-def test_a_reboot_survives_the_hangup_of_the_session_that_asked_for_it(running_fleet):
-    # ansible's reboot runs `shutdown` under a pty (ssh -tt); when that session closes, its
-    # hangup can reach the stand-in's pending timer (on a loaded machine, before the timer has
-    # left the session).  Hang the timer up on purpose: the node must still reboot.
-    boot_before = ssh("node2", "cat /run/fleet-boot-id").stdout.strip()
+def test_a_power_off_keeps_the_node_down_until_it_is_started(running_fleet):
+    # systemd-nspawn ends with 0 after a power-off and 133 after a reboot: only a reboot boots
+    # the node again by itself.
+    ssh("node2", "systemctl poweroff", check=False)
+    deadline = time.monotonic() + 20
+    while ssh("node2", "true", check=False).returncode == 0:
+        assert time.monotonic() < deadline, "the node did not power off"
+        time.sleep(0.3)
+    time.sleep(5)  # longer than the supervisor's pause before a reboot's next boot
+    still_down = ssh("node2", "true", check=False)
+    fleet("node", "node2", "start")
 
-    # (the bracket keeps pkill from matching the command line of this very shell)
-    ssh("node2", "reboot && pkill -HUP -f 'waite[d]=0'")
+    assert still_down.returncode == 255
+    assert ssh("node2", "systemctl is-system-running --wait").stdout.strip() == "running"
 
-    deadline, boot_after = time.monotonic() + 30, boot_before
-    while time.monotonic() < deadline and boot_after == boot_before:
-        time.sleep(0.5)
-        boot_after = ssh("node2", "cat /run/fleet-boot-id", check=False).stdout.strip() or boot_before
-    assert boot_after != boot_before, "the node did not reboot after its pending timer was hung up"
+
+def test_each_node_has_its_own_swap_that_comes_back_at_boot_from_fstab(running_fleet):
+    # Swap is machine-wide on this host: each node's is a view of its own (node_files/swap).
+    assert ssh("node1", "swapon --show --noheadings").stdout.split()[0] == "/swap.img"
+    ssh("node1", "swapoff -a")
+    off_again = ssh("node1", "swapoff /swap.img", check=False)
+
+    assert ssh("node1", "tail -n +2 /proc/swaps").stdout.strip() == ""
+    assert off_again.returncode == 1 and "Invalid argument" in off_again.stderr
+    assert "/swap.img" in ssh("node2", "cat /proc/swaps").stdout  # another node's swap is untouched
+
+    ssh("node1", "reboot", check=False)
+    time.sleep(1.5)
+    deadline = time.monotonic() + 30
+    while ssh("node1", "test -e /run/fleet-boot-id", check=False).returncode != 0:
+        assert time.monotonic() < deadline, "node1 did not come back"
+        time.sleep(0.3)
+    assert "/swap.img" in ssh("node1", "cat /proc/swaps").stdout  # fstab still has it: on again
+
+    ssh("node1", "swapoff -a && sed -i 's|^/swap.img|#/swap.img|' /etc/fstab && reboot", check=False)
+    time.sleep(1.5)
+    deadline = time.monotonic() + 30
+    while ssh("node1", "test -e /run/fleet-boot-id", check=False).returncode != 0:
+        assert time.monotonic() < deadline, "node1 did not come back"
+        time.sleep(0.3)
+    assert ssh("node1", "tail -n +2 /proc/swaps").stdout.strip() == ""
+    refused = ssh("node1", "swapon /etc/hostname", check=False)
+    assert refused.returncode == 1 and "read swap header failed" in refused.stderr
 
 
 def test_stopped_sshd_refuses_connections_and_comes_back(running_fleet):
     fleet("sshd", "node3", "stop")
-    time.sleep(2.5)  # longer than the node init's restart period: a stopped sshd is held down
+    time.sleep(2.5)  # a stopped service stays stopped: systemd restarts only a failed one
     refused = ssh("node3", "true", check=False)
     fleet("sshd", "node3", "start")
 
@@ -150,14 +184,15 @@ def test_stopped_sshd_refuses_connections_and_comes_back(running_fleet):
     assert ssh("node3", "true").returncode == 0
 
 
-def test_an_sshd_that_dies_is_started_again_by_the_node_init(running_fleet):
-    fleet("node-exec", "node3", "--", "pkill", "-x", "sshd")
+def test_an_sshd_that_dies_is_started_again_by_systemd(running_fleet):
+    # ssh.service has Restart=on-failure: death by SIGKILL is a failure, so systemd restarts it.
+    fleet("node-exec", "node3", "--", "pkill", "-KILL", "-x", "sshd")
     deadline = time.monotonic() + 10
     while ssh("node3", "true", check=False).returncode != 0:
         assert time.monotonic() < deadline, "sshd was not started again"
         time.sleep(0.3)
 
-    assert "sshd ended; starting it again" in ssh("node3", "cat /var/log/sshd.log").stdout
+    assert ssh("node3", "systemctl show --value -p NRestarts ssh.service").stdout.strip() == "1"
 
 
 def test_lost_gpu_toggles_in_the_node_filesystem(running_fleet):
