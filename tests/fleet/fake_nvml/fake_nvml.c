@@ -11,6 +11,22 @@
  *   cuda_version=12040
  *   gpu=<uuid>|<name>|<memory MiB>|<pci bus id>|<mig 0/1>
  *
+ * The driver is "loaded" only while the marker /run/fake-nvidia/loaded exists
+ * (FAKE_NVML_LOADED_MARKER overrides the path): the fleet's boot unit creates it
+ * at boot when the driver package is installed, as a real kernel module is
+ * loaded at boot after its install.  Without it every nvmlInit* answers
+ * NVML_ERROR_DRIVER_NOT_LOADED, as the real library does with no kernel module
+ * (nvml.h: "NVML_ERROR_DRIVER_NOT_LOADED = 9, NVIDIA driver is not loaded").
+ * The driver version is the installed package's, /usr/lib/fake-nvidia/version
+ * (FAKE_NVIDIA_VERSION_FILE overrides it), else the profile's.  When the marker
+ * holds a version (the one loaded at boot) that differs from the installed one,
+ * every nvmlInit* answers NVML_ERROR_LIB_RM_VERSION_MISMATCH: a driver
+ * installed over a loaded one works only after a reboot.
+ *
+ * Persistence mode lives beside the marker, <marker dir>/persistence-<index>
+ * (present: enabled), so that it is lost at reboot as on a real GPU; the
+ * nvidia-smi and nvidia-persistenced stand-ins set it through this library.
+ *
  * Settable state (compute mode) persists in the node's own filesystem under
  * FAKE_NVML_STATE_DIR (default /var/lib/fake-nvml): compute-mode-<index>.
  * A GPU is "lost" (NVML_ERROR_GPU_IS_LOST on every query) while the file
@@ -36,6 +52,7 @@ typedef int nvmlReturn_t;
 #define NVML_ERROR_INSUFFICIENT_SIZE 7
 #define NVML_ERROR_DRIVER_NOT_LOADED 9
 #define NVML_ERROR_GPU_IS_LOST 15
+#define NVML_ERROR_LIB_RM_VERSION_MISMATCH 18
 #define NVML_ERROR_UNKNOWN 999
 
 #define MAX_GPUS 16
@@ -79,8 +96,43 @@ static const char *state_dir(void) {
     return p && *p ? p : "/var/lib/fake-nvml";
 }
 
+static const char *loaded_marker(void) {
+    const char *p = getenv("FAKE_NVML_LOADED_MARKER");
+    return p && *p ? p : "/run/fake-nvidia/loaded";
+}
+
+static const char *version_file(void) {
+    const char *p = getenv("FAKE_NVIDIA_VERSION_FILE");
+    return p && *p ? p : "/usr/lib/fake-nvidia/version";
+}
+
+/* <dir of the loaded marker>/<what>-<index>: state that a reboot clears. */
+static void runtime_file(char *buf, size_t size, const char *what, unsigned index) {
+    const char *marker = loaded_marker();
+    const char *slash = strrchr(marker, '/');
+    int dir_len = slash ? (int)(slash - marker) : 1;
+    snprintf(buf, size, "%.*s/%s-%u", dir_len, slash ? marker : ".", what, index);
+}
+
 static void copy_field(char *dst, size_t size, const char *src) {
     snprintf(dst, size, "%s", src ? src : "");
+}
+
+static void first_line(const char *path, char *buf, size_t size) {
+    FILE *f = fopen(path, "r");
+    buf[0] = 0;
+    if (!f) return;
+    if (!fgets(buf, (int)size, f)) buf[0] = 0;
+    buf[strcspn(buf, "\r\n")] = 0;
+    fclose(f);
+}
+
+/* The marker names the version loaded at boot, the version file the one installed. */
+static int loaded_mismatch(void) {
+    char loaded[FIELD], installed[FIELD];
+    first_line(loaded_marker(), loaded, sizeof loaded);
+    first_line(version_file(), installed, sizeof installed);
+    return *loaded && *installed && strcmp(loaded, installed) != 0;
 }
 
 static nvmlReturn_t load_profile(void) {
@@ -114,6 +166,20 @@ static nvmlReturn_t load_profile(void) {
         }
     }
     fclose(f);
+    /* The installed driver package's version wins over the profile's.  Its CUDA
+     * version follows the branch (CUDA Toolkit release notes, "CUDA Toolkit and
+     * Corresponding Driver Versions": 12.4 from 550.54.14, 12.2 from 535.54.03). */
+    if ((f = fopen(version_file(), "r"))) {
+        if (fgets(line, sizeof line, f)) {
+            line[strcspn(line, "\r\n")] = 0;
+            if (*line) {
+                copy_field(driver_version, sizeof driver_version, line);
+                if (!strncmp(line, "550.", 4)) cuda_version = 12040;
+                else if (!strncmp(line, "535.", 4)) cuda_version = 12020;
+            }
+        }
+        fclose(f);
+    }
     return NVML_SUCCESS;
 }
 
@@ -145,6 +211,8 @@ static nvmlReturn_t copy_out(char *dst, unsigned length, const char *src) {
 nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
     nvmlReturn_t rc;
     (void)flags;
+    if (access(loaded_marker(), F_OK) != 0) return NVML_ERROR_DRIVER_NOT_LOADED;
+    if (loaded_mismatch()) return NVML_ERROR_LIB_RM_VERSION_MISMATCH;
     rc = load_profile();
     if (rc == NVML_SUCCESS) initialised = 1;
     return rc;
@@ -168,6 +236,7 @@ const char *nvmlErrorString(nvmlReturn_t rc) {
     case NVML_ERROR_INSUFFICIENT_SIZE: return "Insufficient Size";
     case NVML_ERROR_DRIVER_NOT_LOADED: return "Driver Not Loaded";
     case NVML_ERROR_GPU_IS_LOST: return "GPU is lost";
+    case NVML_ERROR_LIB_RM_VERSION_MISMATCH: return "RM has detected an NVML/RM version mismatch.";
     default: return "Unknown Error";
     }
 }
@@ -307,6 +376,35 @@ nvmlReturn_t nvmlDeviceSetComputeMode(nvmlDevice_t d, int mode) {
     state_file(path, sizeof path, "compute-mode", d->index);
     if (!(f = fopen(path, "w"))) return NVML_ERROR_UNKNOWN;
     fprintf(f, "%d\n", mode);
+    fclose(f);
+    return NVML_SUCCESS;
+}
+
+/* nvml.h: nvmlDeviceGetPersistenceMode / nvmlDeviceSetPersistenceMode, with
+ * NVML_FEATURE_DISABLED 0 / NVML_FEATURE_ENABLED 1; setting needs root. */
+nvmlReturn_t nvmlDeviceGetPersistenceMode(nvmlDevice_t d, int *mode) {
+    char path[512];
+    nvmlReturn_t rc = check_device(d);
+    if (rc) return rc;
+    if (!mode) return NVML_ERROR_INVALID_ARGUMENT;
+    runtime_file(path, sizeof path, "persistence", d->index);
+    *mode = access(path, F_OK) == 0;
+    return NVML_SUCCESS;
+}
+nvmlReturn_t nvmlDeviceSetPersistenceMode(nvmlDevice_t d, int mode) {
+    char path[512];
+    FILE *f;
+    nvmlReturn_t rc = check_device(d);
+    if (rc) return rc;
+    if (mode != 0 && mode != 1) return NVML_ERROR_INVALID_ARGUMENT;
+    if (geteuid() != 0) return NVML_ERROR_NO_PERMISSION;
+    runtime_file(path, sizeof path, "persistence", d->index);
+    if (!mode) {
+        if (unlink(path) != 0 && errno != ENOENT) return NVML_ERROR_UNKNOWN;
+        return NVML_SUCCESS;
+    }
+    if (!(f = fopen(path, "w"))) return NVML_ERROR_UNKNOWN;
+    fputs("1\n", f);
     fclose(f);
     return NVML_SUCCESS;
 }

@@ -1,0 +1,555 @@
+"""The fleet repository's stand-in packages (tests/fleet/packages), without a running fleet.
+
+The repository is built into a scratch directory (seeded with the Debian packages of
+.build/fleet/repo when there is one, so nothing is downloaded twice); a copy of the node image
+gets the packages through apt, from that repository under its own key, and the stand-ins run
+in a chroot of it.  There is no systemd in a chroot: the tests start the daemons themselves,
+with the arguments their units give them.  Needs root and the node image (make fleet-image).
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(CHECKOUT / "tests/fleet"))
+import package_repo  # noqa: E402
+
+IMAGE = CHECKOUT / ".build/fleet/rootfs"
+SEED_REPO = CHECKOUT / ".build/fleet/repo"
+PACKAGES = CHECKOUT / "tests/fleet/packages"
+STANDINS = ["kubeadm", "kubelet", "kubectl", "containerd", "nvidia-driver-550-server", "nvidia-fabricmanager-550",
+            "nvidia-container-toolkit"]
+KUBELET_UNIT_ARGS = ("--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf",
+                     "--kubeconfig=/etc/kubernetes/kubelet.conf", "--config=/var/lib/kubelet/config.yaml")
+API = "var/lib/fake-kube-apiserver"
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="chroot and apt in a copy of the node image need root"),
+    pytest.mark.skipif(not (IMAGE / "usr/bin/python3").exists(),
+                       reason=f"no node image at {IMAGE}: build it with `make fleet-image`"),
+]
+
+
+def seed(debs: Path) -> None:
+    """Hard-link the checkout repository's debs into a scratch one: no download twice."""
+    debs.mkdir(parents=True, exist_ok=True)
+    for deb in (SEED_REPO / "debs").glob("*.deb"):
+        target = debs / deb.name
+        if not target.exists():
+            try:
+                os.link(deb, target)
+            except OSError:
+                shutil.copy2(deb, target)
+
+
+def kill_agent(home: Path) -> None:
+    """gpg starts an agent for each key directory: end the scratch repositories' ones."""
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="session")
+def repo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("repo")
+    seed(root / "debs")
+    started = time.monotonic()
+    public = package_repo.build_repo(root, IMAGE)
+    print(f"build_repo took {time.monotonic() - started:.1f}s")
+    yield public
+    kill_agent(root / "gnupg")
+
+
+def run(root: Path, *cmd: str, env: dict | None = None, stdin: str | None = None,
+        timeout: float = 60) -> subprocess.CompletedProcess:
+    """A command in the chroot, with a plain environment."""
+    return subprocess.run(["chroot", str(root), *cmd], capture_output=True, text=True, input=stdin,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", **(env or {})},
+                          timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="session")
+def installed(repo, tmp_path_factory) -> Path:
+    """A copy of the node image with every stand-in installed by apt from the signed repository."""
+    root = tmp_path_factory.mktemp("node") / "root"
+    subprocess.run(["cp", "-a", str(IMAGE), str(root)], check=True)
+    shutil.copytree(repo, root / "srv/repo")
+    keyring = root / "usr/share/keyrings" / package_repo.KEYRING_NAME
+    keyring.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(repo / package_repo.KEYRING_NAME, keyring)
+    (root / "etc/apt/sources.list.d/fleet.sources").write_text(
+        "Types: deb\nURIs: file:/srv/repo\nSuites: fleet\nComponents: main\n"
+        f"Signed-By: /usr/share/keyrings/{package_repo.KEYRING_NAME}\n")
+    update = run(root, "apt-get", "update")
+    assert update.returncode == 0 and "NO_PUBKEY" not in update.stderr, update.stderr
+    install = run(root, "apt-get", "install", "-y", *STANDINS, env={"DEBIAN_FRONTEND": "noninteractive"},
+                  timeout=300)
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+class Node:
+    """The installed root, reset to a just-installed node's state for each test."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.processes: list[subprocess.Popen] = []
+        self.cri: socket.socket | None = None
+
+    def path(self, inside: str) -> Path:
+        return self.root / inside.lstrip("/")
+
+    def run(self, *cmd: str, **kwargs) -> subprocess.CompletedProcess:
+        return run(self.root, *cmd, **kwargs)
+
+    def reset(self) -> None:
+        for inside in (API, "var/lib/kubelet", "run/fake-nvidia", "run/nvidia-persistenced",
+                       "run/nvidia-fabricmanager", "etc/fake-nvml", "run/containerd", "etc/containerd", "sys/bus"):
+            shutil.rmtree(self.path(inside), ignore_errors=True)
+        for conf in self.path("etc/kubernetes").glob("*.conf"):
+            conf.unlink()
+        self.path(API).mkdir(parents=True)
+        self.path("usr/lib/fake-nvidia/version").write_text("550.54.15\n")
+        self.path("tmp/swaps").write_text("Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n")
+
+    def start_cri(self) -> None:
+        """A listening socket where containerd's is: the kubelet's CRI dial succeeds."""
+        path = self.path("run/containerd/containerd.sock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.cri = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.cri.bind(str(path))
+        self.cri.listen(128)
+
+    def kubelet_args(self) -> list[str]:
+        """ExecStart of kubelet.service with kubeadm's drop-in: its variables expanded as
+        systemd does ($VAR split on whitespace) from the drop-in and its EnvironmentFiles."""
+        env: dict[str, str] = {}
+        dropin = self.path("usr/lib/systemd/system/kubelet.service.d/10-kubeadm.conf").read_text()
+        exec_start = ""
+        for line in dropin.splitlines():
+            if line.startswith("Environment="):
+                key, value = shlex.split(line.split("=", 1)[1])[0].split("=", 1)
+                env[key] = value
+            elif line.startswith("EnvironmentFile=-"):
+                source = self.path(line.split("-", 1)[1])
+                if source.exists():
+                    for entry in source.read_text().splitlines():
+                        if "=" in entry:
+                            key, value = entry.split("=", 1)
+                            env[key] = shlex.split(value)[0] if value.strip() else ""
+            elif line.startswith("ExecStart=/"):
+                exec_start = line.split("=", 1)[1]
+        words = exec_start.split()
+        args = []
+        for word in words[1:]:
+            args += env.get(word[1:], "").split() if word.startswith("$") else [word]
+        return args
+
+    def start_kubelet(self, *args: str) -> subprocess.Popen:
+        process = subprocess.Popen(
+            ["chroot", str(self.root), "/usr/bin/kubelet", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "FAKE_PROC_SWAPS": "/tmp/swaps",
+                            "FAKE_KUBELET_HEARTBEAT_SECONDS": "0.3"})
+        self.processes.append(process)
+        return process
+
+    def profile(self, model: str, count: int, driver: str = "550.54.15") -> None:
+        lines = [f"driver_version={driver}", "cuda_version=12040"]
+        lines += [f"gpu=GPU-{i:08x}-0000-0000-0000-000000000000|{model}|81559|00000000:{0x18 + 0x10 * i:02X}:00.0|0"
+                  for i in range(count)]
+        self.path("etc/fake-nvml").mkdir(parents=True, exist_ok=True)
+        self.path("etc/fake-nvml/profile").write_text("\n".join(lines) + "\n")
+
+    def pci(self, nvswitches: int) -> None:
+        """The node's PCI view as the fleet binds it over /sys/bus/pci/devices (fleet.py)."""
+        for i in range(nvswitches):
+            device = self.path(f"sys/bus/pci/devices/0000:{0xc0 + i:02x}:00.0")
+            device.mkdir(parents=True)
+            (device / "vendor").write_text("0x10de\n")
+            (device / "class").write_text("0x068000\n")
+
+    def load_driver(self) -> None:
+        """What the fleet's boot unit does at boot when the driver is installed."""
+        self.path("run/fake-nvidia").mkdir(parents=True, exist_ok=True)
+        self.path("run/fake-nvidia/loaded").touch()
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        for pid_file in ("run/nvidia-persistenced/nvidia-persistenced.pid",
+                         "run/nvidia-fabricmanager/nv-fabricmanager.pid"):
+            try:
+                os.kill(int(self.path(pid_file).read_text()), 15)
+            except (OSError, ValueError):
+                pass
+        if self.cri:
+            self.cri.close()
+
+
+@pytest.fixture
+def node(installed):
+    state = Node(installed)
+    state.reset()
+    yield state
+    state.stop()
+
+
+def wait_for(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    return predicate()
+
+
+# --------------------------------------------------------------------------- the repository
+
+def test_stand_in_shell_scripts_pass_shellcheck():
+    if not shutil.which("shellcheck"):
+        pytest.skip("shellcheck is not installed (Makefile DEBIAN_PACKAGES)")
+    scripts = [p for p in PACKAGES.rglob("*") if p.is_file() and p.read_bytes()[:64].split(b"\n")[0]
+               in (b"#!/usr/bin/env bash", b"#!/bin/sh")]
+    assert len(scripts) >= 8
+    result = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout
+
+
+def test_the_repository_has_each_stand_in_at_its_pinned_version(repo):
+    index = (repo / "dists/fleet/main/binary-amd64/Packages").read_text()
+    versions = {}
+    for stanza in index.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line)
+        if "Package" in fields:
+            versions[fields["Package"]] = fields["Version"]
+    kube = package_repo.kubectl_version(package_repo.kubectl_binary())
+    assert versions["kubectl"] == versions["kubeadm"] == versions["kubelet"] == f"{kube}-1.1"
+    assert versions["nvidia-driver-550-server"] == "550.54.15-0ubuntu1"
+    assert versions["nvidia-fabricmanager-550"] == "550.54.15-1"
+    assert versions["nvidia-container-toolkit"] == versions["nvidia-container-toolkit-base"] == "1.17.8-1"
+    for name in package_repo.DEBIAN_PACKAGES:
+        assert name in versions, f"{name} (DEBIAN_PACKAGES) is not in the repository"
+    assert package_repo.driver_package(repo.parent).name == "nvidia-driver-550-server_550.54.15-0ubuntu1_amd64.deb"
+
+
+def test_a_changed_source_rebuilds_that_stand_in_and_downloads_nothing(repo, tmp_path, monkeypatch, request):
+    sources = tmp_path / "packages"
+    shutil.copytree(PACKAGES, sources, symlinks=True)
+    monkeypatch.setattr(package_repo, "PACKAGES_DIR", sources)
+    root = tmp_path / "repo"
+    (root / "debs").mkdir(parents=True)
+    for deb in (repo.parent / "debs").glob("*.deb"):
+        os.link(deb, root / "debs" / deb.name)
+    shutil.copytree(repo.parent / "gnupg", root / "gnupg", ignore=shutil.ignore_patterns("S.*"))
+    request.addfinalizer(lambda: kill_agent(root / "gnupg"))
+
+    def no_download(names, into):
+        raise AssertionError(f"downloaded {names} again")
+    monkeypatch.setattr(package_repo, "download_debian", no_download)
+    package_repo.build_repo(root, IMAGE)
+    debs = {deb.name: deb.stat().st_ino for deb in (root / "debs").glob("*.deb")}
+    kubelet = next(name for name in debs if name.startswith("kubelet_"))
+
+    started = time.monotonic()
+    package_repo.build_repo(root, IMAGE)
+    cached = time.monotonic() - started
+    assert {deb.name: deb.stat().st_ino for deb in (root / "debs").glob("*.deb")} == debs, "nothing changed"
+
+    script = sources / "kubelet/usr/bin/kubelet"
+    script.write_text(script.read_text() + "# changed\n")
+    package_repo.build_repo(root, IMAGE)
+    after = {deb.name: deb.stat().st_ino for deb in (root / "debs").glob("*.deb")}
+    assert after[kubelet] != debs[kubelet], "the changed stand-in was rebuilt"
+    assert {k: v for k, v in after.items() if k != kubelet} == {k: v for k, v in debs.items() if k != kubelet}
+    print(f"cached build_repo: {cached:.1f}s")
+
+
+# --------------------------------------------------------------------------- kubeadm and kubelet
+
+def test_kubeadm_version_prints_the_pinned_version_in_the_real_format(node):
+    kube = package_repo.kubectl_info(package_repo.kubectl_binary())
+    major, minor = kube["gitVersion"].lstrip("v").split(".")[:2]
+    out = node.run("kubeadm", "version").stdout.strip()
+    assert out == (f'kubeadm version: &version.Info{{Major:"{major}", Minor:"{minor}", EmulationMajor:"", '
+                   'EmulationMinor:"", MinCompatibilityMajor:"", MinCompatibilityMinor:"", '
+                   f'GitVersion:"{kube["gitVersion"]}", GitCommit:"{kube["gitCommit"]}", GitTreeState:"clean", '
+                   f'BuildDate:"{kube["buildDate"]}", GoVersion:"{kube["goVersion"]}", Compiler:"gc", '
+                   'Platform:"linux/amd64"}')
+    assert node.run("kubeadm", "version", "-o", "short").stdout == f"{kube['gitVersion']}\n"
+    assert node.run("kubelet", "--version").stdout == f"Kubernetes {kube['gitVersion']}\n"
+
+
+def test_kubelet_before_kubeadm_exits_1_on_the_missing_config(node):
+    node.start_cri()
+    kubelet = node.start_kubelet(*node.kubelet_args())
+    assert kubelet.wait(10) == 1
+    err = kubelet.stderr.read()
+    assert ('"command failed" err="failed to load kubelet config file, path: /var/lib/kubelet/config.yaml, '
+            'error: failed to load Kubelet config file /var/lib/kubelet/config.yaml, error failed to read kubelet '
+            'config file \\"/var/lib/kubelet/config.yaml\\", error: open /var/lib/kubelet/config.yaml: no such file '
+            'or directory"') in err
+    assert not node.path(f"{API}/nodes").exists(), "nothing registered"
+
+
+def write_kubelet_files(node: Node, config_extra: str = "") -> None:
+    node.path("var/lib/kubelet").mkdir(parents=True, exist_ok=True)
+    node.path("var/lib/kubelet/config.yaml").write_text(
+        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: systemd\n" + config_extra)
+    node.path("etc/kubernetes/kubelet.conf").write_text('clusters:\n- cluster: {server: "https://10.0.0.1:6443"}\n')
+
+
+def test_kubelet_refuses_swap_unless_its_config_allows_it(node):
+    write_kubelet_files(node)
+    node.path("tmp/swaps").write_text("Filename\tType\tSize\tUsed\tPriority\n/swap.img\tfile\t1048572\t0\t-2\n")
+    kubelet = node.start_kubelet(*KUBELET_UNIT_ARGS)
+    assert kubelet.wait(10) == 1
+    assert ('err="failed to run Kubelet: running with swap on is not supported, please disable swap or set '
+            '--fail-swap-on flag to false"') in kubelet.stderr.read()
+    # failSwapOn: false lets it past the swap check (here it then stops at the missing CRI socket).
+    write_kubelet_files(node, "failSwapOn: false\n")
+    kubelet = node.start_kubelet(*KUBELET_UNIT_ARGS)
+    assert kubelet.wait(10) == 1
+    assert "swap" not in kubelet.stderr.read().split("command failed")[-1]
+
+
+def test_kubelet_without_the_containerd_socket_exits_1(node):
+    write_kubelet_files(node)
+    kubelet = node.start_kubelet(*KUBELET_UNIT_ARGS)
+    assert kubelet.wait(10) == 1
+    assert ('validate CRI v1 runtime API for endpoint \\"unix:///run/containerd/containerd.sock\\": rpc error: '
+            'code = Unavailable desc = connection error: desc = \\"transport: Error while dialing: dial unix '
+            '/run/containerd/containerd.sock: connect: no such file or directory') in kubelet.stderr.read()
+
+
+def test_kubelet_registers_only_once_the_api_server_is_there(node):
+    write_kubelet_files(node)
+    node.start_cri()
+    kubelet = node.start_kubelet(*KUBELET_UNIT_ARGS, "--hostname-override=Worker-7")
+    time.sleep(1.5)
+    assert kubelet.poll() is None, "it keeps trying, as the real kubelet does"
+    assert not node.path(f"{API}/nodes/worker-7").exists()
+    node.path(f"{API}/endpoint").write_text("10.0.0.1:6443\n")
+    assert wait_for(lambda: node.path(f"{API}/nodes/worker-7").exists()), "registered, name lower-cased"
+    assert node.path(f"{API}/nodes/worker-7").read_text() == "worker\n"
+    kubelet.terminate()
+    assert '"Unable to register node with API server"' in kubelet.communicate(timeout=5)[1]
+
+
+def test_init_restarts_the_kubelet_which_registers_the_control_plane_and_reset_undoes_it(node):
+    node.start_cri()
+    init = node.run("kubeadm", "init", "--control-plane-endpoint=10.0.0.1:6443", "--node-name=cp-1")
+    assert init.returncode == 0, init.stderr
+    assert "[kubelet-start] Writing kubelet configuration to file \"/var/lib/kubelet/config.yaml\"" in init.stdout
+    assert "[kubelet-start] Starting the kubelet" in init.stdout
+    # No systemd in a chroot: kubeadm warns and goes on, as the real one does.
+    assert "[kubelet-start] WARNING: unable to start the kubelet service" in init.stdout
+    assert not node.path(f"{API}/nodes/cp-1").exists(), "kubeadm no longer writes the Node itself"
+    assert "cgroupDriver: systemd" in node.path("var/lib/kubelet/config.yaml").read_text()
+    assert node.path("var/lib/kubelet/kubeadm-flags.env").read_text() == (
+        'KUBELET_KUBEADM_ARGS="--container-runtime-endpoint=unix:///var/run/containerd/containerd.sock '
+        '--hostname-override=cp-1"\n')
+    assert node.path("etc/kubernetes/kubelet.conf").exists()
+
+    kubelet = node.start_kubelet(*node.kubelet_args())  # what systemctl restart kubelet runs
+    assert wait_for(lambda: node.path(f"{API}/nodes/cp-1").exists()), kubelet.stderr
+    assert node.path(f"{API}/nodes/cp-1").read_text() == "control-plane\n"
+    lease = node.path(f"{API}/leases/kube-node-lease/cp-1")
+    first = wait_for(lambda: lease.exists() and lease.read_text())
+    assert wait_for(lambda: lease.read_text() != first, timeout=3), "the lease is renewed"
+    kubelet.terminate()
+    kubelet.wait(5)
+
+    reset = node.run("kubeadm", "reset", "--force")
+    assert reset.returncode == 0, reset.stderr
+    assert "[reset] Stopping the kubelet service" in reset.stdout
+    assert "The reset process does not clean CNI configuration" in reset.stdout
+    for gone in ("var/lib/kubelet/config.yaml", "var/lib/kubelet/kubeadm-flags.env", "etc/kubernetes/kubelet.conf",
+                 "etc/kubernetes/admin.conf", f"{API}/nodes/cp-1", f"{API}/endpoint"):
+        assert not node.path(gone).exists(), gone
+    # Without --force it asks, and an answer other than y stops it.
+    asked = node.run("kubeadm", "reset", stdin="n\n")
+    assert asked.returncode == 1 and "won't proceed" in asked.stderr
+
+
+def test_join_starts_a_kubelet_that_registers_the_worker(node):
+    node.start_cri()
+    node.path(f"{API}/nodes").mkdir(parents=True)
+    for name, value in (("endpoint", "10.0.0.1:6443"), ("token", "abcdef.0123456789abcdef"),
+                        ("ca-hash", "sha256:" + "0" * 64)):
+        node.path(f"{API}/{name}").write_text(value + "\n")
+    bad = node.run("kubeadm", "join", "10.0.0.1:6443", "--token", "abcdef.ffffffffffffffff")
+    assert bad.returncode == 1 and "not valid" in bad.stderr
+    upper = node.run("kubeadm", "join", "10.0.0.1:6443", "--token", "abcdef.0123456789abcdef", "--node-name", "W1")
+    assert upper.returncode == 1 and "a lowercase RFC 1123 subdomain" in upper.stderr
+    join = node.run("kubeadm", "join", "10.0.0.1:6443", "--token", "abcdef.0123456789abcdef",
+                    "--discovery-token-ca-cert-hash", "sha256:" + "0" * 64, "--node-name", "w1")
+    assert join.returncode == 0, join.stderr
+    assert "This node has joined the cluster" in join.stdout
+    assert node.path("var/lib/kubelet/fake-role").read_text() == "worker\n"
+    kubelet = node.start_kubelet(*node.kubelet_args())
+    assert wait_for(lambda: node.path(f"{API}/nodes/w1").exists()), kubelet.stderr
+    assert node.path(f"{API}/nodes/w1").read_text() == "worker\n"
+    again = node.run("kubeadm", "join", "10.0.0.1:6443", "--token", "abcdef.0123456789abcdef")
+    assert again.returncode == 1 and "kubelet.conf already exists" in again.stderr
+
+
+# --------------------------------------------------------------------------- NVIDIA
+
+def test_nvidia_smi_answers_9_until_the_driver_is_loaded(node):
+    node.profile("NVIDIA H100 80GB HBM3", 8)
+    smi = node.run("nvidia-smi")
+    assert smi.returncode == 9
+    assert smi.stdout.startswith("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+                                 "Make sure that the latest NVIDIA driver is installed and running.")
+    nvml = node.run("python3", "-c", "import pynvml\ntry:\n pynvml.nvmlInit()\nexcept pynvml.NVMLError as e:\n"
+                    " print(e.value)")
+    assert nvml.stdout.strip() == "9", nvml.stderr  # NVML_ERROR_DRIVER_NOT_LOADED
+    node.load_driver()
+    smi = node.run("nvidia-smi")
+    assert smi.returncode == 0 and "Driver Version: 550.54.15" in smi.stdout and "CUDA Version: 12.4" in smi.stdout
+
+
+def test_the_driver_version_is_the_installed_package_s(node):
+    node.profile("NVIDIA A100-SXM4-40GB", 4, driver="535.161.08")
+    node.load_driver()
+    query = node.run("nvidia-smi", "--query-gpu=index,driver_version,persistence_mode", "--format=csv,noheader")
+    assert query.stdout.splitlines() == [f"{i}, 550.54.15, Disabled" for i in range(4)]
+    node.path("usr/lib/fake-nvidia/version").unlink()
+    query = node.run("nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", "-i", "0")
+    assert query.stdout == "535.161.08\n", "without the package's version file, the profile's"
+    bad = node.run("nvidia-smi", "--query-gpu=index,nonsense", "--format=csv")
+    assert bad.returncode == 2 and 'Field "nonsense" is not a valid field to query.' in bad.stdout
+
+
+def test_a_driver_installed_over_the_loaded_one_answers_only_after_a_reboot(node):
+    """The boot unit may write the version it loaded into the marker; until the next boot an
+    install of another version gives "Driver/library version mismatch"."""
+    node.profile("NVIDIA H100 80GB HBM3", 8)
+    node.pci(nvswitches=4)
+    node.load_driver()
+    node.path("run/fake-nvidia/loaded").write_text("535.161.08\n")  # loaded at boot
+    smi = node.run("nvidia-smi")
+    assert smi.returncode == 18 and smi.stdout.strip() == "Failed to initialize NVML: Driver/library version mismatch"
+    fm = node.run("nv-fabricmanager")
+    assert fm.returncode == 1 and "don't match with driver version 535.161.08" in fm.stderr
+    node.path("run/fake-nvidia/loaded").write_text("550.54.15\n")  # after the reboot
+    assert node.run("nvidia-smi", "-L").returncode == 0
+
+
+def test_nvidia_smi_pm_sets_legacy_persistence_without_the_daemon(node):
+    node.profile("NVIDIA L40S", 2)
+    node.load_driver()
+    on = node.run("nvidia-smi", "-pm", "1")
+    assert on.returncode == 0
+    assert on.stdout.splitlines() == ["Enabled Legacy persistence mode for GPU 00000000:18:00.0.",
+                                      "Enabled Legacy persistence mode for GPU 00000000:28:00.0.", "All done."]
+    assert node.run("nvidia-smi", "-pm", "1", "-i", "1").stdout.splitlines() == [
+        "Persistence mode is already Enabled for GPU 00000000:28:00.0.", "All done."]
+    query = node.run("nvidia-smi", "--query-gpu=index,persistence_mode", "--format=csv,noheader")
+    assert query.stdout.splitlines() == ["0, Enabled", "1, Enabled"]
+    nvml = node.run("python3", "-c", "import pynvml; pynvml.nvmlInit(); "
+                    "print(pynvml.nvmlDeviceGetPersistenceMode(pynvml.nvmlDeviceGetHandleByIndex(1)))")
+    assert nvml.stdout == "1\n", nvml.stderr
+    # The state lives under /run/fake-nvidia: a reboot (a fresh /run) forgets it.
+    assert node.path("run/fake-nvidia/persistence-1").exists()
+
+
+def test_persistenced_keeps_persistence_on_while_it_runs_and_off_when_it_stops(node):
+    node.profile("NVIDIA H100 80GB HBM3", 8)
+    assert node.run("nvidia-persistenced", "--user", "nvidia-persistenced").returncode == 1, "no driver loaded"
+    node.load_driver()
+    assert node.run("nvidia-persistenced", "--user", "no-such-user").returncode == 1
+    start = node.run("nvidia-persistenced", "--user", "nvidia-persistenced", "--persistence-mode", "--verbose")
+    assert start.returncode == 0, start.stderr  # it forked: Type=forking
+    pid = int(node.path("run/nvidia-persistenced/nvidia-persistenced.pid").read_text())
+    query = node.run("nvidia-smi", "--query-gpu=persistence_mode", "--format=csv,noheader")
+    assert query.stdout.splitlines() == ["Enabled"] * 8
+    assert node.run("nvidia-smi", "-pm", "0", "-i", "3").stdout.startswith(
+        "Disabled persistence mode for GPU 00000000:48:00.0."), "through the daemon: no 'Legacy'"
+    os.kill(pid, 15)
+    assert wait_for(lambda: not node.path("run/nvidia-persistenced/nvidia-persistenced.pid").exists())
+    query = node.run("nvidia-smi", "--query-gpu=persistence_mode", "--format=csv,noheader")
+    assert query.stdout.splitlines() == ["Disabled"] * 8
+    # The unit Ubuntu ships starts it with --no-persistence-mode: running, but persistence off.
+    unit = node.path("lib/systemd/system/nvidia-persistenced.service").read_text()
+    assert "ExecStart=/usr/bin/nvidia-persistenced --user nvidia-persistenced --no-persistence-mode --verbose" in unit
+    assert node.run("nvidia-persistenced", "--user", "nvidia-persistenced", "--no-persistence-mode").returncode == 0
+    query = node.run("nvidia-smi", "--query-gpu=persistence_mode", "--format=csv,noheader")
+    assert query.stdout.splitlines() == ["Disabled"] * 8
+
+
+def test_fabric_manager_starts_only_with_its_own_driver_version_loaded_on_an_nvswitch_board(node):
+    fm = ("nv-fabricmanager", "-c", "/usr/share/nvidia/nvswitch/fabricmanager.cfg")
+    node.profile("NVIDIA H100 80GB HBM3", 8)
+    node.pci(nvswitches=4)
+    unloaded = node.run(*fm)
+    assert unloaded.returncode == 1 and "NVIDIA driver is not loaded" in unloaded.stderr
+    node.load_driver()
+    node.path("usr/lib/fake-nvidia/version").write_text("550.90.07\n")
+    mismatch = node.run(*fm)
+    assert mismatch.returncode == 1
+    assert mismatch.stderr.strip() == ("fabric manager NVIDIA GPU driver interface version 550.54.15 don't match with "
+                                       "driver version 550.90.07. Please update with matching NVIDIA driver package.")
+    node.path("usr/lib/fake-nvidia/version").write_text("550.54.15\n")
+    started = node.run(*fm)
+    assert started.returncode == 0, started.stderr
+    assert node.path("run/nvidia-fabricmanager/nv-fabricmanager.pid").exists()
+    node.stop()
+    shutil.rmtree(node.path("sys/bus"))  # PCIe cards: no NVSwitch
+    node.profile("NVIDIA L40S", 2)
+    pcie = node.run(*fm)
+    assert pcie.returncode == 1 and "[NV_WARN_NOTHING_TO_DO]" in pcie.stderr
+
+
+def dump(node: Node, config: str) -> str:
+    result = node.run("containerd", "--config", config, "config", "dump")
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_nvidia_ctk_adds_the_nvidia_runtime_idempotently_and_containerd_accepts_it(node):
+    node.path("etc/containerd").mkdir(parents=True)
+    default = node.run("containerd", "config", "default").stdout
+    node.path("etc/containerd/config.toml").write_text(default.replace("SystemdCgroup = false", "SystemdCgroup = true"))
+    configure = ("nvidia-ctk", "runtime", "configure", "--runtime=containerd", "--set-as-default")
+    first = node.run(*configure)
+    assert first.returncode == 0, first.stderr
+    assert 'msg="Wrote updated config to /etc/containerd/config.toml"' in first.stderr
+    written = node.path("etc/containerd/config.toml").read_text()
+    assert node.run(*configure).returncode == 0
+    assert node.path("etc/containerd/config.toml").read_text() == written, "a second run changes nothing"
+
+    effective = dump(node, "/etc/containerd/config.toml")
+    section = effective.split('[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]')[1].split(
+        '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]')[0]
+    assert 'runtime_type = "io.containerd.runc.v2"' in section
+    assert 'BinaryName = "/usr/bin/nvidia-container-runtime"' in section
+    assert "SystemdCgroup = true" in section, "runc's options are copied"
+    assert 'default_runtime_name = "nvidia"' in effective
+
+
+def test_nvidia_ctk_on_a_missing_config_writes_a_version_2_one_containerd_loads(node):
+    result = node.run("nvidia-ctk", "runtime", "configure", "--runtime=containerd", "--config=/tmp/ctk/config.toml")
+    assert result.returncode == 0, result.stderr
+    assert "could not infer options from runtimes [runc crun]; using defaults" in result.stderr
+    text = node.path("tmp/ctk/config.toml").read_text()
+    assert text.startswith("version = 2\n")
+    effective = dump(node, "/tmp/ctk/config.toml")
+    assert 'BinaryName = "/usr/bin/nvidia-container-runtime"' in effective
+    assert 'default_runtime_name = "runc"' in effective, "not the default without --set-as-default"
+    docker = node.run("nvidia-ctk", "runtime", "configure")
+    assert docker.returncode == 1, "the real default runtime is docker, which the stand-in does not model"
