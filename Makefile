@@ -30,7 +30,7 @@ COLLECTION_LINK := $(BUILD)/collections/ansible_collections/hostedai/gpuaas
 DEBIAN_PACKAGES := python3-venv systemd systemd-container gnupg dpkg-dev openssh-server debootstrap gcc libyaml-dev iproute2 util-linux rsync shellcheck postgresql wrk
 
 .PHONY: run help deps venv collection fleet-image fleet-up fleet-down test test-unit test-api test-sanity \
-        test-lint test-build test-deploy test-fleet test-molecule bench clean
+        test-lint test-build test-deploy test-fleet test-molecule bench bench-node-init clean
 
 # The service on its embedded defaults: SQLite in ./var, 127.0.0.1:8080.
 run: venv deps
@@ -40,6 +40,7 @@ help:
 	@echo "make test                 install everything and run the whole suite (as root)"
 	@echo "make fleet-up N=3         start N test-fleet nodes;  make fleet-down  stops them"
 	@echo "make bench                fleet scan benchmark (1, 5, 10 nodes)"
+	@echo "make bench-node-init      node_init with packages on, fresh nodes (1, 10 nodes)"
 
 # --------------------------------------------------------------------------- setup
 $(BUILD)/debian-packages.stamp:
@@ -137,6 +138,9 @@ test-fleet: fleet-image collection
 
 bench: fleet-image collection
 	$(BIN)/python bench/fleet_scan.py
+
+bench-node-init: fleet-image collection
+	$(BIN)/python bench/node_init.py
 
 clean: fleet-down
 	rm -rf $(BUILD)

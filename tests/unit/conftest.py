@@ -52,6 +52,8 @@ def nvml_host(fake_nvml_dir, tmp_path):
     class Host:
         profile = tmp_path / "profile"
         state_dir = tmp_path / "state"
+        # The driver is loaded while this file exists (the fleet's boot unit makes it at boot).
+        loaded_marker = tmp_path / "driver-loaded"
 
         def write_profile(self, gpus, driver="550.54.15", cuda=12040):
             lines = [f"driver_version={driver}", f"cuda_version={cuda}"]
@@ -61,8 +63,9 @@ def nvml_host(fake_nvml_dir, tmp_path):
         @property
         def env(self):
             return {"LD_LIBRARY_PATH": str(fake_nvml_dir), "FAKE_NVML_PROFILE": str(self.profile),
-                    "FAKE_NVML_STATE_DIR": str(self.state_dir)}
+                    "FAKE_NVML_STATE_DIR": str(self.state_dir), "FAKE_NVML_LOADED_MARKER": str(self.loaded_marker)}
 
     host = Host()
     host.state_dir.mkdir()
+    host.loaded_marker.touch()
     return host

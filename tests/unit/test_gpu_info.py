@@ -61,6 +61,17 @@ def test_driver_installed_but_not_loaded(nvml_host):
     assert result["msg"] == "The NVIDIA driver is installed but not loaded on this host"
 
 
+def test_driver_installed_since_the_last_boot_is_not_loaded(nvml_host):
+    # The GPUs are there (a profile), the driver's files too, but its module loads at the next boot.
+    nvml_host.write_profile([H100])
+    nvml_host.loaded_marker.unlink()
+
+    result = run_module("gpu_info", {}, nvml_host.env)
+
+    assert result["driver_state"] == "not_loaded"
+    assert result["gpu_count"] == 0
+
+
 def test_lost_gpu_is_reported_without_failing_the_scan(nvml_host):
     nvml_host.write_profile([H100, A100_MIG])
     (nvml_host.state_dir / "lost-1").touch()
