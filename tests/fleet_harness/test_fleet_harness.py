@@ -338,9 +338,26 @@ def test_a_node_installs_the_real_kubectl_from_the_signed_repository(repo_fleet)
     client = json.loads(ssh("node1", "/usr/bin/kubectl version --client -o json").stdout)["clientVersion"]
     assert client["gitVersion"] == "v1.37.1" and client["platform"] == "linux/amd64"
     assert ssh("node1", "dpkg-query -W -f '${Version}' kubectl").stdout == "1.37.1-1.1"
-    # containerd comes from Debian through the same repository, with what the image lacks.
+    # containerd comes from Debian, through the node's distribution mirror (the Debian suite).
     policy = ssh("node1", "apt-cache policy containerd runc").stdout
-    assert policy.count(f"500 {repo['url'].rstrip('/')} fleet/main amd64 Packages") == 2, policy
+    assert policy.count(f"500 {repo['url'].rstrip('/')} bookworm/main amd64 Packages") == 2, policy
+
+
+def test_the_kubelet_runs_but_registers_no_node_before_a_join(repo_fleet):
+    # As on a kubeadm node: the package starts the kubelet, which has no configuration before
+    # `kubeadm join` writes one, so it exits and systemd restarts it in a loop; no Node appears.
+    repo = repo_fleet
+    use_repository("node1", Path(repo["keyring"]).read_bytes(), repo["url"])
+    installed = ssh("node1", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                             "containerd kubelet 2>&1", check=False)
+    assert installed.returncode == 0, installed.stdout
+    time.sleep(2)
+
+    state = ssh("node1", "systemctl show -p ActiveState,SubState --value kubelet").stdout.split()
+    journal = ssh("node1", "journalctl -u kubelet --no-pager -n 20").stdout
+    assert state in (["activating", "auto-restart"], ["failed", "failed"]), state
+    assert "failed to load kubelet config file" in journal, journal
+    assert not list((STATE_DIR / "cluster").glob("nodes/*"))  # the shared fake API server knows no node
 
 
 def test_apt_refuses_the_repository_under_another_key(repo_fleet, tmp_path):
