@@ -236,7 +236,8 @@ ExecStart=/bin/sh -c 'if [ -d /var/lib/fleet/pci ]; then mount --bind /var/lib/f
 ExecStart=/sbin/swapon -a
 ExecStart=/sbin/ldconfig
 ExecStart=/bin/sh -c 'if [ -e /usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1 ]; then mkdir -p /run/fake-nvidia && touch /run/fake-nvidia/loaded; fi'
-ExecStart=/bin/sh -c 'if [ -e /run/fake-nvidia/loaded ] && [ -e /lib/systemd/system/nvidia-persistenced.service ]; then systemctl --no-block start nvidia-persistenced.service; fi'
+ExecStart=/bin/sh -c 'if [ -e /run/fake-nvidia/loaded ] && [ -e /lib/systemd/system/nvidia-persistenced.service ]; \\
+  then systemctl --no-block start nvidia-persistenced.service; fi'
 
 [Install]
 WantedBy=sysinit.target
