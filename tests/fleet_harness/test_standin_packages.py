@@ -80,12 +80,14 @@ def installed(repo, tmp_path_factory) -> Path:
     """A copy of the node image with every stand-in installed by apt from the signed repository."""
     root = tmp_path_factory.mktemp("node") / "root"
     subprocess.run(["cp", "-a", str(IMAGE), str(root)], check=True)
-    shutil.copytree(repo, root / "srv/repo")
+    # symlinks=True: the repository links itself under one path per vendor (package_repo.VENDOR_PATHS);
+    # followed, those links copy it without end.
+    shutil.copytree(repo, root / "srv/repo", symlinks=True)
     keyring = root / "usr/share/keyrings" / package_repo.KEYRING_NAME
     keyring.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(repo / package_repo.KEYRING_NAME, keyring)
     (root / "etc/apt/sources.list.d/fleet.sources").write_text(
-        "Types: deb\nURIs: file:/srv/repo\nSuites: fleet\nComponents: main\n"
+        "Types: deb\nURIs: file:/srv/repo\nSuites: fleet bookworm\nComponents: main\n"
         f"Signed-By: /usr/share/keyrings/{package_repo.KEYRING_NAME}\n")
     update = run(root, "apt-get", "update")
     assert update.returncode == 0 and "NO_PUBKEY" not in update.stderr, update.stderr
@@ -229,20 +231,26 @@ def test_stand_in_shell_scripts_pass_shellcheck():
     assert result.returncode == 0, result.stdout
 
 
-def test_the_repository_has_each_stand_in_at_its_pinned_version(repo):
-    index = (repo / "dists/fleet/main/binary-amd64/Packages").read_text()
+def suite_versions(repo: Path, suite: str) -> dict:
+    index = (repo / f"dists/{suite}/main/binary-amd64/Packages").read_text()
     versions = {}
     for stanza in index.split("\n\n"):
         fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line)
         if "Package" in fields:
             versions[fields["Package"]] = fields["Version"]
+    return versions
+
+
+def test_the_repository_has_each_stand_in_at_its_pinned_version(repo):
+    versions = suite_versions(repo, package_repo.SUITE)
+    debian = suite_versions(repo, package_repo.DISTRO_SUITE)
     kube = package_repo.kubectl_version(package_repo.kubectl_binary())
     assert versions["kubectl"] == versions["kubeadm"] == versions["kubelet"] == f"{kube}-1.1"
     assert versions["nvidia-driver-550-server"] == "550.54.15-0ubuntu1"
     assert versions["nvidia-fabricmanager-550"] == "550.54.15-1"
     assert versions["nvidia-container-toolkit"] == versions["nvidia-container-toolkit-base"] == "1.17.8-1"
-    for name in package_repo.DEBIAN_PACKAGES:
-        assert name in versions, f"{name} (DEBIAN_PACKAGES) is not in the repository"
+    for name in package_repo.DEBIAN_PACKAGES:  # in the nodes' Debian suite, not the one the roles add
+        assert name in debian and name not in versions, f"{name} (DEBIAN_PACKAGES) is not in the Debian suite"
     assert package_repo.driver_package(repo.parent).name == "nvidia-driver-550-server_550.54.15-0ubuntu1_amd64.deb"
 
 
