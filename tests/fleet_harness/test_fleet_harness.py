@@ -348,8 +348,9 @@ def test_the_kubelet_runs_but_registers_no_node_before_a_join(repo_fleet):
     # `kubeadm join` writes one, so it exits and systemd restarts it in a loop; no Node appears.
     repo = repo_fleet
     use_repository("node1", Path(repo["keyring"]).read_bytes(), repo["url"])
+    # kubeadm too: its drop-in (10-kubeadm.conf) gives the kubelet --config, as on a node_init node.
     installed = ssh("node1", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-                             "containerd kubelet 2>&1", check=False)
+                             "containerd kubelet kubeadm 2>&1", check=False)
     assert installed.returncode == 0, installed.stdout
     time.sleep(2)
 
