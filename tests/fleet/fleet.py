@@ -88,14 +88,35 @@ def run(*cmd: str, check: bool = True, capture: bool = False, **kwargs) -> subpr
                           stderr=subprocess.PIPE if capture else None, **kwargs)
 
 
-def pid_alive(pid: int) -> bool:
+def process_state(pid: int) -> str | None:
+    """The state letter in /proc/PID/stat (R, S, Z, ...), or None when there is no such process."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat.rpartition(")")[2].split()[0]
+
+
+# A killed process stays a zombie until its parent reaps it.  The fleet's supervisors outlive
+# the `fleet.py up` that started them, so their parent is then this machine's PID 1, which
+# reaps late (a second or two here): a zombie counts as gone.
+def pid_alive(pid: int) -> bool:
+    return process_state(pid) not in (None, "Z", "X")
+
+
+def process_group_alive(pgid: int) -> bool:
+    """Whether any live (not zombie) process is left in process group ``pgid``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        fields = stat.rpartition(")")[2].split()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def load_slots() -> list[dict]:
@@ -734,28 +755,34 @@ def node_init_pid(node: dict) -> int | None:
     return None
 
 
-def stop_node_processes(node: dict) -> None:
-    """Kill the node's supervisor, unshare and PID 1, and wait until they are gone.
+def stop_node_processes(*nodes: dict) -> None:
+    """Kill each node's supervisor, unshare and PID 1, and wait until they are all gone.
 
     The supervisor leads its own process group (start_new_session), so one
     killpg reaches the supervisor, `ip netns exec`/unshare and the node's PID 1;
     killing PID 1 of a PID namespace ends every process in it.  Waiting matters:
-    a namespace (and its veth) lives on while any process still holds it.
+    a namespace (and its veth) lives on while any process still holds it.  Every node
+    is killed before waiting for any, so the kernel tears them down together.
     """
-    supervisor = node["supervisor_pid"]
-    init_pid = node_init_pid(node)
-    try:
-        os.killpg(supervisor, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    if init_pid and pid_alive(init_pid):
-        os.kill(init_pid, signal.SIGKILL)
+    killed = []
+    for node in nodes:
+        supervisor = node["supervisor_pid"]
+        init_pid = node_init_pid(node)
+        try:
+            os.killpg(supervisor, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if init_pid and pid_alive(init_pid):
+            os.kill(init_pid, signal.SIGKILL)
+        killed.append((node, supervisor, init_pid))
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if not process_group_alive(supervisor) and not (init_pid and pid_alive(init_pid)):
-            return
-        time.sleep(0.05)
-    raise FleetError(f"{node['netns']}: processes still alive 10s after SIGKILL")
+    while killed and time.monotonic() < deadline:
+        killed = [(node, supervisor, init_pid) for node, supervisor, init_pid in killed
+                  if process_group_alive(supervisor) or (init_pid and pid_alive(init_pid))]
+        if killed:
+            time.sleep(0.05)
+    if killed:
+        raise FleetError(f"{', '.join(node['netns'] for node, _, _ in killed)}: processes still alive 10s after SIGKILL")
 
 
 def forget_node(name: str) -> None:
@@ -765,18 +792,10 @@ def forget_node(name: str) -> None:
     shutil.rmtree(f"/run/systemd/nspawn/propagate/{name}", ignore_errors=True)
 
 
-def process_group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def teardown(state: dict, keep_hub: bool) -> None:
     stop_repo_server(state.get("package_repo"))
+    stop_node_processes(*state["nodes"].values())
     for name, node in state["nodes"].items():
-        stop_node_processes(node)
         forget_node(name)
         run("ip", "netns", "delete", node["netns"], check=False, capture=True)
         # Normally gone with the node's namespace; make sure, so the name is free.

@@ -360,9 +360,35 @@ def write_indices(public: Path, home: Path, fingerprint: str) -> None:
     _gpg(home, "--output", str(public / KEYRING_NAME), "--yes", "--export", fingerprint)
 
 
+def inputs_digest(root: Path, image: Path, kube: dict) -> str:
+    """What the repository is made of, cheaply: the Debian package list and the image's dpkg
+    status (what apt's closure reads), this machine's apt lists (the versions apt would pick),
+    the debs and wheels on hand, the stand-ins' sources, kubectl's version and this file.
+
+    `fleet.py up` builds the repository on every start; apt's simulated install and the
+    signing take about 5 s, so an unchanged repository is not built again."""
+    h = hashlib.sha256()
+    h.update(json.dumps([DEBIAN_PACKAGES, kube, [standin.digest() for standin in standins(kube)]]).encode())
+    h.update(hashlib.sha256((image / "var/lib/dpkg/status").read_bytes()).digest())
+    h.update(hashlib.sha256(Path(__file__).read_bytes()).digest())
+    listings = [Path("/var/lib/apt/lists"), root / "debs", root / "wheels"]
+    for directory in listings:
+        for path in sorted(directory.glob("*")) if directory.is_dir() else []:
+            info = path.stat()
+            h.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ino}\n".encode())
+    return h.hexdigest()
+
+
 def build_repo(root: Path, image: Path) -> Path:
     """Build (or bring up to date) the repository under ``root``; return its public directory."""
     home, debs, public = root / "gnupg", root / "debs", root / "public"
+    stamp = root / "inputs.digest"
+    kube = kubectl_info(kubectl_binary())
+    if (stamp.is_file() and (public / "dists" / SUITE / "InRelease").is_file()
+            and (public / "dists" / DISTRO_SUITE / "InRelease").is_file()
+            and stamp.read_text() == inputs_digest(root, image, kube)):
+        return public
+    stamp.unlink(missing_ok=True)
     fingerprint = signing_key(home)
     debs.mkdir(parents=True, exist_ok=True)
     wanted = debian_closure(DEBIAN_PACKAGES, image)
@@ -372,7 +398,6 @@ def build_repo(root: Path, image: Path) -> Path:
         print(f"fleet repository: downloading {' '.join(missing)}", flush=True)
         download_debian(missing, debs)
     kubectl = kubectl_binary()
-    kube = kubectl_info(kubectl)
     version = kube["gitVersion"].lstrip("v")
     if not list(debs.glob(f"kubectl_{kube_deb_version(version)}_{ARCH}.deb")):
         for old in debs.glob("kubectl_*.deb"):
@@ -394,6 +419,7 @@ def build_repo(root: Path, image: Path) -> Path:
     for vendor in VENDOR_PATHS:
         if not (public / vendor).is_symlink():
             (public / vendor).symlink_to(".")
+    stamp.write_text(inputs_digest(root, image, kube))
     return public
 
 

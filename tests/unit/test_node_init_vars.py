@@ -60,3 +60,13 @@ def test_the_toolkit_key_is_the_url_nvidia_publishes():
 
 def test_both_families_declare_the_same_package_variables():
     assert set(family_vars("Debian")) == set(family_vars("RedHat")) == set(family_vars("default"))
+
+
+def test_the_fabric_manager_follows_the_running_driver_not_the_branch_to_install():
+    # A machine that came with its driver may run another branch than
+    # node_init_nvidia_driver_branch; the fabric manager must match the one that runs.
+    for family in ("Debian", "default"):
+        name = family_vars(family)["node_init_packages_nvidia_fabricmanager"]
+        assert name == "nvidia-fabricmanager-{{ node_init_nvidia_running_driver_branch }}", family
+    tasks = (ROLE / "tasks/nvidia.yml").read_text()
+    assert "node_init_nvidia_running_driver_branch: \"{{ (node_init_nvidia_driver_version.stdout_lines" in tasks
