@@ -278,8 +278,9 @@ def standins(kube: dict) -> list[StandIn]:
     ctk_deb = f"{NVIDIA_CTK_VERSION}-1"
     nvidia = {"NVIDIA_VERSION": NVIDIA_DRIVER_VERSION, "FM_VERSION": fm_deb, "CTK_VERSION": NVIDIA_CTK_VERSION}
     return [
+        # openssl is the stand-in's own need (the real kubeadm makes its certificates in Go).
         StandIn("kubeadm", kube_deb_version(version), "Command-line utility for administering a Kubernetes "
-                "cluster (fleet stand-in)", substitutions=k8s),
+                "cluster (fleet stand-in)", depends="openssl", substitutions=k8s),
         StandIn("kubelet", kube_deb_version(version), "Node agent for Kubernetes clusters (fleet stand-in)",
                 depends=PYTHON, substitutions=k8s),
         StandIn("nvidia-driver-550-server", driver_deb, "NVIDIA driver metapackage, 550 server branch "

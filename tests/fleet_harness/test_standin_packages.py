@@ -8,6 +8,7 @@ with the arguments their units give them.  Needs root and the node image (make f
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shlex
 import shutil
@@ -382,13 +383,39 @@ def test_init_restarts_the_kubelet_which_registers_the_control_plane_and_reset_u
     kubelet.terminate()
     kubelet.wait(5)
 
+    # The join line is the real one: single spaces, the CA's public-key pin, a space at the end.
+    line = node.run("kubeadm", "token", "create", "--print-join-command").stdout
+    ca = node.path("etc/kubernetes/pki/ca.crt")
+    spki = subprocess.run(["openssl", "x509", "-pubkey", "-noout", "-in", str(ca)], capture_output=True, check=True)
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "der"], input=spki.stdout, capture_output=True,
+                         check=True)
+    token = node.path(f"{API}/token").read_text().strip()
+    assert line == (f"kubeadm join 10.0.0.1:6443 --token {token} --discovery-token-ca-cert-hash "
+                    f"sha256:{hashlib.sha256(der.stdout).hexdigest()} \n")
+
+    # A second init finds the static Pod manifests the first one wrote, as after a failed init.
+    again = node.run("kubeadm", "init", "--control-plane-endpoint=10.0.0.1:6443", "--node-name=cp-1")
+    assert again.returncode == 1
+    assert again.stderr.startswith("[preflight] Some fatal errors occurred:\n\t[ERROR FileAvailable--etc-kubernetes-"
+                                   "manifests-kube-apiserver.yaml]: /etc/kubernetes/manifests/kube-apiserver.yaml "
+                                   "already exists\n"), again.stderr
+    assert again.stderr.endswith("error: error execution phase preflight: preflight checks failed\n"
+                                 "To see the stack trace of this error execute with --v=5 or higher\n")
+    ignored = node.run("kubeadm", "init", "--ignore-preflight-errors=all", "--node-name=cp-1")
+    assert "\t[WARNING FileAvailable--etc-kubernetes-manifests-etcd.yaml]" in ignored.stderr
+
+    node.path("etc/cni/net.d").mkdir(parents=True, exist_ok=True)
+    node.path("etc/cni/net.d/10-flannel.conflist").write_text("{}\n")
     reset = node.run("kubeadm", "reset", "--force")
     assert reset.returncode == 0, reset.stderr
     assert "[reset] Stopping the kubelet service" in reset.stdout
-    assert "The reset process does not clean CNI configuration" in reset.stdout
+    assert ("The reset process does not perform cleanup of CNI plugin configuration,\n"
+            "network filtering rules and kubeconfig files.\n") in reset.stdout
     for gone in ("var/lib/kubelet/config.yaml", "var/lib/kubelet/kubeadm-flags.env", "etc/kubernetes/kubelet.conf",
-                 "etc/kubernetes/admin.conf", f"{API}/nodes/cp-1", f"{API}/endpoint"):
+                 "etc/kubernetes/admin.conf", "etc/kubernetes/pki/ca.crt", "etc/kubernetes/manifests/etcd.yaml",
+                 f"{API}/nodes/cp-1", f"{API}/endpoint"):
         assert not node.path(gone).exists(), gone
+    assert node.path("etc/cni/net.d/10-flannel.conflist").exists(), "reset leaves the CNI configuration"
     # Without --force it asks, and an answer other than y stops it.
     asked = node.run("kubeadm", "reset", stdin="n\n")
     assert asked.returncode == 1 and "won't proceed" in asked.stderr
@@ -398,7 +425,7 @@ def test_join_starts_a_kubelet_that_registers_the_worker(node):
     node.start_cri()
     node.path(f"{API}/nodes").mkdir(parents=True)
     for name, value in (("endpoint", "10.0.0.1:6443"), ("token", "abcdef.0123456789abcdef"),
-                        ("ca-hash", "sha256:" + "0" * 64)):
+                        ("ca-hash", "sha256:" + "0" * 64), ("ca.crt", "-----BEGIN CERTIFICATE-----")):
         node.path(f"{API}/{name}").write_text(value + "\n")
     bad = node.run("kubeadm", "join", "10.0.0.1:6443", "--token", "abcdef.ffffffffffffffff")
     assert bad.returncode == 1 and "not valid" in bad.stderr
@@ -412,8 +439,25 @@ def test_join_starts_a_kubelet_that_registers_the_worker(node):
     kubelet = node.start_kubelet(*node.kubelet_args())
     assert wait_for(lambda: node.path(f"{API}/nodes/w1").exists()), kubelet.stderr
     assert node.path(f"{API}/nodes/w1").read_text() == "worker\n"
+    assert node.path("etc/kubernetes/pki/ca.crt").read_text() == "-----BEGIN CERTIFICATE-----\n"
     again = node.run("kubeadm", "join", "10.0.0.1:6443", "--token", "abcdef.0123456789abcdef")
-    assert again.returncode == 1 and "kubelet.conf already exists" in again.stderr
+    assert again.returncode == 1
+    assert ("\t[ERROR FileAvailable--etc-kubernetes-kubelet.conf]: /etc/kubernetes/kubelet.conf already exists\n"
+            "\t[ERROR FileAvailable--etc-kubernetes-pki-ca.crt]: /etc/kubernetes/pki/ca.crt already exists\n") in again.stderr
+    # A join that stopped half-way leaves the CA: refused until a reset.
+    node.path("etc/kubernetes/kubelet.conf").unlink()
+    half = node.run("kubeadm", "join", "10.0.0.1:6443", "--token", "abcdef.0123456789abcdef")
+    assert half.returncode == 1 and "[ERROR FileAvailable--etc-kubernetes-pki-ca.crt]" in half.stderr
+    assert "kubelet.conf" not in half.stderr
+
+
+def test_init_and_join_refuse_a_node_whose_container_runtime_does_not_answer(node):
+    init = node.run("kubeadm", "init", "--node-name=cp-1")
+    assert init.returncode == 1
+    assert ("\t[ERROR CRI]: could not connect to the container runtime: rpc error: code = Unavailable desc = "
+            "connection error: desc = \"transport: Error while dialing: dial unix /var/run/containerd/containerd.sock: "
+            "connect: no such file or directory\"\n") in init.stderr
+    assert not node.path("etc/kubernetes/admin.conf").exists(), "preflight comes before every phase"
 
 
 # --------------------------------------------------------------------------- NVIDIA
