@@ -85,6 +85,8 @@ class Node(Timestamps, Base):
     __table_args__ = (UniqueConstraint("region_id", "name"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(63))
+    # The node's name in Kubernetes, derived once from its hostname (kubernetes_names.py).
+    kubernetes_name: Mapped[str | None] = mapped_column(String(63))
     region_id: Mapped[int] = mapped_column(ForeignKey("regions.id"))
     cluster_id: Mapped[int | None] = mapped_column(ForeignKey("clusters.id"))
     node_ip: Mapped[str] = mapped_column(String(45))

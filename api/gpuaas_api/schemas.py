@@ -99,6 +99,8 @@ class GpuSchema(Schema):
 class NodeSchema(Schema):
     id = fields.Integer()
     name = fields.String()
+    kubernetes_name = fields.String(allow_none=True, metadata={
+        "description": "The node's name in Kubernetes: a DNS label derived from its hostname at the first contact"})
     region_id = fields.Integer()
     gpuaas_id = fields.Integer(attribute="cluster_id", allow_none=True)
     node_ip = fields.String()

@@ -40,7 +40,8 @@ def node_dict(node: Node, region: dict | None = None) -> dict:
     else:
         join_code = K8S_JOIN_STATE_CODES.get(status, 0)
     return {
-        "id": node.id, "Id": node.id, "name": node.name, "region_id": node.region_id, "gpuaas_id": node.cluster_id,
+        "id": node.id, "Id": node.id, "name": node.name, "kubernetes_name": node.kubernetes_name,
+        "region_id": node.region_id, "gpuaas_id": node.cluster_id,
         "node_ip": node.node_ip, "port": node.port, "username": node.username, "volume_group": node.volume_group,
         "external_service_ip": node.external_service_ip, "status": status.value, "disabled": node.disabled,
         "initialize_state_status_code": INITIALIZE_STATE_CODES[status], "k8s_join_state_status_code": join_code,
@@ -76,7 +77,8 @@ def node_list(db, region_id: int | None = None) -> list[dict]:
         status = NodeStatus(_value(row["status"]))
         join_code = -1 if status is NodeStatus.ERROR and row["joined"] else K8S_JOIN_STATE_CODES.get(status, 0)
         out.append({
-            "id": row["id"], "Id": row["id"], "name": row["name"], "region_id": row["region_id"],
+            "id": row["id"], "Id": row["id"], "name": row["name"], "kubernetes_name": row["kubernetes_name"],
+            "region_id": row["region_id"],
             "gpuaas_id": row["cluster_id"], "node_ip": row["node_ip"], "port": row["port"],
             "username": row["username"], "volume_group": row["volume_group"],
             "external_service_ip": row["external_service_ip"], "status": status.value, "disabled": row["disabled"],

@@ -12,6 +12,7 @@ description:
   - Reads the nodes the GPUaaS API knows (C(GET /api/gpuaas/node/list)) and makes them an inventory.
   - Groups hosts by role (C(controller), C(worker), C(gateway), C(storage)), by region (C(region_<name>))
     and by cluster (C(gpuaas_<id>)).
+  - Sets C(gpuaas_node_name), the node's Kubernetes name, once the service has derived it from the host's hostname.
   - Sets C(ansible_host), C(ansible_port) and C(ansible_user), and C(gpuaas_node) with the node as the API
     returns it (id, status, GPUs, ...). Supports C(compose), C(groups) and C(keyed_groups).
   - The inventory file must end in C(gpuaas.yml) or C(gpuaas.yaml).
@@ -99,6 +100,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
             self.inventory.set_variable(host, "ansible_port", node["port"])
             self.inventory.set_variable(host, "ansible_user", node["username"])
             self.inventory.set_variable(host, "gpuaas_node", node)
+            if node.get("kubernetes_name"):
+                # The roles name the node in Kubernetes by this (join, labels, drain, delete).
+                self.inventory.set_variable(host, "gpuaas_node_name", node["kubernetes_name"])
             for flag, group in ROLE_GROUPS.items():
                 if node["role"].get(flag):
                     self.inventory.add_group(group)

@@ -317,3 +317,41 @@ def test_deinit_of_the_controller_takes_its_cluster_down(app, client, region):
     assert client.get(f"/gpuaas/node/{controller['id']}").get_json()["status"] == "uninitialized"
     again = client.post(f"/gpuaas/enable?controller_node_id={controller['id']}")
     assert_error(again, 409)  # uninitialized: init it first
+
+
+def test_the_kubernetes_name_is_derived_once_from_the_hostname_at_first_contact(app, client, region):
+    node = add_node(client, region, name="acc-wrk")
+    other = add_node(client, region, name="acc-wrk-2")
+    assert client.get(f"/gpuaas/node/{node['id']}").get_json()["kubernetes_name"] is None
+
+    probe = client.get(f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}").get_json()
+    with app.app_context():
+        finalize(probe["job_id"], "successful", 0, "", {"gpuaas_conn_check": {
+            "acc-wrk": {"ssh": "ok", "python": "ok", "hostname": "GPU-H100-01.dc1.example.com"}}})
+    assert client.get(f"/gpuaas/node/{node['id']}").get_json()["kubernetes_name"] == "gpu-h100-01"
+    listed = {n["id"]: n for n in client.get("/gpuaas/node/list").get_json()}
+    assert listed[node["id"]]["kubernetes_name"] == "gpu-h100-01"
+
+    # Later contacts never rename it; the jobs carry it to the roles.
+    init = client.get(f"/gpuaas/node/init?gpuaas_node_id={node['id']}").get_json()
+    with app.app_context():
+        finalize(init["job_id"], "successful", 0, "", {"gpuaas_node_hostnames": {"acc-wrk": "renamed-host"}})
+        from gpuaas_api.jobs.worker import host_spec
+        assert host_spec(session().get(Node, node["id"])).hostvars["gpuaas_node_name"] == "gpu-h100-01"
+    assert client.get(f"/gpuaas/node/{node['id']}").get_json()["kubernetes_name"] == "gpu-h100-01"
+
+    # A second host with the same hostname in the region gets its id appended (node_init reports it).
+    set_status(app, other["id"], NodeStatus.UNINITIALIZED)
+    init_other = client.get(f"/gpuaas/node/init?gpuaas_node_id={other['id']}").get_json()
+    with app.app_context():
+        finalize(init_other["job_id"], "successful", 0, "", {"gpuaas_node_hostnames": {"acc-wrk-2": "gpu-h100-01"}})
+    assert client.get(f"/gpuaas/node/{other['id']}").get_json()["kubernetes_name"] == f"gpu-h100-01-{other['id']}"
+
+
+def test_a_failed_or_silent_first_contact_leaves_the_kubernetes_name_unset(app, client, region):
+    node = add_node(client, region, name="quiet")
+    probe = client.get(f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}").get_json()
+    with app.app_context():
+        finalize(probe["job_id"], "failed", 4, "", {"gpuaas_conn_check": {
+            "quiet": {"ssh": "failed", "python": "skipped", "hostname": None}}})
+    assert client.get(f"/gpuaas/node/{node['id']}").get_json()["kubernetes_name"] is None

@@ -24,10 +24,15 @@ def cluster(service, running_fleet):
     for name, roles in (("node1", {"is_controller_node": True}), ("node2", {"is_worker_node": True}),
                         ("node3", {"is_worker_node": True})):
         nodes[name] = api.call("POST", "/gpuaas/node/add", {
-            "name": name, "region_id": region["id"], "node_ip": running_fleet["nodes"][name]["address"],
+            "name": DISPLAY[name], "region_id": region["id"], "node_ip": running_fleet["nodes"][name]["address"],
             "username": "root", "port": 22, **roles}, expect=201)
         install_controller_key(api, nodes[name]["id"], name)
     return {"region": region, "nodes": nodes}
+
+
+# The names operators give nodes are not their hosts' hostnames (node1, node2, node3); the
+# service names them in Kubernetes by their hostnames, read at the first contact.
+DISPLAY = {"node1": "acc-ctl", "node2": "acc-wrk-a", "node3": "acc-wrk-b"}
 
 
 def test_1_test_conn_pins_each_host_key(service, cluster):
@@ -37,7 +42,8 @@ def test_1_test_conn_pins_each_host_key(service, cluster):
     for name, node in cluster["nodes"].items():
         job = api.run("GET", f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}")
         assert job["status"] == "successful", job["explanation"]
-        assert job["result"]["gpuaas_conn_check"][name]["failed_step"] is None
+        assert job["result"]["gpuaas_conn_check"][DISPLAY[name]]["failed_step"] is None
+        assert api.call("GET", f"/gpuaas/node/{node['id']}")["kubernetes_name"] == name  # its hostname
     engine = create_engine(f"sqlite:///{service.data_dir / 'gpuaas.sqlite3'}")
     with engine.connect() as connection:
         pinned = dict(connection.execute(text("SELECT node_ip, ssh_host_key FROM nodes")).all())
@@ -68,6 +74,7 @@ def test_2_init_enable_join(service, cluster):
         calls = subprocess.run([*FLEET, "node-exec", name, "--", "cat", "/var/log/fake-k8s/calls.log"],
                                capture_output=True, text=True, check=True).stdout
         assert calls.count("kubeadm join 198.18.0.11:6443") == 1
+        assert calls.count(f" --node-name {name}\n") == 1  # the Kubernetes name, not the display name
 
 
 def test_3_scan_gpus_status_and_logs(service, cluster, running_fleet):
@@ -133,7 +140,7 @@ def test_3b_pool_lifecycle_on_two_nodes(service, cluster, running_fleet):
         assert 60 <= gpu["power_w"] < 300
     assert metrics["series"][0]["samples"] >= 3 and metrics["slots_total"] == 12
     scrape = api.call_text("GET", "/metrics")
-    assert f'gpuaas_gpu_utilization_percent{{node="node2",pool_id="{pool["id"]}",uuid="{uuids["node2"][0]}"}}' in scrape
+    assert f'gpuaas_gpu_utilization_percent{{node="{DISPLAY["node2"]}",pool_id="{pool["id"]}",uuid="{uuids["node2"][0]}"}}' in scrape
 
     # A pool GPU that NVML stops reporting is UNAVAILABLE at the next collection, and ASSIGNED once it is back.
     subprocess.run([*FLEET, "lose-gpu", "node2", "0"], check=True, capture_output=True)

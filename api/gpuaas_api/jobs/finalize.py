@@ -6,6 +6,7 @@ import datetime as dt
 from flask import current_app
 from sqlalchemy import select, update
 
+from .. import kubernetes_names
 from ..db import session
 from ..metrics.collector import store_collection
 from ..metrics.store import record_storage_sample
@@ -46,6 +47,7 @@ def finalize(job_id: int, runner_status: str, rc: int | None, explanation: str, 
         contacted = db.get(Node, node_id)
         if contacted is not None and contacted.ssh_host_key is None:
             contacted.ssh_host_key = key  # pinned at the first successful contact
+    _name_nodes_in_kubernetes(job, node, artifact_data)
     if node is not None:
         _move_node(job, node, status is JobStatus.SUCCESSFUL, artifact_data)
         if node.busy_job_id == job.id:
@@ -92,6 +94,23 @@ def _finish_pool(job: Job, node_succeeded: dict[int, bool]) -> None:
         db.delete(pool)
     else:
         pool.status = PoolStatus.ACTIVE
+
+
+def _name_nodes_in_kubernetes(job: Job, node: Node | None, artifact_data: dict) -> None:
+    """At a node's first contact that read its hostname (test_conn, node_init), derive and store
+    its Kubernetes name; a stored name never changes."""
+    hostnames = {host: result.get("hostname") for host, result in artifact_data.get("gpuaas_conn_check", {}).items()}
+    hostnames.update(artifact_data.get("gpuaas_node_hostnames", {}))
+    db = session()
+    nodes = [node] if node is not None else [db.get(Node, node_id) for node_id in job.extravars.get("targets", [])]
+    for named in nodes:
+        hostname = hostnames.get(named.name) if named is not None else None
+        if not hostname or named.kubernetes_name:
+            continue
+        taken = set(db.scalars(select(Node.kubernetes_name).where(Node.region_id == named.region_id,
+                                                                  Node.id != named.id,
+                                                                  Node.kubernetes_name.is_not(None))))
+        named.kubernetes_name = kubernetes_names.derive(hostname, named.id, taken)
 
 
 def _failure_explanation(job_id: int, artifact_data: dict, rc: int | None) -> str:

@@ -93,6 +93,8 @@ def node_groups(node: Node) -> list[str]:
 
 def host_spec(node: Node) -> HostSpec:
     hostvars = {"node_init_roles": node_groups(node)}
+    if node.kubernetes_name:
+        hostvars["gpuaas_node_name"] = node.kubernetes_name  # what every role names the node in Kubernetes
     if node.volume_group:
         hostvars["node_init_volume_group"] = node.volume_group
         hostvars["storage_metrics_volume_group"] = node.volume_group
