@@ -782,7 +782,7 @@ def stop_node_processes(*nodes: dict) -> None:
         if killed:
             time.sleep(0.05)
     if killed:
-        raise FleetError(f"{', '.join(node['netns'] for node, _, _ in killed)}: processes still alive 10s after SIGKILL")
+        raise FleetError(f"{', '.join(entry[0]['netns'] for entry in killed)}: processes still alive 10s after SIGKILL")
 
 
 def forget_node(name: str) -> None:

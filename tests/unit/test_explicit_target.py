@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COLLECTIONS, REPO
+from conftest import COLLECTIONS
 
 INVENTORY = """
 all:
