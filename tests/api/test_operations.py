@@ -355,3 +355,29 @@ def test_a_failed_or_silent_first_contact_leaves_the_kubernetes_name_unset(app, 
         finalize(probe["job_id"], "failed", 4, "", {"gpuaas_conn_check": {
             "quiet": {"ssh": "failed", "python": "skipped", "hostname": None}}})
     assert client.get(f"/gpuaas/node/{node['id']}").get_json()["kubernetes_name"] is None
+
+
+def test_a_reboot_of_a_node_in_a_cluster_brings_its_controller_to_drain_it(app, client, region):
+    controller = add_node(client, region, name="ctrl", is_controller_node=True, is_worker_node=False)
+    worker = add_node(client, region, name="w1")
+    loner = add_node(client, region, name="w2")
+    for node in (controller, worker, loner):
+        set_status(app, node["id"], NodeStatus.INITIALIZED)
+    enabled = client.post(f"/gpuaas/enable?controller_node_id={controller['id']}").get_json()
+    with app.app_context():
+        finalize(enabled["job_id"], "successful", 0, "", {"gpuaas_cluster": {"api_server_port": 6443}})
+    joined = client.post("/gpuaas/node/join", json={"joinee_node_id": worker["id"], "region_id": region["id"]})
+    with app.app_context():
+        finalize(joined.get_json()["job_id"], "successful", 0, "", {})
+
+    def reboot_job(node):
+        reply = client.post(f"/gpuaas/node/reboot?node_id={node['id']}").get_json()
+        with app.app_context():
+            job = session().get(Job, reply["job_id"])
+            hosts, variables = job.extravars["hosts"], job.extravars["vars"]
+            finalize(job.id, "successful", 0, "", {})
+        return hosts, variables
+
+    assert reboot_job(worker) == ([worker["id"], controller["id"]], {"node_reboot_controller": "ctrl"})
+    assert reboot_job(controller) == ([controller["id"]], {"node_reboot_controller": "ctrl"})
+    assert reboot_job(loner) == ([loner["id"]], {})  # not in a cluster: nothing to drain

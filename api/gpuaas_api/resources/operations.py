@@ -69,8 +69,17 @@ class NodeReboot(MethodView):
     @blp.arguments(NodeIdAltQuerySchema, location="query")
     @blp.response(200, OperationReplySchema)
     def post(self, args):
-        """Reboot a node and wait for it (playbook node_reboot)."""
-        return _simple(Operation.REBOOT, "reboot", args, "node_id")
+        """Reboot a node and wait for it (playbook node_reboot); a node in a cluster is drained first
+        on its controller, and uncordoned once it is Ready again."""
+        node = get_node(args["node_id"])
+        cluster = session().get(Cluster, node.cluster_id) if node.joined and node.cluster_id else None
+        if cluster is None or cluster.controller_node_id is None:
+            return started(submit(Operation.REBOOT, node), "reboot", node)
+        controller = get_node(cluster.controller_node_id)
+        extra_hosts = [controller.id] if controller.id != node.id else []
+        job = submit(Operation.REBOOT, node, cluster_id=cluster.id, extra_hosts=extra_hosts,
+                     extravars={"node_reboot_controller": controller.name})
+        return started(job, "reboot", node)
 
 
 @blp.route("/gpuaas/node/test_conn")
