@@ -121,17 +121,21 @@ def _read_new_keys(known_hosts: Path, hosts: list[HostSpec]) -> dict[int, str]:
     return found
 
 
-def kill_job_processes(job_marker: str, rounds: int = 100) -> int:
-    """End every process carrying this job's marker in its environment.
+def kill_job_processes(job_marker: str, private_dir: str | None = None, rounds: int = 100) -> int:
+    """End every process carrying this job's marker in its environment, or naming the job's
+    private directory on its command line.
 
     Ansible's workers (and their ssh children) leave the playbook's process group
     and can outlive a cancel; the marker finds them wherever they were re-parented.
+    An SSH multiplexing master hides it: OpenSSH's setproctitle reuses the argv and
+    environment area for its title ("ssh: <private>/cp/<hash> [mux]"), so the master
+    is found by the control path in its title.
     A process can fork while the scan passes it, so scan again until one finds none
     (a killed process, dead or a zombie, has no environment left to match).
     """
     killed: list[int] = []
     for _round in range(rounds):
-        found = _kill_marked(job_marker)
+        found = _kill_marked(job_marker, private_dir)
         if not found:
             break
         killed += found
@@ -153,14 +157,15 @@ def pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _kill_marked(job_marker: str) -> list[int]:
+def _kill_marked(job_marker: str, private_dir: str | None) -> list[int]:
     needle = job_marker.encode() + b"\0"
+    title = private_dir.encode() + b"/" if private_dir else None
     killed = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if needle in (entry / "environ").read_bytes():
+            if needle in (entry / "environ").read_bytes() or (title and title in (entry / "cmdline").read_bytes()):
                 os.kill(int(entry.name), signal.SIGKILL)
                 killed.append(int(entry.name))
         except (FileNotFoundError, ProcessLookupError, PermissionError):
@@ -266,7 +271,7 @@ def run_playbook(job_id: int, playbook: str, hosts: list[HostSpec], extravars: d
         )
         status, rc = runner.status, runner.rc
     finally:
-        kill_job_processes(marker)  # whatever the outcome, no process of this job outlives it
+        kill_job_processes(marker, str(private))  # whatever the outcome, no process of this job outlives it
         new_keys = _read_new_keys(known_hosts, hosts)
         # The private dir holds the inventory, the env and the command line: gone with the job.
         shutil.rmtree(private, ignore_errors=True)
