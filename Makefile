@@ -74,22 +74,29 @@ fleet-down: venv
 	$(FLEET) down
 
 # --------------------------------------------------------------------------- tests
+# The checks before the fleet share nothing but the read-only checkout, so two run at a time
+# (the API tests mostly wait on servers and jobs); each one's output is printed whole when it ends.
 test: venv deps collection
-	@$(MAKE) --no-print-directory test-unit test-api test-deploy test-sanity test-lint test-build
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-api test-sanity test-lint test-unit test-build test-deploy
 	@$(MAKE) --no-print-directory test-fleet
 	@echo "all checks passed"
 
 test-unit: venv collection
 	$(BIN)/pytest -q tests/unit
 
-# The API tests run twice: on SQLite, then on a throw-away PostgreSQL server.  Its data lives
-# in a fresh directory under /tmp, removed after: the server runs as the postgres user, who
-# may not be able to enter the checkout (a clone under /root).
+# The API tests run twice, at the same time: on SQLite, and on a throw-away PostgreSQL server
+# (most of their time is spent waiting on servers and jobs, so two runs take little longer
+# than one).  The SQLite run has its own pytest directory and its output is printed after.
+# PostgreSQL's data lives in a fresh directory under /tmp, removed after: the server runs as
+# the postgres user, who may not be able to enter the checkout (a clone under /root).
 test-api: venv deps collection
-	$(BIN)/pytest -q tests/api
 	@pgdir=$$(mktemp -d /tmp/gpuaas-test-postgres.XXXXXX) && url=$$(tests/api/postgres.sh start $$pgdir) && \
-	  GPUAAS_TEST_DATABASE_URL="$$url" $(BIN)/pytest -q tests/api; status=$$?; \
-	  tests/api/postgres.sh stop $$pgdir; rm -rf $$pgdir; exit $$status
+	  rm -rf $(BUILD)/pytest-api-sqlite && mkdir -p $(BUILD) && \
+	  { $(BIN)/pytest -q -p no:cacheprovider --basetemp=$(BUILD)/pytest-api-sqlite tests/api \
+	      > $(BUILD)/test-api-sqlite.log 2>&1 & sqlite=$$!; } && \
+	  GPUAAS_TEST_DATABASE_URL="$$url" $(BIN)/pytest -q -p no:cacheprovider tests/api; postgres=$$?; \
+	  wait $$sqlite; sqlite=$$?; echo "--- tests/api on SQLite:"; cat $(BUILD)/test-api-sqlite.log; \
+	  tests/api/postgres.sh stop $$pgdir; rm -rf $$pgdir; [ $$postgres = 0 ] && [ $$sqlite = 0 ]
 
 # The shipped systemd unit: systemd-analyze verify, and the service started as the unit starts it
 # (its user, its absolute path, systemd's PATH).  Needs root.
