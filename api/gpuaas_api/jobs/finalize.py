@@ -101,6 +101,8 @@ def _name_nodes_in_kubernetes(job: Job, node: Node | None, artifact_data: dict) 
     its Kubernetes name; a stored name never changes."""
     hostnames = {host: result.get("hostname") for host, result in artifact_data.get("gpuaas_conn_check", {}).items()}
     hostnames.update(artifact_data.get("gpuaas_node_hostnames", {}))
+    if not any(hostnames.values()):
+        return  # most jobs (metrics every minute, pools) read no hostname: no node to load
     db = session()
     nodes = [node] if node is not None else [db.get(Node, node_id) for node_id in job.extravars.get("targets", [])]
     for named in nodes:
