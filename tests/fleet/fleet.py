@@ -55,6 +55,7 @@ CACHE_DIR = Path(os.environ.get("FLEET_CACHE_DIR", CHECKOUT / ".build" / "fleet"
 STATE_DIR = Path(os.environ.get("FLEET_STATE_DIR", "/var/lib/hostedai-gpuaas-fleet"))
 IMAGE_DIR = CACHE_DIR / "rootfs"
 REPO_DIR = CACHE_DIR / "repo"  # the signed apt repository (package_repo.py), served from the hub
+CNI_MANIFEST = "kube-flannel.yml"  # tests/fleet/cni: the copy of the CNI release manifest the fleet serves
 REPO_PORT = 80
 HUB_NS = "gpuaas-hub"
 NODE_NS_PREFIX = "gpuaas-"
@@ -463,9 +464,6 @@ def write_node_files(name: str, number: int, upper: Path, client_pubkey: str, ha
     (upper / "etc/apt/sources.list.d/debian.sources").write_text(
         f"Types: deb\nURIs: http://{HUB_ADDRESS}:{REPO_PORT}/\nSuites: {package_repo.DISTRO_SUITE}\n"
         f"Components: {package_repo.COMPONENT}\nSigned-By: /usr/share/keyrings/{package_repo.KEYRING_NAME}\n")
-    # kubeadm and the kubelet come from the package repository; kubectl's stand-in still shadows
-    # the real one that the kubectl package installs in /usr/bin.
-    shutil.copy2(HERE / "node_files/kubectl", upper / "usr/local/bin/kubectl")
     if hardware["nvml"]:
         write_pci_view(upper, hardware)
         if hardware["driver"]:
@@ -581,6 +579,9 @@ def start_repo_server() -> dict:
     public = REPO_DIR / "public"
     if not (public / "dists").is_dir():
         raise FleetError(f"no package repository at {public}; run `fleet.py image`")
+    # The CNI manifest gpuaas_enable applies, served as its pinned release URL serves it.
+    (public / "cni").mkdir(exist_ok=True)
+    shutil.copy2(HERE / "cni" / CNI_MANIFEST, public / "cni" / CNI_MANIFEST)
     log_path = STATE_DIR / "repo-server.log"
     with open(log_path, "a") as log:
         process = subprocess.Popen(
@@ -710,6 +711,7 @@ def write_inventory(state: dict) -> None:
                 # pip takes a plain-HTTP index only from a host named trusted.
                 "node_init_nvidia_ml_py_pip_environment": {"PIP_INDEX_URL": f"{repo['url']}simple/",
                                                            "PIP_TRUSTED_HOST": str(HUB_ADDRESS)},
+                "cluster_controller_cni_manifest_url": f"{repo['url']}cni/{CNI_MANIFEST}",
                 # No kernel headers package matches this host's kernel (the stand-in driver needs none).
                 "node_init_nvidia_driver_prerequisites": [],
             },

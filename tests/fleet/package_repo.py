@@ -63,7 +63,7 @@ FAKE_NVML_SOURCE = HERE / "fake_nvml/fake_nvml.c"
 # stand-ins depend on: python3-tomli-w (nvidia-ctk) and python-is-python3 (their shebang is
 # `#!/usr/bin/env python`, the form ansible-test's shebang check accepts).  With what apt would
 # add to the image for them (computed).
-DEBIAN_PACKAGES = ("containerd", "ca-certificates", "curl", "gnupg", "conntrack", "socat", "ebtables",
+DEBIAN_PACKAGES = ("containerd", "ca-certificates", "curl", "gnupg", "conntrack", "socat", "ebtables", "iptables",
                    "python3-apt", "python3-debian", "python3-pip", "python3-tomli-w", "python-is-python3")
 PYTHON = "python3, python-is-python3"  # what a stand-in written in Python depends on
 # pkgs.k8s.io's Debian revision: kubeadm, kubelet and kubectl are all <kubectl's version>-1.1.
@@ -230,6 +230,7 @@ class StandIn:
     version: str
     description: str
     depends: str = ""
+    recommends: str = ""
     tree: str = ""
     substitutions: dict[str, str] = dataclasses.field(default_factory=dict)
     # Files made at build time: path in the package -> (builder, the inputs it reads).
@@ -242,7 +243,7 @@ class StandIn:
         """Everything the deb is made of: the tree (paths, modes, contents), the control fields,
         the substitutions, and the inputs of the files built for it."""
         h = hashlib.sha256()
-        h.update(json.dumps([self.name, self.version, self.description, self.depends,
+        h.update(json.dumps([self.name, self.version, self.description, self.depends, self.recommends,
                              sorted(self.substitutions.items())]).encode())
         root = self.source_tree()
         for path in _tree_files(root):
@@ -278,11 +279,14 @@ def standins(kube: dict) -> list[StandIn]:
     ctk_deb = f"{NVIDIA_CTK_VERSION}-1"
     nvidia = {"NVIDIA_VERSION": NVIDIA_DRIVER_VERSION, "FM_VERSION": fm_deb, "CTK_VERSION": NVIDIA_CTK_VERSION}
     return [
-        # openssl is the stand-in's own need (the real kubeadm makes its certificates in Go).
+        # openssl, Python and the kubelet stand-in's API client (kubeclient.py) are the stand-in's
+        # own needs: the real kubeadm makes its certificates and requests in Go.
         StandIn("kubeadm", kube_deb_version(version), "Command-line utility for administering a Kubernetes "
-                "cluster (fleet stand-in)", depends="openssl", substitutions=k8s),
+                "cluster (fleet stand-in)", depends=f"openssl, {PYTHON}, kubelet", substitutions=k8s),
+        # kubelet.spec (kubernetes/release, cmd/krel/templates/latest/kubelet): Recommends
+        # iptables >= 1.8.4, which apt installs with it by default.
         StandIn("kubelet", kube_deb_version(version), "Node agent for Kubernetes clusters (fleet stand-in)",
-                depends=PYTHON, substitutions=k8s),
+                depends=PYTHON, recommends="iptables (>= 1.8.4)", substitutions=k8s),
         StandIn("nvidia-driver-550-server", driver_deb, "NVIDIA driver metapackage, 550 server branch "
                 "(fleet stand-in: fake NVML, nvidia-smi, nvidia-persistenced)", depends=PYTHON,
                 substitutions=nvidia,
@@ -327,7 +331,8 @@ def build_standin(debs: Path, standin: StandIn) -> Path:
     try:
         return build_deb(debs, standin.name, standin.version, files, standin.description, depends=standin.depends,
                          tree=standin.source_tree(), substitutions=standin.substitutions,
-                         control_fields={"X-Fleet-Source-Digest": digest})
+                         control_fields={**({"Recommends": standin.recommends} if standin.recommends else {}),
+                                         "X-Fleet-Source-Digest": digest})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

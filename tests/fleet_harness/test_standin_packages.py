@@ -9,6 +9,7 @@ with the arguments their units give them.  Needs root and the node image (make f
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -113,9 +114,19 @@ class Node:
     def run(self, *cmd: str, **kwargs) -> subprocess.CompletedProcess:
         return run(self.root, *cmd, **kwargs)
 
+    def stop_static_pods(self) -> None:
+        """The static Pods a kubelet started without systemd (process groups of their own)."""
+        for pid_file in self.path("var/lib/kubelet/fake-static-pods").glob("*.pid"):
+            try:
+                os.killpg(int(pid_file.read_text()), 9)
+            except (OSError, ValueError):
+                pass
+
     def reset(self) -> None:
+        self.stop_static_pods()
         for inside in (API, "var/lib/kubelet", "run/fake-nvidia", "run/nvidia-persistenced",
-                       "run/nvidia-fabricmanager", "etc/fake-nvml", "run/containerd", "etc/containerd", "sys/bus"):
+                       "run/nvidia-fabricmanager", "etc/fake-nvml", "run/containerd", "etc/containerd", "sys/bus",
+                       "etc/kubernetes/manifests", "etc/kubernetes/pki", "etc/cni", "root/cp-1", "var/log/kubernetes"):
             shutil.rmtree(self.path(inside), ignore_errors=True)
         for conf in self.path("etc/kubernetes").glob("*.conf"):
             conf.unlink()
@@ -198,6 +209,7 @@ class Node:
                 os.kill(int(self.path(pid_file).read_text()), 15)
             except (OSError, ValueError):
                 pass
+        self.stop_static_pods()
         if self.cri:
             self.cri.close()
 
@@ -312,7 +324,7 @@ def test_kubelet_before_kubeadm_exits_1_on_the_missing_config(node):
             'error: failed to load Kubelet config file /var/lib/kubelet/config.yaml, error failed to read kubelet '
             'config file \\"/var/lib/kubelet/config.yaml\\", error: open /var/lib/kubelet/config.yaml: no such file '
             'or directory"') in err
-    assert not node.path(f"{API}/nodes").exists(), "nothing registered"
+    assert not node.path(f"{API}/etcd").exists(), "no API server, nothing registered"
 
 
 def write_kubelet_files(node: Node, config_extra: str = "") -> None:
@@ -345,67 +357,104 @@ def test_kubelet_without_the_containerd_socket_exits_1(node):
             '/run/containerd/containerd.sock: connect: no such file or directory') in kubelet.stderr.read()
 
 
-def test_kubelet_registers_only_once_the_api_server_is_there(node):
-    write_kubelet_files(node)
-    node.start_cri()
-    kubelet = node.start_kubelet(*KUBELET_UNIT_ARGS, "--hostname-override=Worker-7")
-    time.sleep(1.5)
-    assert kubelet.poll() is None, "it keeps trying, as the real kubelet does"
-    assert not node.path(f"{API}/nodes/worker-7").exists()
-    node.path(f"{API}/endpoint").write_text("10.0.0.1:6443\n")
-    assert wait_for(lambda: node.path(f"{API}/nodes/worker-7").exists()), "registered, name lower-cased"
-    assert node.path(f"{API}/nodes/worker-7").read_text() == "worker\n"
-    kubelet.terminate()
-    assert '"Unable to register node with API server"' in kubelet.communicate(timeout=5)[1]
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
-def test_init_restarts_the_kubelet_which_registers_the_control_plane_and_reset_undoes_it(node):
+def stored(node: Node, resource: str, name: str, namespace: str = "_cluster", group: str = "core") -> dict | None:
+    """An object of the fake API server's store (etcd/ in the shared directory)."""
+    path = node.path(f"{API}/etcd/{group}/{resource}/{namespace}/{name}.json")
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def ready(node_object: dict | None) -> dict:
+    conditions = (node_object or {}).get("status", {}).get("conditions", [])
+    return next((c for c in conditions if c["type"] == "Ready"), {})
+
+
+def kubectl(node: Node, *args: str) -> subprocess.CompletedProcess:
+    """The real kubectl, on this host, with the node's admin kubeconfig (the server is on loopback)."""
+    return subprocess.run([str(package_repo.kubectl_binary()), f"--kubeconfig={node.path('etc/kubernetes/admin.conf')}",
+                           f"--cache-dir={node.path('tmp/kubectl-cache')}", *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def init_control_plane(node: Node, port: int, *extra: str) -> tuple[subprocess.CompletedProcess, subprocess.Popen]:
+    """kubeadm init in the chroot, with the kubelet that systemd would start (kubelet-start phase)
+    started by the test: the kubelet runs the API server's static Pod, init waits for it."""
     node.start_cri()
-    init = node.run("kubeadm", "init", "--control-plane-endpoint=10.0.0.1:6443", "--node-name=cp-1")
-    assert init.returncode == 0, init.stderr
+    init = subprocess.Popen(["chroot", str(node.root), "kubeadm", "init", "--apiserver-advertise-address=127.0.0.1",
+                             f"--apiserver-bind-port={port}", "--node-name=cp-1", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "FAKE_KUBEADM_CONTROL_PLANE_TIMEOUT": "30"})
+    node.processes.append(init)
+    assert wait_for(lambda: node.path("var/lib/kubelet/kubeadm-flags.env").exists(), timeout=30), "no kubelet-start"
+    kubelet = node.start_kubelet(*node.kubelet_args())
+    out, err = init.communicate(timeout=60)
+    return subprocess.CompletedProcess(init.args, init.returncode, out, err), kubelet
+
+
+def test_init_runs_the_api_server_as_a_static_pod_the_kubelet_registers_and_reset_undoes_it(node):
+    port = free_port()
+    init, kubelet = init_control_plane(node, port)
+    assert init.returncode == 0, init.stdout + init.stderr
     assert "[kubelet-start] Writing kubelet configuration to file \"/var/lib/kubelet/config.yaml\"" in init.stdout
-    assert "[kubelet-start] Starting the kubelet" in init.stdout
     # No systemd in a chroot: kubeadm warns and goes on, as the real one does.
     assert "[kubelet-start] WARNING: unable to start the kubelet service" in init.stdout
-    assert not node.path(f"{API}/nodes/cp-1").exists(), "kubeadm no longer writes the Node itself"
+    assert "[control-plane-check] kube-apiserver is healthy" in init.stdout
     assert "cgroupDriver: systemd" in node.path("var/lib/kubelet/config.yaml").read_text()
     assert node.path("var/lib/kubelet/kubeadm-flags.env").read_text() == (
         'KUBELET_KUBEADM_ARGS="--container-runtime-endpoint=unix:///var/run/containerd/containerd.sock '
         '--hostname-override=cp-1"\n')
-    assert node.path("etc/kubernetes/kubelet.conf").exists()
 
-    kubelet = node.start_kubelet(*node.kubelet_args())  # what systemctl restart kubelet runs
-    assert wait_for(lambda: node.path(f"{API}/nodes/cp-1").exists()), kubelet.stderr
-    assert node.path(f"{API}/nodes/cp-1").read_text() == "control-plane\n"
-    lease = node.path(f"{API}/leases/kube-node-lease/cp-1")
-    first = wait_for(lambda: lease.exists() and lease.read_text())
-    assert wait_for(lambda: lease.read_text() != first, timeout=3), "the lease is renewed"
-    kubelet.terminate()
-    kubelet.wait(5)
+    # The kubelet registered the Node; kubeadm marked it; NotReady until a CNI config exists.
+    cp = stored(node, "nodes", "cp-1")
+    assert cp["metadata"]["labels"]["node-role.kubernetes.io/control-plane"] == ""
+    assert cp["spec"]["taints"] == [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]
+    assert wait_for(lambda: ready(stored(node, "nodes", "cp-1")).get("reason") == "KubeletNotReady")
+    assert "cni plugin not initialized" in ready(stored(node, "nodes", "cp-1"))["message"]
 
-    # The join line is the real one: single spaces, the CA's public-key pin, a space at the end.
+    def lease() -> dict:
+        return (stored(node, "leases", "cp-1", "kube-node-lease", "coordination.k8s.io") or {}).get("spec", {})
+    first = wait_for(lambda: lease().get("renewTime"))
+    assert wait_for(lambda: lease().get("renewTime") != first, timeout=3), "the lease is renewed"
+    node.path("etc/cni/net.d").mkdir(parents=True, exist_ok=True)
+    node.path("etc/cni/net.d/10-flannel.conflist").write_text("{}\n")
+    assert wait_for(lambda: ready(stored(node, "nodes", "cp-1")).get("status") == "True", timeout=5)
+
+    # The real kubectl gets in with admin.conf's client certificate.
+    looked_up = kubectl(node, "get", "node", "cp-1", "-o", "name")
+    assert looked_up.stdout == "node/cp-1\n", looked_up.stderr
+
+    # The join line is the real one: single spaces, the CA's public-key pin, a space at the end;
+    # its token is a bootstrap-token Secret the server accepts.
     line = node.run("kubeadm", "token", "create", "--print-join-command").stdout
     ca = node.path("etc/kubernetes/pki/ca.crt")
     spki = subprocess.run(["openssl", "x509", "-pubkey", "-noout", "-in", str(ca)], capture_output=True, check=True)
     der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "der"], input=spki.stdout, capture_output=True,
                          check=True)
-    token = node.path(f"{API}/token").read_text().strip()
-    assert line == (f"kubeadm join 10.0.0.1:6443 --token {token} --discovery-token-ca-cert-hash "
-                    f"sha256:{hashlib.sha256(der.stdout).hexdigest()} \n")
+    pin = f"sha256:{hashlib.sha256(der.stdout).hexdigest()}"
+    token = line.split("--token ")[1].split()[0]
+    assert line == f"kubeadm join 127.0.0.1:{port} --token {token} --discovery-token-ca-cert-hash {pin} \n"
+    assert stored(node, "secrets", f"bootstrap-token-{token.split('.')[0]}", "kube-system")["type"] == (
+        "bootstrap.kubernetes.io/token")
 
     # A second init finds the static Pod manifests the first one wrote, as after a failed init.
-    again = node.run("kubeadm", "init", "--control-plane-endpoint=10.0.0.1:6443", "--node-name=cp-1")
+    again = node.run("kubeadm", "init", "--apiserver-advertise-address=127.0.0.1", f"--apiserver-bind-port={port}",
+                     "--node-name=cp-1")
     assert again.returncode == 1
-    assert again.stderr.startswith("[preflight] Some fatal errors occurred:\n\t[ERROR FileAvailable--etc-kubernetes-"
-                                   "manifests-kube-apiserver.yaml]: /etc/kubernetes/manifests/kube-apiserver.yaml "
-                                   "already exists\n"), again.stderr
+    assert ("[preflight] Some fatal errors occurred:\n\t[ERROR FileAvailable--etc-kubernetes-manifests-kube-apiserver.yaml]: "
+            "/etc/kubernetes/manifests/kube-apiserver.yaml already exists\n") in again.stderr, again.stderr
+    assert f"\t[ERROR Port-{port}]: Port {port} is in use\n" in again.stderr
     assert again.stderr.endswith("error: error execution phase preflight: preflight checks failed\n"
                                  "To see the stack trace of this error execute with --v=5 or higher\n")
-    ignored = node.run("kubeadm", "init", "--ignore-preflight-errors=all", "--node-name=cp-1")
-    assert "\t[WARNING FileAvailable--etc-kubernetes-manifests-etcd.yaml]" in ignored.stderr
+    mixed = node.run("kubeadm", "init", "--config=/etc/kubernetes/x.yaml", "--pod-network-cidr=10.244.0.0/16")
+    assert mixed.returncode == 1 and "can not mix '--config' with arguments [pod-network-cidr]" in mixed.stderr
 
-    node.path("etc/cni/net.d").mkdir(parents=True, exist_ok=True)
-    node.path("etc/cni/net.d/10-flannel.conflist").write_text("{}\n")
+    kubelet.terminate()
+    kubelet.wait(5)
     reset = node.run("kubeadm", "reset", "--force")
     assert reset.returncode == 0, reset.stderr
     assert "[reset] Stopping the kubelet service" in reset.stdout
@@ -413,42 +462,77 @@ def test_init_restarts_the_kubelet_which_registers_the_control_plane_and_reset_u
             "network filtering rules and kubeconfig files.\n") in reset.stdout
     for gone in ("var/lib/kubelet/config.yaml", "var/lib/kubelet/kubeadm-flags.env", "etc/kubernetes/kubelet.conf",
                  "etc/kubernetes/admin.conf", "etc/kubernetes/pki/ca.crt", "etc/kubernetes/manifests/etcd.yaml",
-                 f"{API}/nodes/cp-1", f"{API}/endpoint"):
+                 f"{API}/etcd"):
         assert not node.path(gone).exists(), gone
     assert node.path("etc/cni/net.d/10-flannel.conflist").exists(), "reset leaves the CNI configuration"
+    assert wait_for(lambda: subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"], capture_output=True,
+                                           check=False).returncode != 0), "the API server's Pod was removed"
     # Without --force it asks, and an answer other than y stops it.
     asked = node.run("kubeadm", "reset", stdin="n\n")
     assert asked.returncode == 1 and "won't proceed" in asked.stderr
 
 
-def test_join_starts_a_kubelet_that_registers_the_worker(node):
-    node.start_cri()
-    node.path(f"{API}/nodes").mkdir(parents=True)
-    for name, value in (("endpoint", "10.0.0.1:6443"), ("token", "abcdef.0123456789abcdef"),
-                        ("ca-hash", "sha256:" + "0" * 64), ("ca.crt", "-----BEGIN CERTIFICATE-----")):
-        node.path(f"{API}/{name}").write_text(value + "\n")
-    bad = node.run("kubeadm", "join", "10.0.0.1:6443", "--token", "abcdef.ffffffffffffffff")
-    assert bad.returncode == 1 and "not valid" in bad.stderr
-    upper = node.run("kubeadm", "join", "10.0.0.1:6443", "--token", "abcdef.0123456789abcdef", "--node-name", "W1")
+def test_join_checks_the_pin_and_the_token_and_its_kubelet_registers_the_worker(node):
+    port = free_port()
+    init, _kubelet = init_control_plane(node, port)
+    assert init.returncode == 0, init.stdout + init.stderr
+    line = node.run("kubeadm", "token", "create", "--print-join-command").stdout.split()
+    # The chroot is one node: take the control plane's kubelet files aside, as on another host.
+    aside = node.path("root/cp-1")
+    aside.mkdir(exist_ok=True)
+    for name in ("etc/kubernetes/kubelet.conf", "etc/kubernetes/pki/ca.crt"):
+        node.path(name).rename(aside / Path(name).name)
+    endpoint, token, pin = line[2], line[4], line[6]
+
+    unpinned = node.run("kubeadm", "join", endpoint, "--token", token)
+    assert unpinned.returncode == 1 and "using token-based discovery without caCertHashes can be unsafe" in unpinned.stderr
+    wrong_pin = node.run("kubeadm", "join", endpoint, "--token", token, "--discovery-token-ca-cert-hash",
+                         "sha256:" + "0" * 64)
+    assert wrong_pin.returncode == 1 and "cluster CA found in cluster-info ConfigMap is invalid" in wrong_pin.stderr
+    bad = node.run("kubeadm", "join", endpoint, "--token", token.split(".")[0] + ".ffffffffffffffff",
+                   "--discovery-token-ca-cert-hash", pin)
+    assert bad.returncode == 1 and "cannot get the kubelet configuration: Unauthorized" in bad.stderr, bad.stderr
+    upper = node.run("kubeadm", "join", endpoint, "--token", token, "--discovery-token-ca-cert-hash", pin,
+                     "--node-name", "W1")
     assert upper.returncode == 1 and "a lowercase RFC 1123 subdomain" in upper.stderr
-    join = node.run("kubeadm", "join", "10.0.0.1:6443", "--token", "abcdef.0123456789abcdef",
-                    "--discovery-token-ca-cert-hash", "sha256:" + "0" * 64, "--node-name", "w1")
+    join = node.run("kubeadm", "join", endpoint, "--token", token, "--discovery-token-ca-cert-hash", pin,
+                    "--node-name", "w1")
     assert join.returncode == 0, join.stderr
     assert "This node has joined the cluster" in join.stdout
-    assert node.path("var/lib/kubelet/fake-role").read_text() == "worker\n"
+    assert node.path("etc/kubernetes/pki/ca.crt").read_bytes() == (aside / "ca.crt").read_bytes()
     kubelet = node.start_kubelet(*node.kubelet_args())
-    assert wait_for(lambda: node.path(f"{API}/nodes/w1").exists()), kubelet.stderr
-    assert node.path(f"{API}/nodes/w1").read_text() == "worker\n"
-    assert node.path("etc/kubernetes/pki/ca.crt").read_text() == "-----BEGIN CERTIFICATE-----\n"
-    again = node.run("kubeadm", "join", "10.0.0.1:6443", "--token", "abcdef.0123456789abcdef")
+    assert wait_for(lambda: stored(node, "nodes", "w1")), kubelet.stderr
+    assert "node-role.kubernetes.io/control-plane" not in stored(node, "nodes", "w1")["metadata"]["labels"]
+
+    again = node.run("kubeadm", "join", endpoint, "--token", token, "--discovery-token-ca-cert-hash", pin)
     assert again.returncode == 1
     assert ("\t[ERROR FileAvailable--etc-kubernetes-kubelet.conf]: /etc/kubernetes/kubelet.conf already exists\n"
             "\t[ERROR FileAvailable--etc-kubernetes-pki-ca.crt]: /etc/kubernetes/pki/ca.crt already exists\n") in again.stderr
     # A join that stopped half-way leaves the CA: refused until a reset.
     node.path("etc/kubernetes/kubelet.conf").unlink()
-    half = node.run("kubeadm", "join", "10.0.0.1:6443", "--token", "abcdef.0123456789abcdef")
+    half = node.run("kubeadm", "join", endpoint, "--token", token, "--discovery-token-ca-cert-hash", pin)
     assert half.returncode == 1 and "[ERROR FileAvailable--etc-kubernetes-pki-ca.crt]" in half.stderr
     assert "kubelet.conf" not in half.stderr
+
+
+def test_the_kubelet_runs_a_daemonset_s_cni_copy_and_turns_ready(node):
+    port = free_port()
+    init, _kubelet = init_control_plane(node, port)
+    assert init.returncode == 0, init.stdout + init.stderr
+    applied = kubectl(node, "apply", "--server-side", "-f", str(CHECKOUT / "tests/fleet/cni/kube-flannel.yml"))
+    assert applied.returncode == 0, applied.stderr
+    assert "daemonset.apps/kube-flannel-ds serverside-applied" in applied.stdout
+    conflist = node.path("etc/cni/net.d/10-flannel.conflist")
+    # The taint is tolerated (operator Exists, NoSchedule): its Pod comes to cp-1 as well.
+    assert wait_for(conflist.exists, timeout=10), "the install-cni init container's copy"
+    assert json.loads(conflist.read_text())["plugins"][0]["type"] == "flannel"
+    assert not node.path("opt/cni/bin/flannel").exists(), "a copy out of the image is not modelled"
+    assert wait_for(lambda: ready(stored(node, "nodes", "cp-1")).get("status") == "True", timeout=5)
+    pods = kubectl(node, "get", "pods", "-n", "kube-flannel", "-o", "jsonpath={.items[*].spec.nodeName}")
+    assert pods.stdout == "cp-1", pods.stderr
+    # Deleting the Node takes its Pods (the pod GC controller's part).
+    assert kubectl(node, "delete", "node", "cp-1").returncode == 0
+    assert kubectl(node, "get", "pods", "-n", "kube-flannel", "-o", "name").stdout == ""
 
 
 def test_init_and_join_refuse_a_node_whose_container_runtime_does_not_answer(node):
