@@ -59,7 +59,8 @@ def test_2_init_enable_join(service, cluster):
         assert api.call("GET", f"/gpuaas/node/{node['id']}")["status"] == "initialized"
 
     enabled = api.call("POST", f"/gpuaas/enable?controller_node_id={nodes['node1']['id']}")
-    assert api.wait_job(enabled["job_id"])["status"] == "successful"
+    enable_job = api.wait_job(enabled["job_id"])
+    assert enable_job["status"] == "successful", enable_job["explanation"]
     cluster_state = api.call("GET", f"/gpuaas/{enabled['gpuaas_id']}")
     assert cluster_state["status"] == "GPUAAS_ACTIVE" and cluster_state["k8s_api_server_port"] == 6443
 
