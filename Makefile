@@ -30,7 +30,7 @@ COLLECTION_LINK := $(BUILD)/collections/ansible_collections/hostedai/gpuaas
 DEBIAN_PACKAGES := python3-venv systemd systemd-container gnupg dpkg-dev openssh-server debootstrap gcc libyaml-dev iproute2 util-linux rsync shellcheck postgresql wrk
 
 .PHONY: run help deps venv collection fleet-image fleet-up fleet-down test test-checks test-unit test-api test-sanity \
-        test-lint test-build test-deploy test-fleet test-molecule bench bench-node-init clean
+        test-lint test-build test-deploy test-standins test-fleet test-molecule bench bench-node-init clean
 
 # The service on its embedded defaults: SQLite in ./var, 127.0.0.1:8080.
 run: venv deps
@@ -74,16 +74,18 @@ fleet-down: venv
 	$(FLEET) down
 
 # --------------------------------------------------------------------------- tests
-# The checks that need no fleet share nothing but the read-only checkout, so two run at a time
-# (the API tests mostly wait on servers and jobs), and they run beside the fleet's tests, which
-# spend most of their time waiting too (SSH, apt, reboots, kubelet heartbeats: under half a
-# core of this machine's two, measured).  Each one's output is printed whole when it ends.
+# The checks that need no fleet share nothing but the read-only checkout (and the node image,
+# built once, under a lock), so two run at a time (the API tests mostly wait on servers and
+# jobs), and they run beside the fleet's tests, which spend most of their time waiting too
+# (SSH, apt, reboots: under half a core of this machine's two, measured).  Each one's output
+# is printed whole when it ends.
 test: venv deps collection
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test-checks test-fleet
 	@echo "all checks passed"
 
 test-checks: venv deps collection
-	@$(MAKE) --no-print-directory -j2 --output-sync=target test-api test-sanity test-lint test-unit test-build test-deploy
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-api test-sanity test-lint test-unit test-build test-deploy \
+	  test-standins
 
 test-unit: venv collection
 	$(BIN)/pytest -q tests/unit
@@ -128,11 +130,16 @@ test-build: venv
 	ANSIBLE_COLLECTIONS_PATH=$(BUILD)/installed $(BIN)/ansible-galaxy collection install --offline --force -p $(BUILD)/installed $(BUILD)/dist/hostedai-gpuaas-*.tar.gz
 	$(BIN)/pytest -q tests/build --installed $(BUILD)/installed --tarball $$(ls $(BUILD)/dist/hostedai-gpuaas-*.tar.gz)
 
+# The stand-in packages and the fake API server in chroots of the node image: no fleet runs.
+# (`fleet.py image` waits while the fleet's own target builds the image.)
+test-standins: fleet-image
+	$(BIN)/pytest -q -p no:cacheprovider --durations=5 tests/standins
+
 # The fleet is machine-wide: make sure none is left over, and always stop ours.
 test-fleet: fleet-image collection
 	@$(FLEET) down >/dev/null 2>&1 || true
 	@status=0; \
-	$(BIN)/pytest -q tests/fleet_harness || status=1; \
+	$(BIN)/pytest -q -p no:cacheprovider --durations=5 tests/fleet_harness || status=1; \
 	if [ $$status = 0 ]; then \
 	  $(FLEET) hub && \
 	  for s in $(SCENARIOS); do \
@@ -142,7 +149,7 @@ test-fleet: fleet-image collection
 	fi; \
 	if [ $$status = 0 ]; then \
 	  echo "=== end-to-end: gpuaas-api serve against the fleet"; \
-	  $(FLEET) exec -- env PATH="$$PATH" $(BIN)/pytest -q -p no:cacheprovider tests/e2e || status=1; \
+	  $(FLEET) exec -- env PATH="$$PATH" $(BIN)/pytest -q -p no:cacheprovider --durations=15 tests/e2e || status=1; \
 	fi; \
 	$(FLEET) down || status=1; \
 	exit $$status

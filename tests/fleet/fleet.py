@@ -394,6 +394,28 @@ class FleetLock:
         self.handle.close()
 
 
+class ImageLock:
+    """Serialises the image and repository builds of one checkout: `make test` runs the checks
+    that need the image beside the fleet's tests, and a second build waits for the first
+    (blocking) rather than building into the same rootfs.partial."""
+
+    def __enter__(self):
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        self.handle = open(CACHE_DIR / ".image.lock", "w")
+        fcntl.flock(self.handle, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def build_image_and_repo(force: bool = False) -> Path:
+    with ImageLock():
+        build_image(force)  # a no-op when this checkout's image is up to date
+        return build_package_repo()  # likewise; node files come from its packages (the NVIDIA driver)
+
+
 # --------------------------------------------------------------------------- up
 
 def check_subnet_free() -> None:
@@ -628,8 +650,7 @@ def up(count: int, without_driver: tuple[str, ...] = ()) -> None:
         unknown = sorted(set(without_driver) - {node_name(n) for n in range(1, count + 1)})
         if unknown:
             raise FleetError(f"--without-driver names no node of this fleet: {', '.join(unknown)}")
-        build_image()  # a no-op when this checkout's image is up to date
-        build_package_repo()  # likewise; node files come from its packages (the NVIDIA driver)
+        build_image_and_repo()
         ensure_hub()
         shutil.rmtree(STATE_DIR, ignore_errors=True)
         STATE_DIR.mkdir(parents=True)
@@ -909,8 +930,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command == "image":
-            build_image(force=args.force)
-            print(f"fleet package repository ready: {build_package_repo()}")
+            print(f"fleet package repository ready: {build_image_and_repo(force=args.force)}")
         elif args.command == "up":
             up(args.count, tuple(args.without_driver))
         elif args.command == "down":

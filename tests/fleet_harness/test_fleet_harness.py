@@ -5,6 +5,7 @@ and one at a time; `make test-fleet` runs them before the molecule scenarios.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
@@ -277,6 +278,23 @@ def test_a_half_built_image_is_never_taken_for_a_good_one(tmp_path):
     assert result.returncode == 1 and "debootstrap from" in result.stderr
     assert not (cache / "rootfs.partial").exists()
     assert not (cache / "image.digest").exists()
+
+
+def test_a_second_image_build_waits_for_the_first(tmp_path):
+    # `make test` runs test-standins beside test-fleet, and both build the image: the second
+    # waits on the lock instead of debootstrapping into the same rootfs.partial.
+    cache = tmp_path / "fleet"
+    cache.mkdir()
+    with open(cache / ".image.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        env = dict(os.environ, FLEET_CACHE_DIR=str(cache), FLEET_APT_MIRROR="http://127.0.0.1:9/debian")
+        second = subprocess.Popen([*FLEET, "image"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        assert second.poll() is None, second.communicate()
+        assert not (cache / "debootstrap.log").exists() and not (cache / "rootfs.partial").exists()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 1 and "debootstrap from http://127.0.0.1:9/debian failed" in err
 
 
 def test_a_full_disk_fails_before_debootstrap_starts(tmp_path):

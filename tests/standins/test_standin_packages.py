@@ -167,11 +167,11 @@ class Node:
             args += env.get(word[1:], "").split() if word.startswith("$") else [word]
         return args
 
-    def start_kubelet(self, *args: str) -> subprocess.Popen:
+    def start_kubelet(self, *args: str, heartbeat: str = "0.3") -> subprocess.Popen:
         process = subprocess.Popen(
             ["chroot", str(self.root), "/usr/bin/kubelet", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "FAKE_PROC_SWAPS": "/tmp/swaps",
-                            "FAKE_KUBELET_HEARTBEAT_SECONDS": "0.3"})
+                            "FAKE_KUBELET_HEARTBEAT_SECONDS": heartbeat})
         self.processes.append(process)
         return process
 
@@ -331,6 +331,7 @@ def write_kubelet_files(node: Node, config_extra: str = "") -> None:
     node.path("var/lib/kubelet").mkdir(parents=True, exist_ok=True)
     node.path("var/lib/kubelet/config.yaml").write_text(
         "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: systemd\n" + config_extra)
+    node.path("etc/kubernetes").mkdir(parents=True, exist_ok=True)
     node.path("etc/kubernetes/kubelet.conf").write_text('clusters:\n- cluster: {server: "https://10.0.0.1:6443"}\n')
 
 
@@ -381,7 +382,8 @@ def kubectl(node: Node, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60, check=False)
 
 
-def init_control_plane(node: Node, port: int, *extra: str) -> tuple[subprocess.CompletedProcess, subprocess.Popen]:
+def init_control_plane(node: Node, port: int, *extra: str,
+                       heartbeat: str = "0.3") -> tuple[subprocess.CompletedProcess, subprocess.Popen]:
     """kubeadm init in the chroot, with the kubelet that systemd would start (kubelet-start phase)
     started by the test: the kubelet runs the API server's static Pod, init waits for it."""
     node.start_cri()
@@ -391,7 +393,7 @@ def init_control_plane(node: Node, port: int, *extra: str) -> tuple[subprocess.C
                             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "FAKE_KUBEADM_CONTROL_PLANE_TIMEOUT": "30"})
     node.processes.append(init)
     assert wait_for(lambda: node.path("var/lib/kubelet/kubeadm-flags.env").exists(), timeout=30), "no kubelet-start"
-    kubelet = node.start_kubelet(*node.kubelet_args())
+    kubelet = node.start_kubelet(*node.kubelet_args(), heartbeat=heartbeat)
     out, err = init.communicate(timeout=60)
     return subprocess.CompletedProcess(init.args, init.returncode, out, err), kubelet
 
@@ -515,16 +517,42 @@ def test_join_checks_the_pin_and_the_token_and_its_kubelet_registers_the_worker(
     assert "kubelet.conf" not in half.stderr
 
 
+def test_init_from_a_config_file_takes_its_node_name_and_kubelet_configuration(node):
+    # The shape cluster_controller's kubeadm-config.yaml.j2 writes: three documents.
+    node.start_cri()
+    port = free_port()
+    node.path("etc/gpuaas").mkdir(parents=True, exist_ok=True)
+    node.path("etc/gpuaas/kubeadm-config.yaml").write_text(
+        "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\nlocalAPIEndpoint:\n"
+        f"  advertiseAddress: 127.0.0.1\n  bindPort: {port}\nnodeRegistration:\n  name: acc-cp\n---\n"
+        "apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\nnetworking:\n  podSubnet: 10.244.0.0/16\n"
+        "---\napiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\ncgroupDriver: cgroupfs\n"
+        "failSwapOn: false\n")
+    # No kubelet runs here, so init stops at wait-control-plane, after kubelet-start.
+    init = node.run("kubeadm", "init", "--config=/etc/gpuaas/kubeadm-config.yaml",
+                    env={"FAKE_KUBEADM_CONTROL_PLANE_TIMEOUT": "1"})
+    assert init.returncode == 1
+    assert "error execution phase wait-control-plane" in init.stderr
+    config = node.path("var/lib/kubelet/config.yaml").read_text()
+    assert "\ncgroupDriver: cgroupfs\n" in config and "\nfailSwapOn: false\n" in config
+    assert "--hostname-override=acc-cp" in node.path("var/lib/kubelet/kubeadm-flags.env").read_text()
+    assert f"server: https://127.0.0.1:{port}" in node.path("etc/kubernetes/admin.conf").read_text()
+
+
 def test_the_kubelet_runs_a_daemonset_s_cni_copy_and_turns_ready(node):
     port = free_port()
-    init, _kubelet = init_control_plane(node, port)
+    # A heartbeat (nodeStatusUpdateFrequency) far longer than the test: the DaemonSet's Pod
+    # starts within seconds all the same, and a kubelet in its first 120 s reports Ready the
+    # moment it is (the real one's fast status update), not at its next heartbeat.
+    init, kubelet = init_control_plane(node, port, heartbeat="600")
     assert init.returncode == 0, init.stdout + init.stderr
+    assert wait_for(lambda: ready(stored(node, "nodes", "cp-1")).get("reason") == "KubeletNotReady")
     applied = kubectl(node, "apply", "--server-side", "-f", str(CHECKOUT / "tests/fleet/cni/kube-flannel.yml"))
     assert applied.returncode == 0, applied.stderr
     assert "daemonset.apps/kube-flannel-ds serverside-applied" in applied.stdout
     conflist = node.path("etc/cni/net.d/10-flannel.conflist")
     # The taint is tolerated (operator Exists, NoSchedule): its Pod comes to cp-1 as well.
-    assert wait_for(conflist.exists, timeout=10), "the install-cni init container's copy"
+    assert wait_for(conflist.exists, timeout=5), "the install-cni init container's copy"
     assert json.loads(conflist.read_text())["plugins"][0]["type"] == "flannel"
     assert not node.path("opt/cni/bin/flannel").exists(), "a copy out of the image is not modelled"
     assert wait_for(lambda: ready(stored(node, "nodes", "cp-1")).get("status") == "True", timeout=5)
@@ -533,6 +561,8 @@ def test_the_kubelet_runs_a_daemonset_s_cni_copy_and_turns_ready(node):
     # Deleting the Node takes its Pods (the pod GC controller's part).
     assert kubectl(node, "delete", "node", "cp-1").returncode == 0
     assert kubectl(node, "get", "pods", "-n", "kube-flannel", "-o", "name").stdout == ""
+    kubelet.terminate()
+    assert "Fast updating node status as it just became ready" in kubelet.communicate(timeout=10)[1]
 
 
 def test_init_and_join_refuse_a_node_whose_container_runtime_does_not_answer(node):
