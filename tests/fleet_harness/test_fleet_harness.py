@@ -293,7 +293,7 @@ def test_a_second_image_build_waits_for_the_first(tmp_path):
         assert second.poll() is None, second.communicate()
         assert not (cache / "debootstrap.log").exists() and not (cache / "rootfs.partial").exists()
         fcntl.flock(lock, fcntl.LOCK_UN)
-    _, err = second.communicate(timeout=300)
+    err = second.communicate(timeout=300)[1]
     assert second.returncode == 1 and "debootstrap from http://127.0.0.1:9/debian failed" in err
 
 
