@@ -778,34 +778,53 @@ def node_init_pid(node: dict) -> int | None:
     return None
 
 
-def stop_node_processes(*nodes: dict) -> None:
+def node_cgroup_pids(name: str) -> set[int]:
+    """Every process in the node's cgroups (nspawn puts the container there)."""
+    pids: set[int] = set()
+    for hierarchy in CGROUP_HIERARCHIES:
+        top = Path(hierarchy) / CGROUP_PARENT / name
+        for procs in top.rglob("cgroup.procs") if top.is_dir() else ():
+            try:
+                pids.update(int(pid) for pid in procs.read_text().split())
+            except (OSError, ValueError):
+                pass
+    return pids
+
+
+def stop_node_processes(nodes: dict) -> None:
     """Kill each node's supervisor, unshare and PID 1, and wait until they are all gone.
 
     The supervisor leads its own process group (start_new_session), so one
     killpg reaches the supervisor, `ip netns exec`/unshare and the node's PID 1;
-    killing PID 1 of a PID namespace ends every process in it.  Waiting matters:
-    a namespace (and its veth) lives on while any process still holds it.  Every node
-    is killed before waiting for any, so the kernel tears them down together.
+    killing PID 1 of a PID namespace ends every process in it.  A node whose supervisor was
+    killed from outside (a CI job stopped with SIGKILL) has no such tree any more: what is
+    still in its cgroups is killed too.  Waiting matters: a namespace (and its veth) lives
+    on while any process still holds it.  Every node is killed before waiting for any, so
+    the kernel tears them down together.
     """
     killed = []
-    for node in nodes:
-        supervisor = node["supervisor_pid"]
-        init_pid = node_init_pid(node)
+    for name, node in nodes.items():
+        supervisor = node["supervisor_pid"]  # 0: none known (a node down found orphaned)
+        init_pid = node_init_pid(node) if supervisor else None
         try:
-            os.killpg(supervisor, signal.SIGKILL)
+            if supervisor:  # killpg(0) would be this process's own group
+                os.killpg(supervisor, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        if init_pid and pid_alive(init_pid):
-            os.kill(init_pid, signal.SIGKILL)
-        killed.append((node, supervisor, init_pid))
+        for pid in ({init_pid} if init_pid else set()) | node_cgroup_pids(name):
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        killed.append((name, supervisor, init_pid))
     deadline = time.monotonic() + 10
     while killed and time.monotonic() < deadline:
-        killed = [(node, supervisor, init_pid) for node, supervisor, init_pid in killed
-                  if process_group_alive(supervisor) or (init_pid and pid_alive(init_pid))]
+        killed = [(name, supervisor, init_pid) for name, supervisor, init_pid in killed
+                  if (supervisor and process_group_alive(supervisor)) or (init_pid and pid_alive(init_pid))
+                  or any(pid_alive(pid) for pid in node_cgroup_pids(name))]
         if killed:
             time.sleep(0.05)
     if killed:
-        raise FleetError(f"{', '.join(entry[0]['netns'] for entry in killed)}: processes still alive 10s after SIGKILL")
+        raise FleetError(f"{', '.join(nodes[entry[0]]['netns'] for entry in killed)}: "
+                         "processes still alive 10s after SIGKILL")
 
 
 def forget_node(name: str) -> None:
@@ -817,7 +836,7 @@ def forget_node(name: str) -> None:
 
 def teardown(state: dict, keep_hub: bool) -> None:
     stop_repo_server(state.get("package_repo"))
-    stop_node_processes(*state["nodes"].values())
+    stop_node_processes(state["nodes"])
     for name, node in state["nodes"].items():
         forget_node(name)
         run("ip", "netns", "delete", node["netns"], check=False, capture=True)
@@ -832,10 +851,17 @@ def down(keep_hub: bool = False) -> None:
     with FleetLock():
         state = read_state()
         if state is None:
-            # No record, but a hub left by a crashed run must still go.
+            # No record, but a hub left by a crashed run must still go, and so must nodes
+            # whose processes outlived it (what is still in the fleet's cgroups).
+            orphans = sorted({entry.name for hierarchy in CGROUP_HIERARCHIES
+                              for entry in (Path(hierarchy) / CGROUP_PARENT).glob("*") if entry.is_dir()})
+            if orphans:
+                stop_node_processes({name: {"supervisor_pid": 0, "netns": name} for name in orphans})
+                for name in orphans:
+                    forget_node(name)
             if not keep_hub:
                 run("ip", "netns", "delete", HUB_NS, check=False, capture=True)
-            print("no fleet running")
+            print(f"no fleet running{f' (removed what was left of {len(orphans)} nodes)' if orphans else ''}")
             return
         teardown(state, keep_hub)
         leftovers = [line for line in run("ip", "netns", "list", capture=True).stdout.splitlines()
@@ -883,7 +909,7 @@ def node_power(name: str, action: str) -> None:
         state = require_state()
         node = require_node(state, name)
         if action == "stop":
-            stop_node_processes(node)
+            stop_node_processes({name: node})
             forget_node(name)
         else:
             if pid_alive(node["supervisor_pid"]):

@@ -87,6 +87,24 @@ def test_refuses_to_start_over_a_running_fleet(running_fleet):
     assert ssh("node3", "true").returncode == 0
 
 
+def test_down_stops_a_node_whose_supervisor_was_killed_from_outside(running_fleet):
+    # What a CI job stopped with SIGKILL leaves: the supervisor and nspawn gone, the node's
+    # systemd handed to the host's init and still running.  down kills what is in its cgroups.
+    state = json.loads((STATE_DIR / "state.json").read_text())
+    node = state["nodes"]["node1"]
+    os.killpg(node["supervisor_pid"], 9)
+    procs = Path("/sys/fs/cgroup/systemd/gpuaas-fleet/node1").rglob("cgroup.procs")
+    orphans = {int(pid) for path in procs for pid in path.read_text().split()}
+    assert orphans, "the node's processes outlive its supervisor"
+
+    fleet("down")
+
+    assert not [pid for pid in orphans if Path(f"/proc/{pid}").exists()
+                and Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"]
+    assert not Path("/sys/fs/cgroup/systemd/gpuaas-fleet/node1").exists()
+    assert not [ns for ns in namespaces() if ns.startswith("gpuaas-")]
+
+
 def test_down_stops_every_process_and_leaves_nothing(running_fleet):
     state = json.loads((STATE_DIR / "state.json").read_text())
     supervisors = [node["supervisor_pid"] for node in state["nodes"].values()]
