@@ -778,6 +778,23 @@ def node_init_pid(node: dict) -> int | None:
     return None
 
 
+def is_supervisor_of(pid: int, node: dict) -> bool:
+    """Whether ``pid`` is the node's supervisor still (start_node's command line, its netns)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if pid > 0 else []
+    except OSError:
+        return False
+    return b"supervisor" in argv and node["netns"].encode() in argv
+
+
+def kill_quietly(pid: int, group: bool = False) -> None:
+    """SIGKILL, for a process that may have ended meanwhile."""
+    try:
+        (os.killpg if group else os.kill)(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def node_cgroup_pids(name: str) -> set[int]:
     """Every process in the node's cgroups (nspawn puts the container there)."""
     pids: set[int] = set()
@@ -804,16 +821,16 @@ def stop_node_processes(nodes: dict) -> None:
     """
     killed = []
     for name, node in nodes.items():
-        supervisor = node["supervisor_pid"]  # 0: none known (a node down found orphaned)
+        # 0: none known (a node `down` found orphaned), or the recorded one is gone and its
+        # number may be another process's now.
+        supervisor = node["supervisor_pid"] if is_supervisor_of(node["supervisor_pid"], node) else 0
         init_pid = node_init_pid(node) if supervisor else None
-        try:
-            if supervisor:  # killpg(0) would be this process's own group
-                os.killpg(supervisor, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        for pid in ({init_pid} if init_pid else set()) | node_cgroup_pids(name):
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        if supervisor:  # killpg(0) would be this process's own group
+            kill_quietly(supervisor, group=True)
+        if init_pid:
+            kill_quietly(init_pid)
+        for pid in node_cgroup_pids(name):  # read after PID 1 is gone: what outlived it
+            kill_quietly(pid)
         killed.append((name, supervisor, init_pid))
     deadline = time.monotonic() + 10
     while killed and time.monotonic() < deadline:
@@ -856,10 +873,19 @@ def down(keep_hub: bool = False) -> None:
             orphans = sorted({entry.name for hierarchy in CGROUP_HIERARCHIES
                               for entry in (Path(hierarchy) / CGROUP_PARENT).glob("*") if entry.is_dir()})
             if orphans:
-                stop_node_processes({name: {"supervisor_pid": 0, "netns": name} for name in orphans})
+                stop_node_processes({name: {"supervisor_pid": 0, "netns": f"{NODE_NS_PREFIX}{name}"}
+                                     for name in orphans})
                 for name in orphans:
                     forget_node(name)
+                    run("ip", "-n", HUB_NS, "link", "delete", f"veth-{name}", check=False, capture=True)
+            for line in run("ip", "netns", "list", capture=True).stdout.splitlines():
+                netns = line.split()[0] if line.split() else ""
+                if netns.startswith(NODE_NS_PREFIX) and netns != HUB_NS:  # a node's, its processes gone
+                    run("ip", "netns", "delete", netns, check=False, capture=True)
             if not keep_hub:
+                # The repository server a crashed run left in the hub (its record went with it).
+                for pid in run("ip", "netns", "pids", HUB_NS, check=False, capture=True).stdout.split():
+                    kill_quietly(int(pid))
                 run("ip", "netns", "delete", HUB_NS, check=False, capture=True)
             print(f"no fleet running{f' (removed what was left of {len(orphans)} nodes)' if orphans else ''}")
             return

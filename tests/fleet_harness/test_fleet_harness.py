@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -87,22 +88,51 @@ def test_refuses_to_start_over_a_running_fleet(running_fleet):
     assert ssh("node3", "true").returncode == 0
 
 
-def test_down_stops_a_node_whose_supervisor_was_killed_from_outside(running_fleet):
-    # What a CI job stopped with SIGKILL leaves: the supervisor and nspawn gone, the node's
-    # systemd handed to the host's init and still running.  down kills what is in its cgroups.
-    state = json.loads((STATE_DIR / "state.json").read_text())
-    node = state["nodes"]["node1"]
+def node_pids_after_its_supervisor_is_killed(name: str) -> tuple[int, set[int]]:
+    """SIGKILL the node's supervisor (and nspawn, in its process group), as a CI job stopped
+    with SIGKILL does: the node's systemd is handed to the host's init and goes on running."""
+    node = json.loads((STATE_DIR / "state.json").read_text())["nodes"][name]
+    sys.path.insert(0, str(REPO / "tests/fleet"))
+    import fleet as fleet_module  # noqa: E402  (the harness itself, for its PID 1 lookup)
+    init_pid = fleet_module.node_init_pid(node)
     os.killpg(node["supervisor_pid"], 9)
-    procs = Path("/sys/fs/cgroup/systemd/gpuaas-fleet/node1").rglob("cgroup.procs")
-    orphans = {int(pid) for path in procs for pid in path.read_text().split()}
-    assert orphans, "the node's processes outlive its supervisor"
+    time.sleep(1)
+    assert alive(init_pid), "the node's systemd outlives its supervisor"
+    procs = Path(f"/sys/fs/cgroup/systemd/gpuaas-fleet/{name}").rglob("cgroup.procs")
+    return init_pid, {int(pid) for path in procs for pid in path.read_text().split()}
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_down_stops_a_node_whose_supervisor_was_killed_from_outside(running_fleet):
+    init_pid, pids = node_pids_after_its_supervisor_is_killed("node1")
 
     fleet("down")
 
-    assert not [pid for pid in orphans if Path(f"/proc/{pid}").exists()
-                and Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"]
+    assert not [pid for pid in pids | {init_pid} if alive(pid)]
     assert not Path("/sys/fs/cgroup/systemd/gpuaas-fleet/node1").exists()
     assert not [ns for ns in namespaces() if ns.startswith("gpuaas-")]
+
+
+def test_down_without_a_record_removes_the_nodes_a_crashed_run_left(running_fleet):
+    left = [node_pids_after_its_supervisor_is_killed(name) for name in ("node1", "node2")]
+    shutil.rmtree(STATE_DIR)  # the run that crashed took its record with it
+
+    result = fleet("down")
+
+    assert "removed what was left of 3 nodes" in result.stdout  # node3's supervisor was alive
+    assert not [pid for init_pid, pids in left for pid in pids | {init_pid} if alive(pid)]
+    assert not Path("/sys/fs/cgroup/systemd/gpuaas-fleet").exists()
+    assert not [ns for ns in namespaces() if ns.startswith("gpuaas-")]
+    server = subprocess.run(["pgrep", "-f", "http.server --bind 198.18.0.1"], capture_output=True, text=True,
+                            check=False)
+    assert server.stdout == "", "the crashed run's repository server is gone too"
+    fleet("up", "1")  # nothing left in the way
 
 
 def test_down_stops_every_process_and_leaves_nothing(running_fleet):
