@@ -83,12 +83,9 @@ test: venv deps collection
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test-checks test-fleet
 	@echo "all checks passed"
 
-# Niced: the fleet's tests are the longest path of `make test` (about 25 minutes, measured on a
-# clean clone) and the checks have time to spare (about 10), so the checks take the CPU the
-# fleet's tests leave idle rather than slow them down.
 test-checks: venv deps collection
-	@nice -n 10 $(MAKE) --no-print-directory -j2 --output-sync=target test-api test-sanity test-lint test-unit \
-	  test-build test-deploy test-standins
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-api test-sanity test-lint test-unit test-build test-deploy \
+	  test-standins
 
 test-unit: venv collection
 	$(BIN)/pytest -q tests/unit
