@@ -29,7 +29,7 @@ FLEET := $(BIN)/python tests/fleet/fleet.py
 COLLECTION_LINK := $(BUILD)/collections/ansible_collections/hostedai/gpuaas
 DEBIAN_PACKAGES := python3-venv systemd systemd-container gnupg dpkg-dev openssh-server debootstrap gcc libyaml-dev iproute2 util-linux rsync shellcheck postgresql wrk
 
-.PHONY: run help deps venv collection fleet-image fleet-up fleet-down test test-checks test-unit test-api test-sanity \
+.PHONY: run help deps venv collection fleet-base fleet-image fleet-up fleet-down test test-checks test-unit test-api test-sanity \
         test-lint test-build test-deploy test-standins test-fleet test-molecule bench bench-node-init clean
 
 # The service on its embedded defaults: SQLite in ./var, 127.0.0.1:8080.
@@ -64,7 +64,12 @@ $(COLLECTION_LINK):
 collection: $(COLLECTION_LINK)
 
 # --------------------------------------------------------------------------- fleet
-fleet-image: venv deps
+# The image's base system needs only Debian's Python, so `make test` debootstraps it while pip
+# fills the venv: both mostly wait on downloads.
+fleet-base: deps
+	$(PYTHON) tests/fleet/fleet.py base
+
+fleet-image: venv deps fleet-base
 	$(FLEET) image
 
 fleet-up: fleet-image collection
@@ -78,8 +83,9 @@ fleet-down: venv
 # built once, under a lock), so two run at a time (the API tests mostly wait on servers and
 # jobs), and they run beside the fleet's tests, which spend most of their time waiting too
 # (SSH, apt, reboots: under half a core of this machine's two, measured).  Each one's output
-# is printed whole when it ends.
-test: venv deps collection
+# is printed whole when it ends.  The venv and the image's base system are made side by side
+# first: the checks start when the venv is ready, the fleet's tests when the image is.
+test: deps collection
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test-checks test-fleet
 	@echo "all checks passed"
 

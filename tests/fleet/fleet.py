@@ -7,7 +7,10 @@ own, with a veth into a bridge that lives in a "hub" namespace, on an overlay of
 one shared debootstrap image.  Ansible (and anything that drives it) runs inside
 the hub namespace, so no host interface is touched.
 
-    fleet.py image            build the node image (debootstrap) and the signed package
+    fleet.py base             debootstrap the base system the image is made from, once per
+                              checkout (the standard library only: Debian's Python runs it
+                              while pip fills the venv)
+    fleet.py image            build the node image (from the base) and the signed package
                               repository once per checkout, reuse them
     fleet.py hub              create the hub namespace (idempotent)
     fleet.py up [N] [--without-driver NODE ...]
@@ -41,8 +44,8 @@ import time
 import uuid
 from pathlib import Path
 
-import yaml
-
+# Nothing but the standard library at module level: `fleet.py base` runs under Debian's own
+# Python before the venv exists (PyYAML and nvidia-ml-py are imported where they are used).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import package_repo  # noqa: E402  (beside this file)
 
@@ -53,6 +56,7 @@ CHECKOUT = HERE.parents[1]
 # machine-wide (the running fleet's state, namespaces and lock) is outside it.
 CACHE_DIR = Path(os.environ.get("FLEET_CACHE_DIR", CHECKOUT / ".build" / "fleet"))
 STATE_DIR = Path(os.environ.get("FLEET_STATE_DIR", "/var/lib/hostedai-gpuaas-fleet"))
+BASE_DIR = CACHE_DIR / "debootstrap"  # debootstrap's system, which the image is copied from
 IMAGE_DIR = CACHE_DIR / "rootfs"
 REPO_DIR = CACHE_DIR / "repo"  # the signed apt repository (package_repo.py), served from the hub
 CNI_MANIFEST = "kube-flannel.yml"  # tests/fleet/cni: the copy of the CNI release manifest the fleet serves
@@ -121,6 +125,8 @@ def process_group_alive(pgid: int) -> bool:
 
 
 def load_slots() -> list[dict]:
+    import yaml
+
     return yaml.safe_load((HERE / "profiles.yml").read_text())["slots"]
 
 
@@ -168,11 +174,19 @@ def node_hardware(number: int, driver: bool = True) -> dict:
 
 # --------------------------------------------------------------------------- image
 
+def base_inputs_digest() -> str:
+    """Debootstrap again when what goes into the base system changes."""
+    digest = hashlib.sha256(IMAGE_PACKAGES.encode())
+    digest.update(inspect.getsource(debootstrap).encode())
+    digest.update(inspect.getsource(build_base).encode())
+    return digest.hexdigest()[:16]
+
+
 def image_inputs_digest() -> str:
     """Rebuild the image when what goes into it changes."""
     import pynvml  # the same nvidia-ml-py the project pins
 
-    digest = hashlib.sha256(IMAGE_PACKAGES.encode())
+    digest = hashlib.sha256(base_inputs_digest().encode())
     digest.update(Path(pynvml.__file__).read_bytes())
     digest.update(inspect.getsource(build_image).encode())
     digest.update(FLEET_BOOT_UNIT.encode())
@@ -266,27 +280,52 @@ WantedBy=sysinit.target
 """
 
 
-def build_image(force: bool = False) -> None:
-    """Build the node image once per checkout; rebuild it when its inputs change.
+def complete_build(final: Path, marker: Path, digest: str, force: bool) -> bool:
+    """Whether `final` is a finished build of these inputs.
 
-    The image is made in rootfs.partial and renamed into place only when it is
-    complete, and the digest is written last: an interrupted or failed build
-    leaves nothing that a later run takes for a good image.
+    Each build is made in <final>.partial and renamed into place only when it is complete,
+    and its digest is written last: an interrupted or failed build leaves nothing that a
+    later run takes for a good one.
     """
+    return not force and final.is_dir() and marker.exists() and marker.read_text() == digest
+
+
+def build_base(force: bool = False) -> None:
+    """debootstrap the base system once per checkout (about a minute, mostly downloads)."""
+    marker = CACHE_DIR / "debootstrap.digest"
+    digest = base_inputs_digest()
+    if complete_build(BASE_DIR, marker, digest, force):
+        return
+    if not shutil.which("debootstrap") and not Path("/usr/sbin/debootstrap").exists():
+        raise FleetError("debootstrap is missing; run: apt-get install -y debootstrap")
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    partial = CACHE_DIR / "debootstrap.partial"
+    shutil.rmtree(partial, ignore_errors=True)  # never resume a build that stopped half-way
+    print(f"debootstrapping the fleet's base system in {CACHE_DIR} (about a minute)...", flush=True)
+    debootstrap(partial, CACHE_DIR / "debootstrap.log")
+    shutil.rmtree(BASE_DIR, ignore_errors=True)
+    partial.rename(BASE_DIR)
+    marker.write_text(digest)
+
+
+def build_image(force: bool = False) -> None:
+    """Build the node image once per checkout, from the base; rebuild it when its inputs change."""
     marker = CACHE_DIR / "image.digest"
     digest = image_inputs_digest()
-    if not force and IMAGE_DIR.is_dir() and marker.exists() and marker.read_text() == digest:
+    if complete_build(IMAGE_DIR, marker, digest, force):
         print(f"fleet image up to date: {IMAGE_DIR}")
         return
-    for tool in ("debootstrap", "sshd", "ssh-keygen", "gcc"):
+    for tool in ("sshd", "ssh-keygen", "gcc"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
-            raise FleetError(f"{tool} is missing; run: apt-get install -y debootstrap openssh-server gcc")
+            raise FleetError(f"{tool} is missing; run: apt-get install -y openssh-server gcc")
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
     partial = CACHE_DIR / "rootfs.partial"
     shutil.rmtree(partial, ignore_errors=True)  # never resume a build that stopped half-way
-    print(f"building the fleet image with debootstrap in {CACHE_DIR} (about a minute)...", flush=True)
-    debootstrap(partial, CACHE_DIR / "debootstrap.log")
+    build_base(force)
+    # A copy: the base stays for the next image (its inputs change more often than the base's).
+    run("cp", "-a", "--reflink=auto", str(BASE_DIR), str(partial))
     # A node has no package repository but what the roles add (debootstrap leaves its mirror,
     # which no node can reach): an apt-get update must not fail on a source nobody asked for.
     (partial / "etc/apt/sources.list").unlink(missing_ok=True)
@@ -408,6 +447,11 @@ class ImageLock:
     def __exit__(self, *exc):
         fcntl.flock(self.handle, fcntl.LOCK_UN)
         self.handle.close()
+
+
+def build_base_locked(force: bool = False) -> None:
+    with ImageLock():
+        build_base(force)
 
 
 def build_image_and_repo(force: bool = False) -> Path:
@@ -740,6 +784,8 @@ def write_inventory(state: dict) -> None:
             "children": groups,
         }
     }
+    import yaml
+
     (STATE_DIR / "inventory.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
 
 
@@ -954,6 +1000,7 @@ def set_gpu_lost(name: str, index: int, lost: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("base").add_argument("--force", action="store_true")
     sub.add_parser("image").add_argument("--force", action="store_true")
     up_parser = sub.add_parser("up")
     up_parser.add_argument("count", type=int, nargs="?", default=5)
@@ -981,7 +1028,10 @@ def main(argv: list[str] | None = None) -> int:
         print("fleet: must run as root (namespaces, mounts)", file=sys.stderr)
         return 2
     try:
-        if args.command == "image":
+        if args.command == "base":
+            build_base_locked(force=args.force)
+            print(f"fleet base system ready: {BASE_DIR}")
+        elif args.command == "image":
             print(f"fleet package repository ready: {build_image_and_repo(force=args.force)}")
         elif args.command == "up":
             up(args.count, tuple(args.without_driver))

@@ -294,6 +294,8 @@ def test_the_image_is_built_under_the_checkout_not_machine_wide():
     # `make test` builds it before the harness runs: a clean clone has its own.
     assert (REPO / ".build/fleet/rootfs/usr/sbin/sshd").exists()
     assert (REPO / ".build/fleet/image.digest").exists()
+    assert (REPO / ".build/fleet/debootstrap/usr/sbin/sshd").exists()  # the base it was copied from
+    assert (REPO / ".build/fleet/debootstrap.digest").exists()
     assert not Path("/var/cache/hostedai-gpuaas-fleet").exists()
 
 
@@ -307,9 +309,22 @@ def test_a_failed_debootstrap_says_why_in_one_line_and_leaves_no_image(tmp_path)
     assert len(errors) == 1, result.stderr
     assert errors[0].startswith("fleet: debootstrap from http://127.0.0.1:9/debian failed (rc ")
     assert f"full log: {cache / 'debootstrap.log'}" in errors[0]
-    assert not (cache / "rootfs").exists()
-    assert not (cache / "rootfs.partial").exists()
-    assert not (cache / "image.digest").exists()
+    for left in ("rootfs", "rootfs.partial", "image.digest", "debootstrap", "debootstrap.partial", "debootstrap.digest"):
+        assert not (cache / left).exists(), left
+
+
+def test_the_base_system_needs_no_venv(tmp_path):
+    # `make test` debootstraps it with Debian's own Python while pip fills the venv.
+    cache = tmp_path / "fleet"
+    env = dict(os.environ, FLEET_CACHE_DIR=str(cache), FLEET_APT_MIRROR="http://127.0.0.1:9/debian",
+               PATH="/usr/sbin:/usr/bin:/sbin:/bin")
+    result = subprocess.run(["/usr/bin/python3", "-I", str(REPO / "tests/fleet/fleet.py"), "base"], env=env,
+                            capture_output=True, text=True, timeout=300, check=False)
+
+    # It got as far as debootstrap (no import failed), which the refusing mirror stops.
+    assert result.returncode == 1
+    assert result.stderr.startswith("fleet: debootstrap from http://127.0.0.1:9/debian failed (rc "), result.stderr
+    assert not (cache / "debootstrap").exists() and not (cache / "debootstrap.digest").exists()
 
 
 def test_a_half_built_image_is_never_taken_for_a_good_one(tmp_path):
@@ -317,15 +332,17 @@ def test_a_half_built_image_is_never_taken_for_a_good_one(tmp_path):
     # What an interrupted build leaves: debootstrap got as far as sshd.
     (cache / "rootfs.partial/usr/sbin").mkdir(parents=True)
     (cache / "rootfs.partial/usr/sbin/sshd").write_text("")
-    # An image without its digest (the digest is written last).
+    # An image without its digest (the digest is written last), and likewise a base system.
     (cache / "rootfs/usr/sbin").mkdir(parents=True)
+    (cache / "debootstrap.partial/usr/sbin").mkdir(parents=True)
+    (cache / "debootstrap/usr/sbin").mkdir(parents=True)
 
     result = build_image_into(cache)
 
-    # It started over with debootstrap instead of finishing either of them.
+    # It started over with debootstrap instead of finishing any of them.
     assert result.returncode == 1 and "debootstrap from" in result.stderr
-    assert not (cache / "rootfs.partial").exists()
-    assert not (cache / "image.digest").exists()
+    for left in ("rootfs.partial", "image.digest", "debootstrap.partial", "debootstrap.digest"):
+        assert not (cache / left).exists(), left
 
 
 def test_a_second_image_build_waits_for_the_first(tmp_path):
@@ -340,6 +357,7 @@ def test_a_second_image_build_waits_for_the_first(tmp_path):
         time.sleep(3)
         assert second.poll() is None, second.communicate()
         assert not (cache / "debootstrap.log").exists() and not (cache / "rootfs.partial").exists()
+        assert not (cache / "debootstrap.partial").exists()
         fcntl.flock(lock, fcntl.LOCK_UN)
     err = second.communicate(timeout=300)[1]
     assert second.returncode == 1 and "debootstrap from http://127.0.0.1:9/debian failed" in err
