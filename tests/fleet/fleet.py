@@ -554,15 +554,12 @@ def write_node_files(name: str, number: int, upper: Path, client_pubkey: str, ha
     return Path(str(key) + ".pub").read_text().split()[:2]
 
 
-SUPERVISOR_SCRIPT = r"""
-# Runs in a mount namespace of its own (unshare), which holds the node's overlay root for
-# as long as the node exists: killing the supervisor's process group ends the node and drops
-# the mount with it.  Boots the node; boots it again when it was rebooted.
-set -u
-netns=$1 node_dir=$2 image=$3 cluster=$4 name=$5
 # Started from inside the hub (`ip netns exec`, where molecule and the e2e tests run), /sys is
-# a fresh sysfs without the cgroup hierarchies that nspawn needs: mount this host's again (each
-# hierarchy /proc/self/cgroup names; mounting one again gives the same hierarchy).
+# a fresh sysfs without the cgroup hierarchies that nspawn needs and that `down` reads: mount
+# this host's again (each hierarchy /proc/self/cgroup names; mounting one again gives the same
+# hierarchy).  The mounts stay in that mount namespace, which `ip netns exec` made for the one
+# command.
+CGROUP_VIEW_SCRIPT = r"""
 if [ ! -d /sys/fs/cgroup/systemd ] && [ ! -e /sys/fs/cgroup/cgroup.controllers ]; then
   mount -t tmpfs -o mode=755 cgroup /sys/fs/cgroup
   while IFS=: read -r _ controllers _; do
@@ -574,6 +571,15 @@ if [ ! -d /sys/fs/cgroup/systemd ] && [ ! -e /sys/fs/cgroup/cgroup.controllers ]
     fi
   done < /proc/self/cgroup
 fi
+"""
+
+SUPERVISOR_SCRIPT = r"""
+# Runs in a mount namespace of its own (unshare), which holds the node's overlay root for
+# as long as the node exists: killing the supervisor's process group ends the node and drops
+# the mount with it.  Boots the node; boots it again when it was rebooted.
+set -u
+netns=$1 node_dir=$2 image=$3 cluster=$4 name=$5
+{cgroup_view}
 for hierarchy in {hierarchies}; do
   [ -d "$hierarchy" ] || continue
   mkdir -p "$hierarchy/{parent}/$name"
@@ -602,8 +608,15 @@ while :; do
   [ "$rc" -eq {reboot} ] || exit "$rc"
   sleep 3  # the node really is away for a while, as after a real reboot
 done
-""".replace("{reboot}", str(REBOOT_EXIT_CODE)).replace("{parent}", CGROUP_PARENT).replace(
-    "{hierarchies}", " ".join(CGROUP_HIERARCHIES))
+""".replace("{cgroup_view}", CGROUP_VIEW_SCRIPT).replace("{reboot}", str(REBOOT_EXIT_CODE)).replace(
+    "{parent}", CGROUP_PARENT).replace("{hierarchies}", " ".join(CGROUP_HIERARCHIES))
+
+
+def see_host_cgroups() -> None:
+    """Before reading the nodes' cgroups: inside the hub, mount this host's (CGROUP_VIEW_SCRIPT).
+    Without them, a `down` run there would neither find what outlived a node nor remove its cgroups."""
+    if not Path("/sys/fs/cgroup/systemd").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        run("bash", "-c", CGROUP_VIEW_SCRIPT)
 
 
 def start_node(name: str, node: dict, image: Path) -> int:
@@ -617,6 +630,7 @@ def start_node(name: str, node: dict, image: Path) -> int:
 
 def remove_node_cgroups(name: str) -> None:
     """The node's cgroups (and nspawn's payload/supervisor groups below them), deepest first."""
+    see_host_cgroups()
     for hierarchy in CGROUP_HIERARCHIES:
         top = Path(hierarchy) / CGROUP_PARENT / name
         if not top.is_dir():
@@ -843,6 +857,7 @@ def kill_quietly(pid: int, group: bool = False) -> None:
 
 def node_cgroup_pids(name: str) -> set[int]:
     """Every process in the node's cgroups (nspawn puts the container there)."""
+    see_host_cgroups()
     pids: set[int] = set()
     for hierarchy in CGROUP_HIERARCHIES:
         top = Path(hierarchy) / CGROUP_PARENT / name
@@ -916,6 +931,7 @@ def down(keep_hub: bool = False) -> None:
         if state is None:
             # No record, but a hub left by a crashed run must still go, and so must nodes
             # whose processes outlived it (what is still in the fleet's cgroups).
+            see_host_cgroups()
             orphans = sorted({entry.name for hierarchy in CGROUP_HIERARCHIES
                               for entry in (Path(hierarchy) / CGROUP_PARENT).glob("*") if entry.is_dir()})
             if orphans:

@@ -18,6 +18,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 FLEET = [sys.executable, str(REPO / "tests/fleet/fleet.py")]
+sys.path.insert(0, str(REPO / "tests/fleet"))
+import fleet as fleet_module  # noqa: E402  (the harness itself, for its PID 1 lookup)
 STATE_DIR = Path("/var/lib/hostedai-gpuaas-fleet")
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the fleet needs root (namespaces, mounts)")
@@ -92,8 +94,6 @@ def node_pids_after_its_supervisor_is_killed(name: str) -> tuple[int, set[int]]:
     """SIGKILL the node's supervisor (and nspawn, in its process group), as a CI job stopped
     with SIGKILL does: the node's systemd is handed to the host's init and goes on running."""
     node = json.loads((STATE_DIR / "state.json").read_text())["nodes"][name]
-    sys.path.insert(0, str(REPO / "tests/fleet"))
-    import fleet as fleet_module  # noqa: E402  (the harness itself, for its PID 1 lookup)
     init_pid = fleet_module.node_init_pid(node)
     os.killpg(node["supervisor_pid"], 9)
     time.sleep(1)
@@ -112,11 +112,14 @@ def alive(pid: int) -> bool:
 def test_down_stops_a_node_whose_supervisor_was_killed_from_outside(running_fleet):
     init_pid, pids = node_pids_after_its_supervisor_is_killed("node1")
 
-    fleet("down")
+    # From inside the hub, as molecule's destroy and the e2e tests run it: there `ip netns exec`
+    # gave fleet.py a sysfs without the cgroup hierarchies, which it mounts again to read them.
+    in_hub(*FLEET, "down", "--keep-hub")
 
     assert not [pid for pid in pids | {init_pid} if alive(pid)]
-    assert not Path("/sys/fs/cgroup/systemd/gpuaas-fleet/node1").exists()
-    assert not [ns for ns in namespaces() if ns.startswith("gpuaas-")]
+    for hierarchy in ("systemd", "unified"):
+        assert not Path(f"/sys/fs/cgroup/{hierarchy}/gpuaas-fleet").exists(), hierarchy
+    assert [ns for ns in namespaces() if ns.startswith("gpuaas-")] == ["gpuaas-hub"]
 
 
 def test_down_without_a_record_removes_the_nodes_a_crashed_run_left(running_fleet):
@@ -154,7 +157,8 @@ def test_down_stops_every_process_and_leaves_nothing(running_fleet):
                               capture_output=True, text=True, check=False)
     assert leftover.stdout.strip() == ""
     for node in state["nodes"]:  # nspawn's cgroups and propagation directory are gone with the node
-        assert not Path(f"/sys/fs/cgroup/systemd/gpuaas-fleet/{node}").exists()
+        for hierarchy in ("systemd", "unified"):
+            assert not Path(f"/sys/fs/cgroup/{hierarchy}/gpuaas-fleet/{node}").exists(), hierarchy
         assert not Path(f"/run/systemd/nspawn/propagate/{node}").exists()
     server = subprocess.run(["pgrep", "-f", "http.server --bind 198.18.0.1"], capture_output=True, text=True,
                             check=False)
