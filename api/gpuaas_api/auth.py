@@ -63,6 +63,11 @@ TOKEN_CACHE_SECONDS = 5.0
 _token_cache: dict[str, tuple[int, dt.datetime | None, float]] = {}
 
 
+def forget_cached_tokens() -> None:
+    """Look every token up again on its next use (after a change that ends tokens)."""
+    _token_cache.clear()
+
+
 def authenticate() -> int:
     """The authenticated user's id."""
     token = _presented_token()
@@ -123,7 +128,7 @@ def set_password(username: str, password: str) -> bool:
     user.password_hash = hash_password(password)
     db.execute(delete(ApiToken).where(ApiToken.user_id == user.id, ApiToken.description == LOGIN_TOKEN))
     db.commit()
-    _token_cache.clear()
+    forget_cached_tokens()
     return True
 
 

@@ -1,9 +1,10 @@
 """The Alembic migrations produce exactly the schema the models describe."""
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, make_url, text
 
 from alembic import command
 
@@ -31,3 +32,19 @@ def test_downgrade_to_base_and_up_again(database_url):
     upgrade(database_url)
 
     assert left == set()
+
+
+def test_an_upgrade_leaves_no_session_open(database_url):
+    # `serve` and `db upgrade` migrate first; an idle session left behind holds a PostgreSQL
+    # connection slot, and keeps the database from being copied (CREATE DATABASE ... TEMPLATE).
+    url = make_url(database_url)
+    if url.get_backend_name() != "postgresql":
+        pytest.skip("sessions are counted on PostgreSQL (SQLite has none to leave)")
+    upgrade(database_url)
+    engine = create_engine(url.set(database="postgres"))
+    with engine.connect() as connection:
+        sessions = connection.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name"),
+                                      {"name": url.database}).scalar()
+    engine.dispose()
+
+    assert sessions == 0

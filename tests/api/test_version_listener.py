@@ -30,8 +30,8 @@ def listener(app):
 
 
 @pytest.fixture
-def other_process(database_url):
-    engine = create_engine(database_url)
+def other_process(migrated_database_url):  # the app's database
+    engine = create_engine(migrated_database_url)
     yield engine
     engine.dispose()
 
