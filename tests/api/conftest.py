@@ -28,18 +28,23 @@ from gpuaas_api.states import ClusterStatus, NodeStatus
 ADMIN = {"username": "admin", "password": "correct horse battery staple"}
 
 
-def throw_away_postgres_database(template: str | None = None):
-    """A new database on the test PostgreSQL server (a copy of `template` if given): its URL,
-    then it is dropped."""
-    base = os.environ["GPUAAS_TEST_DATABASE_URL"]
-    name = f"gpuaas_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+def postgres_admin(statement: str) -> None:
+    """A statement on the test PostgreSQL server, outside any database of the tests'."""
+    admin = create_engine(os.environ["GPUAAS_TEST_DATABASE_URL"], isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
-    yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        connection.execute(text(statement))
     admin.dispose()
+
+
+def create_postgres_database(template: str | None = None) -> str:
+    """A new database on the test PostgreSQL server (a copy of `template` if given): its URL."""
+    name = f"gpuaas_test_{uuid.uuid4().hex[:12]}"
+    postgres_admin(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    return make_url(os.environ["GPUAAS_TEST_DATABASE_URL"]).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres_database(url: str) -> None:
+    postgres_admin(f'DROP DATABASE "{make_url(url).database}" WITH (FORCE)')
 
 
 @pytest.fixture
@@ -48,7 +53,9 @@ def database_url(tmp_path):
     if not os.environ.get("GPUAAS_TEST_DATABASE_URL"):
         yield f"sqlite:///{tmp_path / 'test.sqlite3'}"
         return
-    yield from throw_away_postgres_database()
+    url = create_postgres_database()
+    yield url
+    drop_postgres_database(url)
 
 
 @dataclasses.dataclass
@@ -63,11 +70,15 @@ def database_template(tmp_path_factory):
     each app test gets a copy.  Made for each test, the migrations, the admin's scrypt hash and
     the login's check of it took about 0.55 s of CPU (measured), 120 times per database."""
     directory = tmp_path_factory.mktemp("template")
-    if os.environ.get("GPUAAS_TEST_DATABASE_URL"):
-        made = throw_away_postgres_database()
-        url = next(made)
-    else:
-        made, url = None, f"sqlite:///{directory / 'template.sqlite3'}"
+    if not os.environ.get("GPUAAS_TEST_DATABASE_URL"):
+        yield make_template(f"sqlite:///{directory / 'template.sqlite3'}", directory)
+        return
+    url = create_postgres_database()
+    yield make_template(url, directory)
+    drop_postgres_database(url)
+
+
+def make_template(url: str, directory) -> DatabaseTemplate:
     upgrade(url)
     config = Config({"GPUAAS_DATA_DIR": str(directory / "data"), "GPUAAS_DATABASE_URL": url})
     config.TESTING = True
@@ -78,12 +89,10 @@ def database_template(tmp_path_factory):
     # PostgreSQL copies a template only while nobody is connected to it; a SQLite copy is of the
     # file alone, so what the WAL holds is written back into it first.
     application.extensions["gpuaas_engine"].dispose()
-    if made is None:
+    if make_url(url).get_backend_name() == "sqlite":
         with contextlib.closing(sqlite3.connect(make_url(url).database)) as connection:
             connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    yield DatabaseTemplate(url, token)
-    if made:
-        next(made, None)
+    return DatabaseTemplate(url, token)
 
 
 @pytest.fixture
@@ -94,7 +103,9 @@ def migrated_database_url(tmp_path, database_template):
         shutil.copyfile(make_url(database_template.url).database, copy)
         yield f"sqlite:///{copy}"
         return
-    yield from throw_away_postgres_database(template=make_url(database_template.url).database)
+    url = create_postgres_database(template=make_url(database_template.url).database)
+    yield url
+    drop_postgres_database(url)
 
 
 @pytest.fixture
