@@ -91,7 +91,8 @@ def make_template(url: str, directory) -> DatabaseTemplate:
     application.extensions["gpuaas_engine"].dispose()
     if make_url(url).get_backend_name() == "sqlite":
         with contextlib.closing(sqlite3.connect(make_url(url).database)) as connection:
-            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy = connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        assert busy == 0, "a connection to the template is still open"
     return DatabaseTemplate(url, token)
 
 

@@ -70,7 +70,7 @@ def test_both_failed_nodes_recover_with_a_retry_side_by_side(service, nodes):
         assert api.call("GET", f"/gpuaas/node/{nodes[name]['id']}")["status"] == "error"
     job_ids = {name: api.call("GET", f"/gpuaas/node/init?gpuaas_node_id={nodes[name]['id']}")["job_id"]
                for name in ("node1", "node2")}
-    jobs = {name: api.wait_job(job_id) for name, job_id in job_ids.items()}
+    jobs = {name: api.wait_job(job_id, timeout=300) for name, job_id in job_ids.items()}
     assert {name: job["status"] for name, job in jobs.items()} == {"node1": "successful", "node2": "successful"}
     for name in ("node1", "node2"):
         assert api.call("GET", f"/gpuaas/node/{nodes[name]['id']}")["status"] == "initialized"

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import hashlib
 import inspect
 import ipaddress
@@ -222,12 +223,15 @@ def last_error_line(log: Path) -> str:
     return (errors or lines or ["(no output)"])[-1]
 
 
+def require_free_space(directory: Path, what: str) -> None:
+    free = shutil.disk_usage(directory).free
+    if free < IMAGE_MIN_FREE_BYTES:
+        raise FleetError(f"{what} needs about 1 GiB free under {directory}; {free // (1 << 20)} MiB is free")
+
+
 def debootstrap(target: Path, log: Path) -> None:
     """Run debootstrap into `target`; on failure remove it and raise one line."""
-    free = shutil.disk_usage(target.parent).free
-    if free < IMAGE_MIN_FREE_BYTES:
-        raise FleetError(f"debootstrap needs about 1 GiB free under {target.parent}; "
-                         f"{free // (1 << 20)} MiB is free")
+    require_free_space(target.parent, "debootstrap")
     mirror = apt_mirror()
     with open(log, "w") as output:
         result = subprocess.run(
@@ -323,8 +327,9 @@ def build_image(force: bool = False) -> None:
     marker.unlink(missing_ok=True)
     partial = CACHE_DIR / "rootfs.partial"
     shutil.rmtree(partial, ignore_errors=True)  # never resume a build that stopped half-way
-    build_base(force)
+    build_base(force)  # --force debootstraps again too
     # A copy: the base stays for the next image (its inputs change more often than the base's).
+    require_free_space(CACHE_DIR, "the image (a copy of the base system)")
     run("cp", "-a", "--reflink=auto", str(BASE_DIR), str(partial))
     # A node has no package repository but what the roles add (debootstrap leaves its mirror,
     # which no node can reach): an apt-get update must not fail on a source nobody asked for.
@@ -612,11 +617,32 @@ done
     "{parent}", CGROUP_PARENT).replace("{hierarchies}", " ".join(CGROUP_HIERARCHIES))
 
 
+def cgroups_visible() -> bool:
+    return any(Path(hierarchy).is_dir() for hierarchy in CGROUP_HIERARCHIES)
+
+
+def in_hub_namespace() -> bool:
+    """Whether this process runs inside the hub (`ip netns exec`, which also gave it a mount
+    namespace of its own): its network namespace is the one /run/netns names for the hub."""
+    try:
+        here, hub = os.stat("/proc/self/ns/net"), os.stat(f"/run/netns/{HUB_NS}")
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (hub.st_dev, hub.st_ino)
+
+
+@functools.cache  # once per process: `down` reads the cgroups every 50 ms while it waits
 def see_host_cgroups() -> None:
     """Before reading the nodes' cgroups: inside the hub, mount this host's (CGROUP_VIEW_SCRIPT).
-    Without them, a `down` run there would neither find what outlived a node nor remove its cgroups."""
-    if not Path("/sys/fs/cgroup/systemd").is_dir() and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
-        run("bash", "-c", CGROUP_VIEW_SCRIPT)
+    Without them, a `down` run there would neither find what outlived a node nor remove its
+    cgroups.  Never outside the hub: there the mounts would be this host's own."""
+    if cgroups_visible() or not in_hub_namespace():
+        return
+    result = run("bash", "-c", CGROUP_VIEW_SCRIPT, check=False, capture=True)
+    if not cgroups_visible():  # warn, and let `down` go on with the namespaces and the state
+        print(f"fleet: could not mount this host's cgroup hierarchies in the hub (rc {result.returncode}: "
+              f"{result.stderr.strip()}); run `fleet.py down` outside the hub for what outlived a node",
+              file=sys.stderr)
 
 
 def start_node(name: str, node: dict, image: Path) -> int:

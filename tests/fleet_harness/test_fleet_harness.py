@@ -109,17 +109,23 @@ def alive(pid: int) -> bool:
         return False
 
 
-def test_down_stops_a_node_whose_supervisor_was_killed_from_outside(running_fleet):
+@pytest.mark.parametrize("where", ["host", "hub"])
+def test_down_stops_a_node_whose_supervisor_was_killed_from_outside(running_fleet, where):
     init_pid, pids = node_pids_after_its_supervisor_is_killed("node1")
+    mounts_before = Path("/proc/self/mountinfo").read_text().count(" cgroup")
 
-    # From inside the hub, as molecule's destroy and the e2e tests run it: there `ip netns exec`
-    # gave fleet.py a sysfs without the cgroup hierarchies, which it mounts again to read them.
-    in_hub(*FLEET, "down", "--keep-hub")
+    if where == "hub":
+        # As molecule's destroy and the e2e tests run it: there `ip netns exec` gave fleet.py a
+        # sysfs without the cgroup hierarchies, which it mounts again to read them.
+        in_hub(*FLEET, "down", "--keep-hub")
+    else:
+        fleet("down", "--keep-hub")
 
     assert not [pid for pid in pids | {init_pid} if alive(pid)]
     for hierarchy in ("systemd", "unified"):
         assert not Path(f"/sys/fs/cgroup/{hierarchy}/gpuaas-fleet").exists(), hierarchy
     assert [ns for ns in namespaces() if ns.startswith("gpuaas-")] == ["gpuaas-hub"]
+    assert Path("/proc/self/mountinfo").read_text().count(" cgroup") == mounts_before  # none on this host
 
 
 def test_down_without_a_record_removes_the_nodes_a_crashed_run_left(running_fleet):
@@ -322,7 +328,8 @@ def test_the_base_system_needs_no_venv(tmp_path):
     cache = tmp_path / "fleet"
     env = dict(os.environ, FLEET_CACHE_DIR=str(cache), FLEET_APT_MIRROR="http://127.0.0.1:9/debian",
                PATH="/usr/sbin:/usr/bin:/sbin:/bin")
-    result = subprocess.run(["/usr/bin/python3", "-I", str(REPO / "tests/fleet/fleet.py"), "base"], env=env,
+    # -S: not even Debian's own site-packages (this machine's has PyYAML; a fresh one's may not).
+    result = subprocess.run(["/usr/bin/python3", "-I", "-S", str(REPO / "tests/fleet/fleet.py"), "base"], env=env,
                             capture_output=True, text=True, timeout=300, check=False)
 
     # It got as far as debootstrap (no import failed), which the refusing mirror stops.

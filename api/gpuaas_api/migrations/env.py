@@ -12,7 +12,8 @@ target_metadata = Base.metadata
 
 def run_migrations_online() -> None:
     url = config.get_main_option("sqlalchemy.url")
-    connectable = config.attributes.get("connection") or make_engine(url)
+    given = config.attributes.get("connection")
+    connectable = given or make_engine(url)
     if hasattr(connectable, "connect"):
         try:
             with connectable.connect() as connection:
@@ -20,9 +21,10 @@ def run_migrations_online() -> None:
                 with context.begin_transaction():
                     context.run_migrations()
         finally:
-            # The engine is this run's alone: close its pooled connection now, not whenever the
-            # garbage collector gets to it (until then PostgreSQL counts an idle session).
-            connectable.dispose()
+            if given is None:
+                # The engine is this run's alone: close its pooled connection now, not whenever
+                # the garbage collector gets to it (until then PostgreSQL counts an idle session).
+                connectable.dispose()
     else:
         context.configure(connection=connectable, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():
