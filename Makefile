@@ -29,7 +29,7 @@ FLEET := $(BIN)/python tests/fleet/fleet.py
 COLLECTION_LINK := $(BUILD)/collections/ansible_collections/hostedai/gpuaas
 DEBIAN_PACKAGES := python3-venv systemd systemd-container gnupg dpkg-dev openssh-server debootstrap gcc libyaml-dev iproute2 util-linux rsync shellcheck postgresql wrk
 
-.PHONY: run help deps venv collection fleet-base fleet-image fleet-up fleet-down test test-checks test-unit test-api test-sanity \
+.PHONY: run help deps venv collection fleet-base fleet-image fleet-up fleet-down test test-checks test-unit test-api test-contract test-sanity \
         test-lint test-build test-deploy test-standins test-fleet test-molecule bench bench-node-init clean
 
 # The service on its embedded defaults: SQLite in ./var, 127.0.0.1:8080.
@@ -90,11 +90,19 @@ test: deps collection
 	@echo "all checks passed"
 
 test-checks: venv deps collection
-	@$(MAKE) --no-print-directory -j2 --output-sync=target test-api test-sanity test-lint test-unit test-build test-deploy \
-	  test-standins
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-api test-contract test-sanity test-lint test-unit test-build \
+	  test-deploy test-standins
 
 test-unit: venv collection
 	$(BIN)/pytest -q tests/unit
+
+# The fuzzed contract: schemathesis (every check; examples, coverage and fuzzing phases, seeded and
+# deterministic, about 2,800 requests) against a real `gpuaas-api serve` on a fresh SQLite database
+# with no job workers.  Its data, reports and Hypothesis's storage stay in .build/pytest-contract;
+# tests/contract/schemathesis.toml holds the settings that have no option.
+test-contract: venv
+	rm -rf $(BUILD)/pytest-contract
+	$(BIN)/pytest -q -s -p no:cacheprovider --basetemp=$(BUILD)/pytest-contract tests/contract
 
 # The API tests run twice, at the same time: on SQLite, and on a throw-away PostgreSQL server
 # (most of their time is spent waiting on servers and jobs, so two runs take little longer

@@ -3,16 +3,43 @@ from __future__ import annotations
 
 from flask import Flask
 from flask_smorest import Api
+from werkzeug.routing import IntegerConverter
 
-from . import auth, db, errors
+from . import auth, db, errors, validation
 from .config import Config
 from .metrics import prometheus
+from .schemas import SCHEMA_RULES, ErrorSchema
 from .resources import auth as auth_resources
 from .resources import nodes, operations, pools, regions
 
 # Existing clients use a base URL ending in /api; the guide's paths have none.
 # Routes live under /api; these top-level paths are served there too.
 ALIASED_PREFIXES = ("/gpuaas", "/regions", "/login")
+
+
+class IdConverter(IntegerConverter):
+    """`<id:name>` in a route: a database id, 1 to 2**63 - 1. A larger number names nothing: the route
+    does not match, so it answers 404 (and never overflows the database driver)."""
+
+    def __init__(self, url_map, *_args, **_kwargs):
+        super().__init__(url_map, min=1, max=validation.MAX_ID)
+
+
+def _id_parameter_schema(_converter) -> dict:
+    return {"type": "integer", "format": "int64", "minimum": 1, "maximum": validation.MAX_ID}
+
+
+class GpuaasApi(Api):
+    # The error shape errors.py sends, documented for every route (flask-smorest's own has `errors` as an object).
+    ERROR_SCHEMA = ErrorSchema
+
+
+def publish_schema_rules(api: Api) -> None:
+    """Add the cross-field rules the server enforces (schemas.SCHEMA_RULES) to their components, so that
+    a generated client validates them before sending."""
+    components = api.spec.components.schemas
+    for name, rules in SCHEMA_RULES.items():
+        components[name].update(rules)
 
 
 class PrefixAlias:
@@ -37,11 +64,14 @@ def create_app(config: Config | None = None) -> Flask:
 
     db.init_app(app, config.DATABASE_URL)
     auth.init_app(app, prometheus.ENDPOINTS if config.METRICS_PUBLIC else frozenset())
-    api = Api(app)
+    app.url_map.converters["id"] = IdConverter
+    api = GpuaasApi(app)
+    api.register_converter(IdConverter, _id_parameter_schema)
     errors.init_app(app)  # after Api, whose own HTTPException handler it replaces
     for blueprint in (auth_resources.blp, auth_resources.health_blp, regions.blp, nodes.blp, operations.blp,
                       pools.blp):
         api.register_blueprint(blueprint, url_prefix="/api")
+    publish_schema_rules(api)
     prometheus.init_app(app)
     app.wsgi_app = PrefixAlias(app.wsgi_app)
     return app

@@ -34,9 +34,21 @@ def hash_password(password: str) -> str:
     return generate_password_hash(password, method="scrypt")
 
 
+def prune_expired_tokens() -> int:
+    """Delete every expired token (in the caller's transaction); how many went.
+
+    Each login issues a token: without this, a client that logs in every few minutes grows the
+    table without bound. Issuing is the natural moment: it is when tokens are added.
+    """
+    now = dt.datetime.now(dt.timezone.utc)
+    return session().execute(delete(ApiToken).where(ApiToken.expires_at.is_not(None),
+                                                    ApiToken.expires_at < now)).rowcount
+
+
 def issue_token(user: User, hours: int | None, description: str = "") -> str:
     token = secrets.token_urlsafe(32)
     expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=hours) if hours else None
+    prune_expired_tokens()
     session().add(ApiToken(user=user, token_hash=hash_token(token), description=description, expires_at=expires))
     return token
 

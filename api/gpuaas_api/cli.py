@@ -76,6 +76,10 @@ def _serve(config: Config, workers: int) -> int:
             self.cfg.set("threads", 8)
             self.cfg.set("accesslog", config.ACCESS_LOG)
             self.cfg.set("graceful_timeout", 10)
+            # gunicorn's largest request line (its default is 4094): a query the OpenAPI document allows
+            # (remove_gpus's gpu_uuids, up to 2,048 characters, percent-encoded) and one just beyond it
+            # reach the app, which answers in the JSON error shape rather than gunicorn's HTML 414.
+            self.cfg.set("limit_request_line", 8190)
             # gunicorn's control socket defaults to one path per user (~/.gunicorn/gunicorn.ctl):
             # two services on one machine would take each other's, and a system user has no home.
             # Nothing here uses gunicornc; systemd (or the terminal) controls the service.

@@ -18,7 +18,8 @@ def conflict(message: str) -> ApiError:
 
 
 def not_found(what: str, ident) -> ApiError:
-    return ApiError(404, f"{what} {ident} does not exist")
+    # Clients confirm a delete by the next GET failing with "not found" in its message (compatibility.md).
+    return ApiError(404, f"{what} {ident} not found")
 
 
 def field_error(field: str, message: str, status: int = 422) -> ApiError:
@@ -44,9 +45,12 @@ def _flatten(messages, prefix="") -> list[dict]:
     return out
 
 
-def body(status: int, message: str, errors: list[dict] | None = None):
+def body(status: int, message: str, errors: list[dict] | None = None, headers=None):
     response = jsonify({"code": status, "message": message, "errors": errors or []})
     response.status_code = status
+    for name, value in headers or ():
+        if name.lower() != "content-type":
+            response.headers[name] = value  # a 405's Allow, a 401's WWW-Authenticate
     return response
 
 
@@ -64,4 +68,4 @@ def init_app(app: Flask) -> None:
             first = errors[0] if errors else {"field": "", "message": "invalid input"}
             message = f"{first['field']}: {first['message']}" if first["field"] else first["message"]
             return body(error.code or 422, message, errors)
-        return body(error.code or 500, error.description or error.name)
+        return body(error.code or 500, error.description or error.name, headers=error.get_headers())

@@ -7,7 +7,11 @@ from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Enum, Float, Foreig
                         UniqueConstraint, func)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from .states import ClusterStatus, GpuAssignment, JobStatus, NodeStatus, PoolStatus
+from .states import load_module_util
+from .states import ClusterStatus, GpuAssignment, JobStatus, NodeStatus, PoolStatus, ScanStatus
+
+
+_INVENTORY_NAMES = load_module_util("inventory_names")
 
 
 class Base(DeclarativeBase):
@@ -62,7 +66,7 @@ class Region(Timestamps, Base):
     lng: Mapped[float | None] = mapped_column(Float)
     accelerator_type: Mapped[str] = mapped_column(String(8), default="gpu")
     support_rdma: Mapped[str | None] = mapped_column(String(16))
-    gpuaas_status: Mapped[str] = mapped_column(String(8), default="none")
+    # status.gpuaas is derived from the region's clusters (rendering.region_gpuaas_status), never stored.
     compute_status: Mapped[str] = mapped_column(String(8), default="none")
 
 
@@ -72,7 +76,9 @@ class Cluster(Timestamps, Base):
     __tablename__ = "clusters"
     id: Mapped[int] = mapped_column(primary_key=True)
     region_id: Mapped[int] = mapped_column(ForeignKey("regions.id"))
-    controller_node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", use_alter=True))
+    # A deleted controller leaves a torn-down cluster without one (not a foreign-key failure).
+    controller_node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", use_alter=True, ondelete="SET NULL",
+                                                                      name="fk_clusters_controller_node_id_nodes"))
     status: Mapped[ClusterStatus] = mapped_column(_enum(ClusterStatus), default=ClusterStatus.INITIALIZING)
     k8s_api_server_address: Mapped[str | None] = mapped_column(String(255))
     k8s_api_server_port: Mapped[int | None] = mapped_column(Integer)
@@ -84,7 +90,9 @@ class Node(Timestamps, Base):
     __tablename__ = "nodes"
     __table_args__ = (UniqueConstraint("region_id", "name"),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(63))
+    # A display name (any printable text, validation.NODE_NAME_MAX_LENGTH): never an inventory host
+    # name, a command-line word or a file name; those use inventory_name.
+    name: Mapped[str] = mapped_column(String(128))
     # The node's name in Kubernetes, derived once from its hostname (kubernetes_names.py).
     kubernetes_name: Mapped[str | None] = mapped_column(String(63))
     region_id: Mapped[int] = mapped_column(ForeignKey("regions.id"))
@@ -118,6 +126,17 @@ class Node(Timestamps, Base):
                                            cascade="all, delete-orphan", passive_deletes=True)
     npus: Mapped[list[Npu]] = relationship(back_populates="node", order_by="Npu.index",
                                            cascade="all, delete-orphan", passive_deletes=True)
+
+    @property
+    def inventory_name(self) -> str:
+        return inventory_name(self.id)
+
+
+def inventory_name(node_id: int) -> str:
+    """The node's host name in every inventory, playbook variable and artifact: derived from its id,
+    so a display name never reaches Ansible, a command line or a file name. Defined once, in the
+    collection (module_utils/inventory_names.py), which the inventory plugin uses too."""
+    return _INVENTORY_NAMES.host_alias(node_id)
 
 
 class Gpu(Timestamps, Base):
@@ -153,6 +172,8 @@ class Pool(Timestamps, Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id"))
     pool_name: Mapped[str] = mapped_column(String(63))
+    # What clients display (they prefer it over the name); the name unless one was given.
+    pool_label: Mapped[str | None] = mapped_column(String(63))
     sharing_ratio: Mapped[int] = mapped_column(Integer)
     time_quantum_in_sec: Mapped[int] = mapped_column(Integer)
     security_level: Mapped[str] = mapped_column(String(8))
@@ -175,6 +196,8 @@ class Job(Timestamps, Base):
     operation: Mapped[str] = mapped_column(String(32))
     node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="SET NULL"), index=True)
     cluster_id: Mapped[int | None] = mapped_column(ForeignKey("clusters.id", ondelete="SET NULL"))
+    # The pool a pool change is for: its changes run one at a time, in order (jobs/queue.py).
+    pool_id: Mapped[int | None] = mapped_column(Integer, index=True)
     mutating: Mapped[bool] = mapped_column(Boolean, default=True)
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.PENDING, index=True)
     rc: Mapped[int | None] = mapped_column(Integer)
@@ -210,7 +233,7 @@ class Scan(Timestamps, Base):
     kind: Mapped[str] = mapped_column(String(16))  # gpus, npus, resources
     node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[ScanStatus] = mapped_column(_enum(ScanStatus), default=ScanStatus.PENDING)
     error_msg: Mapped[str | None] = mapped_column(Text)
     resources: Mapped[dict] = mapped_column(JSON, default=dict)
 

@@ -1,14 +1,21 @@
-"""marshmallow schemas for every body and query. Ranges come from states/validation, not literals here."""
+"""marshmallow schemas for every body, query and reply. Ranges come from states/validation, not literals here.
+
+Input schemas ignore unknown fields (clients send extra ones). Reply schemas only document what
+rendering.py builds: every field is required (present, perhaps null) and the objects are closed
+(additionalProperties: false in the OpenAPI document), so a reply that drifts from its schema
+fails tests/api/test_rendering.py and the fuzzed contract run.
+"""
 from __future__ import annotations
 
 import datetime as dt
 
-from marshmallow import EXCLUDE, Schema, fields, post_dump, pre_load, validate
+from marshmallow import EXCLUDE, RAISE, Schema, fields, pre_load, validate
 
 from . import validation
 from .jobs.waiting import MAX_WAIT_SECONDS
 from .states import (DEFAULT_TIME_QUANTUM_SECONDS, INITIALIZE_STATE_CODES, K8S_JOIN_STATE_CODES, SECURITY_LEVELS,
-                     SHARING_RATIO_RANGE, TIME_GROUPING_ALIASES, TIME_GROUPINGS, TIME_QUANTUM_RANGE_SECONDS, NodeStatus)
+                     SHARING_RATIO_RANGE, TIME_GROUPING_ALIASES, TIME_GROUPINGS, TIME_QUANTUM_RANGE_SECONDS,
+                     ROLE_FLAGS, ClusterStatus, GpuAssignment, JobStatus, NodeStatus, PoolStatus, RegionServiceStatus, ScanStatus)
 
 
 class StrictSchema(Schema):
@@ -16,29 +23,66 @@ class StrictSchema(Schema):
         unknown = EXCLUDE  # clients send extra fields; ignore them rather than fail
 
 
+class ReplySchema(Schema):
+    """A reply object: closed (unknown fields are an error, additionalProperties: false)."""
+
+    class Meta:
+        unknown = RAISE
+        ordered = True
+
+
+def _id(**kwargs) -> fields.Integer:
+    """A database id: 1 up to a signed 64-bit integer's maximum (larger ones cannot exist)."""
+    return fields.Integer(validate=validate.Range(min=1, max=validation.MAX_ID), **kwargs)
+
+
+def _one_of(enum_class) -> validate.OneOf:
+    return validate.OneOf([member.value for member in enum_class])
+
+
+def _reply(field_class, *args, nullable: bool = False, **kwargs):
+    """A reply field: always present (required), null only where ``nullable``."""
+    return field_class(*args, required=True, allow_none=nullable, **kwargs)
+
+
+# --------------------------------------------------------------------------- errors
+class ErrorFieldSchema(ReplySchema):
+    field = _reply(fields.String, metadata={"description": "The field (dotted path) at fault; empty for the request"})
+    message = _reply(fields.String)
+
+
+class ErrorSchema(ReplySchema):
+    """The one error shape the service sends (errors.py)."""
+
+    code = _reply(fields.Integer, metadata={"description": "The HTTP status"})
+    message = _reply(fields.String)
+    errors = _reply(fields.List, fields.Nested(ErrorFieldSchema))
+
+
+# --------------------------------------------------------------------------- login
 class LoginSchema(StrictSchema):
     username = fields.String(required=True, validate=validate.Length(min=1, max=64))
     password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=1024))
 
 
-class LoginReplySchema(Schema):
-    id = fields.Integer()
-    username = fields.String()
-    email = fields.String()
-    role = fields.String()
-    is_super_admin = fields.Boolean()
-    token = fields.String()
-    page_access = fields.List(fields.String())
+class LoginReplySchema(ReplySchema):
+    id = _reply(fields.Integer)
+    username = _reply(fields.String)
+    email = _reply(fields.String)
+    role = _reply(fields.String)
+    is_super_admin = _reply(fields.Boolean)
+    token = _reply(fields.String)
+    page_access = _reply(fields.List, fields.String())
 
 
-class RegionStatusSchema(Schema):
-    gpuaas = fields.String(validate=validate.OneOf(["enabled", "disabled", "none"]))
-    compute = fields.String(validate=validate.OneOf(["enabled", "disabled", "none"]))
+class HealthSchema(ReplySchema):
+    status = _reply(fields.String, validate=validate.OneOf(["ok"]))
 
 
-class RegionSchema(StrictSchema):
-    id = fields.Integer(dump_only=True)
-    region_name = fields.String(required=True, validate=validation.region_name)
+# --------------------------------------------------------------------------- regions
+class RegionCreateSchema(StrictSchema):
+    region_name = fields.String(required=True, validate=validation.region_name,
+                                metadata={"pattern": validation.REGION_NAME.pattern})
     address = fields.String(load_default="", validate=validate.Length(max=255))
     city = fields.String(load_default="", validate=validate.Length(max=128))
     country = fields.String(load_default="", validate=validate.Length(max=128))
@@ -48,105 +92,163 @@ class RegionSchema(StrictSchema):
     lng = fields.Float(allow_none=True, validate=validate.Range(-180, 180))
     accelerator_type = fields.String(load_default="gpu", validate=validate.OneOf(["gpu", "npu"]))
     support_rdma = fields.String(allow_none=True, validate=validate.OneOf(["infiniband", "gpu_direct"]))
-    status = fields.Method("_status", dump_only=True)
-
-    def _status(self, region):
-        return {"gpuaas": region.gpuaas_status, "compute": region.compute_status}
 
 
-class RegionUpdateSchema(RegionSchema):
-    region_name = fields.String(validate=validation.region_name)
+class RegionUpdateSchema(RegionCreateSchema):
+    region_name = fields.String(validate=validation.region_name, metadata={"pattern": validation.REGION_NAME.pattern})
 
 
-class NodeAddSchema(StrictSchema):
-    name = fields.String(required=True, validate=validation.node_name)
-    region_id = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
-    node_ip = fields.String(required=True, validate=validation.ip_address)
-    username = fields.String(required=True, validate=validation.username)
+class RegionStatusSchema(ReplySchema):
+    gpuaas = _reply(fields.String, validate=_one_of(RegionServiceStatus), metadata={
+        "description": "enabled while the region's cluster is GPUAAS_ACTIVE; disabled while it is set up, "
+                       "failed or torn down; none without a cluster"})
+    compute = _reply(fields.String, validate=_one_of(RegionServiceStatus))
+
+
+class RegionSchema(ReplySchema):
+    id = _reply(fields.Integer)
+    region_name = _reply(fields.String)
+    address = _reply(fields.String)
+    city = _reply(fields.String)
+    country = _reply(fields.String)
+    country_code = _reply(fields.String)
+    zipcode = _reply(fields.String)
+    lat = _reply(fields.Float, nullable=True)
+    lng = _reply(fields.Float, nullable=True)
+    accelerator_type = _reply(fields.String, validate=validate.OneOf(["gpu", "npu"]))
+    support_rdma = _reply(fields.String, nullable=True, validate=validate.OneOf(["infiniband", "gpu_direct"]))
+    status = _reply(fields.Nested, RegionStatusSchema)
+
+
+# --------------------------------------------------------------------------- nodes
+_NODE_NAME = {"description": "A display name: any printable text", "minLength": 1,
+              "maxLength": validation.NODE_NAME_MAX_LENGTH, "pattern": validation.NODE_NAME.pattern}
+_USERNAME = {"pattern": validation.USERNAME.pattern}
+_VOLUME_GROUP = {"pattern": validation.VOLUME_GROUP.pattern}
+_IP = {"description": "An IPv4 or IPv6 address", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
+
+
+# The role flags (states.ROLE_FLAGS), as node add (default false), node edit and reply fields.
+_RoleFlagsAdd = Schema.from_dict({flag: fields.Boolean(load_default=False) for flag in ROLE_FLAGS.values()})
+_RoleFlagsEdit = Schema.from_dict({flag: fields.Boolean() for flag in ROLE_FLAGS.values()})
+
+
+class NodeAddSchema(StrictSchema, _RoleFlagsAdd):
+    name = fields.String(required=True, validate=validation.node_name, metadata=_NODE_NAME)
+    region_id = _id(required=True, strict=True)
+    node_ip = fields.String(required=True, validate=validation.ip_address, metadata=_IP)
+    username = fields.String(required=True, validate=validation.username, metadata=_USERNAME)
     port = fields.Integer(load_default=22, strict=True, validate=validate.Range(min=1, max=65535))
-    is_controller_node = fields.Boolean(load_default=False)
-    is_worker_node = fields.Boolean(load_default=False)
-    is_gateway_service = fields.Boolean(load_default=False)
-    is_storage_service = fields.Boolean(load_default=False)
-    volume_group = fields.String(allow_none=True, validate=validation.volume_group)
-    external_service_ip = fields.String(allow_none=True, validate=validation.ip_address)
+    volume_group = fields.String(allow_none=True, validate=validation.volume_group, metadata=_VOLUME_GROUP)
+    external_service_ip = fields.String(allow_none=True, validate=validation.ip_address, metadata=_IP)
 
 
-class NodeEditSchema(StrictSchema):
-    name = fields.String(validate=validation.node_name)
-    node_ip = fields.String(validate=validation.ip_address)
-    username = fields.String(validate=validation.username)
+class NodeEditSchema(StrictSchema, _RoleFlagsEdit):
+    name = fields.String(validate=validation.node_name, metadata=_NODE_NAME)
+    node_ip = fields.String(validate=validation.ip_address, metadata=_IP)
+    username = fields.String(validate=validation.username, metadata=_USERNAME)
     port = fields.Integer(strict=True, validate=validate.Range(min=1, max=65535))
-    is_controller_node = fields.Boolean()
-    is_worker_node = fields.Boolean()
-    is_gateway_service = fields.Boolean()
-    is_storage_service = fields.Boolean()
-    volume_group = fields.String(allow_none=True, validate=validation.volume_group)
-    external_service_ip = fields.String(allow_none=True, validate=validation.ip_address)
+    volume_group = fields.String(allow_none=True, validate=validation.volume_group, metadata=_VOLUME_GROUP)
+    external_service_ip = fields.String(allow_none=True, validate=validation.ip_address, metadata=_IP)
 
 
-class GpuSchema(Schema):
-    id = fields.Integer()
-    gpu_id = fields.Function(lambda gpu: str(gpu.index))
-    uuid = fields.String()
-    vendor = fields.String()
-    gpu_model = fields.String(attribute="model")
-    memory_in_mb = fields.Integer()
-    pci_bus_id = fields.String()
-    assignment_status = fields.Function(lambda gpu: gpu.assignment_status.value)
+class GpuSchema(ReplySchema):
+    id = _reply(fields.Integer)
+    gpu_id = _reply(fields.String, metadata={"description": "The GPU's index on its node, as a string"})
+    index = _reply(fields.Integer)
+    uuid = _reply(fields.String)
+    vendor = _reply(fields.String)
+    gpu_model = _reply(fields.String)
+    memory_in_mb = _reply(fields.Integer)
+    pci_bus_id = _reply(fields.String, nullable=True)
+    gpuaas_node_id = _reply(fields.Integer)
+    pool_id = _reply(fields.Integer, nullable=True)
+    assignment_status = _reply(fields.String, validate=_one_of(GpuAssignment), metadata={
+        "description": "Emitted in upper case; clients compare it in lower case"})
 
 
-class NodeSchema(Schema):
-    id = fields.Integer()
-    name = fields.String()
-    kubernetes_name = fields.String(allow_none=True, metadata={
+class NameRefSchema(ReplySchema):
+    id = _reply(fields.Integer)
+    name = _reply(fields.String)
+
+
+class GpuDetailsSchema(GpuSchema):
+    node_details = _reply(fields.Nested, NameRefSchema)
+    pool_details = _reply(fields.Nested, NameRefSchema, nullable=True)
+
+
+class NodeRoleSchema(ReplySchema, Schema.from_dict({flag: _reply(fields.Boolean) for flag in ROLE_FLAGS.values()})):
+    pass
+
+
+class NodeSchema(ReplySchema):
+    id = _reply(fields.Integer)
+    Id = _reply(fields.Integer, metadata={"description": "The id again: existing clients read `Id`"})
+    name = _reply(fields.String, metadata={"description": "The display name"})
+    inventory_name = _reply(fields.String, metadata={
+        "description": "The node's host name in inventories and playbook runs, derived from its id"})
+    kubernetes_name = _reply(fields.String, nullable=True, metadata={
         "description": "The node's name in Kubernetes: a DNS label derived from its hostname at the first contact"})
-    region_id = fields.Integer()
-    gpuaas_id = fields.Integer(attribute="cluster_id", allow_none=True)
-    node_ip = fields.String()
-    port = fields.Integer()
-    username = fields.String()
-    volume_group = fields.String(allow_none=True)
-    external_service_ip = fields.String(allow_none=True)
-    status = fields.Function(lambda node: node.status.value)
-    disabled = fields.Boolean()
-    initialize_state_status_code = fields.Function(lambda node: INITIALIZE_STATE_CODES[node.status])
-    k8s_join_state_status_code = fields.Function(
-        lambda node: -1 if node.status is NodeStatus.ERROR and node.joined else K8S_JOIN_STATE_CODES.get(node.status, 0))
-    role = fields.Function(lambda node: {
-        "is_controller_node": node.is_controller_node, "is_worker_node": node.is_worker_node,
-        "is_gateway_service": node.is_gateway_service, "is_storage_service": node.is_storage_service})
-    gpus = fields.List(fields.Nested(GpuSchema))
-    nvidia_driver_version = fields.String(allow_none=True)
-    total_memory_in_mb = fields.Integer(allow_none=True)
-    total_disk_in_mb = fields.Integer(allow_none=True)
-    cores = fields.Integer(allow_none=True)
-    cpu_model = fields.String(allow_none=True)
-    region = fields.Nested(RegionSchema)
-    created_at = fields.DateTime()
-    updated_at = fields.DateTime()
+    region_id = _reply(fields.Integer)
+    gpuaas_id = _reply(fields.Integer, nullable=True)
+    node_ip = _reply(fields.String)
+    port = _reply(fields.Integer)
+    username = _reply(fields.String)
+    volume_group = _reply(fields.String, nullable=True)
+    external_service_ip = _reply(fields.String, nullable=True)
+    status = _reply(fields.String, validate=_one_of(NodeStatus))
+    disabled = _reply(fields.Boolean)
+    initialize_state_status_code = _reply(fields.Integer, validate=validate.OneOf(
+        sorted(set(INITIALIZE_STATE_CODES.values()))))
+    k8s_join_state_status_code = _reply(fields.Integer, validate=validate.OneOf(
+        sorted(set(K8S_JOIN_STATE_CODES.values()) | {0, -1})))
+    role = _reply(fields.Nested, NodeRoleSchema)
+    gpus = _reply(fields.List, fields.Nested(GpuSchema))
+    nvidia_driver_version = _reply(fields.String, nullable=True)
+    total_memory_in_mb = _reply(fields.Integer, nullable=True)
+    total_disk_in_mb = _reply(fields.Integer, nullable=True)
+    cores = _reply(fields.Integer, nullable=True)
+    cpu_model = _reply(fields.String, nullable=True)
+    region = _reply(fields.Nested, RegionSchema)
+    created_at = _reply(fields.String, metadata={"format": "date-time"})
+    updated_at = _reply(fields.String, metadata={"format": "date-time"})
 
-    @post_dump
-    def _capital_id(self, data, **_kwargs):
-        data["Id"] = data["id"]  # existing clients read `Id`
-        return data
+
+def _when_true_requires(flag: str, field: str) -> dict:
+    """JSON Schema for "``flag`` true needs ``field`` (non-null)": what node add checks (422 otherwise)."""
+    return {"anyOf": [{"properties": {flag: {"enum": [False]}}},
+                      {"required": [field], "properties": {field: {"type": "string"}}}]}
+
+
+# Rules across fields that the server enforces, published on the request bodies' schemas
+# (app.publish_schema_rules adds them to the OpenAPI components, by component name).
+SCHEMA_RULES = {
+    "NodeAdd": {"allOf": [
+        {"anyOf": [{"required": [flag], "properties": {flag: {"enum": [True]}}} for flag in ROLE_FLAGS.values()],
+         "description": "A node needs at least one role"},
+        _when_true_requires(ROLE_FLAGS["storage"], "volume_group"),
+        _when_true_requires(ROLE_FLAGS["gateway"], "external_service_ip"),
+    ]},
+    "Join": {"anyOf": [{"required": ["joinee_node_id"]}, {"required": ["gpuaas_node_id"]}],
+             "description": "One of joinee_node_id (the guide's) and gpuaas_node_id (the clients') is required"},
+}
 
 
 class RegionQuerySchema(StrictSchema):
-    region_id = fields.Integer(validate=validate.Range(min=1))
+    region_id = _id()
 
 
-class SuccessSchema(Schema):
-    success = fields.Boolean()
-    message = fields.String()
+class SuccessSchema(ReplySchema):
+    success = _reply(fields.Boolean)
+    message = _reply(fields.String)
 
 
 class NodeIdQuerySchema(StrictSchema):
-    gpuaas_node_id = fields.Integer(required=True, validate=validate.Range(min=1))
+    gpuaas_node_id = _id(required=True)
 
 
 class NodeIdAltQuerySchema(StrictSchema):
-    node_id = fields.Integer(required=True, validate=validate.Range(min=1))
+    node_id = _id(required=True)
 
 
 class LeaveQuerySchema(NodeIdAltQuerySchema):
@@ -154,20 +256,22 @@ class LeaveQuerySchema(NodeIdAltQuerySchema):
 
 
 class ControllerQuerySchema(StrictSchema):
-    controller_node_id = fields.Integer(required=True, validate=validate.Range(min=1))
+    controller_node_id = _id(required=True)
 
 
 class JoinSchema(StrictSchema):
-    """The guide's body ({joinee_node_id, region_id}) or the clients' ({gpuaas_id, gpuaas_node_id})."""
+    """The guide's body ({joinee_node_id, region_id}) or the clients' ({gpuaas_id, gpuaas_node_id}):
+    one of joinee_node_id and gpuaas_node_id is required."""
 
-    joinee_node_id = fields.Integer(validate=validate.Range(min=1))
-    region_id = fields.Integer(validate=validate.Range(min=1))
-    gpuaas_id = fields.Integer(validate=validate.Range(min=1))
-    gpuaas_node_id = fields.Integer(validate=validate.Range(min=1))
+    joinee_node_id = _id()
+    region_id = _id()
+    gpuaas_id = _id()
+    gpuaas_node_id = _id()
 
 
 class ScanQuerySchema(StrictSchema):
-    scan_id = fields.String(required=True, validate=validate.Length(min=1, max=36))
+    scan_id = fields.String(required=True, validate=validate.Length(min=1, max=36), metadata={
+        "description": "The scan's numeric id (as clients send it) or its request_id"})
 
 
 class JobWaitQuerySchema(StrictSchema):
@@ -176,52 +280,95 @@ class JobWaitQuerySchema(StrictSchema):
 
 
 class PageQuerySchema(StrictSchema):
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1))
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=validation.MAX_PAGE))
     per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 
 
-class OperationReplySchema(Schema):
-    success = fields.Boolean()
-    message = fields.String()
-    job_id = fields.Integer()
+class OperationReplySchema(ReplySchema):
+    success = _reply(fields.Boolean)
+    message = _reply(fields.String)
+    job_id = _reply(fields.Integer, nullable=True, metadata={
+        "description": "The job that carries the request out (null when nothing had to run)"})
 
 
-class JobSchema(Schema):
-    id = fields.Integer()
-    operation = fields.String()
-    node_id = fields.Integer(allow_none=True)
-    gpuaas_id = fields.Integer(attribute="cluster_id", allow_none=True)
-    status = fields.Function(lambda job: job.status.value)
-    rc = fields.Integer(allow_none=True)
-    explanation = fields.String()
-    result = fields.Dict()
-    emitted_events = fields.Integer()
-    cancel_requested = fields.Boolean()
-    created_at = fields.DateTime()
-    started_at = fields.DateTime(allow_none=True)
-    finished_at = fields.DateTime(allow_none=True)
+class EnableReplySchema(OperationReplySchema):
+    gpuaas_id = _reply(fields.Integer)
 
 
-class ScanSchema(Schema):
-    id = fields.Integer()
-    scan_id = fields.Function(lambda scan: scan.request_id)
-    request_id = fields.String()
-    status = fields.String()
-    node_id = fields.Integer()
-    job_id = fields.Integer(allow_none=True)
-    error_msg = fields.String(allow_none=True)
-    resources = fields.Dict()
+class JobSchema(ReplySchema):
+    id = _reply(fields.Integer)
+    operation = _reply(fields.String)
+    node_id = _reply(fields.Integer, nullable=True)
+    gpuaas_id = _reply(fields.Integer, nullable=True)
+    pool_id = _reply(fields.Integer, nullable=True)
+    status = _reply(fields.String, validate=_one_of(JobStatus))
+    rc = _reply(fields.Integer, nullable=True)
+    explanation = _reply(fields.String)
+    result = _reply(fields.Dict)
+    emitted_events = _reply(fields.Integer)
+    cancel_requested = _reply(fields.Boolean)
+    created_at = _reply(fields.String, nullable=True, metadata={"format": "date-time"})
+    started_at = _reply(fields.String, nullable=True, metadata={"format": "date-time"})
+    finished_at = _reply(fields.String, nullable=True, metadata={"format": "date-time"})
 
 
-class ClusterSchema(Schema):
-    id = fields.Integer()
-    region_id = fields.Integer()
-    controller_node_id = fields.Integer(allow_none=True)
-    status = fields.Function(lambda cluster: cluster.status.value)
-    k8s_api_server_port = fields.Integer(allow_none=True)
-    prometheus_reverse_tunnel_port = fields.Integer(allow_none=True)
-    created_at = fields.DateTime()
-    updated_at = fields.DateTime()
+class ScanGpuSchema(ReplySchema):
+    """A known GPU of the scanned node, as clients read it from a scan_gpus reply."""
+
+    index = _reply(fields.Integer)
+    name = _reply(fields.String)
+    memory = _reply(fields.Integer, metadata={"description": "MiB"})
+    uuid = _reply(fields.String)
+
+
+class ScanSchema(ReplySchema):
+    id = _reply(fields.Integer)
+    scan_id = _reply(fields.String, metadata={"description": "The request_id again"})
+    request_id = _reply(fields.String)
+    kind = _reply(fields.String, validate=validate.OneOf(["gpus", "npus", "resources"]))
+    status = _reply(fields.String, validate=_one_of(ScanStatus))
+    node_id = _reply(fields.Integer)
+    job_id = _reply(fields.Integer, nullable=True)
+    error_msg = _reply(fields.String, nullable=True)
+    resources = _reply(fields.Dict, metadata={
+        "description": "Once completed: gpus [{uuid, vendor, gpu_model, memory_in_mb}], npus; and for "
+                       "scan_resources hca_devices, hca_device_info, volume"})
+    gpus = _reply(fields.List, fields.Nested(ScanGpuSchema))
+
+
+class ClusterSchema(ReplySchema):
+    id = _reply(fields.Integer)
+    region_id = _reply(fields.Integer)
+    controller_node_id = _reply(fields.Integer, nullable=True)
+    status = _reply(fields.String, validate=_one_of(ClusterStatus))
+    k8s_api_server_port = _reply(fields.Integer, nullable=True)
+    prometheus_reverse_tunnel_port = _reply(fields.Integer, nullable=True)
+    created_at = _reply(fields.String, metadata={"format": "date-time"})
+    updated_at = _reply(fields.String, metadata={"format": "date-time"})
+
+
+class LogEventSchema(ReplySchema):
+    job_id = _reply(fields.Integer)
+    counter = _reply(fields.Integer)
+    event = _reply(fields.String)
+    host = _reply(fields.String, nullable=True)
+    task = _reply(fields.String, nullable=True)
+    stdout = _reply(fields.String)
+    created_at = _reply(fields.String, nullable=True, metadata={"format": "date-time"})
+
+
+class LogPageSchema(ReplySchema):
+    items = _reply(fields.List, fields.Nested(LogEventSchema))
+    total = _reply(fields.Integer)
+    page = _reply(fields.Integer)
+    per_page = _reply(fields.Integer)
+
+
+class StorageMetricsSchema(ReplySchema):
+    node_id = _reply(fields.Integer)
+    collected_at = _reply(fields.String, nullable=True, metadata={"format": "date-time"})
+    metrics = _reply(fields.Dict, nullable=True, metadata={"description": "storage_info's report"})
+    refresh_job_id = _reply(fields.Integer)
 
 
 class IntegralNumber(fields.Integer):
@@ -244,8 +391,13 @@ POOL_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,62}$",
                             error="not a valid pool name (at most 63 letters, digits, spaces, _ . -)")
 
 
+_LABEL = {"description": "What clients display (printable text); the pool's name unless given"}
+POOL_LABEL = validate.Regexp(r"^[^\x00-\x1f\x7f-\x9f]{1,63}$", error="not a valid pool label (printable text, at most 63)")
+
+
 class PoolFieldsSchema(StrictSchema):
     pool_name = fields.String(required=True, validate=POOL_NAME)
+    pool_label = fields.String(allow_none=True, validate=POOL_LABEL, metadata=_LABEL)
     sharing_ratio = IntegralNumber(required=True, strict=True, validate=_RATIO)
     time_quantum_in_sec = IntegralNumber(load_default=DEFAULT_TIME_QUANTUM_SECONDS, strict=True, validate=_QUANTUM)
     security_level = fields.String(required=True, validate=_LEVEL)
@@ -253,7 +405,7 @@ class PoolFieldsSchema(StrictSchema):
 
 
 class PoolCreateSchema(StrictSchema):
-    gpuaas_id = fields.Integer(required=True, validate=validate.Range(min=1))
+    gpuaas_id = _id(required=True)
     pool = fields.Nested(PoolFieldsSchema, required=True)
 
 
@@ -261,12 +413,15 @@ class PoolUpdateSchema(StrictSchema):
     """PUT: the create's pool fields, with the aliases clients use."""
 
     pool_name = fields.String(validate=POOL_NAME)
+    pool_label = fields.String(allow_none=True, validate=POOL_LABEL, metadata=_LABEL)
     sharing_ratio = IntegralNumber(strict=True, validate=_RATIO)
     time_quantum_in_sec = IntegralNumber(strict=True, validate=_QUANTUM)
     security_level = fields.String(validate=_LEVEL)
 
     @pre_load
     def _aliases(self, data, **_kwargs):
+        if not isinstance(data, dict):
+            return data  # marshmallow refuses it (422 "Invalid input type")
         data = dict(data)
         for alias, name in (("name", "pool_name"), ("overcommit_ratio", "sharing_ratio"),
                             ("security_mode", "security_level")):
@@ -283,13 +438,14 @@ class GpuUuidsSchema(StrictSchema):
 class GpuUuidsQuerySchema(StrictSchema):
     """remove_gpus by GET: ?gpu_uuids=a,b (comma-separated)."""
 
-    gpu_uuids = fields.String(required=True, validate=validate.Length(min=1))
+    # A request line must stay within gunicorn's limit (cli.py: 8190 bytes) percent-encoded: about 50 UUIDs.
+    gpu_uuids = fields.String(required=True, validate=validate.Length(min=1, max=2048))
 
 
 class PoolGpuSchema(StrictSchema):
-    pool_id = fields.Integer(required=True, validate=validate.Range(min=1))
-    gpuaas_node_id = fields.Integer(required=True, validate=validate.Range(min=1))
-    gpu_index = fields.Integer(required=True, validate=validate.Range(min=0))
+    pool_id = _id(required=True)
+    gpuaas_node_id = _id(required=True)
+    gpu_index = fields.Integer(required=True, validate=validate.Range(min=0, max=validation.MAX_GPU_INDEX))
 
 
 class MetricsQuerySchema(StrictSchema):
@@ -297,3 +453,65 @@ class MetricsQuerySchema(StrictSchema):
         list(TIME_GROUPINGS) + list(TIME_GROUPING_ALIASES)))
     start = fields.AwareDateTime(data_key="from", default_timezone=dt.timezone.utc)
     end = fields.AwareDateTime(data_key="to", default_timezone=dt.timezone.utc)
+
+
+class PoolSlotSchema(ReplySchema):
+    """One virtual-GPU slot: a pool lists sharing_ratio of these per physical GPU."""
+
+    id = _reply(fields.String, metadata={"description": "<GPU uuid>-<slot index>"})
+    slot_index = _reply(fields.Integer)
+    gpu_id = _reply(fields.Integer)
+    uuid = _reply(fields.String)
+    gpu_model = _reply(fields.String)
+    memory_in_mb = _reply(fields.Integer, metadata={"description": "The GPU's memory divided by the sharing ratio"})
+    gpuaas_node_id = _reply(fields.Integer)
+    assignment_status = _reply(fields.String, validate=_one_of(GpuAssignment))
+
+
+class PoolSchema(ReplySchema):
+    id = _reply(fields.Integer)
+    gpuaas_id = _reply(fields.Integer)
+    pool_name = _reply(fields.String)
+    pool_label = _reply(fields.String, metadata=_LABEL)
+    sharing_ratio = _reply(fields.Integer, validate=_RATIO)
+    time_quantum_in_sec = _reply(fields.Integer, validate=_QUANTUM)
+    security_level = _reply(fields.String, validate=_LEVEL)
+    status = _reply(fields.String, validate=_one_of(PoolStatus))
+    gpu_model_type = _reply(fields.String, nullable=True, metadata={"description": "The GPUs' models, comma-separated"})
+    gpu_vendor_type = _reply(fields.String, nullable=True)
+    physical_gpu_count = _reply(fields.Integer)
+    gpus = _reply(fields.List, fields.Nested(PoolSlotSchema))
+
+
+class PoolChangeSchema(PoolSchema):
+    """A pool as a change left it, with the job that applies the change on its nodes."""
+
+    job_id = _reply(fields.Integer, nullable=True, metadata={
+        "description": "The pool_apply job; null when no node had anything to apply"})
+    queued_behind = _reply(fields.Integer, nullable=True, metadata={
+        "description": "The job this change waits for; it is checked again, and applied, when that one ends"})
+
+
+class PoolListSchema(ReplySchema):
+    items = _reply(fields.List, fields.Nested(PoolSchema))
+
+
+class GpuListSchema(ReplySchema):
+    items = _reply(fields.List, fields.Nested(GpuSchema))
+
+
+class GpuDetailsListSchema(ReplySchema):
+    items = _reply(fields.List, fields.Nested(GpuDetailsSchema))
+
+
+class PoolMetricsSchema(ReplySchema):
+    pool_id = _reply(fields.Integer)
+    time_grouping = _reply(fields.String, validate=validate.OneOf(list(TIME_GROUPINGS)))
+    start = _reply(fields.String, data_key="from", metadata={"format": "date-time"})
+    end = _reply(fields.String, data_key="to", metadata={"format": "date-time"})
+    physical_gpus = _reply(fields.Integer)
+    slots_total = _reply(fields.Integer)
+    slots_assigned = _reply(fields.Integer)
+    slots_unavailable = _reply(fields.Integer)
+    usage = _reply(fields.Dict, metadata={"description": "The pool now: each GPU's newest sample, and their totals"})
+    series = _reply(fields.List, fields.Dict(), metadata={"description": "One entry per bucket: avg and max"})

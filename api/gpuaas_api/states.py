@@ -14,14 +14,15 @@ from pathlib import Path
 COLLECTION_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_sharing_policy():
-    """The collection's own definition of the pool settings (module_utils/sharing_policy.py): the
-    modules on the nodes and this service validate with the same file."""
-    path = COLLECTION_ROOT / "plugins" / "module_utils" / "sharing_policy.py"
-    spec = importlib.util.spec_from_file_location("gpuaas_sharing_policy", path)
-    policy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(policy)
-    return policy
+def load_module_util(name: str):
+    """One of the collection's own plain-Python definitions (plugins/module_utils/<name>.py), so that
+    the modules and plugins on one side and this service on the other use the same file: the pool
+    settings (sharing_policy) and the inventory host names (inventory_names)."""
+    path = COLLECTION_ROOT / "plugins" / "module_utils" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"gpuaas_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class NodeStatus(str, enum.Enum):
@@ -35,12 +36,41 @@ class NodeStatus(str, enum.Enum):
     RESETTING = "resetting"
 
 
+def enum_value(status) -> str:
+    """A status's string, whether it arrives as one of these enums (ORM) or as its stored string."""
+    return status.value if isinstance(status, enum.Enum) else status
+
+
+# A node's roles: the API's flag for each, and the inventory group (and node_init role) it puts the node in.
+ROLE_FLAGS = {
+    "controller": "is_controller_node",
+    "worker": "is_worker_node",
+    "gateway": "is_gateway_service",
+    "storage": "is_storage_service",
+}
+
+
 class ClusterStatus(str, enum.Enum):
     INITIALIZING = "GPUAAS_INITIALIZING"
     ENABLE_SETTING_UP = "GPUAAS_ENABLE_SETTING_UP"
     ACTIVE = "GPUAAS_ACTIVE"
     INACTIVE = "GPUAAS_INACTIVE"
     ERROR_WHILE_ENABLING = "GPUAAS_ERROR_WHILE_ENABLING"
+
+
+class RegionServiceStatus(str, enum.Enum):
+    """A region's status.gpuaas and status.compute (compatibility.md)."""
+
+    ENABLED = "enabled"
+    DISABLED = "disabled"
+    NONE = "none"
+
+
+class ScanStatus(str, enum.Enum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
 
 
 class JobStatus(str, enum.Enum):
@@ -71,7 +101,7 @@ class GpuAssignment(str, enum.Enum):
 
 
 # A pool's sharing settings: the guide's ranges, from the collection's single definition.
-SHARING_POLICY = _load_sharing_policy()
+SHARING_POLICY = load_module_util("sharing_policy")
 SHARING_RATIO_RANGE = SHARING_POLICY.SHARING_RATIO_RANGE
 TIME_QUANTUM_RANGE_SECONDS = SHARING_POLICY.TIME_QUANTUM_RANGE_SECONDS
 DEFAULT_TIME_QUANTUM_SECONDS = SHARING_POLICY.DEFAULT_TIME_QUANTUM_SECONDS

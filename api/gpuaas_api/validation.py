@@ -1,8 +1,9 @@
-"""Values that end up in an inventory, an SSH command line or a kubeadm call.
+"""The shapes of accepted values, each defined once (the OpenAPI document publishes these patterns).
 
-Each accepted shape is narrow on purpose: nothing here can carry a space, a
-newline, a leading dash, `=` or shell metacharacters, so no value can inject
-inventory variables, SSH options or shell.
+Values that end up in an inventory, an SSH command line or a kubeadm call are narrow on purpose:
+nothing there can carry a space, a newline, a leading dash, `=` or shell metacharacters, so no
+value can inject inventory variables, SSH options or shell. A node's name is the exception: it
+is a display name only, and never reaches any of those (the inventory uses models.inventory_name).
 """
 from __future__ import annotations
 
@@ -11,10 +12,17 @@ import re
 
 from marshmallow import ValidationError
 
-NODE_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label, as Kubernetes node names
+# A display name: printable text (no control characters), as clients build it from a company and a
+# hostname ("Acme Corp.gpu-01.example.com", "10.0.0.7").
+NODE_NAME_MAX_LENGTH = 128
+NODE_NAME = re.compile(r"^[^\x00-\x1f\x7f-\x9f]+$")
 USERNAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # POSIX portable user names
 VOLUME_GROUP = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$")  # LVM's own rule, no leading dash
 REGION_NAME = re.compile(r"^[A-Za-z0-9-]{1,12}$")
+# Ids are 64-bit signed integers in the database: a larger one names nothing (404 or a field error).
+MAX_ID = 2**63 - 1
+MAX_GPU_INDEX = 2**31 - 1  # the column is a 32-bit integer
+MAX_PAGE = 2**31 - 1  # a page beyond this would overflow the OFFSET
 
 
 def _matches(pattern: re.Pattern, what: str):
@@ -24,7 +32,13 @@ def _matches(pattern: re.Pattern, what: str):
     return check
 
 
-node_name = _matches(NODE_NAME, "node name (lower-case letters, digits and inner hyphens, at most 63)")
+def node_name(value: str) -> None:
+    if not isinstance(value, str) or not 1 <= len(value) <= NODE_NAME_MAX_LENGTH or not NODE_NAME.fullmatch(value) \
+            or not value.strip():
+        raise ValidationError(f"not a valid node name (printable text, 1 to {NODE_NAME_MAX_LENGTH} characters)")
+
+
+
 username = _matches(USERNAME, "user name (lower-case letters, digits, _ and -, at most 32)")
 volume_group = _matches(VOLUME_GROUP, "LVM volume group name")
 region_name = _matches(REGION_NAME, "region name (letters, digits and hyphens, at most 12)")

@@ -12,9 +12,14 @@ description:
   - Reads the nodes the GPUaaS API knows (C(GET /api/gpuaas/node/list)) and makes them an inventory.
   - Groups hosts by role (C(controller), C(worker), C(gateway), C(storage)), by region (C(region_<name>))
     and by cluster (C(gpuaas_<id>)).
+  - Names each host C(node-<id>) after the node's id (for example C(node-17)), never after the node's C(name),
+    which is a free display name (any printable text) and so never becomes an inventory hostname, a command-line
+    argument or a file name. The display name is the host variable C(gpuaas_display_name).
   - Sets C(gpuaas_node_name), the node's Kubernetes name, once the service has derived it from the host's hostname.
   - Sets C(ansible_host), C(ansible_port) and C(ansible_user), and C(gpuaas_node) with the node as the API
-    returns it (id, status, GPUs, ...). Supports C(compose), C(groups) and C(keyed_groups).
+    returns it (id, name, status, GPUs, ...). Supports C(compose), C(groups) and C(keyed_groups).
+  - Every value from the API is data, never a template (ansible-core does not template what an inventory
+    plugin sets unless the plugin marks it trusted, and this one does not).
   - The inventory file must end in C(gpuaas.yml) or C(gpuaas.yaml).
 author:
   - hosted·ai GPUaaS developers (@hostedai)
@@ -52,7 +57,7 @@ options:
 """
 
 EXAMPLES = r"""
-# gpuaas.yml
+# gpuaas.yml: hosts node-1, node-2, ... (one per node id)
 plugin: hostedai.gpuaas.gpuaas
 url: https://gpuaas.example.com
 keyed_groups:
@@ -60,6 +65,11 @@ keyed_groups:
     prefix: status
 compose:
   gpu_count: gpuaas_node.gpus | length
+
+# Then: ansible-playbook -i gpuaas.yml hostedai.gpuaas.scan_gpus --limit node-17
+# and, in a play, the node's display name for messages and reports:
+#   - ansible.builtin.debug:
+#       msg: "{{ inventory_hostname }} is {{ gpuaas_display_name }}"
 """
 
 import json
@@ -68,6 +78,7 @@ from ansible.errors import AnsibleError
 from ansible.module_utils.common.text.converters import to_native
 from ansible.module_utils.urls import open_url
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
+from ansible_collections.hostedai.gpuaas.plugins.module_utils.inventory_names import host_alias
 
 ROLE_GROUPS = {"is_controller_node": "controller", "is_worker_node": "worker", "is_gateway_service": "gateway",
                "is_storage_service": "storage"}
@@ -95,7 +106,14 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
         query = "?region_id=%d" % self.get_option("region_id") if self.get_option("region_id") else ""
         strict = self.get_option("strict")
         for node in self._get("/api/gpuaas/node/list" + query):
-            host = self.inventory.add_host(node["name"])
+            try:
+                alias = host_alias(node.get("id"))
+            except ValueError as error:
+                raise AnsibleError("the GPUaaS API at %s listed a node without a usable id: %s"
+                                   % (self.get_option("url"), to_native(error)))
+            # The display name is free text: a host variable only, never the host's name.
+            host = self.inventory.add_host(alias)
+            self.inventory.set_variable(host, "gpuaas_display_name", node.get("name"))
             self.inventory.set_variable(host, "ansible_host", node["node_ip"])
             self.inventory.set_variable(host, "ansible_port", node["port"])
             self.inventory.set_variable(host, "ansible_user", node["username"])

@@ -140,7 +140,7 @@ class PoolManager(object):
         self.job_ids = []
 
     def find(self):
-        for pool in self.api.call("GET", "/gpuaas/%d/pool/list" % self.params["gpuaas_id"]):
+        for pool in self.api.call("GET", "/gpuaas/%d/pool/list" % self.params["gpuaas_id"])["items"]:
             if pool["pool_name"] == self.params["pool_name"]:
                 return pool
         return None

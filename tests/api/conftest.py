@@ -20,7 +20,7 @@ from gpuaas_api.auth import ensure_admin
 from gpuaas_api.config import Config
 from gpuaas_api.db import session
 from gpuaas_api.jobs.finalize import finalize
-from gpuaas_api.jobs.worker import start_pool_deployment
+from gpuaas_api.pools import start_pool_deployment
 from gpuaas_api.migrate import upgrade
 from gpuaas_api.models import Cluster, Gpu, Job, Node
 from gpuaas_api.states import ClusterStatus, NodeStatus
@@ -194,8 +194,14 @@ def settle(app, reply: dict, failed_nodes=()) -> dict:
     with app.app_context():
         job = session().get(Job, reply["job_id"])
         start_pool_deployment(job.extravars["pool_id"])
-        names = {n.id: n.name for n in session().scalars(select(Node))}
+        nodes = session().scalars(select(Node)).all()
+        names = {n.id: n.name for n in nodes}
+        display = {n.inventory_name: n.name for n in nodes}
         outcomes = {node_id: names[node_id] not in failed_nodes for node_id in job.extravars["targets"]}
         finalize(job.id, "failed" if failed_nodes else "successful", 2 if failed_nodes else 0, "", {},
                  host_outcomes=outcomes)
-        return {"targets": sorted(names[i] for i in job.extravars["targets"]), "vars": job.extravars["vars"]}
+        # The variables are keyed by inventory name (node-<id>); shown here by display name, for reading.
+        by_display = {key: ({display[host]: value for host, value in hosts.items()} if key.endswith("_by_host")
+                            else hosts) for key, hosts in job.extravars["vars"].items()}
+        return {"targets": sorted(names[i] for i in job.extravars["targets"]), "vars": by_display,
+                "raw_vars": job.extravars["vars"]}

@@ -156,7 +156,7 @@ def test_jobs_run_the_services_own_ansible_whatever_path_says(tmp_path, database
         # ansible-playbook ran (rc 127 would be "command not found") and reached the SSH step.
         assert job["status"] == "failed", job
         assert job["rc"] != 127
-        assert job["explanation"] == "unreachable-1: step ssh failed", job
+        assert job["explanation"] == f"node-{job['node_id']}: step ssh failed", job  # the inventory name
     finally:
         service.stop()
     # Neither gunicorn (its control socket) nor a job's Ansible wrote into HOME.

@@ -54,9 +54,11 @@ def collect(app, reports: dict, unreachable=()) -> Job:
     with app.app_context():
         job = submit_collection()
         assert job is not None
-        names = {node.id: node.name for node in session().scalars(select(Node))}
+        nodes = session().scalars(select(Node)).all()
+        names = {node.id: node.name for node in nodes}
+        hosts = {node.name: node.inventory_name for node in nodes}  # the artifact is keyed by inventory name
         outcomes = {node_id: names[node_id] not in unreachable for node_id in job.extravars["targets"]}
-        artifact = {"gpuaas_gpu_scan": {name: {"gpus": gpus} for name, gpus in reports.items()
+        artifact = {"gpuaas_gpu_scan": {hosts[name]: {"gpus": gpus} for name, gpus in reports.items()
                                         if name not in unreachable}}
         finalize(job.id, "failed" if unreachable else "successful", 4 if unreachable else 0, "", artifact,
                  host_outcomes=outcomes)
@@ -119,7 +121,8 @@ def test_a_collection_stores_each_pool_gpus_reading(app, client, fleet_db):
     job = collect(app, {"w1": [reading(uuids["w1"][0], 10), reading(uuids["w1"][1], 30)],
                         "w2": [reading(uuids["w2"][0], 50), reading(uuids["w2"][1], 99)]})
 
-    assert job.extravars["vars"] == {"collect_metrics_gpu_hosts": ["w1", "w2"], "collect_metrics_storage_hosts": []}
+    assert job.extravars["vars"] == {"collect_metrics_gpu_hosts": ["node-1", "node-2"],
+                                     "collect_metrics_storage_hosts": []}
     reply = client.get(f"/gpuaas/pool/{pool['id']}/metrics?time_grouping=minute").get_json()
     assert [(b["samples"], b["utilization_gpu_percent"]) for b in reply["series"]] == [(3, {"avg": 30.0, "max": 50.0})]
     assert (reply["slots_total"], reply["slots_assigned"], reply["slots_unavailable"]) == (12, 12, 0)
@@ -200,8 +203,8 @@ def test_storage_nodes_are_read_by_the_collection_and_served(app, client, region
               "filesystems": [{"path": "/", "size_bytes": 10, "used_bytes": 4, "free_bytes": 6}]}
     with app.app_context():
         job = submit_collection()
-        assert job.extravars["vars"]["collect_metrics_storage_hosts"] == ["s1"]
-        finalize(job.id, "successful", 0, "", {"gpuaas_storage_metrics": {"s1": report}},
+        assert job.extravars["vars"]["collect_metrics_storage_hosts"] == [f"node-{node_id}"]
+        finalize(job.id, "successful", 0, "", {"gpuaas_storage_metrics": {f"node-{node_id}": report}},
                  host_outcomes={node_id: True})
 
     reply = client.get(f"/gpuaas/node/{node_id}/storage_metrics").get_json()

@@ -59,8 +59,6 @@ def test_state_machine_refusals(app, client, region):
     join = client.post("/gpuaas/node/join", json={"joinee_node_id": node["id"], "region_id": region["id"]})
     assert "no active GPUaaS cluster" in assert_error(join, 409)["message"]
     assert_error(client.post(f"/gpuaas/node/leave?node_id={node['id']}"), 409)
-    not_controller = client.post(f"/gpuaas/enable?controller_node_id={node['id']}")
-    assert_error(not_controller, 409, field="controller_node_id")
 
 
 def test_join_accepts_both_bodies_and_checks_them(app, client, region):
@@ -85,7 +83,7 @@ def test_join_accepts_both_bodies_and_checks_them(app, client, region):
     with app.app_context():
         job = session().get(Job, reply.get_json()["job_id"])
         assert job.extravars["hosts"] == [worker["id"], controller["id"]]
-        assert job.extravars["vars"] == {"cluster_join_controller": "ctrl"}
+        assert job.extravars["vars"] == {"cluster_join_controller": f"node-{controller['id']}"}
     assert client.get(f"/gpuaas/node/{worker['id']}").get_json()["status"] == "k8_initializing"
     assert_error(client.delete(f"/gpuaas/{gpuaas_id}"), 409)
 
@@ -135,7 +133,7 @@ def test_orphaned_jobs_are_finalised_after_a_restart(app, client, region):
 def gpu_report(*gpus):
     report = {"driver_state": "present", "driver_version": "550.54.15", "cuda_version": "12.4",
               "gpu_count": len(gpus), "gpus": list(gpus)}
-    return {"gpuaas_gpu_scan": {"w1": report}}
+    return {"gpuaas_gpu_scan": {"node-1": report}}  # by inventory name: add_node's first node is node-1
 
 
 def gpu(index, uuid, status="ok"):
@@ -327,7 +325,7 @@ def test_the_kubernetes_name_is_derived_once_from_the_hostname_at_first_contact(
     probe = client.get(f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}").get_json()
     with app.app_context():
         finalize(probe["job_id"], "successful", 0, "", {"gpuaas_conn_check": {
-            "acc-wrk": {"ssh": "ok", "python": "ok", "hostname": "GPU-H100-01.dc1.example.com"}}})
+            f"node-{node['id']}": {"ssh": "ok", "python": "ok", "hostname": "GPU-H100-01.dc1.example.com"}}})
     assert client.get(f"/gpuaas/node/{node['id']}").get_json()["kubernetes_name"] == "gpu-h100-01"
     listed = {n["id"]: n for n in client.get("/gpuaas/node/list").get_json()}
     assert listed[node["id"]]["kubernetes_name"] == "gpu-h100-01"
@@ -335,7 +333,7 @@ def test_the_kubernetes_name_is_derived_once_from_the_hostname_at_first_contact(
     # Later contacts never rename it; the jobs carry it to the roles.
     init = client.get(f"/gpuaas/node/init?gpuaas_node_id={node['id']}").get_json()
     with app.app_context():
-        finalize(init["job_id"], "successful", 0, "", {"gpuaas_node_hostnames": {"acc-wrk": "renamed-host"}})
+        finalize(init["job_id"], "successful", 0, "", {"gpuaas_node_hostnames": {f"node-{node['id']}": "renamed-host"}})
         from gpuaas_api.jobs.worker import host_spec
         assert host_spec(session().get(Node, node["id"])).hostvars["gpuaas_node_name"] == "gpu-h100-01"
     assert client.get(f"/gpuaas/node/{node['id']}").get_json()["kubernetes_name"] == "gpu-h100-01"
@@ -344,7 +342,7 @@ def test_the_kubernetes_name_is_derived_once_from_the_hostname_at_first_contact(
     set_status(app, other["id"], NodeStatus.UNINITIALIZED)
     init_other = client.get(f"/gpuaas/node/init?gpuaas_node_id={other['id']}").get_json()
     with app.app_context():
-        finalize(init_other["job_id"], "successful", 0, "", {"gpuaas_node_hostnames": {"acc-wrk-2": "gpu-h100-01"}})
+        finalize(init_other["job_id"], "successful", 0, "", {"gpuaas_node_hostnames": {f"node-{other['id']}": "gpu-h100-01"}})
     assert client.get(f"/gpuaas/node/{other['id']}").get_json()["kubernetes_name"] == f"gpu-h100-01-{other['id']}"
 
 
@@ -378,6 +376,28 @@ def test_a_reboot_of_a_node_in_a_cluster_brings_its_controller_to_drain_it(app, 
             finalize(job.id, "successful", 0, "", {})
         return hosts, variables
 
-    assert reboot_job(worker) == ([worker["id"], controller["id"]], {"node_reboot_controller": "ctrl"})
-    assert reboot_job(controller) == ([controller["id"]], {"node_reboot_controller": "ctrl"})
+    assert reboot_job(worker) == ([worker["id"], controller["id"]], {"node_reboot_controller": f"node-{controller['id']}"})
+    assert reboot_job(controller) == ([controller["id"]], {"node_reboot_controller": f"node-{controller['id']}"})
     assert reboot_job(loner) == ([loner["id"]], {})  # not in a cluster: nothing to drain
+
+
+def test_init_and_every_scan_fill_in_the_node_facts(app, client, region):
+    node = add_node(client, region)
+    facts = {"cpu_model": "AMD EPYC 9454 48-Core Processor", "cores": 96, "total_memory_in_mb": 773_000,
+             "total_disk_in_mb": 3_815_447}
+    init = client.get(f"/gpuaas/node/init?gpuaas_node_id={node['id']}").get_json()
+    with app.app_context():
+        finalize(init["job_id"], "successful", 0, "", {"gpuaas_node_facts": {f"node-{node['id']}": facts}})
+    shown = client.get(f"/gpuaas/node/{node['id']}").get_json()
+    assert {name: shown[name] for name in facts} == facts
+
+    # A later scan updates what it could read, and a fact it could not tell (null) keeps its value.
+    scan = client.get(f"/gpuaas/node/scan_gpus?gpuaas_node_id={node['id']}").get_json()
+    later = {**facts, "cpu_model": None, "total_memory_in_mb": 1_547_000}
+    with app.app_context():
+        finalize(scan["job_id"], "successful", 0, "", {**gpu_report(gpu(0, "GPU-a")),
+                                                       "gpuaas_node_facts": {f"node-{node['id']}": later}})
+    shown = client.get(f"/gpuaas/node/{node['id']}").get_json()
+    assert (shown["cpu_model"], shown["total_memory_in_mb"], shown["cores"]) == (facts["cpu_model"], 1_547_000, 96)
+    # Another host's facts in the same artifact never land on this node.
+    assert client.get("/gpuaas/node/list").get_json()[0]["total_disk_in_mb"] == facts["total_disk_in_mb"]

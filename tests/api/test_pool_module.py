@@ -23,7 +23,7 @@ from werkzeug.serving import make_server
 from conftest import ADMIN
 from gpuaas_api.db import release, session
 from gpuaas_api.jobs.finalize import finalize
-from gpuaas_api.jobs.worker import start_pool_deployment
+from gpuaas_api.pools import start_pool_deployment
 from gpuaas_api.models import Gpu, Job, Node, Pool
 from gpuaas_api.states import JobStatus, Operation
 

@@ -6,7 +6,7 @@ from sqlalchemy import select
 
 from conftest import assert_error, create, settle
 from gpuaas_api.db import session
-from gpuaas_api.jobs.worker import start_pool_deployment
+from gpuaas_api.pools import start_pool_deployment
 from gpuaas_api.models import Cluster, Gpu, Job, Node, Pool, PoolSlot
 from gpuaas_api.states import ClusterStatus, GpuAssignment
 
@@ -35,8 +35,9 @@ def test_create_persists_the_pool_and_its_slots(app, client, fleet_db):
     assert {slot["uuid"] for slot in pool["gpus"]} == set(fleet_db["uuids"]["w1"])
     assert {slot["memory_in_mb"] for slot in pool["gpus"]} == {81559 // 4}
     assert pool["gpu_model_type"] == "NVIDIA H100 80GB HBM3"
-    listed = {key: value for key, value in pool.items() if key != "job_id"}
-    assert client.get(f"/gpuaas/{fleet_db['gpuaas_id']}/pool/list").get_json() == [listed]
+    assert pool["pool_label"] == "high-throughput-pool"  # the name, when no label is given
+    listed = {key: value for key, value in pool.items() if key not in ("job_id", "queued_behind")}
+    assert client.get(f"/gpuaas/{fleet_db['gpuaas_id']}/pool/list").get_json() == {"items": [listed]}
     assert client.get(f"/gpuaas/pool/{pool['id']}").get_json() == listed
     with app.app_context():
         assert session().scalar(select(PoolSlot.id).limit(1)) is not None
@@ -143,11 +144,11 @@ def test_delete_in_both_forms_frees_the_gpus(app, client, fleet_db):
     settle(app, second)
 
     deleting = client.delete(f"/gpuaas/pool/{first['id']}/delete").get_json()
-    assert deleting["success"] is True and deleting["status"] == "DELETING"
+    assert deleting["success"] is True and "DELETING" in deleting["message"]
     assert client.get(f"/gpuaas/pool/{first['id']}").get_json()["status"] == "DELETING"
     settle(app, deleting)
     settle(app, client.delete(f"/gpuaas/pool/{second['id']}").get_json())
-    assert client.get(f"/gpuaas/{fleet_db['gpuaas_id']}/pool/list").get_json() == []
+    assert client.get(f"/gpuaas/{fleet_db['gpuaas_id']}/pool/list").get_json() == {"items": []}
     with app.app_context():
         assert {g.assignment_status for g in session().scalars(select(Gpu))} == {GpuAssignment.UNASSIGNED}
         assert session().scalar(select(PoolSlot.id).limit(1)) is None

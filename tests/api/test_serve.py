@@ -68,12 +68,14 @@ def test_inventory_plugin_reads_the_nodes(server, tmp_path):
                             capture_output=True, text=True, env=env, check=True)
     inventory = json.loads(listed.stdout)
 
-    assert inventory["controller"]["hosts"] == ["ctrl-1"]
-    assert sorted(inventory["storage"]["hosts"]) == ["stor-1"]
-    assert sorted(inventory["gateway"]["hosts"]) == ["stor-1"]
-    assert sorted(inventory["region_lab_2"]["hosts"]) == ["ctrl-1", "stor-1"]
-    assert sorted(inventory["status_uninitialized"]["hosts"]) == ["ctrl-1", "stor-1"]
-    hostvars = inventory["_meta"]["hostvars"]["ctrl-1"]
+    # Hosts are named by the node's id (node-<id>); the display name is a variable.
+    assert inventory["controller"]["hosts"] == ["node-1"]
+    assert sorted(inventory["storage"]["hosts"]) == ["node-2"]
+    assert sorted(inventory["gateway"]["hosts"]) == ["node-2"]
+    assert sorted(inventory["region_lab_2"]["hosts"]) == ["node-1", "node-2"]
+    assert sorted(inventory["status_uninitialized"]["hosts"]) == ["node-1", "node-2"]
+    hostvars = inventory["_meta"]["hostvars"]["node-1"]
+    assert plain(hostvars["gpuaas_display_name"]) == "ctrl-1"
     # Values from the API are marked unsafe (never templated); ansible-inventory shows the marking.
     assert [plain(hostvars[key]) for key in ("ansible_host", "ansible_port", "ansible_user")] == [
         "198.18.0.30", 2222, "ops"]

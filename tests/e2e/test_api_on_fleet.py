@@ -32,18 +32,31 @@ def cluster(service, running_fleet):
 
 # The names operators give nodes are not their hosts' hostnames (node1, node2, node3); the
 # service names them in Kubernetes by their hostnames, read at the first contact.
-DISPLAY = {"node1": "acc-ctl", "node2": "acc-wrk-a", "node3": "acc-wrk-b"}
+# They are also hostile: display names are free text, and none of them may reach an inventory, a
+# command line or a template (the inventory names hosts node-<id>). If one did, these would run
+# on this machine: test_1 checks that no marker appeared.
+MEM_TOTAL_MB = next(int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()
+                    if line.startswith("MemTotal:"))
+MARKERS = (Path("/tmp/gpuaas-e2e-templated"), Path("/tmp/gpuaas-e2e-proxycommand"))
+DISPLAY = {"node1": "Acme Corp.ctl-01; touch /tmp/gpuaas-e2e-shell",
+           "node2": "{{ lookup('pipe', 'touch /tmp/gpuaas-e2e-templated') }}",
+           "node3": "-oProxyCommand=touch /tmp/gpuaas-e2e-proxycommand"}
 
 
 def test_1_test_conn_pins_each_host_key(service, cluster):
     api = service.api
+    for marker in (*MARKERS, Path("/tmp/gpuaas-e2e-shell")):
+        marker.unlink(missing_ok=True)
     known = dict(line.split(" ", 1) for line in
                  Path("/var/lib/hostedai-gpuaas-fleet/known_hosts").read_text().splitlines())
     for name, node in cluster["nodes"].items():
         job = api.run("GET", f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}")
         assert job["status"] == "successful", job["explanation"]
-        assert job["result"]["gpuaas_conn_check"][DISPLAY[name]]["failed_step"] is None
-        assert api.call("GET", f"/gpuaas/node/{node['id']}")["kubernetes_name"] == name  # its hostname
+        assert job["result"]["gpuaas_conn_check"][f"node-{node['id']}"]["failed_step"] is None
+        shown = api.call("GET", f"/gpuaas/node/{node['id']}")
+        assert shown["kubernetes_name"] == name  # its hostname
+        assert shown["name"] == DISPLAY[name] and shown["inventory_name"] == f"node-{node['id']}"
+    assert not [marker for marker in (*MARKERS, Path("/tmp/gpuaas-e2e-shell")) if marker.exists()]
     engine = create_engine(f"sqlite:///{service.data_dir / 'gpuaas.sqlite3'}")
     with engine.connect() as connection:
         pinned = dict(connection.execute(text("SELECT node_ip, ssh_host_key FROM nodes")).all())
@@ -61,7 +74,11 @@ def test_2_init_enable_join(service, cluster):
     for node, job in zip(nodes.values(), inits):
         assert job["status"] == "successful", job["explanation"]
         assert job["node_id"] == node["id"]
-        assert api.call("GET", f"/gpuaas/node/{node['id']}")["status"] == "initialized"
+        shown = api.call("GET", f"/gpuaas/node/{node['id']}")
+        assert shown["status"] == "initialized"
+        # Init gathered the node's facts (roles/node_facts). The fleet's nodes share this machine's
+        # kernel, so MemTotal is this machine's; the CPU count is what the node may use, at least one.
+        assert shown["total_memory_in_mb"] == MEM_TOTAL_MB and shown["cores"] >= 1, shown
     assert max(job["started_at"] for job in inits) < min(job["finished_at"] for job in inits), "side by side"
 
     enabled = api.call("POST", f"/gpuaas/enable?controller_node_id={nodes['node1']['id']}")

@@ -34,9 +34,10 @@ def test_a_node_that_is_down_fails_fast_and_says_which_step(service, nodes):
         subprocess.run([*FLEET, "sshd", "node2", "start"], check=True, capture_output=True)
 
     assert job["status"] == "failed"
-    assert job["explanation"] == "node2: step ssh failed"
+    host = f"node-{nodes['node2']['id']}"  # the inventory name, from the id
+    assert job["explanation"] == f"{host}: step ssh failed"
     assert elapsed < 30
-    assert init["status"] == "failed" and init["explanation"].startswith("node2: task ")
+    assert init["status"] == "failed" and init["explanation"].startswith(f"{host}: task ")
     assert "unreachable" in init["explanation"] and "Connection refused" in init["explanation"]
     assert api.call("GET", f"/gpuaas/node/{nodes['node2']['id']}")["status"] == "error"
 

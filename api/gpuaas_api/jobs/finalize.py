@@ -10,8 +10,10 @@ from .. import kubernetes_names
 from ..db import session
 from ..metrics.collector import store_collection
 from ..metrics.store import record_storage_sample
+from ..pools import finish_pool
 from ..models import Cluster, Gpu, Job, JobEvent, Node, Npu, Pool, PoolSlot, Scan
-from ..states import GPU_SETTLES_TO, NODE_TRANSITIONS, ClusterStatus, GpuAssignment, JobStatus, Operation, PoolStatus
+from ..states import (GPU_SETTLES_TO, NODE_TRANSITIONS, ClusterStatus, GpuAssignment, JobStatus, Operation, PoolStatus,
+                      ScanStatus)
 from .waiting import notify_finished
 
 MAX_MESSAGE = 300  # the explanation is a summary; the node's logs hold the whole output
@@ -48,6 +50,7 @@ def finalize(job_id: int, runner_status: str, rc: int | None, explanation: str, 
         if contacted is not None and contacted.ssh_host_key is None:
             contacted.ssh_host_key = key  # pinned at the first successful contact
     _name_nodes_in_kubernetes(job, node, artifact_data)
+    _record_node_facts(job, node, artifact_data)
     if node is not None:
         _move_node(job, node, status is JobStatus.SUCCESSFUL, artifact_data)
         if node.busy_job_id == job.id:
@@ -56,44 +59,17 @@ def finalize(job_id: int, runner_status: str, rc: int | None, explanation: str, 
     node_succeeded = {node_id: (host_outcomes or {}).get(node_id, status is JobStatus.SUCCESSFUL)
                       for node_id in job.extravars.get("targets", [])}
     if job.operation == Operation.POOL_APPLY.value:
-        _finish_pool(job, node_succeeded)
+        finish_pool(job, node_succeeded)
         db.execute(update(Node).where(Node.busy_job_id == job.id).values(busy_job_id=None))
     elif job.operation == Operation.COLLECT_METRICS.value:
         store_collection(job, artifact_data, node_succeeded, current_app.config["GPUAAS"])
     elif job.operation == Operation.STORAGE_METRICS.value and status is JobStatus.SUCCESSFUL and node is not None:
-        report = artifact_data.get("gpuaas_storage_metrics", {}).get(node.name)
+        report = artifact_data.get("gpuaas_storage_metrics", {}).get(node.inventory_name)
         if report is not None:
             record_storage_sample(node.id, job.finished_at, report)
     db.commit()
     notify_finished()
     return job
-
-
-def _finish_pool(job: Job, node_succeeded: dict[int, bool]) -> None:
-    """GPUs settle on the nodes that applied the change; the pool says whether all of them did."""
-    db = session()
-    pool = db.get(Pool, job.extravars["pool_id"])
-    for node_id, succeeded in node_succeeded.items():
-        if not succeeded:
-            continue  # its GPUs stay ASSIGNING / UNASSIGNING: exactly what is not configured there
-        for gpu in db.scalars(select(Gpu).where(Gpu.node_id == node_id,
-                                                Gpu.assignment_status.in_(tuple(GPU_SETTLES_TO)))).all():
-            gpu.assignment_status = GPU_SETTLES_TO[gpu.assignment_status]
-            if gpu.assignment_status is GpuAssignment.UNASSIGNED:
-                gpu.pool_id = None
-    if pool is None:
-        return
-    db.flush()
-    in_transit = db.scalar(select(Gpu.id).where(Gpu.pool_id == pool.id, Gpu.assignment_status.in_(
-        tuple(GPU_SETTLES_TO))).limit(1))
-    if in_transit is not None or not all(node_succeeded.values()):
-        if pool.status is not PoolStatus.DELETING:  # a failed delete stays DELETING until a retry ends it
-            pool.status = PoolStatus.ERROR_WHILE_DEPLOYING
-    elif pool.status is PoolStatus.DELETING:
-        db.query(PoolSlot).filter(PoolSlot.pool_id == pool.id).delete()
-        db.delete(pool)
-    else:
-        pool.status = PoolStatus.ACTIVE
 
 
 def _name_nodes_in_kubernetes(job: Job, node: Node | None, artifact_data: dict) -> None:
@@ -106,13 +82,32 @@ def _name_nodes_in_kubernetes(job: Job, node: Node | None, artifact_data: dict) 
     db = session()
     nodes = [node] if node is not None else [db.get(Node, node_id) for node_id in job.extravars.get("targets", [])]
     for named in nodes:
-        hostname = hostnames.get(named.name) if named is not None else None
+        hostname = hostnames.get(named.inventory_name) if named is not None else None
         if not hostname or named.kubernetes_name:
             continue
         taken = set(db.scalars(select(Node.kubernetes_name).where(Node.region_id == named.region_id,
                                                                   Node.id != named.id,
                                                                   Node.kubernetes_name.is_not(None))))
         named.kubernetes_name = kubernetes_names.derive(hostname, named.id, taken)
+
+
+# What roles/node_facts reports per host (node init and every scan), as the node's own fields.
+NODE_FACTS = ("cpu_model", "cores", "total_memory_in_mb", "total_disk_in_mb")
+
+
+def _record_node_facts(job: Job, node: Node | None, artifact_data: dict) -> None:
+    """Store the hardware facts the job gathered. A fact the host could not tell (null) keeps its last
+    known value: a partial gathering does not erase what an earlier one found."""
+    reported = artifact_data.get("gpuaas_node_facts")
+    if not reported:
+        return
+    db = session()
+    nodes = [node] if node is not None else [db.get(Node, node_id) for node_id in job.extravars.get("targets", [])]
+    for gathered in nodes:
+        facts = reported.get(gathered.inventory_name) if gathered is not None else None
+        for name in NODE_FACTS:
+            if isinstance(facts, dict) and facts.get(name) is not None:
+                setattr(gathered, name, facts[name])
 
 
 def _failure_explanation(job_id: int, artifact_data: dict, rc: int | None) -> str:
@@ -174,12 +169,12 @@ def _move_node(job: Job, node: Node, succeeded: bool, artifact_data: dict) -> No
 def _finish_scan(job: Job, node: Node, succeeded: bool, artifact_data: dict) -> None:
     db = session()
     scan = db.scalar(select(Scan).where(Scan.job_id == job.id))
-    gpu_report = artifact_data.get("gpuaas_gpu_scan", {}).get(node.name)
-    npu_report = artifact_data.get("gpuaas_npu_scan", {}).get(node.name)
-    storage_report = artifact_data.get("gpuaas_storage_metrics", {}).get(node.name)
+    gpu_report = artifact_data.get("gpuaas_gpu_scan", {}).get(node.inventory_name)
+    npu_report = artifact_data.get("gpuaas_npu_scan", {}).get(node.inventory_name)
+    storage_report = artifact_data.get("gpuaas_storage_metrics", {}).get(node.inventory_name)
     if not succeeded or (gpu_report is None and npu_report is None):
         if scan is not None:
-            scan.status, scan.error_msg = "failed", job.explanation or "the scan returned no result"
+            scan.status, scan.error_msg = ScanStatus.FAILED, job.explanation or "the scan returned no result"
         if job.operation != Operation.SCAN_NPUS.value:
             for gpu in node.gpus:  # the node did not answer: its GPUs cannot be assigned now
                 gpu.assignment_status = GpuAssignment.UNAVAILABLE
@@ -195,7 +190,7 @@ def _finish_scan(job: Job, node: Node, succeeded: bool, artifact_data: dict) -> 
         resources["hca_devices"], resources["hca_device_info"] = [], []
         resources["volume"] = (storage_report or {}).get("volume_groups", [])
     if scan is not None:
-        scan.status, scan.resources = "completed", resources
+        scan.status, scan.resources = ScanStatus.COMPLETED, resources
 
 
 def apply_gpu_scan(node: Node, report: dict) -> list[dict]:

@@ -19,11 +19,11 @@ from sqlalchemy import insert, or_, select, update
 
 from ..db import release, session
 from ..metrics import collector
-from ..models import Job, JobEvent, Node, Pool
+from ..models import Job, JobEvent, Node
+from ..pools import start_pool_deployment
 from ..ssh_keys import controller_key_path, controller_public_key
-from ..states import JobStatus, Operation, PoolStatus
+from ..states import ROLE_FLAGS, JobStatus, Operation
 from .finalize import finalize, reconcile_orphans
-from .pools import rebuild_slots
 from .submit import job_submitted
 from .runner import AnsibleNotFound, HostSpec, pid_alive, run_playbook
 
@@ -86,9 +86,7 @@ def claim_run() -> tuple[list[int], bool]:
 
 
 def node_groups(node: Node) -> list[str]:
-    roles = {"controller": node.is_controller_node, "worker": node.is_worker_node,
-             "gateway": node.is_gateway_service, "storage": node.is_storage_service}
-    return [group for group, on in roles.items() if on]
+    return [group for group, flag in ROLE_FLAGS.items() if getattr(node, flag)]
 
 
 def host_spec(node: Node) -> HostSpec:
@@ -100,7 +98,7 @@ def host_spec(node: Node) -> HostSpec:
         hostvars["storage_metrics_volume_group"] = node.volume_group
     if node.external_service_ip:
         hostvars["node_init_external_service_ip"] = node.external_service_ip
-    return HostSpec(node_id=node.id, name=node.name, address=node.node_ip, port=node.port, user=node.username,
+    return HostSpec(node_id=node.id, name=node.inventory_name, address=node.node_ip, port=node.port, user=node.username,
                     groups=node_groups(node), host_key=node.ssh_host_key, hostvars=hostvars)
 
 
@@ -262,10 +260,10 @@ class JobWorker(threading.Thread):
         # A pool change shows in the logs of each node it touched; the periodic metrics collection
         # would bury them, so its events stay with its job only.
         node_of_host = ({} if lead.operation == Operation.COLLECT_METRICS.value
-                        else {node.name: node.id for node in nodes if node is not None})
+                        else {node.inventory_name: node.id for node in nodes if node is not None})
         writer = EventWriter(self.app, {job.id: job.node_id for job in jobs}, node_of_host)
         # In a batch, a host's events belong to that host's job; the play's own go to every job.
-        job_of_host = ({node.name: job.id for job, node in zip(jobs, nodes) if node is not None}
+        job_of_host = ({node.inventory_name: job.id for job, node in zip(jobs, nodes) if node is not None}
                        if len(jobs) > 1 else {})
         last_poll = [0.0, False]
 
@@ -286,7 +284,7 @@ class JobWorker(threading.Thread):
                     release()
             return last_poll[1]
 
-        log.info("running job(s) %s: %s on %s", job_ids, lead.operation, ", ".join(n.name for n in nodes if n))
+        log.info("running job(s) %s: %s on %s", job_ids, lead.operation, ", ".join(n.inventory_name for n in nodes if n))
         result, failure = None, ""
         try:
             if any(node is None for node in nodes):
@@ -296,7 +294,7 @@ class JobWorker(threading.Thread):
                 target_nodes = [node for node in nodes if node.id in lead.extravars["targets"]]
             else:
                 target_nodes = nodes if len(jobs) > 1 else nodes[:1]
-            targets = ",".join(node.name for node in target_nodes)
+            targets = ",".join(node.inventory_name for node in target_nodes)
             if lead.operation == Operation.POOL_APPLY.value:
                 start_pool_deployment(lead.extravars["pool_id"])
             extravars = {**config.ANSIBLE_EXTRA_VARS, **lead.extravars.get("vars", {}), "gpuaas_targets": targets}
@@ -323,7 +321,7 @@ class JobWorker(threading.Thread):
                 finalize(job.id, "error", None, failure, {}, emitted_events=emitted[job.id])
                 continue
             if len(jobs) == 1:
-                outcomes = {n.id: _host_outcome(result, n.name)[0] == "successful" for n in nodes if n is not None}
+                outcomes = {n.id: _host_outcome(result, n.inventory_name)[0] == "successful" for n in nodes if n is not None}
                 finalize(job.id, result.status, result.rc, result.explanation, result.artifact_data,
                          result.new_host_keys, emitted[job.id], host_outcomes=outcomes)
                 continue
@@ -333,25 +331,12 @@ class JobWorker(threading.Thread):
                                                                       started_at=None))
                 db.commit()
                 continue
-            status, rc = _host_outcome(result, node.name)
-            artifact = {key: {node.name: value[node.name]} for key, value in result.artifact_data.items()
-                        if isinstance(value, dict) and node.name in value}
+            status, rc = _host_outcome(result, node.inventory_name)
+            artifact = {key: {node.inventory_name: value[node.inventory_name]} for key, value in result.artifact_data.items()
+                        if isinstance(value, dict) and node.inventory_name in value}
             keys = {node.id: result.new_host_keys[node.id]} if node.id in result.new_host_keys else {}
             explanation = result.explanation if status == result.status else ""
             finalize(job.id, status, rc, explanation, artifact, keys, emitted[job.id])
-
-
-def start_pool_deployment(pool_id: int) -> None:
-    """The pool's slots are (re)built (VM_CREATION), then its nodes are configured (SETTING_UP)."""
-    db = session()
-    pool = db.get(Pool, pool_id)
-    if pool is None or pool.status is PoolStatus.DELETING:
-        return
-    pool.status = PoolStatus.VM_CREATION
-    db.commit()
-    rebuild_slots(pool)
-    pool.status = PoolStatus.SETTING_UP
-    db.commit()
 
 
 def start_workers(app: Flask, count: int = 2) -> list[JobWorker]:

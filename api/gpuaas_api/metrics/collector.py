@@ -76,8 +76,8 @@ def submit_collection() -> Job | None:
     node_ids = sorted({node.id for node in (*gpu_nodes, *storage_nodes)})
     job = Job(created_at=now(), operation=Operation.COLLECT_METRICS.value, node_id=None, mutating=False,
               extravars={"hosts": node_ids, "targets": node_ids,
-                         "vars": {"collect_metrics_gpu_hosts": [node.name for node in gpu_nodes],
-                                  "collect_metrics_storage_hosts": [node.name for node in storage_nodes]}})
+                         "vars": {"collect_metrics_gpu_hosts": [node.inventory_name for node in gpu_nodes],
+                                  "collect_metrics_storage_hosts": [node.inventory_name for node in storage_nodes]}})
     db.add(job)
     db.commit()
     return job
@@ -109,11 +109,11 @@ def store_collection(job: Job, artifact_data: dict, node_succeeded: dict[int, bo
         node = db.get(Node, node_id)
         if node is None:
             continue
-        if succeeded and node.name in storage_reports:
-            record_storage_sample(node.id, sampled_at, storage_reports[node.name])
-        if node.name not in gpu_hosts:
+        if succeeded and node.inventory_name in storage_reports:
+            record_storage_sample(node.id, sampled_at, storage_reports[node.inventory_name])
+        if node.inventory_name not in gpu_hosts:
             continue
-        report = gpu_reports.get(node.name) if succeeded else None
+        report = gpu_reports.get(node.inventory_name) if succeeded else None
         readings = {entry["uuid"]: entry for entry in (report or {}).get("gpus", [])
                     if entry.get("status") == "ok" and "metrics" in entry}
         for gpu in db.scalars(select(Gpu).where(Gpu.node_id == node.id, Gpu.pool_id.is_not(None))).all():

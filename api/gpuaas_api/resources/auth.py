@@ -7,7 +7,7 @@ from sqlalchemy import text
 
 from ..auth import COOKIE_NAME, LOGIN_TOKEN, check_login, issue_token
 from ..db import session
-from ..schemas import LoginReplySchema, LoginSchema
+from ..schemas import HealthSchema, LoginReplySchema, LoginSchema
 
 blp = Blueprint("auth", __name__, description="Log in: a token, and the same token as a session cookie")
 health_blp = Blueprint("health", __name__, description="Liveness")
@@ -36,6 +36,7 @@ class Login(MethodView):
 
 @health_blp.route("/health")
 class Health(MethodView):
+    @health_blp.response(200, HealthSchema)
     def get(self):
         """Liveness: the process answers and the database is reachable."""
         session().execute(text("SELECT 1"))

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from flask import current_app, jsonify
+from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy.orm import selectinload
@@ -8,10 +8,10 @@ from sqlalchemy.orm import selectinload
 from ..db import commit_unique, session
 from ..errors import conflict, field_error, not_found
 from ..models import Node
-from ..schemas import NodeAddSchema, NodeEditSchema, NodeSchema, RegionQuerySchema
+from ..schemas import NodeAddSchema, NodeEditSchema, NodeSchema, RegionQuerySchema, SuccessSchema
 from ..ssh_keys import controller_public_key
-from ..states import DELETABLE_NODE_STATUSES
-from ..views import cached_reply, node_dict, node_list
+from ..states import DELETABLE_NODE_STATUSES, ROLE_FLAGS
+from ..views import cached_reply, json_reply, node_list, node_reply
 from .regions import get_region
 
 blp = Blueprint("nodes", __name__, description="GPU nodes")
@@ -24,13 +24,15 @@ def get_node(node_id: int) -> Node:
     return node
 
 
-def _check_role_fields(node: Node) -> None:
+def _check_role_fields(node: Node, status: int = 422) -> None:
+    """The role rules (published as schemas.SCHEMA_RULES on node add). On an edit they concern the node
+    as stored and changed, not the request alone: a conflict with what is stored (409)."""
     if node.is_storage_service and not node.volume_group:
-        raise field_error("volume_group", "a storage node needs a volume group")
+        raise field_error("volume_group", "a storage node needs a volume group", status)
     if node.is_gateway_service and not node.external_service_ip:
-        raise field_error("external_service_ip", "a gateway node needs an external service IP")
-    if not any((node.is_controller_node, node.is_worker_node, node.is_gateway_service, node.is_storage_service)):
-        raise field_error("is_worker_node", "a node needs at least one role")
+        raise field_error("external_service_ip", "a gateway node needs an external service IP", status)
+    if not any(getattr(node, flag) for flag in ROLE_FLAGS.values()):
+        raise field_error(ROLE_FLAGS["worker"], "a node needs at least one role", status)
 
 
 def _commit_unique(node: Node) -> None:
@@ -48,7 +50,7 @@ class NodeAdd(MethodView):
         _check_role_fields(node)
         session().add(node)
         _commit_unique(node)
-        return jsonify(node_dict(get_node(node.id))), 201
+        return json_reply(node_reply(session(), get_node(node.id)), 201)
 
 
 @blp.route("/gpuaas/node/list")
@@ -60,16 +62,16 @@ class NodeList(MethodView):
         return cached_reply(("nodes", query.get("region_id")), lambda: node_list(session(), query.get("region_id")))
 
 
-@blp.route("/gpuaas/node/<int:node_id>")
+@blp.route("/gpuaas/node/<id:node_id>")
 class NodeById(MethodView):
     @blp.response(200, NodeSchema)
     def get(self, node_id):
-        return cached_reply(("node", node_id), lambda: node_dict(get_node(node_id)))
+        return cached_reply(("node", node_id), lambda: node_reply(session(), get_node(node_id)))
 
 
-@blp.route("/gpuaas/node/<int:node_id>/edit")
+@blp.route("/gpuaas/node/<id:node_id>/edit")
 class NodeEdit(MethodView):
-    @blp.arguments(NodeEditSchema)
+    @blp.arguments(NodeEditSchema, required=False)
     @blp.response(200, NodeSchema)
     def put(self, fields, node_id):
         """Change a node's address, credentials or roles."""
@@ -78,12 +80,12 @@ class NodeEdit(MethodView):
             setattr(node, key, value)
         if {"node_ip", "port"} & fields.keys():
             node.ssh_host_key = None  # a new address is a new host: pin its key again
-        _check_role_fields(node)
+        _check_role_fields(node, 409)
         _commit_unique(node)
-        return jsonify(node_dict(get_node(node_id)))
+        return json_reply(node_reply(session(), get_node(node_id)))
 
 
-@blp.route("/gpuaas/node/<int:node_id>/delete")
+@blp.route("/gpuaas/node/<id:node_id>/delete")
 class NodeDelete(MethodView):
     def _delete(self, node_id):
         node = get_node(node_id)
@@ -93,20 +95,20 @@ class NodeDelete(MethodView):
         session().commit()
         return {"success": True, "message": f"node {node_id} deleted"}
 
-    @blp.response(200)
+    @blp.response(200, SuccessSchema)
     def delete(self, node_id):
         """Delete a node that is uninitialized (or in error). Clients also use GET."""
         return self._delete(node_id)
 
-    @blp.response(200)
+    @blp.response(200, SuccessSchema)
     def get(self, node_id):
         return self._delete(node_id)
 
 
-@blp.route("/gpuaas/node/<int:node_id>/ssh_keys")
+@blp.route("/gpuaas/node/<id:node_id>/ssh_keys")
 class NodeSshKeys(MethodView):
-    @blp.response(200)
+    @blp.response(200, {"type": "array", "items": {"type": "string"}})
     def get(self, node_id):
         """The controller's public keys, as a bare array: add them to the node's authorized_keys."""
         get_node(node_id)
-        return [controller_public_key(current_app.config["GPUAAS"].DATA_DIR)]
+        return json_reply([controller_public_key(current_app.config["GPUAAS"].DATA_DIR)])

@@ -9,15 +9,20 @@ from sqlalchemy import func, select
 
 from ..db import session
 from ..errors import ApiError, conflict, field_error, not_found
+from ..validation import MAX_ID
 from ..jobs.submit import submit
 from ..jobs.waiting import wait_until_finished
 from ..metrics.store import latest_storage_sample
-from ..models import Cluster, Job, JobEvent, Node, Scan
-from ..schemas import (ClusterSchema, ControllerQuerySchema, JobSchema, JobWaitQuerySchema, JoinSchema,
-                       LeaveQuerySchema, NodeIdAltQuerySchema, NodeIdQuerySchema, OperationReplySchema,
-                       PageQuerySchema, ScanQuerySchema, ScanSchema)
-from ..states import ClusterStatus, JobStatus, Operation
+from ..models import Cluster, Gpu, Job, JobEvent, Node, Scan
+from ..rendering import render_cluster, render_gpu, render_job, render_scan, timestamp
+from ..schemas import (ClusterSchema, ControllerQuerySchema, EnableReplySchema, GpuListSchema, JobSchema,
+                       JobWaitQuerySchema, JoinSchema, LeaveQuerySchema, LogPageSchema, NodeIdAltQuerySchema,
+                       NodeIdQuerySchema, OperationReplySchema, PageQuerySchema, ScanQuerySchema, ScanSchema,
+                       StorageMetricsSchema, SuccessSchema)
+from ..states import ClusterStatus, JobStatus, Operation, ScanStatus
+from ..views import json_reply
 from .nodes import get_node
+from .regions import remove_torn_down_clusters
 
 blp = Blueprint("operations", __name__, description="Node operations, scans, logs and jobs")
 
@@ -78,7 +83,7 @@ class NodeReboot(MethodView):
         controller = get_node(cluster.controller_node_id)
         extra_hosts = [controller.id] if controller.id != node.id else []
         job = submit(Operation.REBOOT, node, cluster_id=cluster.id, extra_hosts=extra_hosts,
-                     extravars={"node_reboot_controller": controller.name})
+                     extravars={"node_reboot_controller": controller.inventory_name})
         return started(job, "reboot", node)
 
 
@@ -91,7 +96,7 @@ class NodeTestConn(MethodView):
         return _simple(Operation.TEST_CONN, "connection test", args, "gpuaas_node_id")
 
 
-@blp.route("/gpuaas/node/<int:node_id>/disable")
+@blp.route("/gpuaas/node/<id:node_id>/disable")
 class NodeDisable(MethodView):
     @blp.response(200, OperationReplySchema)
     def post(self, node_id):
@@ -103,19 +108,27 @@ class NodeDisable(MethodView):
 @blp.route("/gpuaas/enable")
 class Enable(MethodView):
     @blp.arguments(ControllerQuerySchema, location="query")
-    @blp.response(200)
+    @blp.response(200, EnableReplySchema)
     def post(self, args):
-        """Set up the region's cluster on this controller (playbook gpuaas_enable). Returns {success, gpuaas_id}."""
+        """Set up the region's cluster on this node (playbook gpuaas_enable). Returns {success, gpuaas_id}.
+
+        A node not flagged as a controller becomes the controller (clients call this for the node the
+        operator picked), unless it is a member of another cluster.
+        """
         node = get_node(args["controller_node_id"])
-        if not node.is_controller_node:
-            raise field_error("controller_node_id", f"node {node.id} is not a controller node", 409)
         db = session()
+        if node.cluster_id is not None:
+            member_of = db.get(Cluster, node.cluster_id)
+            if member_of is not None and member_of.controller_node_id != node.id:
+                raise field_error("controller_node_id", f"node {node.id} is a member of GPUaaS cluster "
+                                  f"{member_of.id}; make it leave first", 409)
         existing = db.scalar(select(Cluster).where(Cluster.region_id == node.region_id,
                                                    Cluster.status != ClusterStatus.INACTIVE))
         if existing is not None and existing.status is not ClusterStatus.ERROR_WHILE_ENABLING:
             raise conflict(f"region {node.region_id} already has GPUaaS cluster {existing.id} "
                            f"({existing.status.value})")
         cluster = existing or Cluster(region_id=node.region_id)
+        node.is_controller_node = True
         cluster.controller_node_id, cluster.status = node.id, ClusterStatus.ENABLE_SETTING_UP
         db.add(cluster)
         db.flush()
@@ -141,7 +154,7 @@ class NodeJoin(MethodView):
             raise field_error("gpuaas_id", f"node {node.id}'s region has cluster {cluster.id}", 409)
         controller = get_node(cluster.controller_node_id)
         job = submit(Operation.JOIN, node, cluster_id=cluster.id, extra_hosts=[controller.id],
-                     extravars={"cluster_join_controller": controller.name})
+                     extravars={"cluster_join_controller": controller.inventory_name})
         return started(job, "join", node)
 
 
@@ -159,7 +172,7 @@ class NodeLeave(MethodView):
             raise conflict(f"node {node.id} is the cluster's controller; deinitialise it instead")
         controller = get_node(cluster.controller_node_id)
         job = submit(Operation.LEAVE, node, cluster_id=cluster.id, extra_hosts=[controller.id],
-                     extravars={"cluster_leave_controller": controller.name,
+                     extravars={"cluster_leave_controller": controller.inventory_name,
                                 "cluster_leave_ungraceful": args["ungraceful"]})
         return started(job, "leave", node)
 
@@ -168,17 +181,27 @@ def _start_scan(kind: Operation, node_id: int) -> Scan:
     node = get_node(node_id)
     job = submit(kind, node)
     scan = Scan(request_id=str(uuid.uuid4()), kind=kind.value.replace("scan_", ""), node_id=node.id, job_id=job.id,
-                status="processing")
+                status=ScanStatus.PROCESSING)
     session().add(scan)
     session().commit()
     return scan
 
 
 def _scan_status(scan_id: str, kind: str) -> Scan:
-    scan = session().scalar(select(Scan).where(Scan.request_id == scan_id, Scan.kind == kind))
+    """By the scan's numeric id (as clients send it) or its request_id (a UUID, never all digits)."""
+    if scan_id.isdigit() and int(scan_id) <= MAX_ID:
+        found = Scan.id == int(scan_id)
+    else:
+        found = Scan.request_id == scan_id
+    scan = session().scalar(select(Scan).where(found, Scan.kind == kind))
     if scan is None:
         raise not_found(f"{kind} scan", scan_id)
     return scan
+
+
+def scan_reply(scan: Scan):
+    gpus = session().scalars(select(Gpu).where(Gpu.node_id == scan.node_id).order_by(Gpu.index)).all()
+    return json_reply(render_scan(scan, gpus))
 
 
 for _kind in (Operation.SCAN_GPUS, Operation.SCAN_NPUS, Operation.SCAN_RESOURCES):
@@ -189,16 +212,18 @@ for _kind in (Operation.SCAN_GPUS, Operation.SCAN_NPUS, Operation.SCAN_RESOURCES
             @blp.arguments(NodeIdQuerySchema, location="query")
             @blp.response(200, ScanSchema)
             def get(self, args):
-                return _start_scan(kind, args["gpuaas_node_id"])
+                return scan_reply(_start_scan(kind, args["gpuaas_node_id"]))
 
         class Status(MethodView):
             @blp.arguments(ScanQuerySchema, location="query")
             @blp.response(200, ScanSchema)
             def get(self, args):
-                return _scan_status(args["scan_id"], short)
+                return scan_reply(_scan_status(args["scan_id"], short))
 
-        Start.get.__doc__ = f"Start a {short} scan; returns its scan_id (status processing)."
-        Status.get.__doc__ = f"A {short} scan's status: processing, completed (with resources) or failed."
+        Start.get.__doc__ = (f"Start a {short} scan; returns its id and scan_id (status processing), with the "
+                             "node's known GPUs.")
+        Status.get.__doc__ = (f"A {short} scan's status, by its numeric id or request_id: processing, completed "
+                              "(with resources) or failed.")
         Start.__name__, Status.__name__ = f"Scan{short.title()}", f"Scan{short.title()}Status"
         blp.route(f"/gpuaas/node/{kind.value}")(Start)
         blp.route(f"/gpuaas/node/{kind.value}/status")(Status)
@@ -206,9 +231,9 @@ for _kind in (Operation.SCAN_GPUS, Operation.SCAN_NPUS, Operation.SCAN_RESOURCES
     _make(_kind)
 
 
-@blp.route("/gpuaas/node/<int:node_id>/storage_metrics")
+@blp.route("/gpuaas/node/<id:node_id>/storage_metrics")
 class NodeStorageMetrics(MethodView):
-    @blp.response(200)
+    @blp.response(200, StorageMetricsSchema)
     def get(self, node_id):
         """The node's latest storage metrics (volume group, filesystems), and a fresh collection started.
 
@@ -221,14 +246,14 @@ class NodeStorageMetrics(MethodView):
                                                  Job.operation == Operation.STORAGE_METRICS.value,
                                                  Job.status.in_([JobStatus.PENDING, JobStatus.RUNNING])).limit(1))
         job_id = running or submit(Operation.STORAGE_METRICS, node).id
-        return {"node_id": node.id, "collected_at": latest.sampled_at.isoformat() if latest else None,
+        return {"node_id": node.id, "collected_at": timestamp(latest.sampled_at) if latest else None,
                 "metrics": latest.data if latest else None, "refresh_job_id": job_id}
 
 
-@blp.route("/gpuaas/node/<int:node_id>/logs")
+@blp.route("/gpuaas/node/<id:node_id>/logs")
 class NodeLogs(MethodView):
     @blp.arguments(PageQuerySchema, location="query")
-    @blp.response(200)
+    @blp.response(200, LogPageSchema)
     def get(self, args, node_id):
         """The node's job events, oldest first (job, then event counter), a page at a time, with the total."""
         get_node(node_id)
@@ -238,12 +263,12 @@ class NodeLogs(MethodView):
                           .order_by(JobEvent.job_id, JobEvent.counter)
                           .offset((args["page"] - 1) * args["per_page"]).limit(args["per_page"])).all()
         items = [{"job_id": e.job_id, "counter": e.counter, "event": e.event, "host": e.host, "task": e.task,
-                  "stdout": e.stdout, "created_at": e.created_at.isoformat() if e.created_at else None}
+                  "stdout": e.stdout or "", "created_at": timestamp(e.created_at)}
                  for e in rows]
         return {"items": items, "total": total, "page": args["page"], "per_page": args["per_page"]}
 
 
-@blp.route("/jobs/<int:job_id>")
+@blp.route("/jobs/<id:job_id>")
 class JobById(MethodView):
     @blp.arguments(JobWaitQuerySchema, location="query")
     @blp.response(200, JobSchema)
@@ -259,10 +284,10 @@ class JobById(MethodView):
             job = db.get(Job, job_id, populate_existing=True)
             if job is None:
                 raise not_found("job", job_id)
-        return job
+        return json_reply(render_job(job))
 
 
-@blp.route("/jobs/<int:job_id>/cancel")
+@blp.route("/jobs/<id:job_id>/cancel")
 class JobCancel(MethodView):
     @blp.response(202, JobSchema)
     def post(self, job_id):
@@ -275,36 +300,54 @@ class JobCancel(MethodView):
             raise ApiError(409, f"job {job_id} has already finished ({job.status.value})")
         job.cancel_requested = True  # stored before anything is signalled
         db.commit()
-        return job
+        return json_reply(render_job(job), 202)
 
 
 @blp.route("/gpuaas")
 class Clusters(MethodView):
     @blp.response(200, ClusterSchema(many=True))
     def get(self):
-        """Every GPUaaS cluster."""
-        return session().scalars(select(Cluster).order_by(Cluster.id)).all()
+        """Every GPUaaS cluster: live ones first, then torn-down ones (GPUAAS_INACTIVE), each by id."""
+        clusters = session().scalars(select(Cluster).order_by(Cluster.id)).all()
+        ordered = sorted(clusters, key=lambda cluster: cluster.status is ClusterStatus.INACTIVE)
+        return json_reply([render_cluster(cluster) for cluster in ordered])
 
 
-@blp.route("/gpuaas/<int:gpuaas_id>")
+def get_cluster(gpuaas_id: int) -> Cluster:
+    cluster = session().get(Cluster, gpuaas_id)
+    if cluster is None:
+        raise not_found("GPUaaS cluster", gpuaas_id)
+    return cluster
+
+
+@blp.route("/gpuaas/<id:gpuaas_id>")
 class ClusterById(MethodView):
     @blp.response(200, ClusterSchema)
     def get(self, gpuaas_id):
-        cluster = session().get(Cluster, gpuaas_id)
-        if cluster is None:
-            raise not_found("GPUaaS cluster", gpuaas_id)
-        return cluster
+        return json_reply(render_cluster(get_cluster(gpuaas_id)))
 
-    @blp.response(200)
+    @blp.response(200, SuccessSchema)
     def delete(self, gpuaas_id):
-        """Tear a cluster down once no node is in it (workers left, controller deinitialised)."""
+        """Tear a cluster down once no node is in it (workers left, controller deinitialised): the cluster
+        and its pools are removed, and a GET then answers 404."""
         db = session()
-        cluster = db.get(Cluster, gpuaas_id)
-        if cluster is None:
-            raise not_found("GPUaaS cluster", gpuaas_id)
+        cluster = get_cluster(gpuaas_id)
+        if cluster.status is ClusterStatus.ENABLE_SETTING_UP:
+            raise conflict(f"GPUaaS cluster {gpuaas_id} is being enabled; wait for its job, then tear it down")
         members = db.scalar(select(func.count(Node.id)).where(Node.cluster_id == gpuaas_id))
         if members:
             raise conflict(f"GPUaaS cluster {gpuaas_id} still has {members} node(s); make them leave first")
-        cluster.status = ClusterStatus.INACTIVE
+        remove_torn_down_clusters(db, [gpuaas_id])
         db.commit()
         return {"success": True, "message": f"GPUaaS cluster {gpuaas_id} torn down"}
+
+
+@blp.route("/gpuaas/<id:gpuaas_id>/gpus")
+class ClusterGpus(MethodView):
+    @blp.response(200, GpuListSchema)
+    def get(self, gpuaas_id):
+        """The cluster's GPUs, on its nodes, in node and index order."""
+        get_cluster(gpuaas_id)
+        gpus = session().scalars(select(Gpu).join(Node, Gpu.node_id == Node.id).where(Node.cluster_id == gpuaas_id)
+                                 .order_by(Gpu.node_id, Gpu.index)).all()
+        return json_reply({"items": [render_gpu(gpu) for gpu in gpus]})

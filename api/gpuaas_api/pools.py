@@ -1,0 +1,309 @@
+"""The pool domain: a pool's GPUs and slots, its lifecycle, and the changes that pool_apply jobs carry
+out on the nodes holding the affected GPUs (playbooks/pool_apply.yml, the gpu_sharing role).
+
+The pool and GPU statuses follow that job (states.py: the pool lifecycle); see docs/api.md. The
+routes (resources/pools.py) only parse requests and call these; the job worker and finalize call
+start_pool_deployment and finish_pool.
+"""
+from __future__ import annotations
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import selectinload
+
+from .db import session
+from .errors import conflict, field_error, not_found
+from .jobs.submit import job_submitted, submit_pool_apply
+from .models import Cluster, Gpu, Job, Node, Pool, PoolSlot, inventory_name
+from .rendering import render_pool
+from .states import (GPU_SETTLES_TO, POOL_SETTLED_STATUSES, ClusterStatus, GpuAssignment, JobStatus, NodeStatus,
+                     Operation, PoolStatus)
+
+
+def get_cluster(gpuaas_id: int, active: bool = False) -> Cluster:
+    cluster = session().get(Cluster, gpuaas_id)
+    if cluster is None or cluster.status is ClusterStatus.INACTIVE:
+        raise not_found("GPUaaS cluster", gpuaas_id)
+    if active and cluster.status is not ClusterStatus.ACTIVE:
+        raise conflict(f"GPUaaS cluster {gpuaas_id} is {cluster.status.value}; wait for GPUAAS_ACTIVE")
+    return cluster
+
+
+def get_pool(pool_id: int) -> Pool:
+    pool = session().get(Pool, pool_id)
+    if pool is None:
+        raise not_found("pool", pool_id)
+    return pool
+
+
+def pool_reply(pool: Pool) -> dict:
+    return render_pool(pool, gpus_of(pool))
+
+
+def gpus_of(pool: Pool) -> list[Gpu]:
+    return session().scalars(select(Gpu).options(selectinload(Gpu.node)).where(Gpu.pool_id == pool.id)
+                             .order_by(Gpu.node_id, Gpu.index)).all()
+
+
+def rebuild_slots(pool: Pool) -> None:
+    """One slot per GPU per unit of sharing ratio; GPUs leaving the pool have none."""
+    db = session()
+    db.flush()
+    db.query(PoolSlot).filter(PoolSlot.pool_id == pool.id).delete()
+    for gpu in gpus_of(pool):
+        if gpu.assignment_status is GpuAssignment.UNASSIGNING:
+            continue
+        for index in range(pool.sharing_ratio):
+            db.add(PoolSlot(pool_id=pool.id, gpu_id=gpu.id, slot_index=index))
+
+
+def active_apply_job(pool_id: int) -> Job | None:
+    jobs = session().scalars(select(Job).where(Job.operation == Operation.POOL_APPLY.value,
+                                               Job.status.in_((JobStatus.PENDING, JobStatus.RUNNING)))).all()
+    return next((job for job in jobs if job.extravars.get("pool_id") == pool_id), None)
+
+
+def node_sharing(node_ids: list[int]) -> tuple[dict, dict]:
+    """What each node must hold: every GPU of it that is in a pool (whatever the pool: the node's
+    configuration is whole), and the GPUs leaving their pool. Keyed by inventory host name."""
+    db = session()
+    present: dict[str, list] = {}
+    absent: dict[str, list] = {}
+    rows = db.execute(select(Gpu, Gpu.node_id, Pool)
+                      .join(Pool, Gpu.pool_id == Pool.id).where(Gpu.node_id.in_(node_ids))
+                      .order_by(Gpu.node_id, Gpu.index)).all()
+    for gpu, node_id, pool in rows:
+        node_name = inventory_name(node_id)
+        if gpu.assignment_status is GpuAssignment.UNASSIGNING:
+            absent.setdefault(node_name, []).append({"uuid": gpu.uuid})
+        else:
+            present.setdefault(node_name, []).append({
+                "uuid": gpu.uuid, "pool_id": pool.id, "sharing_ratio": pool.sharing_ratio,
+                "time_quantum_in_sec": pool.time_quantum_in_sec, "security_level": pool.security_level})
+    return present, absent
+
+
+def schedule_apply(pool: Pool, node_ids: set[int]) -> Job | None:
+    """Record the job that applies ``pool``'s change on ``node_ids`` (flushed, not committed).
+
+    With no node to touch (a pool without GPUs), the change is complete at once.
+    """
+    db = session()
+    db.flush()
+    if not node_ids:
+        return None
+    cluster = db.get(Cluster, pool.cluster_id)
+    controller = db.scalar(select(Node).where(Node.cluster_id == cluster.id, Node.is_controller_node,
+                                              Node.status == NodeStatus.HEALTHY).limit(1))
+    present, absent = node_sharing(sorted(node_ids))
+    extravars = {"gpu_sharing_by_host": present, "gpu_sharing_absent_by_host": absent}
+    extra_hosts = []
+    if controller is not None:  # it relabels the nodes so that their device plugin loads the new config
+        extravars["gpu_sharing_kubectl_host"] = controller.inventory_name
+        extra_hosts.append(controller.id)
+    return submit_pool_apply(pool.id, cluster.id, sorted(node_ids), extra_hosts, extravars)
+
+
+def resolve_gpus(cluster: Cluster, uuids: list[str], field: str, pool: Pool | None = None) -> list[Gpu]:
+    """The GPUs to attach: known, in this cluster, available, and in no other pool."""
+    if len(set(uuids)) != len(uuids):
+        raise field_error(field, "a GPU is listed twice")
+    found = {gpu.uuid: gpu for gpu in session().scalars(select(Gpu).options(selectinload(Gpu.node))
+                                                        .where(Gpu.uuid.in_(uuids))).all()}
+    unknown = [uuid for uuid in uuids if uuid not in found]
+    if unknown:
+        raise field_error(field, f"unknown GPU {unknown[0]}")
+    for uuid in uuids:
+        gpu = found[uuid]
+        if gpu.node.cluster_id != cluster.id:
+            raise field_error(field, f"GPU {uuid} is not in GPUaaS cluster {cluster.id}", 409)
+        if gpu.pool_id is not None and (pool is None or gpu.pool_id != pool.id):
+            raise field_error(field, f"GPU {uuid} already belongs to pool {gpu.pool_id}", 409)
+        if gpu.assignment_status is GpuAssignment.UNAVAILABLE:
+            raise field_error(field, f"GPU {uuid} is unavailable (its node or the GPU does not answer)", 409)
+    return [found[uuid] for uuid in uuids]
+
+
+def attach(pool: Pool, gpus: list[Gpu]) -> set[int]:
+    """Put GPUs in the pool (ASSIGNING until their node applied it); returns their nodes."""
+    for gpu in gpus:
+        gpu.pool_id, gpu.assignment_status = pool.id, GpuAssignment.ASSIGNING
+    rebuild_slots(pool)
+    return {gpu.node_id for gpu in gpus}
+
+
+def detach(pool: Pool, gpus: list[Gpu]) -> set[int]:
+    """Take GPUs out of the pool (UNASSIGNING until their node restored their defaults); returns their nodes."""
+    for gpu in gpus:
+        gpu.assignment_status = GpuAssignment.UNASSIGNING
+    rebuild_slots(pool)
+    return {gpu.node_id for gpu in gpus}
+
+
+def claim_pool(pool: Pool, to: PoolStatus = PoolStatus.DEPLOYMENT_SCHEDULED) -> None:
+    """Start a change of the pool: one at a time, and only from a settled status (409 otherwise).
+    A failed delete (still DELETING, no job running) may be deleted again, or retried."""
+    settled = pool.status in POOL_SETTLED_STATUSES
+    deleting_again = (pool.status is PoolStatus.DELETING and to is PoolStatus.DELETING
+                      and active_apply_job(pool.id) is None)
+    if settled or deleting_again:
+        won = session().execute(update(Pool).where(Pool.id == pool.id, Pool.status == pool.status)
+                                .values(status=to)).rowcount
+        if won == 1:
+            session().refresh(pool)
+            return
+    raise conflict(f"pool {pool.id} is {pool.status.value}; wait until it is ACTIVE or ERROR_WHILE_DEPLOYING")
+
+
+def apply_change(pool: Pool, node_ids: set[int]) -> dict:
+    """Record the nodes' job with the change and commit both; a pool with nothing to apply settles at once."""
+    db = session()
+    job = schedule_apply(pool, node_ids)
+    if job is None:
+        if pool.status is PoolStatus.DELETING:
+            db.delete(pool)
+            db.commit()
+            return {"success": True, "message": f"pool {pool.id} deleted", "job_id": None, "deleted": True}
+        pool.status = PoolStatus.ACTIVE
+    db.commit()
+    job_submitted.release()
+    return {**pool_reply(pool), "job_id": job.id if job else None, "queued_behind": None}
+
+
+def create_pool(body: dict, must_have_pools: bool) -> dict:
+    cluster = get_cluster(body["gpuaas_id"], active=True)
+    fields = body["pool"]
+    db = session()
+    existing = db.scalar(select(func.count(Pool.id)).where(Pool.cluster_id == cluster.id))
+    if must_have_pools and not existing:
+        raise conflict(f"GPUaaS cluster {cluster.id} has no pool yet; create its first pool with /gpuaas/pool/create")
+    if db.scalar(select(Pool.id).where(Pool.cluster_id == cluster.id, Pool.pool_name == fields["pool_name"])):
+        raise field_error("pool.pool_name", f"cluster {cluster.id} already has a pool named {fields['pool_name']}", 409)
+    gpus = resolve_gpus(cluster, fields["attach_gpu_ids"], "pool.attach_gpu_ids")
+    pool = Pool(cluster_id=cluster.id, pool_name=fields["pool_name"], sharing_ratio=fields["sharing_ratio"],
+                time_quantum_in_sec=fields["time_quantum_in_sec"], security_level=fields["security_level"],
+                pool_label=fields.get("pool_label"), status=PoolStatus.DEPLOYMENT_SCHEDULED)
+    db.add(pool)
+    db.flush()
+    return apply_change(pool, attach(pool, gpus))
+
+
+def delete_pool(pool_id: int) -> dict:
+    """The pool goes DELETING; it is removed once every node has restored its GPUs' defaults."""
+    pool = get_pool(pool_id)
+    claim_pool(pool, PoolStatus.DELETING)
+    reply = apply_change(pool, detach(pool, gpus_of(pool)))
+    if reply.get("deleted"):
+        return {"success": True, "message": reply["message"], "job_id": None}
+    return {"success": True, "message": f"pool {pool_id} is being deleted (DELETING); its GPUs become UNASSIGNED as "
+            "their nodes restore their defaults", "job_id": reply["job_id"]}
+
+
+def remove_gpus(pool_id: int, uuids: list[str]) -> dict:
+    pool = get_pool(pool_id)
+    members = {gpu.uuid: gpu for gpu in gpus_of(pool) if gpu.assignment_status is not GpuAssignment.UNASSIGNING}
+    missing = [uuid for uuid in uuids if uuid not in members]
+    if missing:
+        raise field_error("gpu_uuids", f"GPU {missing[0]} is not in pool {pool_id}", 409)
+    claim_pool(pool)
+    return apply_change(pool, detach(pool, [members[uuid] for uuid in uuids]))
+
+
+def update_pool(pool_id: int, fields: dict) -> dict:
+    """Change a pool's settings: a new name or label only is stored at once; a sharing change is applied
+    on every node of the pool."""
+    pool = get_pool(pool_id)
+    sharing_changes = {key for key, value in fields.items() if getattr(pool, key) != value} - {"pool_name", "pool_label"}
+    if not sharing_changes:
+        for key, value in fields.items():
+            setattr(pool, key, value)
+        session().commit()
+        return {**pool_reply(pool), "job_id": None, "queued_behind": None}
+    claim_pool(pool)
+    for key, value in fields.items():
+        setattr(pool, key, value)
+    members = [gpu for gpu in gpus_of(pool) if gpu.assignment_status is not GpuAssignment.UNASSIGNING]
+    return apply_change(pool, attach(pool, members))  # every node of the pool applies the new settings
+
+
+def add_gpus(pool_id: int, uuids: list[str], field: str = "gpu_uuids") -> dict:
+    pool = get_pool(pool_id)
+    gpus = resolve_gpus(get_cluster(pool.cluster_id), uuids, field, pool)
+    already = [gpu.uuid for gpu in gpus if gpu.pool_id == pool.id]
+    if already:
+        raise field_error(field, f"GPU {already[0]} is already in pool {pool.id}", 409)
+    claim_pool(pool)
+    return apply_change(pool, attach(pool, gpus))
+
+
+def add_gpu_by_index(pool_id: int, node_id: int, index: int) -> dict:
+    get_pool(pool_id)
+    gpu = session().scalar(select(Gpu).where(Gpu.node_id == node_id, Gpu.index == index))
+    if gpu is None:
+        raise field_error("gpu_index", f"GPU {index} of node {node_id} not found", 404)
+    return add_gpus(pool_id, [gpu.uuid], "gpu_index")
+
+
+def remove_gpu_by_id(pool_id: int, gpu_id: int) -> dict:
+    gpu = session().get(Gpu, gpu_id)
+    if gpu is None:
+        raise not_found("GPU", gpu_id)
+    return remove_gpus(pool_id, [gpu.uuid])
+
+
+def retry_pool(pool_id: int) -> dict:
+    """Apply again, on the nodes where it did not complete, what a failed change left in transit."""
+    pool = get_pool(pool_id)
+    if pool.status not in (PoolStatus.ERROR_WHILE_DEPLOYING, PoolStatus.DELETING):
+        raise conflict(f"pool {pool_id} is {pool.status.value}; only a failed change can be retried")
+    claim_pool(pool, PoolStatus.DELETING if pool.status is PoolStatus.DELETING else PoolStatus.DEPLOYMENT_SCHEDULED)
+    in_transit = {gpu.node_id for gpu in gpus_of(pool) if gpu.assignment_status in
+                  (GpuAssignment.ASSIGNING, GpuAssignment.UNASSIGNING)}
+    return apply_change(pool, in_transit)
+
+
+def cluster_pools(gpuaas_id: int) -> list[dict]:
+    get_cluster(gpuaas_id)
+    pools = session().scalars(select(Pool).where(Pool.cluster_id == gpuaas_id).order_by(Pool.id)).all()
+    return [pool_reply(pool) for pool in pools]
+
+
+def start_pool_deployment(pool_id: int) -> None:
+    """The pool's slots are (re)built (VM_CREATION), then its nodes are configured (SETTING_UP)."""
+    db = session()
+    pool = db.get(Pool, pool_id)
+    if pool is None or pool.status is PoolStatus.DELETING:
+        return
+    pool.status = PoolStatus.VM_CREATION
+    db.commit()
+    rebuild_slots(pool)
+    pool.status = PoolStatus.SETTING_UP
+    db.commit()
+
+
+def finish_pool(job: Job, node_succeeded: dict[int, bool]) -> None:
+    """GPUs settle on the nodes that applied the change; the pool says whether all of them did."""
+    db = session()
+    pool = db.get(Pool, job.extravars["pool_id"])
+    for node_id, succeeded in node_succeeded.items():
+        if not succeeded:
+            continue  # its GPUs stay ASSIGNING / UNASSIGNING: exactly what is not configured there
+        for gpu in db.scalars(select(Gpu).where(Gpu.node_id == node_id,
+                                                Gpu.assignment_status.in_(tuple(GPU_SETTLES_TO)))).all():
+            gpu.assignment_status = GPU_SETTLES_TO[gpu.assignment_status]
+            if gpu.assignment_status is GpuAssignment.UNASSIGNED:
+                gpu.pool_id = None
+    if pool is None:
+        return
+    db.flush()
+    in_transit = db.scalar(select(Gpu.id).where(Gpu.pool_id == pool.id, Gpu.assignment_status.in_(
+        tuple(GPU_SETTLES_TO))).limit(1))
+    if in_transit is not None or not all(node_succeeded.values()):
+        if pool.status is not PoolStatus.DELETING:  # a failed delete stays DELETING until a retry ends it
+            pool.status = PoolStatus.ERROR_WHILE_DEPLOYING
+    elif pool.status is PoolStatus.DELETING:
+        db.query(PoolSlot).filter(PoolSlot.pool_id == pool.id).delete()
+        db.delete(pool)
+    else:
+        pool.status = PoolStatus.ACTIVE
+
+
