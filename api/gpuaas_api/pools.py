@@ -7,6 +7,8 @@ start_pool_deployment and finish_pool.
 """
 from __future__ import annotations
 
+import datetime as dt
+
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import selectinload
 
@@ -56,10 +58,51 @@ def rebuild_slots(pool: Pool) -> None:
             db.add(PoolSlot(pool_id=pool.id, gpu_id=gpu.id, slot_index=index))
 
 
-def active_apply_job(pool_id: int) -> Job | None:
-    jobs = session().scalars(select(Job).where(Job.operation == Operation.POOL_APPLY.value,
-                                               Job.status.in_((JobStatus.PENDING, JobStatus.RUNNING)))).all()
-    return next((job for job in jobs if job.extravars.get("pool_id") == pool_id), None)
+def active_apply_job(pool_id: int, other_than: Job | None = None) -> Job | None:
+    """The pool's newest unfinished change (running, or queued behind another), ``other_than`` aside."""
+    unfinished = select(Job).where(Job.pool_id == pool_id, Job.status.in_((JobStatus.PENDING, JobStatus.RUNNING)))
+    if other_than is not None:
+        unfinished = unfinished.where(Job.id != other_than.id)
+    return session().scalars(unfinished.order_by(Job.id.desc()).limit(1)).first()
+
+
+def queue_change(pool: Pool, change: dict, ahead: Job) -> Job:
+    """Record a change of a pool that another job is changing: it waits, pending, and is checked
+    again and applied when its turn comes (jobs/queue.py, apply_queued_change). Committed."""
+    db = session()
+    nodes = sorted({gpu.node_id for gpu in gpus_of(pool)})  # what it will most likely touch: its place in line
+    job = Job(created_at=dt.datetime.now(dt.timezone.utc), operation=Operation.POOL_APPLY.value, node_id=None,
+              cluster_id=pool.cluster_id, pool_id=pool.id, mutating=True,
+              extravars={"pool_id": pool.id, "change": change, "targets": nodes, "hosts": nodes})
+    db.add(job)
+    db.commit()
+    job.queued_behind = ahead.id
+    job_submitted.release()
+    return job
+
+
+def queued_reply(pool: Pool, job: Job) -> dict:
+    return {**pool_reply(pool), "job_id": job.id, "queued_behind": job.queued_behind}
+
+
+def apply_queued_change(job: Job) -> bool:
+    """A queued change's turn: apply it to the pool as it is now, through the same function as a
+    request. ApiError when the pool's state now refuses it. True when the job holds its nodes; False
+    when it ended at once (nothing to apply anywhere) or waits for a node another job holds."""
+    from .jobs.finalize import end_unstarted
+
+    change = job.extravars["change"]
+    apply = {"update": lambda: update_pool(job.pool_id, change["fields"], job=job),
+             "add_gpus": lambda: add_gpus(job.pool_id, change["gpu_uuids"], job=job),
+             "remove_gpus": lambda: remove_gpus(job.pool_id, change["gpu_uuids"], job=job),
+             "delete": lambda: delete_pool(job.pool_id, job=job),
+             "retry": lambda: retry_pool(job.pool_id, job=job)}[change["kind"]]
+    reply = apply()
+    if reply.get("job_id") is None:
+        end_unstarted(job.id, JobStatus.SUCCESSFUL, "nothing to apply on any node")
+        return False
+    return session().scalar(select(func.count(Node.id)).where(Node.busy_job_id == job.id)) == \
+        len(job.extravars.get("targets", []))
 
 
 def node_sharing(node_ids: list[int]) -> tuple[dict, dict]:
@@ -82,7 +125,7 @@ def node_sharing(node_ids: list[int]) -> tuple[dict, dict]:
     return present, absent
 
 
-def schedule_apply(pool: Pool, node_ids: set[int]) -> Job | None:
+def schedule_apply(pool: Pool, node_ids: set[int], job: Job | None = None) -> Job | None:
     """Record the job that applies ``pool``'s change on ``node_ids`` (flushed, not committed).
 
     With no node to touch (a pool without GPUs), the change is complete at once.
@@ -100,7 +143,7 @@ def schedule_apply(pool: Pool, node_ids: set[int]) -> Job | None:
     if controller is not None:  # it relabels the nodes so that their device plugin loads the new config
         extravars["gpu_sharing_kubectl_host"] = controller.inventory_name
         extra_hosts.append(controller.id)
-    return submit_pool_apply(pool.id, cluster.id, sorted(node_ids), extra_hosts, extravars)
+    return submit_pool_apply(pool.id, cluster.id, sorted(node_ids), extra_hosts, extravars, job)
 
 
 def resolve_gpus(cluster: Cluster, uuids: list[str], field: str, pool: Pool | None = None) -> list[Gpu]:
@@ -139,12 +182,12 @@ def detach(pool: Pool, gpus: list[Gpu]) -> set[int]:
     return {gpu.node_id for gpu in gpus}
 
 
-def claim_pool(pool: Pool, to: PoolStatus = PoolStatus.DEPLOYMENT_SCHEDULED) -> None:
+def claim_pool(pool: Pool, to: PoolStatus = PoolStatus.DEPLOYMENT_SCHEDULED, job: Job | None = None) -> None:
     """Start a change of the pool: one at a time, and only from a settled status (409 otherwise).
     A failed delete (still DELETING, no job running) may be deleted again, or retried."""
     settled = pool.status in POOL_SETTLED_STATUSES
     deleting_again = (pool.status is PoolStatus.DELETING and to is PoolStatus.DELETING
-                      and active_apply_job(pool.id) is None)
+                      and active_apply_job(pool.id, other_than=job) is None)
     if settled or deleting_again:
         won = session().execute(update(Pool).where(Pool.id == pool.id, Pool.status == pool.status)
                                 .values(status=to)).rowcount
@@ -154,10 +197,11 @@ def claim_pool(pool: Pool, to: PoolStatus = PoolStatus.DEPLOYMENT_SCHEDULED) -> 
     raise conflict(f"pool {pool.id} is {pool.status.value}; wait until it is ACTIVE or ERROR_WHILE_DEPLOYING")
 
 
-def apply_change(pool: Pool, node_ids: set[int]) -> dict:
-    """Record the nodes' job with the change and commit both; a pool with nothing to apply settles at once."""
+def apply_change(pool: Pool, node_ids: set[int], queued: Job | None = None) -> dict:
+    """Record the nodes' job with the change (or fill in the queued one whose turn came) and commit
+    both; a pool with nothing to apply settles at once."""
     db = session()
-    job = schedule_apply(pool, node_ids)
+    job = schedule_apply(pool, node_ids, queued)
     if job is None:
         if pool.status is PoolStatus.DELETING:
             db.delete(pool)
@@ -166,7 +210,8 @@ def apply_change(pool: Pool, node_ids: set[int]) -> dict:
         pool.status = PoolStatus.ACTIVE
     db.commit()
     job_submitted.release()
-    return {**pool_reply(pool), "job_id": job.id if job else None, "queued_behind": None}
+    return {**pool_reply(pool), "job_id": job.id if job else None,
+            "queued_behind": getattr(job, "queued_behind", None)}
 
 
 def create_pool(body: dict, must_have_pools: bool) -> dict:
@@ -187,30 +232,53 @@ def create_pool(body: dict, must_have_pools: bool) -> dict:
     return apply_change(pool, attach(pool, gpus))
 
 
-def delete_pool(pool_id: int) -> dict:
+def _queued_behind(pool: Pool, job: Job | None) -> Job | None:
+    """The job a new change of ``pool`` must wait for: its newest unfinished change (None for a queued
+    change whose turn has come, ``job``)."""
+    return None if job is not None else active_apply_job(pool.id)
+
+
+def _known_gpus(uuids: list[str], field: str) -> None:
+    """What a queued change can be refused for at once: GPUs that do not exist (nothing ahead creates them)."""
+    known = set(session().scalars(select(Gpu.uuid).where(Gpu.uuid.in_(uuids))))
+    unknown = [uuid for uuid in uuids if uuid not in known]
+    if unknown:
+        raise field_error(field, f"unknown GPU {unknown[0]}")
+
+
+def delete_pool(pool_id: int, job: Job | None = None) -> dict:
     """The pool goes DELETING; it is removed once every node has restored its GPUs' defaults."""
     pool = get_pool(pool_id)
-    claim_pool(pool, PoolStatus.DELETING)
-    reply = apply_change(pool, detach(pool, gpus_of(pool)))
+    ahead = _queued_behind(pool, job)
+    if ahead is not None:
+        queued = queue_change(pool, {"kind": "delete"}, ahead)
+        return {"success": True, "job_id": queued.id,
+                "message": f"the deletion of pool {pool_id} is queued behind job {ahead.id} (job {queued.id})"}
+    claim_pool(pool, PoolStatus.DELETING, job)
+    reply = apply_change(pool, detach(pool, gpus_of(pool)), job)
     if reply.get("deleted"):
         return {"success": True, "message": reply["message"], "job_id": None}
     return {"success": True, "message": f"pool {pool_id} is being deleted (DELETING); its GPUs become UNASSIGNED as "
             "their nodes restore their defaults", "job_id": reply["job_id"]}
 
 
-def remove_gpus(pool_id: int, uuids: list[str]) -> dict:
+def remove_gpus(pool_id: int, uuids: list[str], job: Job | None = None) -> dict:
     pool = get_pool(pool_id)
+    ahead = _queued_behind(pool, job)
+    if ahead is not None:
+        _known_gpus(uuids, "gpu_uuids")
+        return queued_reply(pool, queue_change(pool, {"kind": "remove_gpus", "gpu_uuids": uuids}, ahead))
     members = {gpu.uuid: gpu for gpu in gpus_of(pool) if gpu.assignment_status is not GpuAssignment.UNASSIGNING}
     missing = [uuid for uuid in uuids if uuid not in members]
     if missing:
         raise field_error("gpu_uuids", f"GPU {missing[0]} is not in pool {pool_id}", 409)
-    claim_pool(pool)
-    return apply_change(pool, detach(pool, [members[uuid] for uuid in uuids]))
+    claim_pool(pool, job=job)
+    return apply_change(pool, detach(pool, [members[uuid] for uuid in uuids]), job)
 
 
-def update_pool(pool_id: int, fields: dict) -> dict:
-    """Change a pool's settings: a new name or label only is stored at once; a sharing change is applied
-    on every node of the pool."""
+def update_pool(pool_id: int, fields: dict, job: Job | None = None) -> dict:
+    """Change a pool's settings: a new name or label only is stored at once (even while the pool is
+    being changed: no node holds them); a sharing change is applied on every node of the pool."""
     pool = get_pool(pool_id)
     sharing_changes = {key for key, value in fields.items() if getattr(pool, key) != value} - {"pool_name", "pool_label"}
     if not sharing_changes:
@@ -218,21 +286,28 @@ def update_pool(pool_id: int, fields: dict) -> dict:
             setattr(pool, key, value)
         session().commit()
         return {**pool_reply(pool), "job_id": None, "queued_behind": None}
-    claim_pool(pool)
+    ahead = _queued_behind(pool, job)
+    if ahead is not None:
+        return queued_reply(pool, queue_change(pool, {"kind": "update", "fields": fields}, ahead))
+    claim_pool(pool, job=job)
     for key, value in fields.items():
         setattr(pool, key, value)
     members = [gpu for gpu in gpus_of(pool) if gpu.assignment_status is not GpuAssignment.UNASSIGNING]
-    return apply_change(pool, attach(pool, members))  # every node of the pool applies the new settings
+    return apply_change(pool, attach(pool, members), job)  # every node of the pool applies the new settings
 
 
-def add_gpus(pool_id: int, uuids: list[str], field: str = "gpu_uuids") -> dict:
+def add_gpus(pool_id: int, uuids: list[str], field: str = "gpu_uuids", job: Job | None = None) -> dict:
     pool = get_pool(pool_id)
+    ahead = _queued_behind(pool, job)
+    if ahead is not None:
+        _known_gpus(uuids, field)
+        return queued_reply(pool, queue_change(pool, {"kind": "add_gpus", "gpu_uuids": uuids}, ahead))
     gpus = resolve_gpus(get_cluster(pool.cluster_id), uuids, field, pool)
     already = [gpu.uuid for gpu in gpus if gpu.pool_id == pool.id]
     if already:
         raise field_error(field, f"GPU {already[0]} is already in pool {pool.id}", 409)
-    claim_pool(pool)
-    return apply_change(pool, attach(pool, gpus))
+    claim_pool(pool, job=job)
+    return apply_change(pool, attach(pool, gpus), job)
 
 
 def add_gpu_by_index(pool_id: int, node_id: int, index: int) -> dict:
@@ -250,15 +325,19 @@ def remove_gpu_by_id(pool_id: int, gpu_id: int) -> dict:
     return remove_gpus(pool_id, [gpu.uuid])
 
 
-def retry_pool(pool_id: int) -> dict:
+def retry_pool(pool_id: int, job: Job | None = None) -> dict:
     """Apply again, on the nodes where it did not complete, what a failed change left in transit."""
     pool = get_pool(pool_id)
+    ahead = _queued_behind(pool, job)
+    if ahead is not None:
+        return queued_reply(pool, queue_change(pool, {"kind": "retry"}, ahead))
     if pool.status not in (PoolStatus.ERROR_WHILE_DEPLOYING, PoolStatus.DELETING):
         raise conflict(f"pool {pool_id} is {pool.status.value}; only a failed change can be retried")
-    claim_pool(pool, PoolStatus.DELETING if pool.status is PoolStatus.DELETING else PoolStatus.DEPLOYMENT_SCHEDULED)
+    claim_pool(pool, PoolStatus.DELETING if pool.status is PoolStatus.DELETING else PoolStatus.DEPLOYMENT_SCHEDULED,
+               job)
     in_transit = {gpu.node_id for gpu in gpus_of(pool) if gpu.assignment_status in
                   (GpuAssignment.ASSIGNING, GpuAssignment.UNASSIGNING)}
-    return apply_change(pool, in_transit)
+    return apply_change(pool, in_transit, job)
 
 
 def cluster_pools(gpuaas_id: int) -> list[dict]:
@@ -305,5 +384,3 @@ def finish_pool(job: Job, node_succeeded: dict[int, bool]) -> None:
         db.delete(pool)
     else:
         pool.status = PoolStatus.ACTIVE
-
-

@@ -38,7 +38,6 @@ def node_name(value: str) -> None:
         raise ValidationError(f"not a valid node name (printable text, 1 to {NODE_NAME_MAX_LENGTH} characters)")
 
 
-
 username = _matches(USERNAME, "user name (lower-case letters, digits, _ and -, at most 32)")
 volume_group = _matches(VOLUME_GROUP, "LVM volume group name")
 region_name = _matches(REGION_NAME, "region name (letters, digits and hyphens, at most 12)")

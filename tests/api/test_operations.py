@@ -10,7 +10,7 @@ from sqlalchemy import select
 from conftest import assert_error
 from gpuaas_api.db import session
 from gpuaas_api.jobs.finalize import finalize, reconcile_orphans
-from gpuaas_api.jobs.worker import claim_next
+from gpuaas_api.jobs.queue import claim_next
 from gpuaas_api.models import Gpu, Job, JobEvent, Node, Scan
 from gpuaas_api.states import GpuAssignment, JobStatus, NodeStatus
 
@@ -40,15 +40,20 @@ def test_init_records_a_job_and_moves_the_node(app, client, region):
     assert after["status"] == "initializing" and after["initialize_state_status_code"] == 1
 
 
-def test_a_second_mutating_operation_on_a_busy_node_is_409(app, client, region):
+def test_a_second_mutating_operation_on_a_busy_node_queues_behind_the_first(app, client, region):
     node = add_node(client, region)
     set_status(app, node["id"], NodeStatus.INITIALIZED)
     reboot = client.post(f"/gpuaas/node/reboot?node_id={node['id']}").get_json()  # leaves the status as it is
 
-    body = assert_error(client.post(f"/gpuaas/node/{node['id']}/disable"), 409)
-    assert f"busy with job {reboot['job_id']}" in body["message"]
+    queued = client.post(f"/gpuaas/node/{node['id']}/disable")
+    assert queued.status_code == 200 and queued.get_json()["success"] is True
+    assert f"queued behind job {reboot['job_id']}" in queued.get_json()["message"]
+    with app.app_context():
+        assert session().get(Node, node["id"]).busy_job_id == reboot["job_id"]  # the reboot still holds it
     # read-only operations may still run beside it
     assert client.get(f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}").status_code == 200
+    # What the node's state forbids whatever the reboot does is still refused at once.
+    assert "cannot init" in assert_error(client.get(f"/gpuaas/node/init?gpuaas_node_id={node['id']}"), 409)["message"]
 
 
 def test_state_machine_refusals(app, client, region):
@@ -256,7 +261,7 @@ def test_read_only_jobs_on_several_nodes_share_one_run(app, client, region):
 
 
 def test_a_burst_that_never_ends_does_not_hold_its_first_jobs_past_the_window(app, client, region):
-    from gpuaas_api.jobs.worker import BATCH_WINDOW_SECONDS
+    from gpuaas_api.jobs.queue import BATCH_WINDOW_SECONDS
 
     nodes = [add_node(client, region, name=f"w{i}") for i in range(2)]
     for node in nodes:

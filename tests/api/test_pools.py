@@ -6,6 +6,8 @@ from sqlalchemy import select
 
 from conftest import assert_error, create, settle
 from gpuaas_api.db import session
+from gpuaas_api.jobs.finalize import finalize
+from gpuaas_api.jobs.queue import claim_next
 from gpuaas_api.pools import start_pool_deployment
 from gpuaas_api.models import Cluster, Gpu, Job, Node, Pool, PoolSlot
 from gpuaas_api.states import ClusterStatus, GpuAssignment
@@ -72,6 +74,7 @@ def test_bad_input_changes_nothing(app, client, fleet_db, change, field, status)
 
 def test_a_gpu_belongs_to_one_pool(app, client, fleet_db):
     first = create(client, fleet_db).get_json()
+    settle(app, first)
     before = snapshot(app)
 
     clash = create(client, fleet_db, pool_name="second")
@@ -162,8 +165,10 @@ def test_a_pool_moves_through_its_statuses_as_its_nodes_apply_it(app, client, fl
     with app.app_context():
         start_pool_deployment(pool["id"])
     assert client.get(f"/gpuaas/pool/{pool['id']}").get_json()["status"] == "SETTING_UP"
-    busy = client.post(f"/gpuaas/pool/{pool['id']}/add_gpus", json={"gpu_uuids": ["GPU-w1-1"]})
-    assert "SETTING_UP" in assert_error(busy, 409)["message"]  # one change at a time
+    # One change at a time: the next one waits for this one, and changes nothing meanwhile.
+    queued = client.post(f"/gpuaas/pool/{pool['id']}/add_gpus", json={"gpu_uuids": ["GPU-w1-1"]}).get_json()
+    assert queued["queued_behind"] == pool["job_id"] and queued["status"] == "SETTING_UP"
+    assert statuses(app)["GPU-w1-1"] == ("UNASSIGNED", None)
 
     applied = settle(app, pool)
 
@@ -173,6 +178,11 @@ def test_a_pool_moves_through_its_statuses_as_its_nodes_apply_it(app, client, fl
     assert applied["vars"]["gpu_sharing_by_host"]["w1"] == [expected]
     assert client.get(f"/gpuaas/pool/{pool['id']}").get_json()["status"] == "ACTIVE"
     assert statuses(app)["GPU-w1-0"] == statuses(app)["GPU-w2-0"] == ("ASSIGNED", pool["id"])
+    with app.app_context():  # the queued change's turn: applied to the pool as it is now, on w1 only
+        assert claim_next() == [queued["job_id"]]
+        assert session().get(Job, queued["job_id"]).extravars["targets"] == [1]
+    assert statuses(app)["GPU-w1-1"] == ("ASSIGNING", pool["id"])
+    assert client.get(f"/gpuaas/pool/{pool['id']}").get_json()["status"] == "DEPLOYMENT_SCHEDULED"
 
 
 def test_partial_failure_says_what_is_configured_where_and_a_retry_completes(app, client, fleet_db):
@@ -204,15 +214,20 @@ def test_a_failed_delete_stays_deleting_until_a_retry_removes_the_pool(app, clie
     assert statuses(app)["GPU-w1-0"] == ("UNASSIGNED", None)
 
 
-def test_a_busy_node_refuses_the_change_and_nothing_changes(app, client, fleet_db):
+def test_a_change_on_a_busy_node_waits_for_it_and_takes_nothing_meanwhile(app, client, fleet_db):
     reboot_of_w1 = client.post("/gpuaas/node/reboot?node_id=1").get_json()["job_id"]
     assert reboot_of_w1
-    before = snapshot(app)
 
-    refused = create(client, fleet_db, attach_gpu_ids=["GPU-w1-0"])
+    created = create(client, fleet_db, attach_gpu_ids=["GPU-w1-0"])
 
-    assert f"busy with job {reboot_of_w1}" in assert_error(refused, 409)["message"]
-    assert snapshot(app) == before
+    assert created.status_code == 201 and created.get_json()["queued_behind"] == reboot_of_w1
+    with app.app_context():
+        assert session().get(Node, 1).busy_job_id == reboot_of_w1  # the pool's job holds nothing yet
+        assert claim_next() == [reboot_of_w1]  # the reboot runs first
+        assert claim_next() == []  # and the pool's job cannot start before it ends
+        finalize(reboot_of_w1, "successful", 0, "", {})
+        assert claim_next() == [created.get_json()["job_id"]]
+        assert session().get(Node, 1).busy_job_id == created.get_json()["job_id"]
 
 
 def test_each_node_receives_its_whole_configuration_across_pools(app, client, fleet_db):

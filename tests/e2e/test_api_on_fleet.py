@@ -332,10 +332,20 @@ def test_5_two_concurrent_operations_on_one_node(service, cluster, running_fleet
     for thread in threads:
         thread.join()
 
-    statuses = sorted(status for status, _body in results)
-    assert statuses == [200, 409], results
-    accepted = next(body for status, body in results if status == 200)
-    assert_rebooted(api.wait_job(accepted["job_id"]), running_fleet, "node3")
+    # Both are accepted: the one that lost the race for the node is queued behind the other (the
+    # clients send their calls without waiting). Canceled while it waits, it never runs.
+    assert sorted(status for status, _body in results) == [200, 200], results
+    queued = [body for _status, body in results if "queued behind" in body["message"]]
+    started = [body for _status, body in results if "queued behind" not in body["message"]]
+    assert len(queued) == len(started) == 1, results
+    assert f"queued behind job {started[0]['job_id']}" in queued[0]["message"]
+    reboots_before = reboots(running_fleet, "node3")
+    assert api.call("POST", f"/api/jobs/{queued[0]['job_id']}/cancel", expect=202)["cancel_requested"] is True
+    assert_rebooted(api.wait_job(started[0]["job_id"]), running_fleet, "node3")
+    canceled = api.wait_job(queued[0]["job_id"])
+    assert (canceled["status"], canceled["explanation"], canceled["started_at"]) == (
+        "canceled", "canceled before it ran", None)
+    assert reboots(running_fleet, "node3") == reboots_before + 1  # once: the queued reboot never ran
 
 
 def assert_rebooted(job: dict, running_fleet: dict, node: str) -> None:

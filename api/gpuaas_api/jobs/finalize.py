@@ -11,9 +11,9 @@ from ..db import session
 from ..metrics.collector import store_collection
 from ..metrics.store import record_storage_sample
 from ..pools import finish_pool
-from ..models import Cluster, Gpu, Job, JobEvent, Node, Npu, Pool, PoolSlot, Scan
-from ..states import (GPU_SETTLES_TO, NODE_TRANSITIONS, ClusterStatus, GpuAssignment, JobStatus, Operation, PoolStatus,
-                      ScanStatus)
+from ..models import Cluster, Gpu, Job, JobEvent, Node, Npu, Scan
+from ..states import NODE_TRANSITIONS, ClusterStatus, GpuAssignment, JobStatus, Operation, ScanStatus
+from .submit import job_submitted
 from .waiting import notify_finished
 
 MAX_MESSAGE = 300  # the explanation is a summary; the node's logs hold the whole output
@@ -69,7 +69,19 @@ def finalize(job_id: int, runner_status: str, rc: int | None, explanation: str, 
             record_storage_sample(node.id, job.finished_at, report)
     db.commit()
     notify_finished()
+    job_submitted.release()  # a job queued behind this one may start now
     return job
+
+
+def end_unstarted(job_id: int, status: JobStatus, explanation: str) -> None:
+    """End a queued job that never started (refused when its turn came, or canceled while it waited):
+    it held nothing and changed nothing, so nothing else moves."""
+    db = session()
+    job = db.get(Job, job_id)
+    job.status, job.explanation, job.finished_at = status, explanation, now()
+    db.commit()
+    notify_finished()
+    job_submitted.release()
 
 
 def _name_nodes_in_kubernetes(job: Job, node: Node | None, artifact_data: dict) -> None:

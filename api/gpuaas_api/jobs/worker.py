@@ -1,88 +1,33 @@
-"""Job workers: claim each pending job exactly once, run it, finalise it.
-
-Any number of workers, in any number of API processes, may poll the same
-database: a job is claimed with a conditional UPDATE (status pending -> running),
-which only one of them can win.
-"""
+"""Job workers: the loop that claims a run (queue.py), runs its playbook (runner.py) with its events
+stored as they come (events.py), and finalises each of its jobs (finalize.py)."""
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import os
-import queue
 import socket
 import threading
 import time
 
 from flask import Flask
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import select, update
 
 from ..db import release, session
 from ..metrics import collector
-from ..models import Job, JobEvent, Node
+from ..models import Job, Node
 from ..pools import start_pool_deployment
 from ..ssh_keys import controller_key_path, controller_public_key
 from ..states import ROLE_FLAGS, JobStatus, Operation
+from .events import EventWriter
 from .finalize import finalize, reconcile_orphans
+from .queue import BATCH_QUIET_SECONDS, claim_run
 from .submit import job_submitted
 from .runner import AnsibleNotFound, HostSpec, pid_alive, run_playbook
 
 log = logging.getLogger(__name__)
-EVENT_FLUSH_SECONDS = 0.2
 CANCEL_POLL_SECONDS = 0.5
 # Besides at start-up, workers look for jobs orphaned by a dead process this often.
 RECONCILE_SECONDS = 30
 # How often each worker asks whether the metrics collection is due (see metrics/collector.py).
 COLLECTION_CHECK_SECONDS = 5.0
-BATCH_MAX = 50
-# A burst of read-only requests (one per node, as clients send them) is gathered into one
-# playbook run: a read-only job waits while such requests keep arriving less than
-# BATCH_QUIET_SECONDS apart, and never longer than BATCH_WINDOW_SECONDS. A lone request
-# waits only the quiet interval.
-BATCH_QUIET_SECONDS = 0.03
-BATCH_WINDOW_SECONDS = 0.2
-
-
-def claimant() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def claim_next() -> list[int]:
-    """Claim the next run: its job ids, oldest first (see claim_run)."""
-    return claim_run()[0]
-
-
-def claim_run() -> tuple[list[int], bool]:
-    """Claim the next run: a mutating job alone, or a batch of read-only jobs (see batch_of).
-
-    A read-only job is claimable once its burst is over (see BATCH_QUIET_SECONDS). The
-    whole run is claimed with one conditional UPDATE, so that workers racing for the same
-    burst (in this process or another) cannot split it: one wins it, the others get
-    nothing or only jobs that arrived later. Returns the claimed job ids, oldest first, and
-    whether a pending job is being held in its burst. An idle poll costs one query.
-    """
-    db = session()
-    pending = select(Job).where(Job.status == JobStatus.PENDING).order_by(Job.id).limit(1)
-    first = db.scalars(pending).first()
-    if first is None:
-        db.rollback()
-        return [], False
-    now = dt.datetime.now(dt.timezone.utc)
-    burst_going_on = db.scalar(select(Job.id).where(
-        Job.status == JobStatus.PENDING, Job.mutating.is_(False),
-        Job.created_at > now - dt.timedelta(seconds=BATCH_QUIET_SECONDS)).limit(1)) is not None
-    if burst_going_on:
-        first = db.scalars(pending.where(or_(Job.mutating, Job.created_at <= now - dt.timedelta(
-            seconds=BATCH_WINDOW_SECONDS)))).first()
-        if first is None:
-            db.rollback()
-            return [], True
-    wanted = batch_of(first)
-    won = db.scalars(update(Job).where(Job.id.in_(wanted), Job.status == JobStatus.PENDING)
-                     .values(status=JobStatus.RUNNING, claimed_by=claimant(), started_at=dt.datetime.now(dt.timezone.utc))
-                     .returning(Job.id)).all()
-    db.commit()
-    return sorted(won), not won
 
 
 def node_groups(node: Node) -> list[str]:
@@ -100,96 +45,6 @@ def host_spec(node: Node) -> HostSpec:
         hostvars["node_init_external_service_ip"] = node.external_service_ip
     return HostSpec(node_id=node.id, name=node.inventory_name, address=node.node_ip, port=node.port, user=node.username,
                     groups=node_groups(node), host_key=node.ssh_host_key, hostvars=hostvars)
-
-
-_WAKE = (None, None)  # put on an EventWriter's queue to end its wait at once
-
-
-class EventWriter:
-    """Stores a run's events as they arrive, off the runner's thread (a slow handler stalls the runner).
-
-    One writer per playbook run, however many jobs its batch holds: one thread, one
-    connection, at most one transaction per EVENT_FLUSH_SECONDS. (A writer per job meant ten
-    threads each committing every event it got, fighting over SQLite's single write lock:
-    the largest share of the service's CPU in bench/api_overhead.py.)
-    """
-
-    def __init__(self, app: Flask, node_of_job: dict[int, int | None], node_of_host: dict[str, int] | None = None):
-        # A multi-node job has no node: given ``node_of_host``, each of its events is filed under
-        # its host's node, so that it shows in that node's logs (pool_apply; see execute).
-        self.app, self.node_of_job = app, node_of_job
-        self.node_of_host = node_of_host or {}
-        self.counts = dict.fromkeys(node_of_job, 0)
-        self.events: queue.Queue = queue.Queue()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._drain, name=f"events-{min(node_of_job)}", daemon=True)
-        self.thread.start()
-
-    def put(self, job_id: int, event: dict) -> None:
-        self.events.put((job_id, event))
-
-    def _drain(self) -> None:
-        with self.app.app_context():
-            while not (self.stopping.is_set() and self.events.empty()):
-                try:
-                    batch = [self.events.get(timeout=EVENT_FLUSH_SECONDS)]
-                except queue.Empty:
-                    continue
-                self.stopping.wait(EVENT_FLUSH_SECONDS)  # what follows within the interval joins this transaction
-                while True:
-                    try:
-                        batch.append(self.events.get_nowait())
-                    except queue.Empty:
-                        break
-                self._store(batch)
-            release()
-
-    def _store(self, batch: list[tuple[int, dict]]) -> None:
-        rows = []
-        for job_id, event in batch:
-            if job_id is None:  # _WAKE
-                continue
-            self.counts[job_id] += 1
-            data = event.get("event_data", {})
-            rows.append({"job_id": job_id, "node_id": self.node_of_job[job_id] or self.node_of_host.get(data.get("host")),
-                         "counter": event.get("counter", self.counts[job_id]), "event": event.get("event", "unknown"),
-                         "host": data.get("host"), "task": data.get("task"), "stdout": event.get("stdout", ""),
-                         "data": {k: data[k] for k in ("res",) if k in data and isinstance(data[k], dict)
-                                  and not data[k].get("_ansible_no_log")}})
-        if rows:
-            # One executemany of the table's INSERT: no ORM objects, since this thread shares
-            # the GIL with the runner's.
-            db = session()
-            db.execute(insert(JobEvent.__table__), rows)
-            db.commit()
-
-    def close(self) -> dict[int, int]:
-        """Store what is queued, stop; the number of events stored per job."""
-        self.stopping.set()
-        self.events.put(_WAKE)  # no need to wait out the flush interval
-        self.thread.join(timeout=30)
-        return self.counts
-
-
-def batch_of(first: Job) -> list[int]:
-    """The pending jobs that can share ``first``'s playbook run, ``first`` included.
-
-    Read-only operations on single nodes (test_conn, scans, storage metrics) with the same
-    variables run as one ansible-playbook over all their nodes: one process with many forks
-    instead of one process per node. Mutating operations always run alone.
-    """
-    if first.mutating or len(first.extravars.get("hosts", [])) != 1:
-        return [first.id]
-    batch, nodes = [first.id], {first.node_id}
-    candidates = session().scalars(select(Job).where(Job.status == JobStatus.PENDING, Job.id != first.id,
-                                                     Job.operation == first.operation, Job.mutating.is_(False))
-                                   .order_by(Job.id).limit(BATCH_MAX)).all()
-    for job in candidates:
-        if job.node_id in nodes or job.extravars != {"hosts": [job.node_id], "vars": first.extravars.get("vars", {})}:
-            continue
-        batch.append(job.id)
-        nodes.add(job.node_id)
-    return batch
 
 
 def _host_outcome(result, host: str) -> tuple[str, int | None]:

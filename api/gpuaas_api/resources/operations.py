@@ -28,6 +28,10 @@ blp = Blueprint("operations", __name__, description="Node operations, scans, log
 
 
 def started(job: Job, what: str, node: Node) -> dict:
+    behind = getattr(job, "queued_behind", None)
+    if behind is not None:
+        return {"success": True, "job_id": job.id,
+                "message": f"{what} of node {node.id} queued behind job {behind} (job {job.id})"}
     return {"success": True, "message": f"{what} of node {node.id} started (job {job.id})", "job_id": job.id}
 
 
