@@ -85,11 +85,12 @@ def queued_reply(pool: Pool, job: Job) -> dict:
     return {**pool_reply(pool), "job_id": job.id, "queued_behind": job.queued_behind}
 
 
-def apply_queued_change(job: Job) -> bool:
+def apply_queued_change(job: Job) -> str:
     """A queued change's turn: apply it to the pool as it is now, through the same function as a
-    request. ApiError when the pool's state now refuses it. True when the job holds its nodes; False
-    when it ended at once (nothing to apply anywhere) or waits for a node another job holds."""
-    from .jobs.finalize import end_unstarted
+    request, in the worker's transaction (flushed, not committed). ApiError when the pool's state
+    now refuses it. queue.STARTED when the job holds its nodes, ENDED when no node has anything to
+    apply, WAITS when a node it now needs is held (the caller rolls it all back)."""
+    from .jobs.queue import ENDED, STARTED, WAITS
 
     change = job.extravars["change"]
     apply = {"update": lambda: update_pool(job.pool_id, change["fields"], job=job),
@@ -99,10 +100,9 @@ def apply_queued_change(job: Job) -> bool:
              "retry": lambda: retry_pool(job.pool_id, job=job)}[change["kind"]]
     reply = apply()
     if reply.get("job_id") is None:
-        end_unstarted(job.id, JobStatus.SUCCESSFUL, "nothing to apply on any node")
-        return False
-    return session().scalar(select(func.count(Node.id)).where(Node.busy_job_id == job.id)) == \
-        len(job.extravars.get("targets", []))
+        return ENDED
+    held = session().scalar(select(func.count(Node.id)).where(Node.busy_job_id == job.id))
+    return STARTED if held == len(job.extravars.get("targets", [])) else WAITS
 
 
 def node_sharing(node_ids: list[int]) -> tuple[dict, dict]:
@@ -197,6 +197,16 @@ def claim_pool(pool: Pool, to: PoolStatus = PoolStatus.DEPLOYMENT_SCHEDULED, job
     raise conflict(f"pool {pool.id} is {pool.status.value}; wait until it is ACTIVE or ERROR_WHILE_DEPLOYING")
 
 
+def _commit_unless_queued(queued: Job | None) -> None:
+    """A request commits its change; a queued change's turn only flushes it: the worker's one
+    transaction (jobs/queue.py start_queued) commits it with the claim, or rolls it all back."""
+    if queued is None:
+        session().commit()
+        job_submitted.release()
+    else:
+        session().flush()
+
+
 def apply_change(pool: Pool, node_ids: set[int], queued: Job | None = None) -> dict:
     """Record the nodes' job with the change (or fill in the queued one whose turn came) and commit
     both; a pool with nothing to apply settles at once."""
@@ -205,11 +215,10 @@ def apply_change(pool: Pool, node_ids: set[int], queued: Job | None = None) -> d
     if job is None:
         if pool.status is PoolStatus.DELETING:
             db.delete(pool)
-            db.commit()
+            _commit_unless_queued(queued)
             return {"success": True, "message": f"pool {pool.id} deleted", "job_id": None, "deleted": True}
         pool.status = PoolStatus.ACTIVE
-    db.commit()
-    job_submitted.release()
+    _commit_unless_queued(queued)
     return {**pool_reply(pool), "job_id": job.id if job else None,
             "queued_behind": getattr(job, "queued_behind", None)}
 
@@ -284,7 +293,7 @@ def update_pool(pool_id: int, fields: dict, job: Job | None = None) -> dict:
     if not sharing_changes:
         for key, value in fields.items():
             setattr(pool, key, value)
-        session().commit()
+        _commit_unless_queued(job)
         return {**pool_reply(pool), "job_id": None, "queued_behind": None}
     ahead = _queued_behind(pool, job)
     if ahead is not None:

@@ -211,7 +211,7 @@ def test_storage_nodes_are_read_by_the_collection_and_served(app, client, region
 
     assert reply["metrics"] == report and reply["collected_at"]
     assert reply["refresh_job_id"] > job.id
-    assert 'gpuaas_storage_volume_group_free_bytes{node="s1",volume_group="gpuaas"} 400.0' in \
+    assert f'gpuaas_storage_volume_group_free_bytes{{node="node-{node_id}",node_name="s1",volume_group="gpuaas"}} 400.0' in \
         client.get("/metrics").get_data(as_text=True)
 
 
@@ -273,7 +273,7 @@ def test_prometheus_exposition_of_pools_gpus_nodes_and_jobs(app, client, fleet_d
     assert values[("gpuaas_nodes", (("status", "healthy"),))] == 3
     assert values[("gpuaas_pools", (("status", "ACTIVE"),))] == 1
     assert values[("gpuaas_jobs", (("operation", "collect_metrics"), ("status", "successful")))] == 1
-    gpu = (("node", "w1"), ("pool_id", str(pool["id"])), ("uuid", uuids["w1"][1]))
+    gpu = (("node", "node-1"), ("node_name", "w1"), ("pool_id", str(pool["id"])), ("uuid", uuids["w1"][1]))
     assert values[("gpuaas_gpu_utilization_percent", gpu)] == 30
     assert values[("gpuaas_gpu_memory_used_bytes", gpu)] == 2048 * 1024 * 1024
     assert values[("gpuaas_gpu_power_watts", gpu)] == 123.4

@@ -11,8 +11,8 @@ from sqlalchemy import select
 from gpuaas_api.db import session
 from gpuaas_api.models import Cluster, Gpu, Job, Scan
 from gpuaas_api.rendering import render_cluster, render_gpu, render_job, render_scan
-from gpuaas_api.schemas import (ClusterSchema, GpuDetailsSchema, GpuSchema, JobSchema, NodeSchema, PoolSchema,
-                                RegionSchema, ScanSchema)
+from gpuaas_api.schemas import (ClusterSchema, GpuDetailsSchema, GpuSchema, JobSchema, NodeSchema,
+                                OperationReplySchema, PoolChangeSchema, PoolSchema, RegionSchema, ScanSchema)
 from gpuaas_api.states import ScanStatus
 
 from conftest import create
@@ -71,6 +71,11 @@ def test_gpus_in_every_list_render_alike(app, client, fleet_db):
 
 def test_pools_clusters_jobs_and_scans(app, client, fleet_db):
     pool = create(client, fleet_db).get_json()
+    same_json(PoolChangeSchema(), pool)
+    queued = client.post(f"/gpuaas/pool/{pool['id']}/add_gpus", json={"gpu_uuids": ["GPU-w2-0"]}).get_json()
+    same_json(PoolChangeSchema(), queued)
+    assert queued["queued_behind"] == pool["job_id"]
+    same_json(OperationReplySchema(), client.delete(f"/gpuaas/pool/{pool['id']}").get_json())
     listed = client.get(f"/gpuaas/{fleet_db['gpuaas_id']}/pool/list").get_json()["items"]
     same_json(PoolSchema(), listed[0])
     assert client.get(f"/gpuaas/pool/{pool['id']}").get_json() == listed[0]

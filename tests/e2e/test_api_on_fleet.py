@@ -165,7 +165,9 @@ def test_3b_pool_lifecycle_on_two_nodes(service, cluster, running_fleet):
         assert 60 <= gpu["power_w"] < 300
     assert metrics["series"][0]["samples"] >= 3 and metrics["slots_total"] == 12
     scrape = api.call_text("GET", "/metrics")
-    assert f'gpuaas_gpu_utilization_percent{{node="{DISPLAY["node2"]}",pool_id="{pool["id"]}",uuid="{uuids["node2"][0]}"}}' in scrape
+    node2 = cluster["nodes"]["node2"]["id"]
+    assert (f'gpuaas_gpu_utilization_percent{{node="node-{node2}",node_name="{DISPLAY["node2"]}",pool_id="{pool["id"]}",'
+            f'uuid="{uuids["node2"][0]}"}}') in scrape
 
     # A pool GPU that NVML stops reporting is UNAVAILABLE at the next collection, and ASSIGNED once it is back.
     subprocess.run([*FLEET, "lose-gpu", "node2", "0"], check=True, capture_output=True)

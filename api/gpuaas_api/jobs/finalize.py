@@ -73,15 +73,27 @@ def finalize(job_id: int, runner_status: str, rc: int | None, explanation: str, 
     return job
 
 
-def end_unstarted(job_id: int, status: JobStatus, explanation: str) -> None:
-    """End a queued job that never started (refused when its turn came, or canceled while it waited):
-    it held nothing and changed nothing, so nothing else moves."""
+def end_unstarted(job_id: int, status: JobStatus, explanation: str) -> bool:
+    """End a queued job that never started (refused when its turn came, or canceled while it waited);
+    False when it was not pending any more (another worker started or ended it first).
+
+    It held nothing, and its node never moved. What its request prepared is undone: an enable's
+    cluster, set up when the request came, shows that the enable failed (and may be enabled again).
+    """
     db = session()
-    job = db.get(Job, job_id)
-    job.status, job.explanation, job.finished_at = status, explanation, now()
+    ended = db.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.PENDING)
+                       .values(status=status, explanation=explanation, finished_at=now())).rowcount
+    if ended != 1:
+        db.rollback()
+        return False
+    job = db.get(Job, job_id, populate_existing=True)
+    if job.operation == Operation.ENABLE.value and job.cluster_id is not None:
+        db.execute(update(Cluster).where(Cluster.id == job.cluster_id, Cluster.status == ClusterStatus.ENABLE_SETTING_UP)
+                   .values(status=ClusterStatus.ERROR_WHILE_ENABLING))
     db.commit()
     notify_finished()
     job_submitted.release()
+    return True
 
 
 def _name_nodes_in_kubernetes(job: Job, node: Node | None, artifact_data: dict) -> None:
@@ -105,6 +117,8 @@ def _name_nodes_in_kubernetes(job: Job, node: Node | None, artifact_data: dict) 
 
 # What roles/node_facts reports per host (node init and every scan), as the node's own fields.
 NODE_FACTS = ("cpu_model", "cores", "total_memory_in_mb", "total_disk_in_mb")
+CPU_MODEL_MAX_LENGTH = Node.cpu_model.type.length
+MAX_FACT = 2**31 - 1  # the columns are 32-bit integers (2 PiB in MiB)
 
 
 def _record_node_facts(job: Job, node: Node | None, artifact_data: dict) -> None:
@@ -117,9 +131,22 @@ def _record_node_facts(job: Job, node: Node | None, artifact_data: dict) -> None
     nodes = [node] if node is not None else [db.get(Node, node_id) for node_id in job.extravars.get("targets", [])]
     for gathered in nodes:
         facts = reported.get(gathered.inventory_name) if gathered is not None else None
+        if not isinstance(facts, dict):
+            continue
         for name in NODE_FACTS:
-            if isinstance(facts, dict) and facts.get(name) is not None:
-                setattr(gathered, name, facts[name])
+            value = _node_fact(name, facts.get(name))
+            if value is not None:
+                setattr(gathered, name, value)
+
+
+def _node_fact(name: str, value):
+    """A reported fact as the column holds it, or None (kept as it was) for what is not one: a host's
+    report is data from the node, and a bad value must not fail the job's finalisation."""
+    if name == "cpu_model":
+        return value.strip()[:CPU_MODEL_MAX_LENGTH] or None if isinstance(value, str) else None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_FACT:
+        return value
+    return None
 
 
 def _failure_explanation(job_id: int, artifact_data: dict, rc: int | None) -> str:

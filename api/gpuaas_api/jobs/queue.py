@@ -24,7 +24,7 @@ import socket
 from sqlalchemy import select, update
 
 from ..db import session
-from ..errors import ApiError
+from ..errors import ApiError, conflict
 from ..models import Job, Node
 from ..states import NODE_TRANSITIONS, JobStatus, Operation, refusal
 
@@ -36,7 +36,7 @@ BATCH_MAX = 50
 BATCH_QUIET_SECONDS = 0.03
 BATCH_WINDOW_SECONDS = 0.2
 # How many pending jobs one claim looks through for one that may run (the oldest first).
-CLAIM_SCAN_LIMIT = 200
+CLAIM_SCAN_LIMIT = 1000
 
 UNFINISHED = (JobStatus.PENDING, JobStatus.RUNNING)
 
@@ -68,20 +68,31 @@ def jobs_ahead(node_ids: set[int], pool_id: int | None = None, before: int | Non
             and ((node_ids & set(lock_set(job))) or (pool_id is not None and job.pool_id == pool_id))]
 
 
-def statuses_after(status, ahead: list[Job]) -> set:
-    """Every status a node in ``status`` may be in once the jobs ``ahead`` have ended, each either way."""
+def statuses_after(status, ahead: list[Job], holder: int | None) -> set:
+    """Every status a node in ``status`` may be in once the jobs ``ahead`` have ended.
+
+    The job that holds the node (``holder``) has passed its check: it ends either way. A job still
+    queued may also be refused at its turn, leaving the node as it was.
+    """
     possible = {status}
     for job in ahead:
         transition = NODE_TRANSITIONS.get(Operation(job.operation))
-        if transition is None or (transition.on_success is None and transition.on_failure is None):
-            continue  # a pool change or a reboot leaves the node's status as it is
-        possible = {transition.on_success or s for s in possible} | {transition.on_failure or s for s in possible}
+        if transition is None:
+            continue  # a pool change leaves the node's status as it is
+        started = job.id == holder or job.status is JobStatus.RUNNING
+        after = set()
+        for before in possible:
+            if not started:
+                after.add(before)  # refused at its turn
+            if started or before in transition.allowed_from:
+                after |= {transition.on_success or before, transition.on_failure or before}
+        possible = after
     return possible
 
 
-def refusal_whatever_happens(operation: Operation, status, ahead: list[Job]) -> str | None:
+def refusal_whatever_happens(operation: Operation, status, ahead: list[Job], holder: int | None) -> str | None:
     """Why ``operation`` can never start behind ``ahead``: refused from every status they may leave."""
-    if all(refusal(operation, possible) for possible in statuses_after(status, ahead)):
+    if all(refusal(operation, possible) for possible in statuses_after(status, ahead, holder)):
         return refusal(operation, status)
     return None
 
@@ -114,7 +125,7 @@ def claim_run() -> tuple[list[int], bool]:
     The oldest pending job that may run now is chosen: a read-only one once its burst is over (see
     BATCH_QUIET_SECONDS), a mutating one that holds its nodes, or a queued one whose turn has come
     (see start_queued). Returns the claimed job ids, oldest first, and whether a pending job is
-    being held in its burst. An idle poll costs one query.
+    being held in its burst. An idle poll costs one query; a poll over waiting jobs, three.
     """
     db = session()
     pending = db.scalars(select(Job).where(Job.status == JobStatus.PENDING).order_by(Job.id)
@@ -129,6 +140,8 @@ def claim_run() -> tuple[list[int], bool]:
     window_open = set(db.scalars(select(Job.id).where(
         Job.status == JobStatus.PENDING, Job.mutating.is_(False),
         Job.created_at > now - dt.timedelta(seconds=BATCH_WINDOW_SECONDS)))) if burst_going_on else set()
+    wanted = {node_id for job in pending for node_id in lock_set(job)}
+    holders = dict(db.execute(select(Node.id, Node.busy_job_id).where(Node.id.in_(wanted))).all()) if wanted else {}
     held_in_burst = False
     unfinished = None
     for job in pending:
@@ -137,11 +150,10 @@ def claim_run() -> tuple[list[int], bool]:
                 held_in_burst = True
                 continue
             return _claim(batch_of(job)), False
-        nodes = lock_set(job)
-        holders = dict(db.execute(select(Node.id, Node.busy_job_id).where(Node.id.in_(nodes))).all()) if nodes else {}
-        if nodes and all(holders.get(node_id) == job.id for node_id in nodes):
+        nodes = [node_id for node_id in lock_set(job) if node_id in holders]  # a deleted node holds nothing
+        if nodes and all(holders[node_id] == job.id for node_id in nodes):
             return _claim([job.id]), False  # submitted onto free nodes: it holds them already
-        if any(holder not in (None, job.id) for holder in holders.values()):
+        if any(holders[node_id] not in (None, job.id) for node_id in nodes):
             continue  # a node is held by another job: not its turn
         if unfinished is None:
             unfinished = unfinished_mutating_jobs()
@@ -150,8 +162,8 @@ def claim_run() -> tuple[list[int], bool]:
                for other in unfinished):
             continue  # an earlier job on the same node or pool goes first
         if start_queued(job):
-            return _claim([job.id]), False
-        unfinished = None  # it ended (refused, canceled) or changed its nodes: look again
+            return [job.id], False
+        unfinished = None  # it ended (refused, canceled, nothing to do) or waits on: look again
     db.rollback()
     return [], held_in_burst
 
@@ -166,51 +178,106 @@ def _claim(wanted: list[int]) -> list[int]:
     return sorted(won)
 
 
-def start_queued(job: Job) -> bool:
-    """A queued job's turn: check it against the state as it is now, and take its nodes.
+# What a queued job's turn came to (start_queued).
+STARTED, WAITS, ENDED = "started", "waits", "ended"
 
-    True when it holds its nodes and may be claimed. Otherwise it has ended (refused: failed, or
-    canceled before it ran) or must go on waiting (a node was taken meanwhile); False.
+
+def start_queued(job: Job) -> bool:
+    """A queued job's turn: claim it, check it against the state as it is now, and take its nodes,
+    all in one transaction. True when it is claimed (running) and holds its nodes.
+
+    The claim comes first, with the conditional UPDATE every claim uses, so that of two workers
+    looking at the same job only one checks and starts it. Otherwise the job has ended (canceled
+    while it waited, refused by the state now, or left with nothing to do), or it goes on waiting
+    (a node it now needs is held): everything is rolled back and it is pending again.
     """
-    from .. import pools  # the pool domain records and finalises through this module's callers
-    from .finalize import end_unstarted
+    from .. import pools  # the pool domain records its changes through submit, which imports this module
+    from .finalize import end_unstarted, finalize
 
     db = session()
+    won = db.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.PENDING)
+                     .values(status=JobStatus.RUNNING, claimed_by=claimant(),
+                             started_at=dt.datetime.now(dt.timezone.utc))).rowcount
+    if won != 1:
+        db.rollback()
+        return False
+    db.refresh(job)
     if job.cancel_requested:
-        end_unstarted(job.id, JobStatus.CANCELED, "canceled before it ran")
+        db.rollback()
+        cancel_waiting(job)
         return False
     try:
         if "change" in job.extravars:  # a pool change queued behind the pool's previous one
-            started = pools.apply_queued_change(job)
+            outcome = pools.apply_queued_change(job)
         elif job.node_id is None:  # a pool change already applied, waiting for its nodes
-            started = take_nodes(job, lock_set(job))
+            outcome = _start_applied_pool_change(job)
         else:
-            started = _start_node_job(job)
+            outcome = _start_node_job(job)
     except ApiError as refused:
         db.rollback()
         end_unstarted(job.id, JobStatus.FAILED, f"refused when its turn came: {refused.message}")
         return False
-    if not started:
+    if outcome == WAITS:
         db.rollback()
+        return False
+    if outcome == ENDED:  # nothing to apply anywhere: done, in this transaction
+        db.commit()
+        finalize(job.id, "successful", 0, "nothing to apply on any node", {})
         return False
     db.commit()
     return True
 
 
-def _start_node_job(job: Job) -> bool:
-    from ..errors import conflict
+def cancel_waiting(job: Job) -> bool:
+    """End a pending job that holds nothing, canceled while it waited; True when it ended here.
+
+    A queued node job or pool change never ran: it ends `canceled` and moves nothing. A pool change
+    already recorded on the pool (waiting for its nodes) is finalised as canceled on every node, so
+    that the pool shows ERROR_WHILE_DEPLOYING (or stays DELETING) and a retry completes it.
+    """
+    from .finalize import end_unstarted, finalize
+
+    db = session()
+    if any(holder == job.id for holder in db.scalars(select(Node.busy_job_id).where(Node.busy_job_id == job.id))):
+        return False  # it holds its nodes: the worker that runs it stops it (runner.py)
+    if job.node_id is None and job.pool_id is not None and "change" not in job.extravars:
+        won = db.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.PENDING)
+                         .values(status=JobStatus.RUNNING, claimed_by=claimant())).rowcount
+        db.commit()
+        if won == 1:
+            finalize(job.id, "canceled", None, "canceled before it ran", {},
+                     host_outcomes={node_id: False for node_id in job.extravars.get("targets", [])})
+        return won == 1
+    return end_unstarted(job.id, JobStatus.CANCELED, "canceled before it ran")
+
+
+def _start_applied_pool_change(job: Job) -> str:
+    db = session()
+    targets = job.extravars.get("targets", [])
+    present = set(db.scalars(select(Node.id).where(Node.id.in_(targets)))) if targets else set()
+    if present != set(targets):  # a target was deleted (its GPUs with it): apply on the others
+        job.extravars = {**job.extravars, "targets": [node_id for node_id in targets if node_id in present],
+                         "hosts": [node_id for node_id in job.extravars.get("hosts", []) if node_id in present]}
+    return STARTED if take_nodes(job, job.extravars["targets"]) else WAITS
+
+
+def _start_node_job(job: Job) -> str:
+    from .preconditions import refusal_beyond_status
 
     node = session().get(Node, job.node_id)
     operation = Operation(job.operation)
     reason = refusal(operation, node.status)
     if reason:
         raise conflict(f"node {node.id}: {reason}")
+    reason = refusal_beyond_status(operation, node, job.cluster_id)
+    if reason:
+        raise conflict(reason)
     if not take_nodes(job, [node.id]):
-        return False
+        return WAITS
     running = NODE_TRANSITIONS[operation].running
     if running is not None:
         node.status = running
-    return True
+    return STARTED
 
 
 def batch_of(first: Job) -> list[int]:

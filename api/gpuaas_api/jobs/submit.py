@@ -32,7 +32,8 @@ def submit(operation: Operation, node: Node, extravars: dict | None = None, clus
     db = session()
     transition = NODE_TRANSITIONS[operation]
     ahead = jobs_ahead({node.id}) if transition.mutating else []
-    reason = refusal_whatever_happens(operation, node.status, ahead) if ahead else refusal(operation, node.status)
+    reason = (refusal_whatever_happens(operation, node.status, ahead, node.busy_job_id) if ahead
+              else refusal(operation, node.status))
     if reason:
         raise conflict(f"node {node.id}: {reason}")
     job = Job(created_at=dt.datetime.now(dt.timezone.utc), operation=operation.value, node_id=node.id,
@@ -44,11 +45,14 @@ def submit(operation: Operation, node: Node, extravars: dict | None = None, clus
     if transition.mutating and not ahead:
         # One mutating operation per node: a conditional UPDATE is atomic on SQLite and PostgreSQL,
         # so of two requests racing for a free node one takes it and the other queues behind it.
-        if take_nodes(job, [node.id]):
-            if transition.running is not None:
-                db.execute(update(Node).where(Node.id == node.id).values(status=transition.running))
-        else:
+        for _attempt in range(2):  # a request that took the node meanwhile may have ended meanwhile too
+            if take_nodes(job, [node.id]):
+                if transition.running is not None:
+                    db.execute(update(Node).where(Node.id == node.id).values(status=transition.running))
+                break
             job.queued_behind = db.get(Node, node.id, populate_existing=True).busy_job_id
+            if job.queued_behind is not None:
+                break  # queued behind the request that took it
     db.commit()
     job_submitted.release()
     return job

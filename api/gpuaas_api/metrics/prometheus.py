@@ -11,7 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
 from ..db import session
-from ..models import Gpu, Job, Node, Pool, StorageSample
+from ..models import Gpu, Job, Node, Pool, StorageSample, inventory_name
 from ..states import GpuAssignment, NodeStatus, PoolStatus
 from .store import latest_gpu_samples
 
@@ -70,7 +70,9 @@ class FleetCollector:
 
     @staticmethod
     def _gpus(db):
-        labels = ["uuid", "node", "pool_id"]
+        # `node` is the inventory name (node-<id>: unique, stable); `node_name` the display name, which two
+        # nodes of different regions may share.
+        labels = ["uuid", "node", "node_name", "pool_id"]
         families = {
             "utilization_gpu_percent": GaugeMetricFamily("gpuaas_gpu_utilization_percent",
                                                          "GPU utilisation at the last collection.", labels=labels),
@@ -80,14 +82,14 @@ class FleetCollector:
         }
         sampled_at = GaugeMetricFamily("gpuaas_gpu_last_sample_timestamp_seconds",
                                        "When the GPU was last sampled.", labels=labels)
-        gpus = db.execute(select(Gpu.id, Gpu.uuid, Node.name, Gpu.pool_id).join(Node, Gpu.node_id == Node.id)
+        gpus = db.execute(select(Gpu.id, Gpu.uuid, Node.id, Node.name, Gpu.pool_id).join(Node, Gpu.node_id == Node.id)
                           .where(Gpu.pool_id.is_not(None)).order_by(Gpu.id)).all()
         latest = latest_gpu_samples([row[0] for row in gpus])
-        for gpu_id, uuid, node_name, pool_id in gpus:
+        for gpu_id, uuid, node_id, node_name, pool_id in gpus:
             sample = latest.get(gpu_id)
             if sample is None:
                 continue
-            values = [uuid, node_name, str(pool_id)]
+            values = [uuid, inventory_name(node_id), node_name, str(pool_id)]
             for name, family in families.items():
                 value = getattr(sample, name)
                 family.add_metric(values, value * MIB if name == "memory_used_mb" else value)
@@ -98,15 +100,16 @@ class FleetCollector:
     @staticmethod
     def _storage(db):
         size = GaugeMetricFamily("gpuaas_storage_volume_group_size_bytes", "Volume group size.",
-                                 labels=["node", "volume_group"])
+                                 labels=["node", "node_name", "volume_group"])
         free = GaugeMetricFamily("gpuaas_storage_volume_group_free_bytes", "Volume group free space.",
-                                 labels=["node", "volume_group"])
+                                 labels=["node", "node_name", "volume_group"])
         newest = select(func.max(StorageSample.id)).group_by(StorageSample.node_id)
         for sample, node_name in db.execute(select(StorageSample, Node.name).join(Node, StorageSample.node_id == Node.id)
                                             .where(StorageSample.id.in_(newest)).order_by(Node.id)).all():
             for group in sample.data.get("volume_groups", []):
-                size.add_metric([node_name, group["name"]], group["size_bytes"])
-                free.add_metric([node_name, group["name"]], group["free_bytes"])
+                values = [inventory_name(sample.node_id), node_name, group["name"]]
+                size.add_metric(values, group["size_bytes"])
+                free.add_metric(values, group["free_bytes"])
         yield from (size, free)
 
 

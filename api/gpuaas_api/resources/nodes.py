@@ -7,6 +7,7 @@ from sqlalchemy.orm import selectinload
 
 from ..db import commit_unique, session
 from ..errors import conflict, field_error, not_found
+from ..jobs.queue import jobs_ahead
 from ..models import Node
 from ..schemas import NodeAddSchema, NodeEditSchema, NodeSchema, RegionQuerySchema, SuccessSchema
 from ..ssh_keys import controller_public_key
@@ -91,6 +92,10 @@ class NodeDelete(MethodView):
         node = get_node(node_id)
         if node.status not in DELETABLE_NODE_STATUSES:
             raise conflict(f"node {node_id} is {node.status.value}; deinitialize it before deleting it")
+        waiting = jobs_ahead({node.id})
+        if waiting:
+            raise conflict(f"node {node_id} has job {waiting[0].id} ({waiting[0].operation}) running or queued; "
+                           "wait for it or cancel it")
         session().delete(node)
         session().commit()
         return {"success": True, "message": f"node {node_id} deleted"}

@@ -10,6 +10,8 @@ from sqlalchemy import func, select
 from ..db import session
 from ..errors import ApiError, conflict, field_error, not_found
 from ..validation import MAX_ID
+from ..jobs.preconditions import refusal_beyond_status
+from ..jobs.queue import cancel_waiting
 from ..jobs.submit import submit
 from ..jobs.waiting import wait_until_finished
 from ..metrics.store import latest_storage_sample
@@ -43,6 +45,13 @@ def active_cluster_of(node: Node) -> Cluster:
     return cluster
 
 
+def _check_beyond_status(operation: Operation, node: Node, cluster_id: int | None = None, field: str | None = None):
+    """409 for what the operation needs beyond the node's status (jobs/preconditions.py)."""
+    reason = refusal_beyond_status(operation, node, cluster_id)
+    if reason:
+        raise field_error(field, reason, 409) if field else conflict(reason)
+
+
 def _simple(operation: Operation, what: str, arguments, query_key: str, extra=None):
     node = get_node(arguments[query_key])
     return started(submit(operation, node, extra), what, node)
@@ -64,12 +73,7 @@ class NodeDeinit(MethodView):
     def get(self, args):
         """Deinitialise a node (playbook node_deinit): it ends as freshly added."""
         node = get_node(args["gpuaas_node_id"])
-        if node.is_controller_node and node.joined:
-            members = session().scalar(select(func.count(Node.id)).where(Node.cluster_id == node.cluster_id,
-                                                                         Node.id != node.id, Node.joined))
-            if members:
-                raise conflict(f"node {node.id} controls a cluster with {members} joined worker(s); "
-                               "make them leave first")
+        _check_beyond_status(Operation.DEINIT, node)
         return started(submit(Operation.DEINIT, node), "deinitialisation", node)
 
 
@@ -121,11 +125,7 @@ class Enable(MethodView):
         """
         node = get_node(args["controller_node_id"])
         db = session()
-        if node.cluster_id is not None:
-            member_of = db.get(Cluster, node.cluster_id)
-            if member_of is not None and member_of.controller_node_id != node.id:
-                raise field_error("controller_node_id", f"node {node.id} is a member of GPUaaS cluster "
-                                  f"{member_of.id}; make it leave first", 409)
+        _check_beyond_status(Operation.ENABLE, node, field="controller_node_id")
         existing = db.scalar(select(Cluster).where(Cluster.region_id == node.region_id,
                                                    Cluster.status != ClusterStatus.INACTIVE))
         if existing is not None and existing.status is not ClusterStatus.ERROR_WHILE_ENABLING:
@@ -138,7 +138,7 @@ class Enable(MethodView):
         db.flush()
         job = submit(Operation.ENABLE, node, cluster_id=cluster.id)
         return {"success": True, "gpuaas_id": cluster.id, "job_id": job.id,
-                "message": f"enabling GPUaaS cluster {cluster.id} on node {node.id} (job {job.id})"}
+                "message": started(job, f"enabling of GPUaaS cluster {cluster.id}", node)["message"]}
 
 
 @blp.route("/gpuaas/node/join")
@@ -169,11 +169,8 @@ class NodeLeave(MethodView):
     def post(self, args):
         """Drain and delete the worker on the controller, then reset it; `ungraceful=true` for a worker that is down."""
         node = get_node(args["node_id"])
-        if not node.joined or node.cluster_id is None:
-            raise conflict(f"node {node.id} is not in a cluster")
+        _check_beyond_status(Operation.LEAVE, node)
         cluster = session().get(Cluster, node.cluster_id)
-        if cluster.controller_node_id == node.id:
-            raise conflict(f"node {node.id} is the cluster's controller; deinitialise it instead")
         controller = get_node(cluster.controller_node_id)
         job = submit(Operation.LEAVE, node, cluster_id=cluster.id, extra_hosts=[controller.id],
                      extravars={"cluster_leave_controller": controller.inventory_name,
@@ -295,7 +292,8 @@ class JobById(MethodView):
 class JobCancel(MethodView):
     @blp.response(202, JobSchema)
     def post(self, job_id):
-        """Ask a pending or running job to stop; the worker ends its whole process tree."""
+        """Ask a pending or running job to stop: a queued job ends at once without running; a running one's
+        worker ends its whole process tree."""
         db = session()
         job = db.get(Job, job_id)
         if job is None:
@@ -304,6 +302,9 @@ class JobCancel(MethodView):
             raise ApiError(409, f"job {job_id} has already finished ({job.status.value})")
         job.cancel_requested = True  # stored before anything is signalled
         db.commit()
+        if job.status is JobStatus.PENDING:
+            cancel_waiting(job)  # a queued job that holds nothing ends now; one holding its nodes, when run
+            job = db.get(Job, job_id, populate_existing=True)
         return json_reply(render_job(job), 202)
 
 
