@@ -96,8 +96,8 @@ test-checks: venv deps collection
 test-unit: venv collection
 	$(BIN)/pytest -q tests/unit
 
-# The fuzzed contract: schemathesis (every check; examples, coverage and fuzzing phases, seeded and
-# deterministic, about 2,800 requests) against a real `gpuaas-api serve` on a fresh SQLite database
+# The fuzzed contract: schemathesis (every check; examples, coverage, fuzzing and stateful phases,
+# seeded and deterministic, about 2,900 requests) against a real `gpuaas-api serve` on a fresh SQLite database
 # with no job workers.  Its data, reports and Hypothesis's storage stay in .build/pytest-contract;
 # tests/contract/schemathesis.toml holds the settings that have no option.
 test-contract: venv

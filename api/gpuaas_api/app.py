@@ -8,7 +8,7 @@ from werkzeug.routing import IntegerConverter
 from . import auth, db, errors, validation
 from .config import Config
 from .metrics import prometheus
-from .schemas import SCHEMA_RULES, ErrorSchema
+from .schemas import LINKS, SCHEMA_RULES, ErrorSchema
 from .resources import auth as auth_resources
 from .resources import nodes, operations, pools, regions
 
@@ -42,6 +42,16 @@ def publish_schema_rules(api: Api) -> None:
         components[name].update(rules)
 
 
+def publish_links(api: Api) -> None:
+    """Add the main flows' OpenAPI links (schemas.LINKS) to the replies that create what they follow.
+
+    flask-smorest has no decorator that adds to a reply it documents (its manual docs replace the
+    reply object), so they are set on the finished paths, as apispec holds them."""
+    paths = api.spec._paths  # pylint: disable=protected-access
+    for (path, method, status), links in LINKS.items():
+        paths[path][method]["responses"][status]["links"] = links
+
+
 class PrefixAlias:
     """WSGI middleware: serve /gpuaas/... (and the other aliases) as /api/gpuaas/..."""
 
@@ -72,6 +82,7 @@ def create_app(config: Config | None = None) -> Flask:
                       pools.blp):
         api.register_blueprint(blueprint, url_prefix="/api")
     publish_schema_rules(api)
+    publish_links(api)
     prometheus.init_app(app)
     app.wsgi_app = PrefixAlias(app.wsgi_app)
     return app

@@ -8,6 +8,7 @@ fails tests/api/test_rendering.py and the fuzzed contract run.
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from marshmallow import EXCLUDE, RAISE, Schema, fields, pre_load, validate
 
@@ -212,6 +213,27 @@ class NodeSchema(ReplySchema):
     region = _reply(fields.Nested, RegionSchema)
     created_at = _reply(fields.String, metadata={"format": "date-time"})
     updated_at = _reply(fields.String, metadata={"format": "date-time"})
+
+
+def _links(*targets: tuple[str, str], **parameters: str) -> dict:
+    """OpenAPI links from a reply to the operations on what it made, each (method, path);
+    ``parameters`` are runtime expressions (schemathesis's stateful phase follows the links)."""
+    return {re.sub(r"[^A-Za-z0-9]+", "_", f"{method}{path}").strip("_"): {
+        "operationRef": "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method,
+        "parameters": parameters} for method, path in targets}
+
+
+# The main flows, as links from a creating reply (path, method, status) to the operations on what it
+# made: create a region or a node, then get, edit and delete it (app.publish_links adds them).
+LINKS = {
+    ("/api/regions", "post", "201"): _links(
+        ("get", "/api/regions/{region_id}"), ("put", "/api/regions/{region_id}"),
+        ("delete", "/api/regions/{region_id}"), region_id="$response.body#/id"),
+    ("/api/gpuaas/node/add", "post", "201"): _links(
+        ("get", "/api/gpuaas/node/{node_id}"), ("put", "/api/gpuaas/node/{node_id}/edit"),
+        ("delete", "/api/gpuaas/node/{node_id}/delete"), ("get", "/api/gpuaas/node/{node_id}/logs"),
+        ("get", "/api/gpuaas/node/{node_id}/ssh_keys"), node_id="$response.body#/id"),
+}
 
 
 def _when_true_requires(flag: str, field: str) -> dict:

@@ -111,3 +111,15 @@ def test_every_route_declares_its_reply_and_the_error_shape(anonymous, path):
                 undeclared.append(f"{method.upper()} {route}")
             assert "default" in operation["responses"], (method, route)
     assert undeclared == []
+
+
+def test_the_main_flows_links_are_published_and_point_at_real_operations(anonymous):
+    spec = anonymous.get("/api/openapi.json").get_json()
+    links = spec["paths"]["/api/gpuaas/node/add"]["post"]["responses"]["201"]["links"]
+    assert len(links) == 5 and "content" in spec["paths"]["/api/gpuaas/node/add"]["post"]["responses"]["201"]
+    for reply in (spec["paths"]["/api/regions"]["post"]["responses"]["201"], spec["paths"]["/api/gpuaas/node/add"]
+                  ["post"]["responses"]["201"]):
+        for link in reply["links"].values():
+            path, method = link["operationRef"].removeprefix("#/paths/").rsplit("/", 1)
+            assert method in spec["paths"][path.replace("~1", "/").replace("~0", "~")], link
+            assert list(link["parameters"].values()) == ["$response.body#/id"]

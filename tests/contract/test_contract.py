@@ -3,7 +3,10 @@
 The service runs on a fresh SQLite database with no job workers (GPUAAS_JOB_WORKERS=0): generated
 nodes carry arbitrary addresses, and no job may ever try to reach one.  Schemathesis runs every
 check over the examples, coverage and fuzzing phases, deterministically, and fails the test on
-any failure.  The stateful phase is left out: it follows OpenAPI links, and the document has none.
+any failure.  The stateful phase follows the OpenAPI links the document declares for the main
+flows (schemas.LINKS: create a region or a node, then get, edit and delete it) and those
+schemathesis infers; clusters, GPUs and pools come into being only through jobs, which do not run
+here (tests/api and tests/e2e cover their flows).
 
 Everything the run writes (the service's data dir and access log, schemathesis's reports,
 Hypothesis's storage) is under the test's temporary directory: `make test-contract` puts it
@@ -25,7 +28,7 @@ VENV_BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
 ADMIN = {"username": "admin", "password": "contract test password"}
 
-# The generated requests: every phase but stateful (no links in the document), every check.
+# The generated requests: every phase (the stateful one over the document's links), every check.
 # The coverage phase is deterministic by design (about 1,500 requests here); fuzzing adds
 # MAX_EXAMPLES per operation (54 operations).  A fixed seed and --generation-deterministic
 # make two runs send the same requests to the same code (but for times near now and the ids
@@ -41,7 +44,7 @@ def schemathesis_command(base: str, token: str, report_dir: Path) -> list[str]:
         "run", f"{base}/api/openapi.json",
         "--header", f"Authorization: Bearer {token}",
         "--checks", "all",
-        "--phases", "examples,coverage,fuzzing",
+        "--phases", "examples,coverage,fuzzing,stateful",
         "--max-examples", str(MAX_EXAMPLES),
         "--seed", str(SEED),
         "--generation-deterministic",
