@@ -14,9 +14,10 @@ from marshmallow import EXCLUDE, RAISE, Schema, fields, pre_load, validate
 
 from . import validation
 from .jobs.waiting import MAX_WAIT_SECONDS
-from .states import (DEFAULT_TIME_QUANTUM_SECONDS, INITIALIZE_STATE_CODES, K8S_JOIN_STATE_CODES, SECURITY_LEVELS,
-                     SHARING_RATIO_RANGE, TIME_GROUPING_ALIASES, TIME_GROUPINGS, TIME_QUANTUM_RANGE_SECONDS,
-                     ROLE_FLAGS, ClusterStatus, GpuAssignment, JobStatus, NodeStatus, PoolStatus, RegionServiceStatus, ScanStatus)
+from .states import (ACCELERATOR_TYPES, DEFAULT_TIME_QUANTUM_SECONDS, INITIALIZE_STATE_CODES, K8S_JOIN_STATE_CODES,
+                     RDMA_SUPPORT, ROLE_FLAGS, SCAN_KINDS, SECURITY_LEVELS, SHARING_RATIO_RANGE, TIME_GROUPING_ALIASES,
+                     TIME_GROUPINGS, TIME_QUANTUM_RANGE_SECONDS, ClusterStatus, GpuAssignment, JobStatus, NodeStatus,
+                     PoolStatus, RegionServiceStatus, ScanStatus)
 
 
 class StrictSchema(Schema):
@@ -91,8 +92,8 @@ class RegionCreateSchema(StrictSchema):
     zipcode = fields.String(load_default="", validate=validate.Length(max=16))
     lat = fields.Float(allow_none=True, validate=validate.Range(-90, 90))
     lng = fields.Float(allow_none=True, validate=validate.Range(-180, 180))
-    accelerator_type = fields.String(load_default="gpu", validate=validate.OneOf(["gpu", "npu"]))
-    support_rdma = fields.String(allow_none=True, validate=validate.OneOf(["infiniband", "gpu_direct"]))
+    accelerator_type = fields.String(load_default=ACCELERATOR_TYPES[0], validate=validate.OneOf(ACCELERATOR_TYPES))
+    support_rdma = fields.String(allow_none=True, validate=validate.OneOf(RDMA_SUPPORT))
 
 
 class RegionUpdateSchema(RegionCreateSchema):
@@ -116,8 +117,8 @@ class RegionSchema(ReplySchema):
     zipcode = _reply(fields.String)
     lat = _reply(fields.Float, nullable=True)
     lng = _reply(fields.Float, nullable=True)
-    accelerator_type = _reply(fields.String, validate=validate.OneOf(["gpu", "npu"]))
-    support_rdma = _reply(fields.String, nullable=True, validate=validate.OneOf(["infiniband", "gpu_direct"]))
+    accelerator_type = _reply(fields.String, validate=validate.OneOf(ACCELERATOR_TYPES))
+    support_rdma = _reply(fields.String, nullable=True, validate=validate.OneOf(RDMA_SUPPORT))
     status = _reply(fields.Nested, RegionStatusSchema)
 
 
@@ -347,7 +348,7 @@ class ScanSchema(ReplySchema):
     id = _reply(fields.Integer)
     scan_id = _reply(fields.String, metadata={"description": "The request_id again"})
     request_id = _reply(fields.String)
-    kind = _reply(fields.String, validate=validate.OneOf(["gpus", "npus", "resources"]))
+    kind = _reply(fields.String, validate=validate.OneOf(list(SCAN_KINDS.values())))
     status = _reply(fields.String, validate=_one_of(ScanStatus))
     node_id = _reply(fields.Integer)
     job_id = _reply(fields.Integer, nullable=True)

@@ -66,6 +66,11 @@ class RegionServiceStatus(str, enum.Enum):
     NONE = "none"
 
 
+# A region's kind of accelerator, and the RDMA it supports (compatibility.md).
+ACCELERATOR_TYPES = ("gpu", "npu")
+RDMA_SUPPORT = ("infiniband", "gpu_direct")
+
+
 class ScanStatus(str, enum.Enum):
     PENDING = "pending"
     PROCESSING = "processing"
@@ -170,6 +175,10 @@ class Operation(str, enum.Enum):
     POOL_APPLY = "pool_apply"
     # Samples the pool GPUs and storage nodes (metrics/collector.py), read-only.
     COLLECT_METRICS = "collect_metrics"
+
+
+# Each scan operation and the kind its scans record (the `kind` of a scan reply).
+SCAN_KINDS = {Operation.SCAN_GPUS: "gpus", Operation.SCAN_NPUS: "npus", Operation.SCAN_RESOURCES: "resources"}
 
 
 class Transition:

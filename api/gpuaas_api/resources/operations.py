@@ -21,7 +21,7 @@ from ..schemas import (ClusterSchema, ControllerQuerySchema, EnableReplySchema, 
                        JobWaitQuerySchema, JoinSchema, LeaveQuerySchema, LogPageSchema, NodeIdAltQuerySchema,
                        NodeIdQuerySchema, OperationReplySchema, PageQuerySchema, ScanQuerySchema, ScanSchema,
                        StorageMetricsSchema, SuccessSchema)
-from ..states import ClusterStatus, JobStatus, Operation, ScanStatus
+from ..states import SCAN_KINDS, ClusterStatus, JobStatus, Operation, ScanStatus
 from ..views import json_reply
 from .nodes import get_node
 from .regions import remove_torn_down_clusters
@@ -181,7 +181,7 @@ class NodeLeave(MethodView):
 def _start_scan(kind: Operation, node_id: int) -> Scan:
     node = get_node(node_id)
     job = submit(kind, node)
-    scan = Scan(request_id=str(uuid.uuid4()), kind=kind.value.replace("scan_", ""), node_id=node.id, job_id=job.id,
+    scan = Scan(request_id=str(uuid.uuid4()), kind=SCAN_KINDS[kind], node_id=node.id, job_id=job.id,
                 status=ScanStatus.PROCESSING)
     session().add(scan)
     session().commit()
@@ -205,9 +205,9 @@ def scan_reply(scan: Scan):
     return json_reply(render_scan(scan, gpus))
 
 
-for _kind in (Operation.SCAN_GPUS, Operation.SCAN_NPUS, Operation.SCAN_RESOURCES):
+for _kind in SCAN_KINDS:
     def _make(kind: Operation):
-        short = kind.value.replace("scan_", "")
+        short = SCAN_KINDS[kind]
 
         class Start(MethodView):
             @blp.arguments(NodeIdQuerySchema, location="query")
