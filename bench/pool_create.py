@@ -83,7 +83,11 @@ def main() -> int:
                 extravars = json.loads(db.execute("SELECT extravars FROM jobs WHERE id = ?",
                                                   (created["job_id"],)).fetchone()[0])
             assert api.wait_job(api.call("DELETE", f"/gpuaas/pool/{created['id']}")["job_id"])["status"] == "successful"
-            return elapsed, extravars["vars"]
+            # The service names hosts node-<id>; the fleet's inventory, node1, node2, ...
+            fleet_name = {f"node-{node_id}": name for name, node_id in ids.items()}
+            return elapsed, {key: ({fleet_name.get(host, host): value for host, value in value.items()}
+                                   if key.endswith("_by_host") else fleet_name.get(value, value))
+                             for key, value in extravars["vars"].items()}
 
         def cli(variables: dict) -> float:
             control_dir = tempfile.mkdtemp(prefix="cp-")

@@ -210,7 +210,7 @@ def test_the_service_runs_as_the_unit_starts_it(service_user, stage, tmp_path):
                      "username": "root", "is_worker_node": True}, token)[1]
         job_id = call(base, "GET", f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}", token=token)[1]["job_id"]
         job = call(base, "GET", f"/api/jobs/{job_id}?wait=30", token=token)[1]
-        assert (job["status"], job["explanation"]) == ("failed", "unreachable-1: step ssh failed"), job
+        assert (job["status"], job["explanation"]) == ("failed", f"node-{node['id']}: step ssh failed"), job
 
         # The controller's SSH identity is the service user's, in its data directory.
         key = data_dir / "ssh" / "id_ed25519"
