@@ -20,6 +20,12 @@ class Config:
         self.ANSIBLE_EXTRA_VARS = json.loads(env.get("GPUAAS_ANSIBLE_EXTRA_VARS", "{}"))
         self.JOB_TIMEOUT_SECONDS = int(env.get("GPUAAS_JOB_TIMEOUT_SECONDS", "3600"))
         self.JOB_WORKERS = int(env.get("GPUAAS_JOB_WORKERS", "2"))
+        # A running job's lease (jobs/lease.py): renewed this often by its worker; when it has not been
+        # renewed for GPUAAS_JOB_LEASE_SECONDS, any API process finalises the job.
+        self.JOB_LEASE_SECONDS = float(env.get("GPUAAS_JOB_LEASE_SECONDS", "60"))
+        self.JOB_LEASE_RENEW_SECONDS = float(env.get("GPUAAS_JOB_LEASE_RENEW_SECONDS", "10"))
+        if not 0 < self.JOB_LEASE_RENEW_SECONDS < self.JOB_LEASE_SECONDS:
+            raise ValueError("GPUAAS_JOB_LEASE_RENEW_SECONDS must be positive and less than GPUAAS_JOB_LEASE_SECONDS")
         # gunicorn's access log: "-" for stdout or a file path; none by default, as gunicorn's own
         # default: a line per request cost a quarter of the cached reads' throughput (bench/api_reads.py).
         self.ACCESS_LOG = env.get("GPUAAS_ACCESS_LOG") or None

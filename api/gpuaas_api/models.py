@@ -205,6 +205,8 @@ class Job(Timestamps, Base):
     extravars: Mapped[dict] = mapped_column(JSON, default=dict)
     result: Mapped[dict] = mapped_column(JSON, default=dict)
     claimed_by: Mapped[str | None] = mapped_column(String(64))
+    # Until when the claimant holds the running job (jobs/lease.py).
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), index=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     emitted_events: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))

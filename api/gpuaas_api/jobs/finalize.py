@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 from flask import current_app
 from sqlalchemy import select, update
@@ -16,6 +17,7 @@ from ..states import NODE_TRANSITIONS, ClusterStatus, GpuAssignment, JobStatus, 
 from .submit import job_submitted
 from .waiting import notify_finished
 
+log = logging.getLogger(__name__)
 MAX_MESSAGE = 300  # the explanation is a summary; the node's logs hold the whole output
 
 RUNNER_TO_JOB_STATUS = {
@@ -32,11 +34,21 @@ def now() -> dt.datetime:
 
 def finalize(job_id: int, runner_status: str, rc: int | None, explanation: str, artifact_data: dict,
              new_host_keys: dict[int, str] | None = None, emitted_events: int = 0,
-             host_outcomes: dict[int, bool] | None = None) -> Job:
+             host_outcomes: dict[int, bool] | None = None, owner: str | None = None) -> Job:
     """Record a finished job and move what it touched. ``host_outcomes`` (node id -> succeeded) tells a
-    multi-node job's per-node results; without it every node shares the job's outcome."""
+    multi-node job's per-node results; without it every node shares the job's outcome.
+
+    With ``owner`` (the claimant that ran it), nothing is recorded unless the job is still running
+    and claimed by it: a process that lost its lease (jobs/lease.py) never overwrites the result
+    another process recorded.
+    """
     db = session()
-    job = db.get(Job, job_id)
+    job = db.get(Job, job_id, populate_existing=True)
+    if owner is not None and (job.status is not JobStatus.RUNNING or job.claimed_by != owner):
+        log.warning("job %s: not finalised by %s, which no longer holds it (%s, claimed by %s)", job_id, owner,
+                    job.status.value, job.claimed_by)
+        db.rollback()
+        return job
     node = db.get(Node, job.node_id) if job.node_id else None
     status = RUNNER_TO_JOB_STATUS.get(runner_status, JobStatus.ERROR)
     if status is JobStatus.FAILED and not explanation:
@@ -275,15 +287,27 @@ def apply_npu_scan(node: Node, report: dict) -> list[dict]:
     return scanned
 
 
-def reconcile_orphans(hostname: str, is_alive) -> list[int]:
-    """Finalise jobs whose claiming process on this host is gone (after a crash or restart)."""
+def reconcile_orphans(hostname: str, is_alive, owner: str | None = None) -> list[int]:
+    """Finalise jobs whose claiming process on this host is gone (after a crash or restart), at once
+    rather than when their lease expires (jobs/lease.py). Each is taken over first (a conditional
+    UPDATE of its claimant), so that two processes reconciling at once finalise it once."""
+    from .queue import claimant
+
+    owner = owner or claimant()
     db = session()
     orphans = []
     for job in db.scalars(select(Job).where(Job.status == JobStatus.RUNNING)).all():
         host, _colon, pid = (job.claimed_by or "").rpartition(":")
         if host == hostname and pid.isdigit() and not is_alive(int(pid)):
-            orphans.append(job.id)
-    for job_id in orphans:
-        finalize(job_id, "error", None, "the API process running this job stopped before it finished; "
-                 "the node was set to a consistent state", {})
-    return orphans
+            orphans.append((job.id, job.claimed_by))
+    db.rollback()
+    finalised = []
+    for job_id, claimed_by in orphans:
+        taken = db.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING,
+                                             Job.claimed_by == claimed_by).values(claimed_by=owner)).rowcount
+        db.commit()
+        if taken == 1:
+            finalize(job_id, "error", None, "the API process running this job stopped before it finished; "
+                     "the node was set to a consistent state", {}, owner=owner)
+            finalised.append(job_id)
+    return finalised

@@ -27,6 +27,7 @@ from ..db import session
 from ..errors import ApiError, conflict
 from ..models import Job, Node
 from ..states import NODE_TRANSITIONS, JobStatus, Operation, refusal
+from .lease import lease_until
 
 # A burst of read-only requests (one per node, as clients send them) is gathered into one
 # playbook run: a read-only job waits while such requests keep arriving less than
@@ -171,7 +172,7 @@ def claim_run() -> tuple[list[int], bool]:
 def _claim(wanted: list[int]) -> list[int]:
     db = session()
     won = db.scalars(update(Job).where(Job.id.in_(wanted), Job.status == JobStatus.PENDING)
-                     .values(status=JobStatus.RUNNING, claimed_by=claimant(),
+                     .values(status=JobStatus.RUNNING, claimed_by=claimant(), lease_expires_at=lease_until(),
                              started_at=dt.datetime.now(dt.timezone.utc))
                      .returning(Job.id)).all()
     db.commit()
@@ -196,7 +197,7 @@ def start_queued(job: Job) -> bool:
 
     db = session()
     won = db.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.PENDING)
-                     .values(status=JobStatus.RUNNING, claimed_by=claimant(),
+                     .values(status=JobStatus.RUNNING, claimed_by=claimant(), lease_expires_at=lease_until(),
                              started_at=dt.datetime.now(dt.timezone.utc))).rowcount
     if won != 1:
         db.rollback()
@@ -242,7 +243,8 @@ def cancel_waiting(job: Job) -> bool:
         return False  # it holds its nodes: the worker that runs it stops it (runner.py)
     if job.node_id is None and job.pool_id is not None and "change" not in job.extravars:
         won = db.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.PENDING)
-                         .values(status=JobStatus.RUNNING, claimed_by=claimant())).rowcount
+                         .values(status=JobStatus.RUNNING, claimed_by=claimant(),
+                                 lease_expires_at=lease_until())).rowcount
         db.commit()
         if won == 1:
             finalize(job.id, "canceled", None, "canceled before it ran", {},

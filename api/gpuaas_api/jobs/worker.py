@@ -18,7 +18,8 @@ from ..ssh_keys import controller_key_path, controller_public_key
 from ..states import ROLE_FLAGS, JobStatus, Operation
 from .events import EventWriter
 from .finalize import finalize, reconcile_orphans
-from .queue import BATCH_QUIET_SECONDS, claim_run
+from .lease import Lease, expire_lapsed
+from .queue import BATCH_QUIET_SECONDS, claim_run, claimant
 from .submit import job_submitted
 from .runner import AnsibleNotFound, HostSpec, pid_alive, run_playbook
 
@@ -66,9 +67,9 @@ class JobWorker(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        next_reconcile = time.monotonic() + RECONCILE_SECONDS
-        next_collection_check = time.monotonic()
         config = self.app.config["GPUAAS"]
+        next_reconcile = time.monotonic() + min(RECONCILE_SECONDS, config.JOB_LEASE_RENEW_SECONDS)
+        next_collection_check = time.monotonic()
         with self.app.app_context():
             while not self.stopping.is_set():
                 if config.METRICS_INTERVAL_SECONDS > 0 and time.monotonic() >= next_collection_check:
@@ -81,9 +82,11 @@ class JobWorker(threading.Thread):
                         log.exception("scheduling the metrics collection failed")
                     release()
                 if time.monotonic() >= next_reconcile:
-                    next_reconcile = time.monotonic() + RECONCILE_SECONDS
+                    # A lapsed lease is finalised within a renewal interval of its expiry, by any process.
+                    next_reconcile = time.monotonic() + min(RECONCILE_SECONDS, config.JOB_LEASE_RENEW_SECONDS)
                     try:
                         reconcile_orphans(socket.gethostname(), pid_alive)
+                        expire_lapsed(claimant())
                     except Exception:
                         log.exception("reconciling orphaned jobs failed")
                     release()
@@ -121,6 +124,8 @@ class JobWorker(threading.Thread):
         job_of_host = ({node.inventory_name: job.id for job, node in zip(jobs, nodes) if node is not None}
                        if len(jobs) > 1 else {})
         last_poll = [0.0, False]
+        owner = claimant()
+        lease = Lease(job_ids, owner, config.JOB_LEASE_RENEW_SECONDS)
 
         def on_event(event: dict) -> None:
             host = event.get("event_data", {}).get("host")
@@ -131,11 +136,13 @@ class JobWorker(threading.Thread):
                     writer.put(job.id, event)
 
         def should_cancel() -> bool:
+            """Asked by the runner while the playbook runs: a cancel request, or the lease lost."""
             if time.monotonic() - last_poll[0] >= CANCEL_POLL_SECONDS:
                 last_poll[0] = time.monotonic()
                 with self.app.app_context():
                     last_poll[1] = bool(session().scalar(select(Job.id).where(Job.id.in_(job_ids),
                                                                               Job.cancel_requested).limit(1)))
+                    last_poll[1] = not lease.still_held() or last_poll[1]
                     release()
             return last_poll[1]
 
@@ -167,23 +174,24 @@ class JobWorker(threading.Thread):
         finally:
             emitted = writer.close()
             session().rollback()
-            self._finish(jobs, nodes, result, failure, emitted)
+            self._finish(jobs, nodes, result, failure, emitted, owner)
 
-    def _finish(self, jobs, nodes, result, failure: str, emitted: dict) -> None:
+    def _finish(self, jobs, nodes, result, failure: str, emitted: dict, owner: str) -> None:
+        """Finalise each job of the run, as ``owner``: a job whose lease this process lost is left alone."""
         db = session()
         for job, node in zip(jobs, nodes):
             if result is None:
-                finalize(job.id, "error", None, failure, {}, emitted_events=emitted[job.id])
+                finalize(job.id, "error", None, failure, {}, emitted_events=emitted[job.id], owner=owner)
                 continue
             if len(jobs) == 1:
                 outcomes = {n.id: _host_outcome(result, n.inventory_name)[0] == "successful" for n in nodes if n is not None}
                 finalize(job.id, result.status, result.rc, result.explanation, result.artifact_data,
-                         result.new_host_keys, emitted[job.id], host_outcomes=outcomes)
+                         result.new_host_keys, emitted[job.id], host_outcomes=outcomes, owner=owner)
                 continue
             if result.status == "canceled" and not db.scalar(select(Job.cancel_requested).where(Job.id == job.id)):
                 # Canceled because another job of its batch was: run it again later.
-                db.execute(update(Job).where(Job.id == job.id).values(status=JobStatus.PENDING, claimed_by=None,
-                                                                      started_at=None))
+                db.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING, Job.claimed_by == owner)
+                           .values(status=JobStatus.PENDING, claimed_by=None, started_at=None, lease_expires_at=None))
                 db.commit()
                 continue
             status, rc = _host_outcome(result, node.inventory_name)
@@ -191,7 +199,7 @@ class JobWorker(threading.Thread):
                         if isinstance(value, dict) and node.inventory_name in value}
             keys = {node.id: result.new_host_keys[node.id]} if node.id in result.new_host_keys else {}
             explanation = result.explanation if status == result.status else ""
-            finalize(job.id, status, rc, explanation, artifact, keys, emitted[job.id])
+            finalize(job.id, status, rc, explanation, artifact, keys, emitted[job.id], owner=owner)
 
 
 def start_workers(app: Flask, count: int = 2) -> list[JobWorker]:

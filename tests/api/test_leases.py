@@ -1,0 +1,77 @@
+"""Leases (jobs/lease.py): a running job belongs to its claimant only while the claimant renews it."""
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import update
+
+from gpuaas_api.db import session
+from gpuaas_api.jobs.finalize import finalize
+from gpuaas_api.jobs.lease import Lease, expire_lapsed
+from gpuaas_api.jobs.queue import claim_next, claimant
+from gpuaas_api.models import Job, Node
+from gpuaas_api.states import NodeStatus
+from test_operations import add_node
+
+
+def aware(value: dt.datetime) -> dt.datetime:
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+
+
+def lapse(job_id: int) -> None:
+    session().execute(update(Job).where(Job.id == job_id).values(
+        lease_expires_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)))
+    session().commit()
+
+
+def test_a_claim_takes_a_lease_and_the_claimant_renews_it(app, client, region):
+    node = add_node(client, region)
+    init = client.get(f"/gpuaas/node/init?gpuaas_node_id={node['id']}").get_json()["job_id"]
+    with app.app_context():
+        before = dt.datetime.now(dt.timezone.utc)
+        assert claim_next() == [init]
+        taken = aware(session().get(Job, init).lease_expires_at)
+        assert before + dt.timedelta(seconds=59) < taken <= before + dt.timedelta(seconds=61)
+
+        lease = Lease([init], claimant(), renew_seconds=0)
+        assert lease.still_held() is True
+        session().expire_all()
+        assert aware(session().get(Job, init).lease_expires_at) >= taken
+        # Another process's renewal of it is refused.
+        assert Lease([init], "elsewhere:1", renew_seconds=0).still_held() is False
+
+
+def test_a_lapsed_lease_is_finalised_by_any_process_and_its_old_claimant_changes_nothing(app, client, region):
+    node = add_node(client, region)
+    init = client.get(f"/gpuaas/node/init?gpuaas_node_id={node['id']}").get_json()["job_id"]
+    with app.app_context():
+        assert claim_next() == [init]
+        first = session().get(Job, init).claimed_by
+        assert expire_lapsed("host-b:2") == []  # still held
+        lapse(init)
+
+        assert expire_lapsed("host-b:2") == [init]
+        assert expire_lapsed("host-c:3") == []  # once
+
+        # The first process comes back: its lease is gone, it stops, and its result is not recorded.
+        assert Lease([init], first, renew_seconds=0).still_held() is False
+        finalize(init, "successful", 0, "", {}, owner=first)
+    job = client.get(f"/api/jobs/{init}").get_json()
+    assert job["status"] == "error"
+    assert f"the API process {first} stopped renewing its lease" in job["explanation"]
+    shown = client.get(f"/gpuaas/node/{node['id']}").get_json()
+    assert shown["status"] == NodeStatus.ERROR.value  # init's failure state
+    with app.app_context():
+        assert session().get(Node, node["id"]).busy_job_id is None
+    retry = client.get(f"/gpuaas/node/init?gpuaas_node_id={node['id']}")  # the node is free again
+    assert retry.status_code == 200 and "started" in retry.get_json()["message"]
+
+
+def test_the_renew_interval_is_shorter_than_the_lease(database_url, tmp_path):
+    import pytest
+
+    from gpuaas_api.config import Config
+
+    with pytest.raises(ValueError, match="LEASE_RENEW"):
+        Config({"GPUAAS_JOB_LEASE_SECONDS": "10", "GPUAAS_JOB_LEASE_RENEW_SECONDS": "10"})
+    assert Config({}).JOB_LEASE_SECONDS == 60 and Config({}).JOB_LEASE_RENEW_SECONDS == 10
