@@ -239,7 +239,7 @@ def cancel_waiting(job: Job) -> bool:
     from .finalize import end_unstarted, finalize
 
     db = session()
-    if any(holder == job.id for holder in db.scalars(select(Node.busy_job_id).where(Node.busy_job_id == job.id))):
+    if db.scalar(select(Node.id).where(Node.busy_job_id == job.id).limit(1)) is not None:
         return False  # it holds its nodes: the worker that runs it stops it (runner.py)
     if job.node_id is None and job.pool_id is not None and "change" not in job.extravars:
         won = db.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.PENDING)
