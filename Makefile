@@ -30,7 +30,7 @@ COLLECTION_LINK := $(BUILD)/collections/ansible_collections/hostedai/gpuaas
 DEBIAN_PACKAGES := python3-venv systemd systemd-container gnupg dpkg-dev openssh-server debootstrap gcc libyaml-dev iproute2 util-linux rsync shellcheck postgresql wrk
 
 .PHONY: run help deps venv collection fleet-base fleet-image fleet-up fleet-down test test-checks test-unit test-api test-contract test-sanity \
-        test-lint test-build test-deploy test-standins test-fleet test-molecule bench bench-node-init clean
+        test-lint test-build test-deploy test-standins test-fleet test-molecule bench bench-node-init clean agent-stubs
 
 # The service on its embedded defaults: SQLite in ./var, 127.0.0.1:8080.
 run: venv deps
@@ -62,6 +62,13 @@ $(COLLECTION_LINK):
 	@mkdir -p $(dir $@)
 	ln -sfn $(CURDIR) $@
 collection: $(COLLECTION_LINK)
+
+# The gpuaas agent's device plugin API stubs (api_pb2.py, api_pb2_grpc.py, committed beside the
+# .proto), made again with the pinned grpcio-tools; tests/unit/test_agent_stubs.py fails when
+# the committed ones differ from what this makes.
+AGENT_PROTO := gpuaas_agent/deviceplugin/v1beta1/api.proto
+agent-stubs: venv
+	cd agent/src && $(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. $(AGENT_PROTO)
 
 # --------------------------------------------------------------------------- fleet
 # The image's base system needs only Debian's Python, so `make test` debootstraps it while pip

@@ -14,16 +14,36 @@ TIME_QUANTUM_RANGE_SECONDS = (10, 120)
 DEFAULT_TIME_QUANTUM_SECONDS = 30  # hosted·ai's published default
 SECURITY_LEVELS = ("low", "medium", "high")
 
-# Security level -> the NVML compute mode it requires (see docs/gpu-sharing.md).
+# Security level -> the NVML compute mode it requires (see docs/gpu-sharing.md); the gpuaas
+# agent applies it on the node.
 #   low:    time-slicing, shared contexts: DEFAULT.
-#   medium: time-slicing with per-slot memory and compute limits (MPS-style): DEFAULT.
-#   high:   one tenant (process) at a time per quantum: EXCLUSIVE_PROCESS.
-COMPUTE_MODE_BY_SECURITY_LEVEL = {"low": "DEFAULT", "medium": "DEFAULT", "high": "EXCLUSIVE_PROCESS"}
-# What `state: absent` restores.
+#   medium: MPS, one control daemon per GPU, with per-slot memory and compute limits:
+#           EXCLUSIVE_PROCESS, as NVIDIA recommends for MPS (the MPS server is then the GPU's
+#           one context); an operator whose GPU modes must not change keeps DEFAULT instead
+#           (MPS_COMPUTE_MODES, the gpu_sharing module's mps_compute_mode).
+#   high:   one tenant's contexts on the GPU at a time, no MPS: EXCLUSIVE_PROCESS.
+COMPUTE_MODE_BY_SECURITY_LEVEL = {"low": "DEFAULT", "medium": "EXCLUSIVE_PROCESS", "high": "EXCLUSIVE_PROCESS"}
+MPS_COMPUTE_MODES = ("EXCLUSIVE_PROCESS", "DEFAULT")
+# The compute mode of GPUs in no pool (advertised as whole GPUs) and of GPUs leaving a pool.
 DEFAULT_COMPUTE_MODE = "DEFAULT"
+# The security levels whose GPUs run an MPS control daemon.
+MPS_SECURITY_LEVELS = ("medium",)
 
-# The device plugin's resource a pool's shared GPUs are advertised as (nvidia.com/<rename>).
-POOL_RESOURCE_RENAME = "gpu.pool-%d"
+# The extended resource a pool's slots are advertised as by the gpuaas agent; tenants' Pods
+# request it (resources.limits). Deployments may choose another prefix (the role's
+# gpu_sharing_resource_prefix, the service's GPUAAS_POOL_RESOURCE_PREFIX).
+POOL_RESOURCE_PREFIX = "gpuaas.hosted.ai/pool-"
+
+
+def compute_mode_for(security_level, mps_compute_mode=MPS_COMPUTE_MODES[0]):
+    """The compute mode a GPU of this security level is given."""
+    if security_level in MPS_SECURITY_LEVELS:
+        return mps_compute_mode
+    return COMPUTE_MODE_BY_SECURITY_LEVEL[security_level]
+
+
+def pool_resource_name(pool_id, prefix=POOL_RESOURCE_PREFIX):
+    return "%s%d" % (prefix, pool_id)
 
 
 def sharing_errors(sharing_ratio, time_quantum_in_sec, security_level):

@@ -12,19 +12,17 @@ version_added: "0.2.0"
 description:
   - Configures the GPUs named by UUID for the pools they belong to. A node may hold GPUs of several pools,
     each with its own sharing ratio, time quantum and security level.
-  - Writes a versioned node configuration (O(config_path)) recording, per GPU, the pool, the sharing ratio
-    and slot count, the time quantum, the security level, the compute mode and (medium level) the per-slot limits.
-    Its C(version) goes up by one with every change.
-  - Writes the Kubernetes device plugin's configuration for the node (O(device_plugin_config_path)), one named
-    config in which each pool with a sharing ratio of 2 or more is one time-slicing resource, C(nvidia.com/gpu.pool-<id>),
-    limited to that pool's GPUs with C(replicas) equal to the ratio. GPUs of ratio-1 pools get no sharing entry
-    (the plugin rejects C(replicas=1)) and stay C(nvidia.com/gpu). RV(device_plugin_config_name) changes with the
-    content, so relabelling the node with it makes the plugin load the new config.
-  - Sets each GPU's compute mode through NVML from its security level (C(high) is EXCLUSIVE_PROCESS, C(low) and
-    C(medium) are DEFAULT) and, for C(medium), writes the MPS-style per-slot limits (vRAM / ratio,
-    100 / ratio % of compute) to O(runtime_limits_dir)C(/<uuid>.env).
-  - O(state=absent) takes the GPUs out of their pools and restores their defaults (compute mode DEFAULT, no limits).
-  - Every GPU is checked before anything is written; an unknown UUID or a setting out of range changes nothing.
+  - Writes the node's versioned sharing configuration (O(config_path)) recording, per GPU, the pool, the extended
+    resource its slots are advertised as (O(resource_prefix) and the pool's id), the sharing ratio and slot count,
+    the time quantum, the security level, the compute mode the level requires and (medium level) the per-slot
+    limits. Its C(version) goes up by one with every change.
+  - The gpuaas agent on the node reads that file and makes it real (the gpu_sharing role installs and signals it):
+    it advertises each pool's slots to the kubelet, sets the compute modes and runs the MPS daemons. This module
+    changes no GPU setting itself.
+  - O(state=absent) takes the GPUs out of their pools (the agent then restores compute mode DEFAULT and advertises
+    them whole).
+  - Every GPU is checked through NVML before anything is written; an unknown UUID or a setting out of range changes
+    nothing.
 author:
   - hosted·ai GPUaaS developers (@hostedai)
 requirements:
@@ -63,27 +61,31 @@ options:
     choices: [present, absent]
     default: present
   config_path:
-    description: The node's sharing configuration.
+    description: The node's sharing configuration, which the gpuaas agent reads.
     type: path
     default: /etc/gpuaas/sharing.yaml
-  device_plugin_config_path:
-    description: The device plugin configuration written for this node.
-    type: path
-    default: /etc/gpuaas/device-plugin/config.yaml
-  runtime_limits_dir:
-    description: Where the per-GPU MPS-style limits of medium-level GPUs are written, one C(<uuid>.env) each.
-    type: path
-    default: /etc/gpuaas/mps
+  resource_prefix:
+    description: The extended resource name of a pool's slots is this prefix followed by the pool's id.
+    type: str
+    default: gpuaas.hosted.ai/pool-
+  mps_compute_mode:
+    description:
+      - The compute mode of medium-level (MPS) GPUs. NVIDIA recommends V(EXCLUSIVE_PROCESS) for MPS; V(DEFAULT) is
+        for machines whose GPU modes must not change.
+    type: str
+    choices: [EXCLUSIVE_PROCESS, DEFAULT]
+    default: EXCLUSIVE_PROCESS
 attributes:
   check_mode:
     support: full
-    description: Reports the files and compute modes that would change, and changes nothing.
+    description: Reports whether the configuration would change, and changes nothing.
   diff_mode:
     support: full
-    description: Shows each changed file before and after, and the compute modes that change.
+    description: Shows the configuration before and after.
 notes:
   - The time quantum is the platform's scheduling period, enforced above the driver; the driver has no setting
     in seconds. It is recorded per GPU for the node's scheduler.
+  - See docs/gpu-sharing.md and docs/agent.md for what each security level means on the node.
 seealso:
   - module: hostedai.gpuaas.gpu_info
   - module: hostedai.gpuaas.pool
@@ -113,41 +115,35 @@ gpus:
   description: The node's sharing configuration after the run, by GPU UUID.
   returned: always
   type: dict
-  sample: {"GPU-aaaa": {"pool_id": 1, "sharing_ratio": 4, "slots": 4, "time_quantum_in_sec": 30,
-                        "security_level": "low", "compute_mode": "DEFAULT"}}
-device_plugin_config_name:
-  description: The name of the node's device plugin config, for the C(nvidia.com/device-plugin.config) label.
+  sample: {"GPU-aaaa": {"pool_id": 1, "resource": "gpuaas.hosted.ai/pool-1", "sharing_ratio": 4, "slots": 4,
+                        "time_quantum_in_sec": 30, "security_level": "low", "compute_mode": "DEFAULT"}}
+resources:
+  description: Each extended resource the node's agent must advertise, with its device count (slots of the pool's GPUs).
   returned: always
-  type: str
-  sample: gpuaas-3f9c2a1b7d
+  type: dict
+  sample: {"gpuaas.hosted.ai/pool-1": 8}
 changed_files:
-  description: The files written or removed (or that would be, in check mode).
+  description: The files written (or that would be, in check mode).
   returned: always
   type: list
   elements: str
-  sample: ["/etc/gpuaas/sharing.yaml", "/etc/gpuaas/device-plugin/config.yaml"]
-compute_modes:
-  description: Each configured GPU's compute mode after the run.
-  returned: always
-  type: dict
-  sample: {"GPU-aaaa": "DEFAULT", "GPU-bbbb": "EXCLUSIVE_PROCESS"}
+  sample: ["/etc/gpuaas/sharing.yaml"]
 """
 
-import hashlib
 import json
 import os
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.hostedai.gpuaas.plugins.module_utils._nvml import (
-    COMPUTE_MODES, COMPUTE_MODE_VALUES, NvmlSession, NvmlUnavailable)
+from ansible_collections.hostedai.gpuaas.plugins.module_utils._nvml import NvmlSession, NvmlUnavailable
 from ansible_collections.hostedai.gpuaas.plugins.module_utils.sharing_policy import (
-    COMPUTE_MODE_BY_SECURITY_LEVEL, DEFAULT_COMPUTE_MODE, DEFAULT_TIME_QUANTUM_SECONDS, POOL_RESOURCE_RENAME,
-    SECURITY_LEVELS, sharing_errors, slot_limits)
+    DEFAULT_TIME_QUANTUM_SECONDS, MPS_COMPUTE_MODES, MPS_SECURITY_LEVELS, POOL_RESOURCE_PREFIX, SECURITY_LEVELS,
+    compute_mode_for, pool_resource_name, sharing_errors, slot_limits)
 
-# The files are YAML written in its JSON form (a comment header, then JSON): readable by
-# anything that reads YAML, and written and read here without PyYAML, which nodes may lack.
-HEADER = "# Managed by hostedai.gpuaas.gpu_sharing: edits are overwritten.\n"
+# The file is YAML written in its JSON form (a comment header, then JSON): readable by
+# anything that reads YAML (the agent does), and written and read here without PyYAML, which
+# nodes may lack.
+HEADER = "# Managed by hostedai.gpuaas.gpu_sharing: edits are overwritten. The gpuaas agent reads it.\n"
 
 
 def load_config(path):
@@ -163,30 +159,11 @@ def dump_yaml(data, header=HEADER):
     return header + json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-def device_plugin_config(gpus):
-    """One time-slicing resource per shared pool on the node; ratio-1 GPUs are left unshared."""
-    pools = {}
-    for uuid, entry in sorted(gpus.items()):
-        if entry["sharing_ratio"] >= 2:
-            pools.setdefault(entry["pool_id"], {"ratio": entry["sharing_ratio"], "devices": []})["devices"].append(uuid)
-    config = {"version": "v1", "flags": {"migStrategy": "none"}}
-    if pools:
-        config["sharing"] = {"timeSlicing": {
-            "renameByDefault": False,
-            "failRequestsGreaterThanOne": True,
-            "resources": [{"name": "nvidia.com/gpu", "rename": POOL_RESOURCE_RENAME % pool_id,
-                           "devices": pool["devices"], "replicas": pool["ratio"]}
-                          for pool_id, pool in sorted(pools.items())],
-        }}
-    name = "gpuaas-" + hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
-    return name, dump_yaml(config, HEADER + "# config name: %s\n" % name)
-
-
-def limits_file(uuid, limits):
-    # The variables NVIDIA's MPS control daemon and clients read.
-    return ("# Managed by hostedai.gpuaas.gpu_sharing (security level medium)\n"
-            "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=%s=%dM\n"
-            "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=%d\n" % (uuid, limits["memory_limit_mb"], limits["compute_share_percent"]))
+def resource_counts(gpus):
+    counts = {}
+    for entry in gpus.values():
+        counts[entry["resource"]] = counts.get(entry["resource"], 0) + entry["slots"]
+    return counts
 
 
 def read_text(path):
@@ -235,8 +212,8 @@ def main():
             )),
             state=dict(type="str", choices=["present", "absent"], default="present"),
             config_path=dict(type="path", default="/etc/gpuaas/sharing.yaml"),
-            device_plugin_config_path=dict(type="path", default="/etc/gpuaas/device-plugin/config.yaml"),
-            runtime_limits_dir=dict(type="path", default="/etc/gpuaas/mps"),
+            resource_prefix=dict(type="str", default=POOL_RESOURCE_PREFIX),
+            mps_compute_mode=dict(type="str", choices=list(MPS_COMPUTE_MODES), default=MPS_COMPUTE_MODES[0]),
         ),
         supports_check_mode=True,
     )
@@ -255,7 +232,7 @@ def main():
 def apply(module, nvml, gpus, state):
     params = module.params
     # 1. Find every GPU before changing anything.
-    handles, memory_mb = {}, {}
+    memory_mb = {}
     for gpu in gpus:
         try:
             handle = nvml.nvmlDeviceGetHandleByUUID(gpu["uuid"])
@@ -266,7 +243,6 @@ def apply(module, nvml, gpus, state):
                             % (gpu["uuid"], error))
                 continue
             module.fail_json(msg="GPU %s is not usable on this node: %s" % (gpu["uuid"], error))
-        handles[gpu["uuid"]] = handle
 
     # 2. The desired node configuration.
     before = load_config(params["config_path"])
@@ -276,60 +252,27 @@ def apply(module, nvml, gpus, state):
         if state == "absent":
             desired.pop(uuid, None)
             continue
-        entry = {"pool_id": gpu["pool_id"], "sharing_ratio": gpu["sharing_ratio"], "slots": gpu["sharing_ratio"],
-                 "time_quantum_in_sec": gpu["time_quantum_in_sec"], "security_level": gpu["security_level"],
-                 "compute_mode": COMPUTE_MODE_BY_SECURITY_LEVEL[gpu["security_level"]]}
-        if gpu["security_level"] == "medium":
+        level = gpu["security_level"]
+        entry = {"pool_id": gpu["pool_id"], "resource": pool_resource_name(gpu["pool_id"], params["resource_prefix"]),
+                 "sharing_ratio": gpu["sharing_ratio"], "slots": gpu["sharing_ratio"],
+                 "time_quantum_in_sec": gpu["time_quantum_in_sec"], "security_level": level,
+                 "compute_mode": compute_mode_for(level, params["mps_compute_mode"])}
+        if level in MPS_SECURITY_LEVELS:
             entry.update(slot_limits(gpu["sharing_ratio"], memory_mb[uuid]))
         desired[uuid] = entry
-    config_changed = desired != before["gpus"]
-    version = before["version"] + 1 if config_changed else before["version"]
-    config_text = dump_yaml({"version": version, "gpus": desired})
-    plugin_name, plugin_text = device_plugin_config(desired)
-
-    # 3. Files: the node config, the device plugin config, the medium-level limits.
-    files = {params["config_path"]: config_text, params["device_plugin_config_path"]: plugin_text}
-    for gpu in gpus:
-        path = os.path.join(params["runtime_limits_dir"], "%s.env" % gpu["uuid"])
-        entry = desired.get(gpu["uuid"])
-        files[path] = limits_file(gpu["uuid"], entry) if entry and entry["security_level"] == "medium" else None
-    diffs, changed_files = [], []
-    for path, text in files.items():
-        current = read_text(path)
-        if current == text:
-            continue
-        changed_files.append(path)
-        diffs.append({"before_header": path, "after_header": path, "before": current or "", "after": text or ""})
+    changed = desired != before["gpus"]
+    version = before["version"] + 1 if changed else before["version"]
+    text = dump_yaml({"version": version, "gpus": desired})
+    current = read_text(params["config_path"])
+    changed_files, diffs = [], []
+    if current != text:
+        changed_files.append(params["config_path"])
+        diffs.append({"before_header": params["config_path"], "after_header": params["config_path"],
+                      "before": current or "", "after": text})
         if not module.check_mode:
-            if text is None:
-                os.remove(path)
-            else:
-                write_atomically(module, path, text)
-
-    # 4. Compute modes, last: a failure above leaves the GPUs as they were.
-    modes, mode_changes = {}, {}
-    for gpu in gpus:
-        uuid = gpu["uuid"]
-        if uuid not in handles:  # leaving its pool, and gone from the node: nothing to restore
-            continue
-        wanted = desired[uuid]["compute_mode"] if uuid in desired else DEFAULT_COMPUTE_MODE
-        current = COMPUTE_MODES.get(nvml.nvmlDeviceGetComputeMode(handles[uuid]), "UNKNOWN")
-        if current != wanted:
-            mode_changes[uuid] = (current, wanted)
-            if not module.check_mode:
-                try:
-                    nvml.nvmlDeviceSetComputeMode(handles[uuid], COMPUTE_MODE_VALUES[wanted])
-                except nvml.NVMLError as error:
-                    module.fail_json(msg="GPU %s: cannot set compute mode %s: %s" % (uuid, wanted, error),
-                                     changed=bool(changed_files))
-        modes[uuid] = wanted
-    if mode_changes:
-        diffs.append({"before_header": "compute modes", "after_header": "compute modes",
-                      "before": "".join("%s: %s\n" % (uuid, c[0]) for uuid, c in sorted(mode_changes.items())),
-                      "after": "".join("%s: %s\n" % (uuid, c[1]) for uuid, c in sorted(mode_changes.items()))})
-
-    return dict(changed=bool(changed_files or mode_changes), version=version, gpus=desired,
-                device_plugin_config_name=plugin_name, compute_modes=modes, changed_files=changed_files, diff=diffs)
+            write_atomically(module, params["config_path"], text)
+    return dict(changed=bool(changed_files), version=version, gpus=desired, resources=resource_counts(desired),
+                changed_files=changed_files, diff=diffs)
 
 
 if __name__ == "__main__":

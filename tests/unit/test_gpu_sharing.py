@@ -1,4 +1,6 @@
-"""gpu_sharing on a host whose driver is the fake libnvidia-ml.so.1: files, compute modes, check, diff."""
+"""gpu_sharing on a host whose driver is the fake libnvidia-ml.so.1: the node configuration, check, diff.
+
+The module writes the configuration only; the gpuaas agent applies it (tests/agent)."""
 from __future__ import annotations
 
 import pytest
@@ -27,12 +29,11 @@ def node(nvml_host, tmp_path):
 
     class Node:
         etc = tmp_path / "etc"
-        paths = {"config_path": str(etc / "sharing.yaml"),
-                 "device_plugin_config_path": str(etc / "device-plugin" / "config.yaml"),
-                 "runtime_limits_dir": str(etc / "mps")}
+        paths = {"config_path": str(etc / "sharing.yaml")}
 
-        def run(self, gpus, state="present", check=False, diff=False):
-            args = {"gpus": gpus, "state": state, "_ansible_check_mode": check, "_ansible_diff": diff, **self.paths}
+        def run(self, gpus, state="present", check=False, diff=False, **options):
+            args = {"gpus": gpus, "state": state, "_ansible_check_mode": check, "_ansible_diff": diff, **self.paths,
+                    **options}
             return run_module("gpu_sharing", args, nvml_host.env)
 
         def compute_mode(self, index: int) -> int:
@@ -51,23 +52,24 @@ def test_gpus_of_several_pools_on_one_node(node):
     assert result["changed"] is True and result["version"] == 1, result
     config = yaml.safe_load(node.files()["sharing.yaml"])
     assert config["version"] == 1
-    assert config["gpus"][A] == {"pool_id": 1, "sharing_ratio": 4, "slots": 4, "time_quantum_in_sec": 30,
-                                 "security_level": "low", "compute_mode": "DEFAULT"}
-    assert config["gpus"][C]["compute_mode"] == "EXCLUSIVE_PROCESS"
+    assert config["gpus"][A] == {"pool_id": 1, "resource": "gpuaas.hosted.ai/pool-1", "sharing_ratio": 4, "slots": 4,
+                                 "time_quantum_in_sec": 30, "security_level": "low", "compute_mode": "DEFAULT"}
+    assert config["gpus"][C]["compute_mode"] == "EXCLUSIVE_PROCESS"  # high
+    # medium is MPS: EXCLUSIVE_PROCESS as NVIDIA recommends, and each slot's share of the GPU
+    assert config["gpus"][D]["compute_mode"] == "EXCLUSIVE_PROCESS"
     assert config["gpus"][D]["memory_limit_mb"] == 40960 and config["gpus"][D]["compute_share_percent"] == 50
+    assert result["resources"] == {"gpuaas.hosted.ai/pool-1": 8, "gpuaas.hosted.ai/pool-2": 1,
+                                   "gpuaas.hosted.ai/pool-3": 2}
+    assert list(node.files()) == ["sharing.yaml"]  # no device plugin config, no limits files: the agent does that
+    # The module sets no GPU setting itself: the agent applies the compute modes.
+    assert [node.compute_mode(i) for i in range(4)] == [0, 0, 0, 0]
 
-    plugin = yaml.safe_load(node.files()["device-plugin/config.yaml"])
-    assert plugin["version"] == "v1"
-    assert plugin["sharing"]["timeSlicing"]["resources"] == [
-        {"name": "nvidia.com/gpu", "rename": "gpu.pool-1", "devices": [A, B], "replicas": 4},
-        {"name": "nvidia.com/gpu", "rename": "gpu.pool-3", "devices": [D], "replicas": 2},
-    ]  # pool 2 has ratio 1: no sharing entry (the plugin rejects replicas: 1)
-    assert f"# config name: {result['device_plugin_config_name']}" in node.files()["device-plugin/config.yaml"]
 
-    assert [node.compute_mode(i) for i in range(4)] == [0, 0, 3, 0]  # high -> EXCLUSIVE_PROCESS
-    limits = node.files()[f"mps/{D}.env"].splitlines()[1:]
-    assert limits == [f"CUDA_MPS_PINNED_DEVICE_MEM_LIMIT={D}=40960M", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=50"]
-    assert f"mps/{A}.env" not in node.files()
+def test_mps_in_default_mode_and_another_resource_prefix(node):
+    result = node.run(TWO_POOLS_AND_MORE[3:], mps_compute_mode="DEFAULT", resource_prefix="example.com/tenant-pool-")
+
+    assert result["gpus"][D]["compute_mode"] == "DEFAULT"
+    assert result["gpus"][D]["resource"] == "example.com/tenant-pool-3"
 
 
 def test_second_run_changes_nothing(node):
@@ -88,15 +90,14 @@ def test_check_mode_reports_and_diffs_without_touching_anything(node):
     result = node.run(stricter, check=True, diff=True)
 
     assert result["changed"] is True
-    assert node.files() == before and node.compute_mode(0) == 0
-    headers = [d["before_header"] for d in result["diff"]]
-    assert headers == [node.paths["config_path"], "compute modes"]
-    assert result["diff"][-1] == {"before_header": "compute modes", "after_header": "compute modes",
-                                  "before": f"{A}: DEFAULT\n", "after": f"{A}: EXCLUSIVE_PROCESS\n"}
-    assert yaml.safe_load(result["diff"][0]["after"])["version"] == 2
+    assert node.files() == before
+    assert [d["before_header"] for d in result["diff"]] == [node.paths["config_path"]]
+    after = yaml.safe_load(result["diff"][0]["after"])
+    assert after["version"] == 2 and after["gpus"][A]["compute_mode"] == "EXCLUSIVE_PROCESS"
+    assert yaml.safe_load(result["diff"][0]["before"])["gpus"][A]["compute_mode"] == "DEFAULT"
 
 
-def test_absent_restores_the_defaults_and_keeps_the_other_pools(node):
+def test_absent_takes_gpus_out_and_keeps_the_other_pools(node):
     node.run(TWO_POOLS_AND_MORE)
 
     result = node.run([{"uuid": C}, {"uuid": D}], state="absent")
@@ -104,18 +105,14 @@ def test_absent_restores_the_defaults_and_keeps_the_other_pools(node):
     assert result["changed"] is True and result["version"] == 2
     config = yaml.safe_load(node.files()["sharing.yaml"])
     assert sorted(config["gpus"]) == sorted([A, B])
-    assert node.compute_mode(2) == 0
-    assert f"mps/{D}.env" not in node.files()
-    plugin = yaml.safe_load(node.files()["device-plugin/config.yaml"])
-    assert [r["rename"] for r in plugin["sharing"]["timeSlicing"]["resources"]] == ["gpu.pool-1"]
+    assert result["resources"] == {"gpuaas.hosted.ai/pool-1": 8}
     assert node.run([{"uuid": C}, {"uuid": D}], state="absent")["changed"] is False
 
 
-def test_only_unshared_gpus_means_no_sharing_block(node):
+def test_a_ratio_1_pool_is_one_device_per_gpu(node):
     result = node.run([{"uuid": A, "pool_id": 7, "sharing_ratio": 1}])
 
-    plugin = yaml.safe_load(node.files()["device-plugin/config.yaml"])
-    assert "sharing" not in plugin and plugin["flags"] == {"migStrategy": "none"}
+    assert result["resources"] == {"gpuaas.hosted.ai/pool-7": 1}
     assert result["gpus"][A]["security_level"] == "low" and result["gpus"][A]["time_quantum_in_sec"] == 30
 
 
@@ -130,13 +127,13 @@ def test_only_unshared_gpus_means_no_sharing_block(node):
 ])
 def test_bad_input_changes_nothing(node, bad, message):
     node.run(TWO_POOLS_AND_MORE[:1])
-    before, modes = node.files(), [node.compute_mode(i) for i in range(4)]
+    before = node.files()
     gpus = [TWO_POOLS_AND_MORE[2], dict(TWO_POOLS_AND_MORE[3], **bad)]  # one good GPU beside the bad one
 
     result = node.run(gpus)
 
     assert result.get("failed") is True and message in result["msg"], result
-    assert node.files() == before and [node.compute_mode(i) for i in range(4)] == modes
+    assert node.files() == before
 
 
 def test_a_gpu_listed_twice_is_refused(node):

@@ -1,0 +1,241 @@
+"""The agent's loop: read the sharing configuration, apply it to the GPUs, advertise it.
+
+Every ``poll_seconds`` it looks for:
+- a new sharing configuration (the file changed, or SIGHUP): parsed whole, refused in one log
+  line if malformed (the last good one stays in force), else applied and re-advertised without
+  a restart;
+- a new kubelet (kubelet.sock re-created, or a plugin socket gone, which a starting kubelet
+  removes): every resource's server is started again and registered again;
+- GPU health (NVML): a lost GPU's slots turn Unhealthy through ListAndWatch.
+Then it writes its status file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+
+import grpc
+
+from . import __version__
+from .config import EMPTY_SHARING, ConfigError, Settings, parse_sharing
+from .devices import HEALTHY, plan
+from .gpus import Gpus
+from .mps import MpsDaemons
+from .plugin import KUBELET_SOCKET, ResourceServer, health_of
+from .sharing_policy import DEFAULT_COMPUTE_MODE, MPS_SECURITY_LEVELS
+
+log = logging.getLogger("gpuaas_agent")
+LAST_GOOD = "sharing.last-good.yaml"
+
+
+def file_identity(path: str):
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+class Agent:
+    def __init__(self, settings: Settings, gpus: Gpus | None = None):
+        self.settings = settings
+        self.gpus = gpus or Gpus()
+        self.mps = MpsDaemons(settings)
+        self.sharing = EMPTY_SHARING
+        self.config_error = ""
+        self.config_seen = None
+        self.kubelet_seen = None
+        self.servers: dict = {}  # resource name -> ResourceServer
+        self.gpu_states: dict = {}
+        self.mode_errors: dict = {}
+        self.reload_requested = threading.Event()
+        self.stopping = threading.Event()
+        self.started_at = time.time()
+
+    # ---------------------------------------------------------------- configuration
+    def read_sharing(self) -> None:
+        """Take the sharing file if it parses; otherwise keep what is in force."""
+        path = self.settings.sharing_config
+        self.config_seen = file_identity(path)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except FileNotFoundError:
+            text = ""
+        except OSError as error:
+            self.refuse(f"{path}: {error.strerror}")
+            return
+        try:
+            sharing = parse_sharing(text, path)
+        except ConfigError as error:
+            self.refuse(str(error))
+            return
+        self.sharing, self.config_error = sharing, ""
+        os.makedirs(self.settings.state_dir, exist_ok=True)
+        write_atomically(os.path.join(self.settings.state_dir, LAST_GOOD), text)
+        log.info("sharing configuration version %d: %d GPUs in %d pool resources", sharing.version,
+                 len(sharing.gpus), len(sharing.resources))
+
+    def refuse(self, reason: str) -> None:
+        self.config_error = reason
+        log.error("sharing configuration refused, version %d stays in force: %s", self.sharing.version, reason)
+        if self.sharing is EMPTY_SHARING:  # at start: the last configuration accepted before
+            try:
+                with open(os.path.join(self.settings.state_dir, LAST_GOOD), encoding="utf-8") as handle:
+                    self.sharing = parse_sharing(handle.read(), LAST_GOOD)
+            except (OSError, ConfigError):
+                pass
+
+    # ---------------------------------------------------------------- applying
+    def apply(self) -> None:
+        """GPU modes, MPS daemons, and the advertised resources, from the configuration in force."""
+        self.gpu_states = self.gpus.probe()
+        shares = self.sharing.gpus
+        if self.settings.manage_gpu_modes:
+            wanted = {uuid: shares[uuid].compute_mode if uuid in shares else DEFAULT_COMPUTE_MODE
+                      for uuid, state in self.gpu_states.items() if state.healthy}
+            self.mode_errors = self.gpus.apply_modes(wanted)
+            self.gpu_states = self.gpus.probe()
+        medium = {uuid for uuid, share in shares.items() if share.security_level in MPS_SECURITY_LEVELS
+                  and uuid in self.gpu_states and self.gpu_states[uuid].healthy}
+        self.mps.stop_others(medium)
+        self.mps.ensure(medium)
+        self.advertise()
+
+    def usable_gpus(self) -> set:
+        return {uuid for uuid, state in self.gpu_states.items()
+                if state.healthy and uuid not in self.mode_errors and uuid not in self.mps.errors}
+
+    def advertise(self) -> None:
+        plans = plan(self.sharing, sorted(self.gpu_states), self.settings)
+        usable = self.usable_gpus()
+        for name, resource_plan in plans.items():
+            server = self.servers.get(name)
+            if server is None:
+                server = self.servers[name] = ResourceServer(resource_plan, self.settings)
+                server.update(resource_plan, health_of(resource_plan, usable))
+                self.start_and_register(server)
+            elif server.update(resource_plan, health_of(resource_plan, usable)):
+                log.info("%s: %d devices, %d healthy", name, len(resource_plan.slots),
+                         sum(1 for h in server.health.values() if h == HEALTHY))
+        for name in [name for name in self.servers if name not in plans]:
+            server = self.servers.pop(name)
+            # An empty list first, so that the kubelet's capacity for it drops to 0 at once
+            # (it keeps a stopped endpoint's devices, unhealthy, for its grace period).
+            server.update(server.plan.__class__(name, server.plan.endpoint, (), {}), {})
+            time.sleep(0.2)
+            server.stop()
+            log.info("%s: no longer advertised", name)
+
+    def start_and_register(self, server: ResourceServer) -> None:
+        try:
+            if not server.serving():
+                server.start()
+            server.register()
+        except grpc.RpcError as error:
+            log.warning("%s: cannot register with the kubelet yet: %s", server.plan.name,
+                        error.details() if hasattr(error, "details") else error)
+        except (OSError, RuntimeError) as error:  # grpc raises RuntimeError when it cannot bind
+            log.error("%s: cannot serve on %s: %s", server.plan.name, server.socket_path, error)
+
+    def kubelet_restarted(self) -> bool:
+        seen = file_identity(os.path.join(self.settings.device_plugin_dir, KUBELET_SOCKET))
+        changed = seen != self.kubelet_seen
+        self.kubelet_seen = seen
+        return changed and seen is not None
+
+    # ---------------------------------------------------------------- the loop
+    def step(self) -> None:
+        if self.reload_requested.is_set() or file_identity(self.settings.sharing_config) != self.config_seen:
+            self.reload_requested.clear()
+            before = self.sharing
+            self.read_sharing()
+            if self.sharing is not before:
+                self.apply()
+        if self.kubelet_restarted():
+            log.info("kubelet.sock is new: serving and registering every resource again")
+            for server in self.servers.values():
+                server.start()
+                self.start_and_register(server)
+        for server in self.servers.values():
+            if not server.serving():
+                log.info("%s: its socket is gone: serving it again", server.plan.name)
+                server.start()
+            if server.registered_at is None:
+                self.start_and_register(server)
+        before = self.usable_gpus()
+        self.gpu_states = self.gpus.probe()
+        if self.usable_gpus() != before:
+            log.warning("GPU health changed: usable %s", ", ".join(sorted(self.usable_gpus())) or "none")
+            self.apply()
+        self.write_status()
+
+    def run(self) -> None:
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        log.info("gpuaas-agent %s starting", __version__)
+        if not self.gpus.start():
+            log.error("NVML: %s; advertising nothing until it answers", self.gpus.unavailable)
+        self.read_sharing()
+        self.kubelet_seen = file_identity(os.path.join(self.settings.device_plugin_dir, KUBELET_SOCKET))
+        self.apply()
+        self.write_status()
+        while not self.stopping.wait(self.settings.poll_seconds):
+            self.step()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        for server in self.servers.values():
+            server.stop()
+        self.gpus.stop()
+        log.info("gpuaas-agent stopped")
+
+    # ---------------------------------------------------------------- status
+    def status(self, readings: bool = False) -> dict:
+        states = self.gpus.probe(readings=True) if readings else self.gpu_states
+        gpus = {}
+        for uuid, state in sorted(states.items()):
+            share = self.sharing.gpus.get(uuid)
+            gpus[uuid] = {
+                "index": state.index, "health": HEALTHY if state.healthy else "Unhealthy", "error": state.error,
+                "compute_mode": state.compute_mode or None,
+                "pool_id": share.pool_id if share else None,
+                "resource": share.resource if share else (self.settings.whole_gpu_resource or None),
+                "security_level": share.security_level if share else None,
+                "mps": ({"pipe_directory": f"{self.settings.mps_root}/{uuid}/pipe",
+                         "error": self.mps.errors.get(uuid, "")}
+                        if share and share.security_level in MPS_SECURITY_LEVELS else None),
+                "mode_error": self.mode_errors.get(uuid, ""),
+            }
+            if readings:
+                gpus[uuid]["readings"] = state.readings
+        resources = {}
+        for name, server in sorted(dict(self.servers).items()):  # a copy: the HTTP thread reads it too
+            devices = server.devices()
+            resources[name] = {"endpoint": server.plan.endpoint, "registered": server.registered_at is not None,
+                               "devices": len(devices),
+                               "healthy": sum(1 for device in devices if device["health"] == HEALTHY),
+                               "device_ids": [device["id"] for device in devices],
+                               "allocations": server.allocations}
+        return {"agent_version": __version__, "pid": os.getpid(), "started_at": self.started_at,
+                "updated_at": time.time(), "nvml": self.gpus.unavailable or "ok",
+                "manage_gpu_modes": self.settings.manage_gpu_modes,
+                "config": {"path": self.settings.sharing_config, "version": self.sharing.version,
+                           "error": self.config_error},
+                "resources": resources, "gpus": gpus}
+
+    def write_status(self) -> None:
+        write_atomically(self.settings.status_file, json.dumps(self.status(), indent=2, sort_keys=True) + "\n")
+
+
+def write_atomically(path: str, text: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    partial = f"{path}.{os.getpid()}.tmp"
+    with open(partial, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(partial, path)

@@ -1,0 +1,101 @@
+"""The node's GPUs through NVML: which exist, their health, modes and readings.
+
+The same NVML code as the collection's modules (nvml_access is module_utils/_nvml.py), so the
+agent's readings are those the Ansible metrics path reports for the same GPU state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from .nvml_access import COMPUTE_MODE_VALUES, COMPUTE_MODES, NvmlUnavailable, describe_gpu, import_pynvml
+
+log = logging.getLogger("gpuaas_agent.gpus")
+
+
+@dataclasses.dataclass
+class GpuState:
+    index: int
+    uuid: str
+    healthy: bool
+    error: str = ""
+    compute_mode: str = ""
+    readings: dict = dataclasses.field(default_factory=dict)
+    memory_mb: int = 0
+
+
+class Gpus:
+    """NVML kept initialised for the agent's life; the UUIDs are learnt by index at start, so
+    that a GPU lost later is still known by its UUID (a lost GPU answers nothing)."""
+
+    def __init__(self):
+        self.nvml = None
+        self.uuid_by_index: dict = {}
+        self.unavailable = ""
+
+    def start(self) -> bool:
+        """Initialise NVML; False (with the reason in ``unavailable``) while it cannot be used."""
+        if self.nvml is not None:
+            return True
+        try:
+            nvml = import_pynvml()
+            nvml.nvmlInit()
+        except NvmlUnavailable as error:
+            self.unavailable = error.reason
+            return False
+        except nvml.NVMLError as error:  # pylint: disable=used-before-assignment
+            self.unavailable = f"NVML failed to initialise: {error}"
+            return False
+        self.nvml, self.unavailable = nvml, ""
+        for index in range(nvml.nvmlDeviceGetCount()):
+            described = describe_gpu(nvml, index)
+            if "uuid" in described:
+                self.uuid_by_index[index] = described["uuid"]
+        return True
+
+    def stop(self) -> None:
+        if self.nvml is not None:
+            try:
+                self.nvml.nvmlShutdown()
+            except self.nvml.NVMLError:
+                pass
+            self.nvml = None
+
+    def probe(self, readings: bool = False) -> dict:
+        """uuid -> GpuState for every GPU known at start."""
+        if not self.start():
+            return {}
+        states = {}
+        for index, uuid in sorted(self.uuid_by_index.items()):
+            described = describe_gpu(self.nvml, index, include_metrics=readings)
+            if described.get("status") != "ok" or described.get("uuid") != uuid:
+                states[uuid] = GpuState(index, uuid, False, described.get("error", "GPU answers with another UUID"))
+                continue
+            states[uuid] = GpuState(index, uuid, True, compute_mode=described["compute_mode"],
+                                    readings=described.get("metrics", {}), memory_mb=described["memory_mb"])
+        return states
+
+    def apply_modes(self, wanted: dict) -> dict:
+        """Set each healthy GPU's compute mode (uuid -> mode name) and persistence mode on; a
+        mode is set only when it differs. Returns uuid -> error for those that failed."""
+        failures = {}
+        if not self.start():
+            return {uuid: self.unavailable for uuid in wanted}
+        nvml = self.nvml
+        for index, uuid in sorted(self.uuid_by_index.items()):
+            if uuid not in wanted:
+                continue
+            try:
+                handle = nvml.nvmlDeviceGetHandleByIndex(index)
+                # Persistence keeps the driver's state (the compute mode among it) while no
+                # client is open; neither survives a reboot, so the agent sets both at start.
+                if nvml.nvmlDeviceGetPersistenceMode(handle) != 1:
+                    nvml.nvmlDeviceSetPersistenceMode(handle, 1)
+                current = COMPUTE_MODES.get(nvml.nvmlDeviceGetComputeMode(handle), "UNKNOWN")
+                if current != wanted[uuid]:
+                    nvml.nvmlDeviceSetComputeMode(handle, COMPUTE_MODE_VALUES[wanted[uuid]])
+                    log.info("GPU %s: compute mode %s -> %s", uuid, current, wanted[uuid])
+            except nvml.NVMLError as error:
+                failures[uuid] = str(error)
+                log.error("GPU %s: cannot set its modes: %s", uuid, error)
+        return failures

@@ -1,0 +1,35 @@
+"""The committed device plugin stubs are what `make agent-stubs` makes from api.proto."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from gpuaas_agent.deviceplugin.v1beta1 import api_pb2
+
+REPO = Path(__file__).resolve().parents[2]
+PROTO = "gpuaas_agent/deviceplugin/v1beta1/api.proto"
+
+
+def test_committed_stubs_match_the_proto(tmp_path):
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{REPO / 'agent/src'}", f"--python_out={tmp_path}",
+                    f"--grpc_python_out={tmp_path}", str(REPO / "agent/src" / PROTO)], check=True)
+    for name in ("api_pb2.py", "api_pb2_grpc.py"):
+        made = (tmp_path / "gpuaas_agent/deviceplugin/v1beta1" / name).read_text()
+        assert made == (REPO / "agent/src/gpuaas_agent/deviceplugin/v1beta1" / name).read_text(), \
+            f"{name} is stale: run make agent-stubs"
+
+
+def test_the_wire_names_are_the_kubelets():
+    # Package, services and field numbers are the contract with the kubelet (kubernetes/kubelet
+    # pkg/apis/deviceplugin/v1beta1/api.proto).
+    services = {s.full_name: [m.name for m in s.methods] for s in api_pb2.DESCRIPTOR.services_by_name.values()}
+    assert services == {"v1beta1.Registration": ["Register"],
+                        "v1beta1.DevicePlugin": ["GetDevicePluginOptions", "ListAndWatch", "GetPreferredAllocation",
+                                                 "Allocate", "PreStartContainer"]}
+    fields = {f.name: f.number for f in api_pb2.ContainerAllocateResponse.DESCRIPTOR.fields}
+    assert fields == {"envs": 1, "mounts": 2, "devices": 3, "annotations": 4, "cdi_devices": 5}
+    assert {f.name: f.number for f in api_pb2.RegisterRequest.DESCRIPTOR.fields} == \
+        {"version": 1, "endpoint": 2, "resource_name": 3, "options": 4}
+    assert {f.name: f.number for f in api_pb2.ContainerPreferredAllocationRequest.DESCRIPTOR.fields} == \
+        {"available_deviceIDs": 1, "must_include_deviceIDs": 2, "allocation_size": 3}
