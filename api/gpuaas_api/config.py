@@ -5,6 +5,8 @@ import json
 import os
 from pathlib import Path
 
+from .states import SHARING_POLICY
+
 
 class Config:
     def __init__(self, environ: dict | None = None):
@@ -38,6 +40,9 @@ class Config:
         self.METRICS_ROLLUP_RETENTION_DAYS = int(env.get("GPUAAS_METRICS_ROLLUP_RETENTION_DAYS", "400"))
         # /metrics (Prometheus) asks for a token like the API unless this is true.
         self.METRICS_PUBLIC = env.get("GPUAAS_METRICS_PUBLIC", "false").lower() == "true"
+        # A pool's slots are the extended resource <prefix><pool id> on its nodes (the gpuaas agent
+        # advertises it; tenants' Pods request it). Passed to the gpu_sharing role, so both name it alike.
+        self.POOL_RESOURCE_PREFIX = env.get("GPUAAS_POOL_RESOURCE_PREFIX") or SHARING_POLICY.POOL_RESOURCE_PREFIX
         self.TESTING = False
 
     def as_flask(self) -> dict:

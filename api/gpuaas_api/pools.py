@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from flask import current_app
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import selectinload
 
@@ -17,7 +18,7 @@ from .errors import conflict, field_error, not_found
 from .jobs.submit import job_submitted, submit_pool_apply
 from .models import Cluster, Gpu, Job, Node, Pool, PoolSlot, inventory_name
 from .rendering import render_pool
-from .states import (GPU_SETTLES_TO, POOL_SETTLED_STATUSES, ClusterStatus, GpuAssignment, JobStatus, NodeStatus,
+from .states import (GPU_SETTLES_TO, POOL_SETTLED_STATUSES, ClusterStatus, GpuAssignment, JobStatus,
                      Operation, PoolStatus)
 
 
@@ -37,8 +38,12 @@ def get_pool(pool_id: int) -> Pool:
     return pool
 
 
+def resource_prefix() -> str:
+    return current_app.config["GPUAAS"].POOL_RESOURCE_PREFIX
+
+
 def pool_reply(pool: Pool) -> dict:
-    return render_pool(pool, gpus_of(pool))
+    return render_pool(pool, gpus_of(pool), resource_prefix())
 
 
 def gpus_of(pool: Pool) -> list[Gpu]:
@@ -134,16 +139,11 @@ def schedule_apply(pool: Pool, node_ids: set[int], job: Job | None = None) -> Jo
     db.flush()
     if not node_ids:
         return None
-    cluster = db.get(Cluster, pool.cluster_id)
-    controller = db.scalar(select(Node).where(Node.cluster_id == cluster.id, Node.is_controller_node,
-                                              Node.status == NodeStatus.HEALTHY).limit(1))
     present, absent = node_sharing(sorted(node_ids))
-    extravars = {"gpu_sharing_by_host": present, "gpu_sharing_absent_by_host": absent}
-    extra_hosts = []
-    if controller is not None:  # it relabels the nodes so that their device plugin loads the new config
-        extravars["gpu_sharing_kubectl_host"] = controller.inventory_name
-        extra_hosts.append(controller.id)
-    return submit_pool_apply(pool.id, cluster.id, sorted(node_ids), extra_hosts, extravars, job)
+    # The nodes' agents advertise the pool under the name the pool replies give (resource_name).
+    extravars = {"gpu_sharing_by_host": present, "gpu_sharing_absent_by_host": absent,
+                 "gpu_sharing_resource_prefix": resource_prefix()}
+    return submit_pool_apply(pool.id, pool.cluster_id, sorted(node_ids), extravars, job)
 
 
 def resolve_gpus(cluster: Cluster, uuids: list[str], field: str, pool: Pool | None = None) -> list[Gpu]:

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from .models import Cluster, inventory_name
 from .states import (INITIALIZE_STATE_CODES, ROLE_FLAGS, K8S_JOIN_STATE_CODES, ClusterStatus, GpuAssignment, NodeStatus,
-                     RegionServiceStatus, enum_value)
+                     SHARING_POLICY, RegionServiceStatus, enum_value)
 
 
 def timestamp(value: dt.datetime | None) -> str | None:
@@ -83,7 +83,7 @@ def render_cluster(cluster) -> dict:
             "created_at": timestamp(cluster.created_at), "updated_at": timestamp(cluster.updated_at)}
 
 
-def render_pool(pool, gpus: list) -> dict:
+def render_pool(pool, gpus: list, resource_prefix: str) -> dict:
     """``gpus``: the pool's GPUs (ORM objects or rows), in node and index order."""
     models = sorted({gpu.model for gpu in gpus})
     slots = [{"id": f"{gpu.uuid}-{index}", "slot_index": index, "gpu_id": gpu.id, "uuid": gpu.uuid,
@@ -94,7 +94,8 @@ def render_pool(pool, gpus: list) -> dict:
             "pool_label": pool.pool_label or pool.pool_name, "sharing_ratio": pool.sharing_ratio,
             "time_quantum_in_sec": pool.time_quantum_in_sec, "security_level": pool.security_level,
             "status": enum_value(pool.status), "gpu_model_type": ",".join(models) if models else None,
-            "gpu_vendor_type": "NVIDIA" if gpus else None, "physical_gpu_count": len(gpus), "gpus": slots}
+            "gpu_vendor_type": "NVIDIA" if gpus else None, "physical_gpu_count": len(gpus),
+            "resource_name": SHARING_POLICY.pool_resource_name(pool.id, resource_prefix), "gpus": slots}
 
 
 def render_scan(scan, node_gpus: list) -> dict:

@@ -503,6 +503,9 @@ class PoolSchema(ReplySchema):
     gpu_model_type = _reply(fields.String, nullable=True, metadata={"description": "The GPUs' models, comma-separated"})
     gpu_vendor_type = _reply(fields.String, nullable=True)
     physical_gpu_count = _reply(fields.Integer)
+    resource_name = _reply(fields.String, metadata={
+        "description": "The Kubernetes extended resource of the pool's slots, which a tenant's Pod requests "
+                       "(resources.limits); one unit is one slot", "example": "gpuaas.hosted.ai/pool-7"})
     gpus = _reply(fields.List, fields.Nested(PoolSlotSchema))
 
 

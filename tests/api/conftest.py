@@ -204,4 +204,5 @@ def settle(app, reply: dict, failed_nodes=()) -> dict:
         by_display = {key: ({display[host]: value for host, value in hosts.items()} if key.endswith("_by_host")
                             else hosts) for key, hosts in job.extravars["vars"].items()}
         return {"targets": sorted(names[i] for i in job.extravars["targets"]), "vars": by_display,
+                "hosts": sorted(names[i] for i in job.extravars["hosts"]),
                 "raw_vars": job.extravars["vars"]}

@@ -38,6 +38,8 @@ def test_create_persists_the_pool_and_its_slots(app, client, fleet_db):
     assert {slot["memory_in_mb"] for slot in pool["gpus"]} == {81559 // 4}
     assert pool["gpu_model_type"] == "NVIDIA H100 80GB HBM3"
     assert pool["pool_label"] == "high-throughput-pool"  # the name, when no label is given
+    # What a tenant's Pod requests: the nodes' agents advertise the pool's slots under this name.
+    assert pool["resource_name"] == f"gpuaas.hosted.ai/pool-{pool['id']}"
     listed = {key: value for key, value in pool.items() if key not in ("job_id", "queued_behind")}
     assert client.get(f"/gpuaas/{fleet_db['gpuaas_id']}/pool/list").get_json() == {"items": [listed]}
     assert client.get(f"/gpuaas/pool/{pool['id']}").get_json() == listed
@@ -176,6 +178,9 @@ def test_a_pool_moves_through_its_statuses_as_its_nodes_apply_it(app, client, fl
     expected = {"uuid": "GPU-w1-0", "pool_id": pool["id"], "sharing_ratio": 4, "time_quantum_in_sec": 30,
                 "security_level": "medium"}
     assert applied["vars"]["gpu_sharing_by_host"]["w1"] == [expected]
+    # The role names the resource as the reply does; only the pool's nodes take part (no controller).
+    assert applied["vars"]["gpu_sharing_resource_prefix"] == "gpuaas.hosted.ai/pool-"
+    assert applied["hosts"] == applied["targets"]
     assert client.get(f"/gpuaas/pool/{pool['id']}").get_json()["status"] == "ACTIVE"
     assert statuses(app)["GPU-w1-0"] == statuses(app)["GPU-w2-0"] == ("ASSIGNED", pool["id"])
     with app.app_context():  # the queued change's turn: applied to the pool as it is now, on w1 only

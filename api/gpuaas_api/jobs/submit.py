@@ -58,16 +58,15 @@ def submit(operation: Operation, node: Node, extravars: dict | None = None, clus
     return job
 
 
-def submit_pool_apply(pool_id: int, cluster_id: int, node_ids: list[int], extra_hosts: list[int],
-                      extravars: dict, job: Job | None = None) -> Job:
+def submit_pool_apply(pool_id: int, cluster_id: int, node_ids: list[int], extravars: dict,
+                      job: Job | None = None) -> Job:
     """Record (or, for a queued change whose turn came, fill in) the pool_apply job over ``node_ids``.
 
     It takes every node at once; when one is held by another job, it takes none and waits, pending,
     until they are all free (queue.py). Flushed, not committed.
     """
     db = session()
-    fields = {"hosts": list(node_ids) + [h for h in extra_hosts if h not in node_ids],
-              "targets": list(node_ids), "pool_id": pool_id, "vars": extravars}
+    fields = {"hosts": list(node_ids), "targets": list(node_ids), "pool_id": pool_id, "vars": extravars}
     if job is None:
         job = Job(created_at=dt.datetime.now(dt.timezone.utc), operation=Operation.POOL_APPLY.value, node_id=None,
                   cluster_id=cluster_id, pool_id=pool_id, mutating=True, extravars=fields)
