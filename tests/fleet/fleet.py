@@ -816,6 +816,9 @@ def write_inventory(state: dict) -> None:
                 # pip takes a plain-HTTP index only from a host named trusted.
                 "node_init_nvidia_ml_py_pip_environment": {"PIP_INDEX_URL": f"{repo['url']}simple/",
                                                            "PIP_TRUSTED_HOST": str(HUB_ADDRESS)},
+                # The same index serves the gpuaas agent's wheel and its dependencies' wheels.
+                "gpu_sharing_agent_pip_environment": {"PIP_INDEX_URL": f"{repo['url']}simple/",
+                                                      "PIP_TRUSTED_HOST": str(HUB_ADDRESS)},
                 "cluster_controller_cni_manifest_url": f"{repo['url']}cni/{CNI_MANIFEST}",
                 # No kernel headers package matches this host's kernel (the stand-in driver needs none).
                 "node_init_nvidia_driver_prerequisites": [],

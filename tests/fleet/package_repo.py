@@ -39,6 +39,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,13 +59,20 @@ KEY_UID = "hostedai.gpuaas test fleet repository <fleet-repo@gpuaas.invalid>"
 HERE = Path(__file__).resolve().parent
 PACKAGES_DIR = HERE / "packages"  # the stand-ins' source trees
 FAKE_NVML_SOURCE = HERE / "fake_nvml/fake_nvml.c"
+CHECKOUT = HERE.parents[1]
+AGENT_DIR = CHECKOUT / "agent"  # the gpuaas agent (a kubelet device plugin): its wheel is in the Python index
+# The kubelet device plugin API the agent serves; the kubelet stand-in reads its messages from this
+# proto's descriptor set (Debian's python3-protobuf 3.21 cannot run stubs a newer protoc generated).
+DEVICE_PLUGIN_PROTO = "gpuaas_agent/deviceplugin/v1beta1/api.proto"
 # What a node installs from Debian (roles/node_init on a Debian 12 node, with python3-apt and
-# python3-debian for Ansible's apt and deb822_repository modules), and what the Python
-# stand-ins depend on: python3-tomli-w (nvidia-ctk) and python-is-python3 (their shebang is
-# `#!/usr/bin/env python`, the form ansible-test's shebang check accepts).  With what apt would
-# add to the image for them (computed).
+# python3-debian for Ansible's apt and deb822_repository modules; python3-venv for the gpuaas agent's
+# venv, which the gpu_sharing role makes with `python3 -m venv`), and what the Python stand-ins
+# depend on: python3-tomli-w (nvidia-ctk), python3-grpcio and python3-protobuf (the kubelet's device
+# manager) and python-is-python3 (their shebang is `#!/usr/bin/env python`, the form ansible-test's
+# shebang check accepts).  With what apt would add to the image for them (computed).
 DEBIAN_PACKAGES = ("containerd", "ca-certificates", "curl", "gnupg", "conntrack", "socat", "ebtables", "iptables",
-                   "python3-apt", "python3-debian", "python3-pip", "python3-tomli-w", "python-is-python3")
+                   "python3-apt", "python3-debian", "python3-pip", "python3-venv", "python3-tomli-w", "python-is-python3",
+                   "python3-grpcio", "python3-protobuf")
 PYTHON = "python3, python-is-python3"  # what a stand-in written in Python depends on
 # pkgs.k8s.io's Debian revision: kubeadm, kubelet and kubectl are all <kubectl's version>-1.1.
 KUBE_DEB_REVISION = "1.1"
@@ -260,6 +268,15 @@ class StandIn:
         return h.hexdigest()[:32]
 
 
+def build_device_plugin_descriptors(out: Path) -> Path:
+    """api.proto's FileDescriptorSet (with its imports), which the kubelet stand-in builds its
+    message classes from at run time."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _run(sys.executable, "-m", "grpc_tools.protoc", f"--descriptor_set_out={out}", "--include_imports",
+         "-I", str(AGENT_DIR / "src"), DEVICE_PLUGIN_PROTO)
+    return out
+
+
 def build_fake_nvml(out: Path) -> Path:
     """The fake NVML, compiled exactly as fleet.py's build_fake_nvml compiles it."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -285,8 +302,13 @@ def standins(kube: dict) -> list[StandIn]:
                 "cluster (fleet stand-in)", depends=f"openssl, {PYTHON}, kubelet", substitutions=k8s),
         # kubelet.spec (kubernetes/release, cmd/krel/templates/latest/kubelet): Recommends
         # iptables >= 1.8.4, which apt installs with it by default.
+        # python3-grpcio and python3-protobuf: the device manager's gRPC (the real one is Go's).
         StandIn("kubelet", kube_deb_version(version), "Node agent for Kubernetes clusters (fleet stand-in)",
-                depends=PYTHON, recommends="iptables (>= 1.8.4)", substitutions=k8s),
+                depends=f"{PYTHON}, python3-grpcio, python3-protobuf", recommends="iptables (>= 1.8.4)",
+                substitutions=k8s,
+                built={"/usr/lib/fake-kubernetes/deviceplugin-v1beta1.binpb": (
+                    build_device_plugin_descriptors, (AGENT_DIR / "src" / DEVICE_PLUGIN_PROTO,
+                                                      "protoc --descriptor_set_out --include_imports"))}),
         StandIn("nvidia-driver-550-server", driver_deb, "NVIDIA driver metapackage, 550 server branch "
                 "(fleet stand-in: fake NVML, nvidia-smi, nvidia-persistenced)", depends=PYTHON,
                 substitutions=nvidia,
@@ -369,12 +391,14 @@ def write_indices(public: Path, home: Path, fingerprint: str) -> None:
 def inputs_digest(root: Path, image: Path, kube: dict) -> str:
     """What the repository is made of, cheaply: the Debian package list and the image's dpkg
     status (what apt's closure reads), this machine's apt lists (the versions apt would pick),
-    the debs and wheels on hand, the stand-ins' sources, kubectl's version and this file.
+    the debs and wheels on hand, the stand-ins' sources, the agent's sources (agent/) and the pins of
+    its dependencies, kubectl's version and this file.
 
     `fleet.py up` builds the repository on every start; apt's simulated install and the
     signing take about 5 s, so an unchanged repository is not built again."""
     h = hashlib.sha256()
-    h.update(json.dumps([DEBIAN_PACKAGES, kube, [standin.digest() for standin in standins(kube)]]).encode())
+    h.update(json.dumps([DEBIAN_PACKAGES, kube, [standin.digest() for standin in standins(kube)], agent_digest(),
+                         pinned(AGENT_REQUIREMENTS) if AGENT_DIR.is_dir() else []]).encode())
     h.update(hashlib.sha256((image / "var/lib/dpkg/status").read_bytes()).digest())
     h.update(hashlib.sha256(Path(__file__).read_bytes()).digest())
     listings = [Path("/var/lib/apt/lists"), root / "debs", root / "wheels"]
@@ -429,21 +453,109 @@ def build_repo(root: Path, image: Path) -> Path:
     return public
 
 
+# The agent's runtime dependencies as requirements.txt pins them (the agent's own pyproject.toml
+# gives ranges only), downloaded as wheels for the nodes' Python: Debian 12's CPython 3.11, x86_64.
+AGENT_REQUIREMENTS = ("grpcio", "protobuf", "nvidia-ml-py", "PyYAML", "prometheus-client")
+NODE_PIP_TARGET = ("--only-binary=:all:", "--platform", "manylinux2014_x86_64", "--platform", "linux_x86_64",
+                   "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311")
+
+
+def normalise(project: str) -> str:
+    """A project's name as PEP 503 normalises it: runs of -, _ and . to one -, lower case."""
+    return re.sub(r"[-_.]+", "-", project).lower()
+
+
+def pinned(names: tuple[str, ...]) -> list[str]:
+    """requirements.txt's pins (name==version) of ``names``."""
+    pins = {}
+    for line in (CHECKOUT / "requirements.txt").read_text().splitlines():
+        requirement = line.split("#")[0].strip()
+        if "==" in requirement:
+            name = requirement.split("==")[0].split("[")[0].strip()
+            pins[normalise(name)] = requirement
+    missing = [name for name in names if normalise(name) not in pins]
+    if missing:
+        raise RepoError(f"requirements.txt pins no version of {', '.join(missing)}")
+    return [pins[normalise(name)] for name in names]
+
+
+def agent_sources() -> list[Path]:
+    """The files the agent's wheel is built from (agent/, without caches and build outputs)."""
+    skip = {"__pycache__", "build", "dist"}
+    return sorted(p for p in AGENT_DIR.rglob("*") if p.is_file() and not skip & set(p.relative_to(AGENT_DIR).parts)
+                  and ".egg-info" not in str(p.relative_to(AGENT_DIR)))
+
+
+def agent_digest() -> str:
+    h = hashlib.sha256()
+    for path in agent_sources() if AGENT_DIR.is_dir() else []:
+        h.update(str(path.relative_to(AGENT_DIR)).encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()[:32]
+
+
+def build_agent_wheel(into: Path) -> Path | None:
+    """The agent's wheel, built from the checkout (pip wheel --no-deps --no-build-isolation) into
+    ``into``/<digest of agent/>/, reused while agent/ is unchanged.  None when there is no agent/."""
+    if not (AGENT_DIR / "pyproject.toml").is_file():
+        return None
+    target = into / agent_digest()
+    wheels = sorted(target.glob("*.whl"))
+    if wheels:
+        return wheels[0]
+    shutil.rmtree(into, ignore_errors=True)
+    print("fleet repository: building the gpuaas agent's wheel", flush=True)
+    scratch = into / ".scratch"
+    scratch.mkdir(parents=True)
+    # A copy of agent/: setuptools writes build/ and *.egg-info beside the sources it builds.
+    shutil.copytree(AGENT_DIR, scratch / "agent", ignore=shutil.ignore_patterns("__pycache__", "build", "dist",
+                                                                                  "*.egg-info"))
+    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
+         str(target), str(scratch / "agent"))
+    shutil.rmtree(scratch)
+    return sorted(target.glob("*.whl"))[0]
+
+
+def download_agent_requirements(wheels: Path) -> None:
+    """The agent's pinned runtime dependencies, and what they require, as wheels for the nodes,
+    once: a rebuild finds them under ``wheels`` and downloads nothing."""
+    requirements = pinned(AGENT_REQUIREMENTS)
+    stamp = wheels / ".agent-requirements"
+    if stamp.is_file() and stamp.read_text() == "\n".join(requirements):
+        return
+    print(f"fleet repository: downloading {' '.join(requirements)}", flush=True)
+    _run(sys.executable, "-m", "pip", "download", "--quiet", *NODE_PIP_TARGET, "--dest", str(wheels), *requirements)
+    stamp.write_text("\n".join(requirements))
+
+
 def write_python_index(wheels: Path, simple: Path) -> None:
-    """A PyPI mirror of nvidia-ml-py at the version requirements.txt pins (node_init installs
-    it with pip).  pip reads the simple API's project page as HTML links to the files
-    (PEP 503); the directory listing that the hub's http.server writes for
-    simple/nvidia-ml-py/ is such a page."""
-    requirement = next(line.strip() for line in (HERE.parents[1] / "requirements.txt").read_text().splitlines()
-                       if line.startswith("nvidia-ml-py=="))
+    """The hub's PyPI mirror (PEP 503: pip reads a project page as HTML links to its files; the
+    directory listing that the hub's http.server writes for simple/<project>/ is such a page), one
+    directory per normalised project name:
+
+    - nvidia-ml-py at the version requirements.txt pins (node_init installs it with pip);
+    - the gpuaas agent's wheel, built from the checkout's agent/, and its runtime dependencies at
+      requirements.txt's versions, for the nodes' Python (the gpu_sharing role pip-installs the
+      agent into /opt/gpuaas-agent)."""
+    requirement = pinned(("nvidia-ml-py",))[0]
     version = requirement.split("==")[1]
+    wheels.mkdir(parents=True, exist_ok=True)
     if not list(wheels.glob(f"nvidia_ml_py-{version}-*.whl")):
-        shutil.rmtree(wheels, ignore_errors=True)
+        for old in wheels.glob("nvidia_ml_py-*.whl"):
+            old.unlink()
         print(f"fleet repository: downloading {requirement}", flush=True)
         _run(sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
              "--dest", str(wheels), requirement)
-    project = simple / "nvidia-ml-py"
-    shutil.rmtree(project, ignore_errors=True)
-    project.mkdir(parents=True)
-    for wheel in wheels.glob("*.whl"):
+    files = list(wheels.glob("*.whl"))
+    if (AGENT_DIR / "pyproject.toml").is_file():
+        download_agent_requirements(wheels)
+        files = list(wheels.glob("*.whl"))
+        agent = build_agent_wheel(wheels.parent / "agent-wheel")
+        if agent is not None:
+            files.append(agent)
+    shutil.rmtree(simple, ignore_errors=True)
+    simple.mkdir(parents=True)
+    for wheel in files:
+        # A wheel's file name starts with its distribution name, with - as _ (PEP 427).
+        project = simple / normalise(wheel.name.split("-")[0])
+        project.mkdir(exist_ok=True)
         os.link(wheel, project / wheel.name)
