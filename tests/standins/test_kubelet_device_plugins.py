@@ -1,0 +1,390 @@
+"""The kubelet stand-in's device manager (tests/fleet/packages/kubelet/usr/bin/kubelet) against a
+device plugin served with the gpuaas agent's generated stubs (agent/src), over the real v1beta1 gRPC
+API, without a fleet.
+
+The kubelet script runs on this host under the venv's Python (grpcio and protobuf of
+requirements.txt), with a temporary --root-dir, talking to the fake kube-apiserver (as in
+test_fake_apiserver.py); the Node and Pods are read back with the real kubectl.  The same script on
+a node runs under Debian's python3-grpcio 1.51 and python3-protobuf 3.21: test_standin_packages.py
+runs it there.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import queue
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests/fleet"))
+sys.path.insert(0, str(REPO / "agent/src"))
+import package_repo  # noqa: E402
+from gpuaas_agent.deviceplugin.v1beta1 import api_pb2 as pb  # noqa: E402
+from gpuaas_agent.deviceplugin.v1beta1 import api_pb2_grpc as pb_grpc  # noqa: E402
+from test_fake_apiserver import cluster  # noqa: E402,F401  (the fixture: a fake kube-apiserver on loopback)
+
+KUBELET = REPO / "tests/fleet/packages/kubelet/usr/bin/kubelet"
+CLIENT_DIR = REPO / "tests/fleet/packages/kubelet/usr/lib/fake-kubernetes"
+RESOURCE = "gpuaas.hosted.ai/pool-7"
+GRACE = 2.0
+
+
+def wait_for(predicate, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    return predicate()
+
+
+@pytest.fixture(scope="module")
+def descriptors(tmp_path_factory) -> Path:
+    """api.proto's descriptor set, built as the kubelet package's build builds it."""
+    return package_repo.build_device_plugin_descriptors(tmp_path_factory.mktemp("proto") / "api.binpb")
+
+
+class Plugin(pb_grpc.DevicePluginServicer):
+    """A device plugin as the agent serves one: its own socket in the kubelet's directory."""
+
+    def __init__(self, directory: Path, name: str, devices: list[tuple[str, str]], preferred: bool = True):
+        self.directory, self.name, self.devices, self.preferred = directory, name, devices, preferred
+        self.updates: queue.Queue = queue.Queue()
+        self.preferred_requests: list = []
+        self.allocate_requests: list = []
+        self.server = None
+
+    def GetDevicePluginOptions(self, request, context):
+        return pb.DevicePluginOptions(get_preferred_allocation_available=self.preferred)
+
+    def ListAndWatch(self, request, context):
+        yield pb.ListAndWatchResponse(devices=[pb.Device(ID=i, health=h) for i, h in self.devices])
+        while context.is_active():
+            try:
+                devices = self.updates.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if devices is None:
+                return
+            self.devices = devices
+            yield pb.ListAndWatchResponse(devices=[pb.Device(ID=i, health=h) for i, h in devices])
+
+    def GetPreferredAllocation(self, request, context):
+        ask = request.container_requests[0]
+        self.preferred_requests.append((sorted(ask.available_deviceIDs), list(ask.must_include_deviceIDs),
+                                        ask.allocation_size))
+        # The highest IDs first, and one the kubelet never offered: it must be ignored.
+        ids = ["made-up"] + sorted(ask.available_deviceIDs, reverse=True)[:ask.allocation_size]
+        return pb.PreferredAllocationResponse(container_responses=[pb.ContainerPreferredAllocationResponse(deviceIDs=ids)])
+
+    def Allocate(self, request, context):
+        ids = list(request.container_requests[0].devices_ids)
+        self.allocate_requests.append(ids)
+        return pb.AllocateResponse(container_responses=[pb.ContainerAllocateResponse(
+            envs={"GPUAAS_SLOTS": ",".join(ids)}, annotations={"gpuaas.hosted.ai/pool": "7"},
+            mounts=[pb.Mount(container_path="/run/gpuaas", host_path="/run/gpuaas/pool-7", read_only=True)],
+            devices=[pb.DeviceSpec(container_path="/dev/nvidia0", host_path="/dev/nvidia0", permissions="rw")],
+            cdi_devices=[pb.CDIDevice(name="nvidia.com/gpu=0")])])
+
+    def start(self) -> "Plugin":
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        pb_grpc.add_DevicePluginServicer_to_server(self, self.server)
+        self.server.add_insecure_port(f"unix://{self.directory / self.name}")
+        self.server.start()
+        return self
+
+    def register(self, version: str = "v1beta1", resource: str = RESOURCE):
+        with grpc.insecure_channel(f"unix://{self.directory / 'kubelet.sock'}") as channel:
+            return pb_grpc.RegistrationStub(channel).Register(pb.RegisterRequest(
+                version=version, endpoint=self.name, resource_name=resource,
+                options=pb.DevicePluginOptions(get_preferred_allocation_available=self.preferred)), timeout=20)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop(0)
+            self.server = None
+
+
+class Kubelet:
+    def __init__(self, root: Path, cluster, descriptors: Path, node: str = "gpu-node-1"):
+        self.root, self.cluster, self.node = root, cluster, node
+        self.plugins_dir = root / "var-lib-kubelet/device-plugins"
+        self.records = root / "var-lib-kubelet/fake-device-manager"
+        self.process: subprocess.Popen | None = None
+        (root / "swaps").write_text("Filename\tType\tSize\tUsed\tPriority\n")
+        (root / "cni").mkdir(exist_ok=True)
+        self.cri = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.cri.bind(str(root / "containerd.sock"))
+        self.cri.listen(16)
+        admin = json.loads((cluster.root / "admin.conf").read_text())
+        server = admin["clusters"][0]["cluster"]
+        user = admin["users"][0]["user"]
+        (root / "kubelet.conf").write_text(
+            "apiVersion: v1\nclusters:\n- cluster:\n"
+            f"    certificate-authority-data: {server['certificate-authority-data']}\n    server: {server['server']}\n"
+            "  name: kubernetes\nusers:\n- name: kubelet\n  user:\n"
+            f"    client-certificate-data: {user['client-certificate-data']}\n"
+            f"    client-key-data: {user['client-key-data']}\n")
+        self.env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(CLIENT_DIR), "FAKE_PROC_SWAPS": str(root / "swaps"),
+                    "FAKE_CNI_CONF_DIR": str(root / "cni"), "FAKE_KUBELET_HEARTBEAT_SECONDS": "0.3",
+                    "FAKE_KUBELET_ENDPOINT_GRACE_SECONDS": str(GRACE),
+                    "FAKE_KUBELET_DEVICEPLUGIN_DESCRIPTORS": str(descriptors)}
+
+    def socket_inode(self) -> tuple | None:
+        try:
+            info = (self.plugins_dir / "kubelet.sock").stat()
+        except FileNotFoundError:
+            return None
+        return info.st_ino, info.st_ctime_ns
+
+    def start(self) -> "Kubelet":
+        before = self.socket_inode()
+        self.log = open(self.root / "kubelet.log", "a")  # noqa: SIM115  (closed in stop)
+        self.process = subprocess.Popen(
+            [sys.executable, str(KUBELET), f"--root-dir={self.root / 'var-lib-kubelet'}",
+             f"--container-runtime-endpoint=unix://{self.root / 'containerd.sock'}",
+             f"--kubeconfig={self.root / 'kubelet.conf'}", f"--hostname-override={self.node}"],
+            stdout=self.log, stderr=self.log, env=self.env)
+        # A new kubelet.sock (a former kubelet's stays when it is killed): another inode, or ctime.
+        assert wait_for(lambda: self.socket_inode() not in (None, before) or self.process.poll() is not None), \
+            self.logs()
+        assert self.process.poll() is None, self.logs()
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        if self.process:
+            self.log.close()
+
+    def logs(self) -> str:
+        return (self.root / "kubelet.log").read_text()
+
+    def state(self) -> dict:
+        path = self.records / "state.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def resource(self) -> dict:
+        return self.state().get("resources", {}).get(RESOURCE, {})
+
+    def node_object(self) -> dict:
+        got = self.cluster.kubectl("get", "node", self.node, "-o", "json")
+        return json.loads(got.stdout) if got.returncode == 0 else {}
+
+    def node_resource(self) -> tuple[str | None, str | None]:
+        status = self.node_object().get("status", {})
+        return status.get("capacity", {}).get(RESOURCE), status.get("allocatable", {}).get(RESOURCE)
+
+    def checkpoint(self) -> dict:
+        return json.loads((self.plugins_dir / "kubelet_internal_checkpoint").read_text())
+
+
+def pod(name: str, node: str, limits: dict, init: dict | None = None) -> dict:
+    spec = {"nodeName": node, "containers": [{"name": "main", "image": "pause", "resources": {"limits": limits}}]}
+    if init is not None:
+        spec["initContainers"] = [{"name": "setup", "image": "pause", "resources": {"limits": init}}]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"}, "spec": spec}
+
+
+def pod_status(kubelet: Kubelet, name: str) -> dict:
+    got = kubelet.cluster.kubectl("get", "pod", name, "-n", "default", "-o", "json")
+    return json.loads(got.stdout).get("status", {}) if got.returncode == 0 else {}
+
+
+def failed(kubelet: Kubelet, name: str) -> dict:
+    """The status of a Pod the kubelet rejected, once it is rejected."""
+    status = wait_for(lambda: pod_status(kubelet, name).get("phase") == "Failed" and pod_status(kubelet, name))
+    assert status, (pod_status(kubelet, name), kubelet.logs()[-3000:])
+    return status
+
+
+@pytest.fixture
+def kubelet(request, cluster, descriptors):  # noqa: F811
+    # A short root: a unix socket's path has at most 107 characters.
+    root = Path(tempfile.mkdtemp(prefix="dm-", dir="/tmp"))
+    instance = Kubelet(root, cluster, descriptors, node=f"gpu-{root.name[3:].lower().replace('_', '-')}")
+    yield instance
+    instance.stop()
+    instance.cri.close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_kubelet_version_needs_no_grpc():
+    # Debian's own Python with no site packages: no grpc, no protobuf.
+    done = subprocess.run(["/usr/bin/python3", "-S", str(KUBELET), "--version"], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(CLIENT_DIR)}, check=False)
+    assert done.returncode == 0 and done.stdout == "Kubernetes v@KUBE_VERSION@\n", done.stderr
+
+
+def test_registration_refusals_health_capacity_and_the_stop_grace_period(kubelet):
+    # A kubelet that starts removes the sockets a former one's plugins left, and nothing else.
+    kubelet.plugins_dir.mkdir(parents=True)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(kubelet.plugins_dir / "old-plugin.sock"))
+    stale.close()
+    (kubelet.plugins_dir / "notes.txt").write_text("not a socket\n")
+    kubelet.start()
+    assert not (kubelet.plugins_dir / "old-plugin.sock").exists()
+    assert (kubelet.plugins_dir / "notes.txt").exists()
+    assert wait_for(lambda: kubelet.node_object()), kubelet.logs()
+
+    plugin = Plugin(kubelet.plugins_dir, "gpuaas-pool-7.sock", [("slot-0", "Healthy"), ("slot-1", "Healthy"),
+                                                                ("slot-2", "Healthy")]).start()
+    try:
+        for version, resource, message in (
+                ("v1alpha", RESOURCE, 'requested API version "v1alpha" is not supported by kubelet. '
+                                      'Supported version is ["v1beta1"]'),
+                ("v1beta1", "pool-7", 'the ResourceName "pool-7" is invalid'),
+                ("v1beta1", "kubernetes.io/pool-7", 'the ResourceName "kubernetes.io/pool-7" is invalid'),
+                ("v1beta1", "requests.gpuaas.hosted.ai/x", 'the ResourceName "requests.gpuaas.hosted.ai/x" is invalid'),
+                ("v1beta1", "gpuaas.hosted.ai/Pool_7!", 'the ResourceName "gpuaas.hosted.ai/Pool_7!" is invalid')):
+            with pytest.raises(grpc.RpcError) as refused:
+                plugin.register(version, resource)
+            assert refused.value.code() == grpc.StatusCode.UNKNOWN
+            assert refused.value.details() == message
+        assert kubelet.resource() == {}, "a refused plugin gets no endpoint"
+
+        plugin.register()
+        state = wait_for(lambda: kubelet.resource().get("list_and_watch_updates") and kubelet.resource())
+        assert state["connected"] is True, kubelet.logs()
+        assert state["endpoint"] == str(kubelet.plugins_dir / "gpuaas-pool-7.sock")
+        assert state["options"] == {"pre_start_required": False, "get_preferred_allocation_available": True}
+        assert state["devices"] == [{"ID": f"slot-{i}", "health": "Healthy"} for i in range(3)]
+        # Counted per resource name: the refused v1alpha request and this one.
+        assert (state["capacity"], state["allocatable"], state["registrations"]) == (3, 3, 2)
+        registrations = kubelet.state()["registrations"]
+        assert [r["accepted"] for r in registrations] == [False] * 5 + [True]
+        assert registrations[0]["error"].startswith('requested API version "v1alpha"') and registrations[0]["time"]
+
+        # The real kubectl reads the extended resource from the Node's status.
+        assert wait_for(lambda: kubelet.node_resource() == ("3", "3")), kubelet.node_object().get("status")
+        status = kubelet.node_object()["status"]
+        assert {"cpu", "memory", "pods", "ephemeral-storage"} <= set(status["capacity"]) <= set(status["allocatable"])
+
+        plugin.updates.put([("slot-0", "Healthy"), ("slot-1", "Unhealthy"), ("slot-2", "Healthy")])
+        assert wait_for(lambda: kubelet.node_resource() == ("3", "2")), kubelet.node_resource()
+        assert kubelet.resource()["list_and_watch_updates"] == 2
+        assert kubelet.checkpoint()["Data"]["RegisteredDevices"] == {RESOURCE: ["slot-0", "slot-2"]}
+
+        # The stream ends: every device unhealthy, capacity kept; after the grace period, 0.
+        plugin.stop()
+        state = wait_for(lambda: kubelet.resource().get("connected") is False and kubelet.resource())
+        assert [d["health"] for d in state["devices"]] == ["Unhealthy"] * 3
+        assert wait_for(lambda: kubelet.node_resource() == ("3", "0")), kubelet.node_resource()
+        # setters.go: a removed resource is set to 0, not removed from the Node.
+        assert wait_for(lambda: kubelet.node_resource() == ("0", "0"), timeout=GRACE + 5), kubelet.node_resource()
+        assert wait_for(lambda: RESOURCE not in kubelet.state()["resources"])
+        assert kubelet.checkpoint()["Data"]["RegisteredDevices"] == {}
+    finally:
+        plugin.stop()
+
+
+def test_a_second_registration_replaces_the_endpoint(kubelet):
+    kubelet.start()
+    first = Plugin(kubelet.plugins_dir, "first.sock", [("a", "Healthy")]).start()
+    second = Plugin(kubelet.plugins_dir, "second.sock", [("a", "Healthy"), ("b", "Healthy")], preferred=False).start()
+    try:
+        first.register()
+        assert wait_for(lambda: kubelet.resource().get("capacity") == 1)
+        second.register()
+        assert wait_for(lambda: kubelet.resource().get("capacity") == 2)
+        state = kubelet.resource()
+        assert state["endpoint"].endswith("/second.sock") and state["registrations"] == 2
+        assert state["options"]["get_preferred_allocation_available"] is False
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_pods_get_preferred_devices_through_allocate_survive_a_restart_or_are_rejected(kubelet):
+    kubelet.start()
+    plugin = Plugin(kubelet.plugins_dir, "gpuaas-pool-7.sock", [(f"slot-{i}", "Healthy") for i in range(3)]).start()
+    try:
+        plugin.register()
+        assert wait_for(lambda: kubelet.node_resource() == ("3", "3")), kubelet.logs()
+        created = kubelet.cluster.apply(pod("train", kubelet.node, {RESOURCE: "2"}),
+                                        pod("other-cluster-resource", kubelet.node, {"example.com/licence": "1"}))
+        assert created.returncode == 0, created.stderr
+        assert wait_for(lambda: pod_status(kubelet, "train").get("phase") == "Running"), kubelet.logs()
+        # The preferred allocation was asked with every free healthy device, nothing to include.
+        assert plugin.preferred_requests == [(["slot-0", "slot-1", "slot-2"], [], 2)]
+        assert plugin.allocate_requests == [["slot-2", "slot-1"]]
+        record = json.loads((kubelet.records / "allocations/default_train_main.json").read_text())
+        assert record["resource"] == RESOURCE and record["device_ids"] == ["slot-2", "slot-1"]
+        assert record["preferred"] == ["made-up", "slot-2", "slot-1"]
+        assert record["response"] == {
+            "envs": {"GPUAAS_SLOTS": "slot-2,slot-1"}, "annotations": {"gpuaas.hosted.ai/pool": "7"},
+            "mounts": [{"container_path": "/run/gpuaas", "host_path": "/run/gpuaas/pool-7", "read_only": True}],
+            "devices": [{"container_path": "/dev/nvidia0", "host_path": "/dev/nvidia0", "permissions": "rw"}],
+            "cdi_devices": ["nvidia.com/gpu=0"]}
+        # An extended resource no plugin registered is not the device manager's: the Pod runs.
+        assert wait_for(lambda: pod_status(kubelet, "other-cluster-resource").get("phase") == "Running")
+
+        entries = kubelet.checkpoint()["Data"]["PodDeviceEntries"]
+        assert [(e["ContainerName"], e["ResourceName"], e["DeviceIDs"]) for e in entries] == [
+            ("main", RESOURCE, {"-1": ["slot-2", "slot-1"]})]
+        alloc = pb.ContainerAllocateResponse.FromString(base64.b64decode(entries[0]["AllocResp"]))
+        assert dict(alloc.envs) == {"GPUAAS_SLOTS": "slot-2,slot-1"}
+        assert kubelet.resource()["allocated"] == ["slot-1", "slot-2"]
+
+        # Two more than are free: rejected with the real reason and message, no Allocate call.
+        assert kubelet.cluster.apply(pod("too-big", kubelet.node, {RESOURCE: "2"})).returncode == 0
+        rejected = failed(kubelet, "too-big")
+        assert rejected["reason"] == "UnexpectedAdmissionError"
+        assert rejected["message"] == (f"Pod was rejected: Allocate failed due to requested number of devices unavailable "
+                                     f"for {RESOURCE}. Requested: 2, Available: 1, which is unexpected")
+        assert len(plugin.allocate_requests) == 1
+
+        # A deleted Pod's devices are freed at the next allocation; never given twice.
+        assert kubelet.cluster.kubectl("delete", "pod", "train", "-n", "default", "--wait=false").returncode == 0
+        assert kubelet.cluster.apply(pod("all-three", kubelet.node, {RESOURCE: "3"})).returncode == 0
+        assert wait_for(lambda: pod_status(kubelet, "all-three").get("phase") == "Running"), kubelet.logs()
+        assert sorted(plugin.allocate_requests[-1]) == ["slot-0", "slot-1", "slot-2"]
+        assert not (kubelet.records / "allocations/default_train_main.json").exists()
+
+        # A kubelet restart: kubelet.sock again, the plugin's socket removed, the allocations kept
+        # from the checkpoint, the resource at 0 until its plugin registers again.
+        kubelet.stop()
+        plugin.stop()
+        kubelet.start()
+        assert not (kubelet.plugins_dir / "gpuaas-pool-7.sock").exists()
+        state = wait_for(lambda: kubelet.resource())
+        assert state["connected"] is False and state["capacity"] == 0 and state["devices"] == []
+        assert state["allocated"] == ["slot-0", "slot-1", "slot-2"]
+        plugin = Plugin(kubelet.plugins_dir, "gpuaas-pool-7.sock", [(f"slot-{i}", "Healthy") for i in range(3)]).start()
+        plugin.register()
+        assert wait_for(lambda: kubelet.node_resource() == ("3", "3")), kubelet.node_resource()
+        assert kubelet.cluster.apply(pod("after-restart", kubelet.node, {RESOURCE: "1"})).returncode == 0
+        assert failed(kubelet, "after-restart")["message"].endswith(f"unavailable for {RESOURCE}. Requested: 1, Available: 0, which is unexpected")
+
+        # No healthy device at all: the other real message.
+        plugin.updates.put([(f"slot-{i}", "Unhealthy") for i in range(3)])
+        assert wait_for(lambda: kubelet.resource().get("allocatable") == 0)
+        assert kubelet.cluster.kubectl("delete", "pod", "all-three", "-n", "default", "--wait=false").returncode == 0
+        assert kubelet.cluster.apply(pod("unhealthy", kubelet.node, {RESOURCE: "1"})).returncode == 0
+        assert failed(kubelet, "unhealthy")["message"] == (f"Pod was rejected: Allocate failed due to no healthy devices present; cannot "
+                                     f"allocate unhealthy devices {RESOURCE}, which is unexpected")
+    finally:
+        plugin.stop()
+
+
+def test_a_corrupted_checkpoint_is_ignored_and_rewritten(kubelet):
+    kubelet.plugins_dir.mkdir(parents=True)
+    (kubelet.plugins_dir / "kubelet_internal_checkpoint").write_text(json.dumps(
+        {"Data": {"PodDeviceEntries": [], "RegisteredDevices": {RESOURCE: ["x"]}}, "Checksum": 1}))
+    kubelet.start()
+    assert "Continue after failing to read checkpoint file" in wait_for(lambda: kubelet.logs())
+    assert kubelet.state()["resources"] == {}
