@@ -134,6 +134,26 @@ def compute_mode(node: str, index: int) -> int:
     return int(node_file(node, f"/var/lib/fake-nvml/compute-mode-{index}") or 0)
 
 
+def node_resources(resource: str) -> dict:
+    """Each Kubernetes node's capacity and allocatable of ``resource``, through the real kubectl on the controller."""
+    done = subprocess.run([*FLEET, "node-exec", "node1", "--", "kubectl", "--kubeconfig=/etc/kubernetes/admin.conf",
+                           "get", "nodes", "-o", "json"], capture_output=True, text=True, check=True)
+    return {item["metadata"]["name"]: (item["status"].get("capacity", {}).get(resource, "0"),
+                                       item["status"].get("allocatable", {}).get(resource, "0"))
+            for item in json.loads(done.stdout)["items"]}
+
+
+def wait_for_resources(resource: str, expected: dict, timeout: float = 60) -> dict:
+    """The nodes' (capacity, allocatable) of the resource once they are ``expected`` (the kubelet
+    reports its devices at its next status update, every 10 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = node_resources(resource)
+        if seen == expected or time.monotonic() > deadline:
+            return seen
+        time.sleep(1)
+
+
 def test_3b_pool_lifecycle_on_two_nodes(service, cluster, running_fleet):
     api, nodes = service.api, cluster["nodes"]
     api.wait_job(api.call("GET", f"/gpuaas/node/scan_gpus?gpuaas_node_id={nodes['node1']['id']}")["job_id"])
@@ -151,10 +171,12 @@ def test_3b_pool_lifecycle_on_two_nodes(service, cluster, running_fleet):
     assert sorted(node_sharing("node1")) == sorted(uuids["node1"][:2]) and list(node_sharing("node2")) == [uuids["node2"][0]]
     assert node_sharing("node1")[uuids["node1"][0]]["time_quantum_in_sec"] == 45
     assert [compute_mode("node1", i) for i in range(3)] == [3, 3, 0]  # high: EXCLUSIVE_PROCESS on its GPUs only
-    assert "gpu.pool-%d" % pool["id"] in node_file("node2", "/etc/gpuaas/device-plugin/config.yaml")
-    # The real kubectl labelled the Node (the fake API server's store, shared by every node).
-    node2 = json.loads(node_file("node2", "/var/lib/fake-kube-apiserver/etcd/core/nodes/_cluster/node2.json"))
-    assert node2["metadata"]["labels"]["nvidia.com/device-plugin.config"].startswith("gpuaas-")
+    # The nodes' agents advertise the pool as the resource its reply names, GPUs x ratio devices
+    # on exactly its nodes (node3 is in the cluster and holds none of its GPUs).
+    resource = pool["resource_name"]
+    assert resource == f"gpuaas.hosted.ai/pool-{pool['id']}"
+    assert wait_for_resources(resource, {"node1": ("8", "8"), "node2": ("4", "4"), "node3": ("0", "0")}) == \
+        {"node1": ("8", "8"), "node2": ("4", "4"), "node3": ("0", "0")}
 
     # The collector samples the pool's GPUs through NVML on their nodes (every 3 s here).
     metrics = wait_for_samples(api, pool["id"], 3)
@@ -179,16 +201,20 @@ def test_3b_pool_lifecycle_on_two_nodes(service, cluster, running_fleet):
     assert api.wait_job(added["job_id"])["status"] == "successful"
     assert sorted(node_sharing("node2")) == sorted(uuids["node2"][:2])
     assert api.call("GET", f"/gpuaas/pool/{pool['id']}")["status"] == "ACTIVE"
+    assert wait_for_resources(resource, {"node1": ("8", "8"), "node2": ("8", "8"), "node3": ("0", "0")})["node2"] == ("8", "8")
 
     removed = api.call("GET", f"/gpuaas/pool/{pool['id']}/remove_gpus?gpu_uuids={uuids['node1'][1]}")
     assert api.wait_job(removed["job_id"])["status"] == "successful"
     assert list(node_sharing("node1")) == [uuids["node1"][0]] and compute_mode("node1", 1) == 0
+    assert wait_for_resources(resource, {"node1": ("4", "4"), "node2": ("8", "8"), "node3": ("0", "0")})["node1"] == ("4", "4")
 
     deleted = api.call("DELETE", f"/gpuaas/pool/{pool['id']}")
     assert api.wait_job(deleted["job_id"])["status"] == "successful"
     assert api.call("GET", f"/gpuaas/pool/{pool['id']}", expect=None)[0] == 404
     assert node_sharing("node1") == node_sharing("node2") == {}
     assert compute_mode("node1", 0) == 0
+    assert wait_for_resources(resource, {"node1": ("0", "0"), "node2": ("0", "0"), "node3": ("0", "0")}) == \
+        {"node1": ("0", "0"), "node2": ("0", "0"), "node3": ("0", "0")}
     available = api.call("GET", f"/gpuaas/{gpuaas_id}/pool/available_gpus")["items"]
     assert set(uuids["node1"][:2] + uuids["node2"][:2]) <= {gpu["uuid"] for gpu in available}
 
