@@ -42,15 +42,17 @@ pytestmark = [
 
 
 def seed(debs: Path) -> None:
-    """Hard-link the checkout repository's debs into a scratch one: no download twice."""
-    debs.mkdir(parents=True, exist_ok=True)
-    for deb in (SEED_REPO / "debs").glob("*.deb"):
-        target = debs / deb.name
-        if not target.exists():
-            try:
-                os.link(deb, target)
-            except OSError:
-                shutil.copy2(deb, target)
+    """Hard-link the checkout repository's debs and wheels into a scratch one: no download twice."""
+    for kind, pattern in (("debs", "*.deb"), ("wheels", "*")):
+        into = debs.parent / kind
+        into.mkdir(parents=True, exist_ok=True)
+        for source in (SEED_REPO / kind).glob(pattern):
+            target = into / source.name
+            if source.is_file() and not target.exists():
+                try:
+                    os.link(source, target)
+                except OSError:
+                    shutil.copy2(source, target)
 
 
 def kill_agent(home: Path) -> None:
@@ -720,3 +722,65 @@ def test_nvidia_ctk_on_a_missing_config_writes_a_version_2_one_containerd_loads(
     assert 'default_runtime_name = "runc"' in effective, "not the default without --set-as-default"
     docker = node.run("nvidia-ctk", "runtime", "configure")
     assert docker.returncode == 1, "the real default runtime is docker, which the stand-in does not model"
+
+
+# --------------------------------------------------------------------------- the kubelet's device manager
+
+DEVICE_MANAGER_RUN = r"""
+import importlib.machinery, importlib.util, json, os, sys, time
+import grpc, google.protobuf
+loader = importlib.machinery.SourceFileLoader("kubelet", "/usr/bin/kubelet")
+kubelet = importlib.util.module_from_spec(importlib.util.spec_from_loader("kubelet", loader))
+loader.exec_module(kubelet)
+manager = kubelet.DeviceManager("/tmp/dm")
+manager.start()
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline and not manager.healthy.get(sys.argv[1]):
+    time.sleep(0.1)
+pod = {"metadata": {"uid": "u-1", "namespace": "default", "name": "p"},
+       "spec": {"containers": [{"name": "c", "resources": {"limits": {sys.argv[1]: "1"}}}]}}
+manager.admit(pod, {"u-1"})
+try:
+    manager.admit(dict(pod, metadata={"uid": "u-2", "namespace": "default", "name": "q"}), {"u-1", "u-2"})
+except kubelet.AdmissionError as error:
+    refused = str(error)
+print(json.dumps({"versions": [grpc.__version__, google.protobuf.__version__], "refused": refused,
+                  "capacity": manager.capacity(collect=False)[:2]}))
+manager.stop()
+"""
+
+
+def test_the_kubelet_s_device_manager_runs_on_debian_s_grpc_and_protobuf(node):
+    """The installed kubelet's device manager, on the node's python3-grpcio and python3-protobuf,
+    against a plugin served on this host with the agent's stubs (the socket is in the chroot)."""
+    sys.path.insert(0, str(CHECKOUT / "agent/src"))
+    from test_kubelet_device_plugins import RESOURCE, Plugin  # pylint: disable=import-outside-toplevel
+
+    plugins = node.path("tmp/dm/device-plugins")
+    shutil.rmtree(node.path("tmp/dm"), ignore_errors=True)
+    manager = subprocess.Popen(["chroot", str(node.root), "python3", "-c", DEVICE_MANAGER_RUN, RESOURCE],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    node.processes.append(manager)
+    assert wait_for(lambda: (plugins / "kubelet.sock").exists() or manager.poll() is not None, timeout=20)
+    assert manager.poll() is None, manager.stderr.read()
+    plugin = Plugin(plugins, "pool.sock", [("slot-0", "Healthy"), ("slot-1", "Unhealthy")]).start()
+    try:
+        import grpc  # pylint: disable=import-outside-toplevel
+        with pytest.raises(grpc.RpcError) as refused:
+            plugin.register(resource="pool")
+        assert refused.value.details() == 'the ResourceName "pool" is invalid'
+        plugin.register()
+        out, err = manager.communicate(timeout=60)
+    finally:
+        plugin.stop()
+    assert manager.returncode == 0, err
+    result = json.loads(out.splitlines()[-1])
+    assert result["versions"][0].startswith("1.51.") and result["versions"][1].startswith("4.21."), result
+    assert result["capacity"] == [{RESOURCE: 2}, {RESOURCE: 1}]
+    assert plugin.preferred_requests == [(["slot-0"], [], 1)] and plugin.allocate_requests == [["slot-0"]]
+    assert result["refused"] == f"requested number of devices unavailable for {RESOURCE}. Requested: 1, Available: 0"
+    record = json.loads(node.path("tmp/dm/fake-device-manager/allocations/default_p_c.json").read_text())
+    assert record["device_ids"] == ["slot-0"] and record["response"]["cdi_devices"] == ["nvidia.com/gpu=0"]
+    checkpoint = json.loads((plugins / "kubelet_internal_checkpoint").read_text())
+    assert checkpoint["Data"]["PodDeviceEntries"][0]["DeviceIDs"] == {"-1": ["slot-0"]}
