@@ -127,13 +127,15 @@ class Kubelet(api_pb2_grpc.RegistrationServicer):
 
 
 class AgentProcess:
-    def __init__(self, root: Path, nvml_env: dict, settings: dict | None = None):
+    def __init__(self, root: Path, nvml_env: dict, settings: dict | None = None, mps_root: Path | None = None):
         self.root = root
         self.settings_path = root / "agent.yaml"
         self.sharing_path = root / "sharing.yaml"
         self.settings = {"sharing_config": str(self.sharing_path), "device_plugin_dir": str(root / "device-plugins"),
                          "status_file": str(root / "run/status.json"), "state_dir": str(root / "state"),
-                         "mps_root": str(root / "mps"), "mps_control": str(MPS_CONTROL), "poll_seconds": 0.2,
+                         # A Unix socket's path has at most 107 bytes: MPS's control socket is
+                         # <mps_root>/<uuid>/pipe/control, too long under pytest's directory.
+                         "mps_root": str(mps_root or root / "mps"), "mps_control": str(MPS_CONTROL), "poll_seconds": 0.2,
                          **(settings or {})}
         self.settings_path.write_text(yaml.safe_dump(self.settings))
         self.env = {**os.environ, **nvml_env}

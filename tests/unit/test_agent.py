@@ -6,6 +6,8 @@ import socket
 import subprocess
 import json
 import sys
+import tempfile
+from pathlib import Path
 
 import grpc
 import pytest
@@ -45,7 +47,17 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def node(nvml_host, tmp_path):
+def mps_root():
+    with tempfile.TemporaryDirectory(prefix="mps", dir="/tmp") as directory:
+        yield Path(directory)
+        # The daemons outlive the agent by design (KillMode=process); the test stops them.
+        for pipe in Path(directory).glob("*/pipe"):
+            subprocess.run([sys.executable, str(MPS_CONTROL)], input="quit\n", text=True, env={"CUDA_MPS_PIPE_DIRECTORY": str(pipe)},
+                           capture_output=True, check=False, timeout=30)
+
+
+@pytest.fixture
+def node(nvml_host, tmp_path, mps_root):
     nvml_host.write_profile(GPUS)
     kubelet = Kubelet(tmp_path / "device-plugins")
     kubelet.start()
@@ -53,7 +65,7 @@ def node(nvml_host, tmp_path):
 
     class Node:
         def agent(self, gpus=TWO_POOLS, version=1, **settings) -> AgentProcess:
-            agent = AgentProcess(tmp_path, nvml_host.env, settings)
+            agent = AgentProcess(tmp_path, nvml_host.env, settings, mps_root)
             agent.write_sharing(version, gpus)
             agent.start()
             agents.append(agent)
@@ -108,7 +120,7 @@ def test_compute_and_persistence_modes_applied_at_start_unless_told_not_to(node,
     assert not any(node.persistence(i) for i in range(4))
 
 
-def test_allocate_gives_each_level_its_isolation(node, tmp_path):
+def test_allocate_gives_each_level_its_isolation(node, mps_root):
     node, kubelet = node
     gpus = {A: share(1, 4, "low", "DEFAULT"), B: share(3, 2, "medium", "EXCLUSIVE_PROCESS"),
             C: share(2, 2, "high", "EXCLUSIVE_PROCESS")}
@@ -122,7 +134,7 @@ def test_allocate_gives_each_level_its_isolation(node, tmp_path):
     assert high["mounts"] == []
 
     medium = kubelet.plugin(POOL3, 2).allocate([f"{B}::1"])
-    pipe = f"{tmp_path}/mps/{B}/pipe"
+    pipe = f"{mps_root}/{B}/pipe"
     assert medium["envs"] == {"NVIDIA_VISIBLE_DEVICES": B, "GPUAAS_POOL_ID": "3", "GPUAAS_SECURITY_LEVEL": "medium",
                               "CUDA_MPS_PIPE_DIRECTORY": "/run/nvidia-mps",
                               "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": f"{B}={MEMORY_MB // 2}M",
@@ -136,7 +148,7 @@ def test_allocate_gives_each_level_its_isolation(node, tmp_path):
     status = agent.status()["gpus"][B]
     assert status["mps"] == {"pipe_directory": pipe, "error": ""}
     answer = subprocess.run([sys.executable, str(MPS_CONTROL)], input="get_server_list\n", capture_output=True, text=True,
-                            env={"CUDA_MPS_PIPE_DIRECTORY": pipe, "CUDA_MPS_LOG_DIRECTORY": f"{tmp_path}/mps/{B}/log"},
+                            env={"CUDA_MPS_PIPE_DIRECTORY": pipe, "CUDA_MPS_LOG_DIRECTORY": f"{mps_root}/{B}/log"},
                             check=False)
     assert answer.returncode == 0, answer.stderr
 
