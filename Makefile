@@ -30,7 +30,7 @@ COLLECTION_LINK := $(BUILD)/collections/ansible_collections/hostedai/gpuaas
 DEBIAN_PACKAGES := python3-venv systemd systemd-container gnupg dpkg-dev openssh-server debootstrap gcc libyaml-dev iproute2 util-linux rsync shellcheck postgresql wrk
 
 .PHONY: run help deps venv collection fleet-base fleet-image fleet-up fleet-down test test-checks test-unit test-api test-contract test-sanity \
-        test-lint test-build test-deploy test-standins test-fleet test-molecule bench bench-node-init clean agent-stubs
+        test-lint test-build test-deploy test-standins test-fleet test-molecule bench bench-node-init bench-agent clean agent-stubs
 
 # The service on its embedded defaults: SQLite in ./var, 127.0.0.1:8080.
 run: venv deps
@@ -41,6 +41,7 @@ help:
 	@echo "make fleet-up N=3         start N test-fleet nodes;  make fleet-down  stops them"
 	@echo "make bench                fleet scan benchmark (1, 5, 10 nodes)"
 	@echo "make bench-node-init      node_init with packages on, fresh nodes (1, 10 nodes)"
+	@echo "make bench-agent          the agent's device plugin: Allocate latency, config change to new list"
 
 # --------------------------------------------------------------------------- setup
 $(BUILD)/debian-packages.stamp:
@@ -180,6 +181,10 @@ bench: fleet-image collection
 
 bench-node-init: fleet-image collection
 	$(BIN)/python bench/node_init.py
+
+# The agent's device plugin: Allocate latency and config-change-to-new-list, 8 GPUs x ratio 10.
+bench-agent: venv
+	$(BIN)/python bench/agent_plugin.py
 
 clean: fleet-down
 	rm -rf $(BUILD)

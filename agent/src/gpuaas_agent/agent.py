@@ -54,6 +54,7 @@ class Agent:
         self.mode_errors: dict = {}
         self.reload_requested = threading.Event()
         self.stopping = threading.Event()
+        self.wake = threading.Event()  # a signal ends the wait between two steps
         self.started_at = time.time()
 
     # ---------------------------------------------------------------- configuration
@@ -175,9 +176,14 @@ class Agent:
         self.write_status()
 
     def run(self) -> None:
-        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
-        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
-        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        def on_signal(event):
+            def handler(*_):
+                event.set()
+                self.wake.set()
+            return handler
+        signal.signal(signal.SIGHUP, on_signal(self.reload_requested))
+        signal.signal(signal.SIGTERM, on_signal(self.stopping))
+        signal.signal(signal.SIGINT, on_signal(self.stopping))
         log.info("gpuaas-agent %s starting", __version__)
         if not self.gpus.start():
             log.error("NVML: %s; advertising nothing until it answers", self.gpus.unavailable)
@@ -185,8 +191,11 @@ class Agent:
         self.kubelet_seen = file_identity(os.path.join(self.settings.device_plugin_dir, KUBELET_SOCKET))
         self.apply()
         self.write_status()
-        while not self.stopping.wait(self.settings.poll_seconds):
-            self.step()
+        while not self.stopping.is_set():
+            self.wake.wait(self.settings.poll_seconds)
+            self.wake.clear()
+            if not self.stopping.is_set():
+                self.step()
         self.shutdown()
 
     def shutdown(self) -> None:
