@@ -75,7 +75,7 @@ def main() -> int:
         agent.start()
         try:
             plugin = kubelet.plugin(RESOURCE, GPUS * RATIO)
-            ids = [device for device, _ in plugin.devices]
+            ids = [device for device, unused_health in plugin.devices]
             for device in ids[:50]:  # warm the channel
                 plugin.allocate([device])
             latencies = []

@@ -16,8 +16,8 @@ description:
     resource its slots are advertised as (O(resource_prefix) and the pool's id), the sharing ratio and slot count,
     the time quantum, the security level, the compute mode the level requires and (medium level) the per-slot
     limits. Its C(version) goes up by one with every change.
-  - The gpuaas agent on the node reads that file and makes it real (the gpu_sharing role installs and signals it):
-    it advertises each pool's slots to the kubelet, sets the compute modes and runs the MPS daemons. This module
+  - The gpuaas agent on the node reads that file and makes it real (the gpu_sharing role installs and signals it).
+    It advertises each pool's slots to the kubelet, sets the compute modes and runs the MPS daemons; this module
     changes no GPU setting itself.
   - O(state=absent) takes the GPUs out of their pools (the agent then restores compute mode DEFAULT and advertises
     them whole).
@@ -26,7 +26,7 @@ description:
 author:
   - hosted·ai GPUaaS developers (@hostedai)
 requirements:
-  - nvidia-ml-py (C(pynvml)) and the NVIDIA driver on the managed node; root, to set compute modes
+  - nvidia-ml-py (C(pynvml)) and the NVIDIA driver on the managed node, to find the GPUs and their memory
 options:
   gpus:
     description:

@@ -507,8 +507,8 @@ def build_agent_wheel(into: Path) -> Path | None:
     scratch = into / ".scratch"
     scratch.mkdir(parents=True)
     # A copy of agent/: setuptools writes build/ and *.egg-info beside the sources it builds.
-    shutil.copytree(AGENT_DIR, scratch / "agent", ignore=shutil.ignore_patterns("__pycache__", "build", "dist",
-                                                                                  "*.egg-info"))
+    shutil.copytree(AGENT_DIR, scratch / "agent",
+                    ignore=shutil.ignore_patterns("__pycache__", "build", "dist", "*.egg-info"))
     _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
          str(target), str(scratch / "agent"))
     shutil.rmtree(scratch)

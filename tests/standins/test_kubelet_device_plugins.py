@@ -32,7 +32,8 @@ sys.path.insert(0, str(REPO / "agent/src"))
 import package_repo  # noqa: E402
 from gpuaas_agent.deviceplugin.v1beta1 import api_pb2 as pb  # noqa: E402
 from gpuaas_agent.deviceplugin.v1beta1 import api_pb2_grpc as pb_grpc  # noqa: E402
-from test_fake_apiserver import cluster  # noqa: E402,F401  (the fixture: a fake kube-apiserver on loopback)
+# The fixture: a fake kube-apiserver on loopback.
+from test_fake_apiserver import cluster  # noqa: E402,F401  pylint: disable=unused-import
 
 KUBELET = REPO / "tests/fleet/packages/kubelet/usr/bin/kubelet"
 CLIENT_DIR = REPO / "tests/fleet/packages/kubelet/usr/lib/fake-kubernetes"
@@ -239,7 +240,7 @@ def test_registration_refusals_health_capacity_and_the_stop_grace_period(kubelet
     kubelet.start()
     assert not (kubelet.plugins_dir / "old-plugin.sock").exists()
     assert (kubelet.plugins_dir / "notes.txt").exists()
-    assert wait_for(lambda: kubelet.node_object()), kubelet.logs()
+    assert wait_for(kubelet.node_object), kubelet.logs()
 
     plugin = Plugin(kubelet.plugins_dir, "gpuaas-pool-7.sock", [("slot-0", "Healthy"), ("slot-1", "Healthy"),
                                                                 ("slot-2", "Healthy")]).start()
@@ -345,7 +346,7 @@ def test_pods_get_preferred_devices_through_allocate_survive_a_restart_or_are_re
         rejected = failed(kubelet, "too-big")
         assert rejected["reason"] == "UnexpectedAdmissionError"
         assert rejected["message"] == (f"Pod was rejected: Allocate failed due to requested number of devices unavailable "
-                                     f"for {RESOURCE}. Requested: 2, Available: 1, which is unexpected")
+                                       f"for {RESOURCE}. Requested: 2, Available: 1, which is unexpected")
         assert len(plugin.allocate_requests) == 1
 
         # A deleted Pod's devices are freed at the next allocation; never given twice.
@@ -361,7 +362,7 @@ def test_pods_get_preferred_devices_through_allocate_survive_a_restart_or_are_re
         plugin.stop()
         kubelet.start()
         assert not (kubelet.plugins_dir / "gpuaas-pool-7.sock").exists()
-        state = wait_for(lambda: kubelet.resource())
+        state = wait_for(kubelet.resource)
         assert state["connected"] is False and state["capacity"] == 0 and state["devices"] == []
         assert state["allocated"] == ["slot-0", "slot-1", "slot-2"]
         plugin = Plugin(kubelet.plugins_dir, "gpuaas-pool-7.sock", [(f"slot-{i}", "Healthy") for i in range(3)]).start()
@@ -375,8 +376,9 @@ def test_pods_get_preferred_devices_through_allocate_survive_a_restart_or_are_re
         assert wait_for(lambda: kubelet.resource().get("allocatable") == 0)
         assert kubelet.cluster.kubectl("delete", "pod", "all-three", "-n", "default", "--wait=false").returncode == 0
         assert kubelet.cluster.apply(pod("unhealthy", kubelet.node, {RESOURCE: "1"})).returncode == 0
-        assert failed(kubelet, "unhealthy")["message"] == (f"Pod was rejected: Allocate failed due to no healthy devices present; cannot "
-                                     f"allocate unhealthy devices {RESOURCE}, which is unexpected")
+        assert failed(kubelet, "unhealthy")["message"] == (
+            f"Pod was rejected: Allocate failed due to no healthy devices present; cannot "
+            f"allocate unhealthy devices {RESOURCE}, which is unexpected")
     finally:
         plugin.stop()
 
@@ -386,5 +388,5 @@ def test_a_corrupted_checkpoint_is_ignored_and_rewritten(kubelet):
     (kubelet.plugins_dir / "kubelet_internal_checkpoint").write_text(json.dumps(
         {"Data": {"PodDeviceEntries": [], "RegisteredDevices": {RESOURCE: ["x"]}}, "Checksum": 1}))
     kubelet.start()
-    assert "Continue after failing to read checkpoint file" in wait_for(lambda: kubelet.logs())
+    assert "Continue after failing to read checkpoint file" in wait_for(kubelet.logs)
     assert kubelet.state()["resources"] == {}

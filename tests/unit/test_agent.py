@@ -64,9 +64,9 @@ def node(nvml_host, tmp_path, mps_root):
     agents = []
 
     class Node:
-        def agent(self, gpus=TWO_POOLS, version=1, **settings) -> AgentProcess:
+        def agent(self, gpus=None, version=1, **settings) -> AgentProcess:
             agent = AgentProcess(tmp_path, nvml_host.env, settings, mps_root)
-            agent.write_sharing(version, gpus)
+            agent.write_sharing(version, TWO_POOLS if gpus is None else gpus)
             agent.start()
             agents.append(agent)
             return agent
@@ -93,8 +93,8 @@ def test_one_resource_per_pool_and_the_free_gpus_whole(node):
 
     pool1, pool2 = kubelet.plugin(POOL1, 8), kubelet.plugin(POOL2, 2)
     whole = kubelet.plugin("nvidia.com/gpu", 1)
-    assert [device for device, _ in pool1.devices] == [f"{A}::{n}" for n in range(1, 5)] + [f"{B}::{n}" for n in range(1, 5)]
-    assert {health for _, health in pool1.devices + pool2.devices + whole.devices} == {"Healthy"}
+    assert [device for device, unused_health in pool1.devices] == [f"{A}::{n}" for n in range(1, 5)] + [f"{B}::{n}" for n in range(1, 5)]
+    assert {health for unused_id, health in pool1.devices + pool2.devices + whole.devices} == {"Healthy"}
     assert whole.devices == [(D, "Healthy")]
     request = next(r for r in kubelet.registrations if r.resource_name == POOL1)
     assert request.version == "v1beta1" and request.endpoint == "gpuaas-pool-1.sock"
@@ -215,7 +215,7 @@ def test_a_new_configuration_is_advertised_without_a_restart(node):
     wait_for(lambda: len(pool1.devices) == 4, what="pool 1 shrunk to A's slots")
     wait_for(lambda: pool2.devices == [] and pool2.lists, what="pool 2 emptied")
     pool3 = kubelet.plugin(POOL3, 2)
-    assert [d for d, _ in pool3.devices] == [f"{D}::1", f"{D}::2"]
+    assert [d for d, unused_health in pool3.devices] == [f"{D}::1", f"{D}::2"]
     whole = wait_for(lambda: kubelet.plugins["nvidia.com/gpu"].devices == [(B, "Healthy"), (C, "Healthy")]
                      and kubelet.plugins["nvidia.com/gpu"], what="B and C advertised whole")
     assert whole and agent.process.pid == pid and agent.process.poll() is None
@@ -256,14 +256,14 @@ def test_a_malformed_configuration_is_refused_and_the_last_good_one_stays(node, 
 def test_device_ids_survive_an_agent_restart(node):
     node, kubelet = node
     agent = node.agent()
-    before = {name: [d for d, _ in kubelet.plugin(name).devices] for name in (POOL1, POOL2, "nvidia.com/gpu")}
+    before = {name: [d for d, unused_health in kubelet.plugin(name).devices] for name in (POOL1, POOL2, "nvidia.com/gpu")}
 
     agent.stop()
     count = len(kubelet.registrations)
     agent.start()
 
     wait_for(lambda: len(kubelet.registrations) >= count + 3, what="registered again")
-    after = {name: [d for d, _ in kubelet.plugin(name, len(before[name])).devices] for name in before}
+    after = {name: [d for d, unused_health in kubelet.plugin(name, len(before[name])).devices] for name in before}
     assert after == before
 
 
@@ -288,11 +288,11 @@ def test_http_status_and_readings_need_the_token(node, tmp_path):
     agent = node.agent(http_listen=f"127.0.0.1:{free_port()}", http_token_file=str(token_file))
     kubelet.plugin(POOL1, 8)
 
-    code, headers, _ = agent.http("/status", None)
+    code, headers, unused_body = agent.http("/status", None)
     assert code == 401 and headers["WWW-Authenticate"].startswith("Bearer")
     assert agent.http("/metrics", "wrong-token")[0] == 401
 
-    code, _, body = agent.http("/status", "s3cret-token")
+    code, unused_headers, body = agent.http("/status", "s3cret-token")
     status = json.loads(body)
     assert code == 200 and status["resources"][POOL1]["devices"] == 8
     readings = status["gpus"][A]["readings"]
@@ -306,7 +306,7 @@ def test_http_status_and_readings_need_the_token(node, tmp_path):
 
 
 def test_http_without_a_token_does_not_start(node, tmp_path):
-    node, _ = node
+    node = node[0]
     agent = AgentProcess(tmp_path, {}, {"http_listen": f"127.0.0.1:{free_port()}",
                                         "http_token_file": str(tmp_path / "missing")})
     run = subprocess.run([sys.executable, "-m", "gpuaas_agent.cli", "--config", str(agent.settings_path), "run"],

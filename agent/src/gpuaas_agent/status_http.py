@@ -54,12 +54,12 @@ class StatusCollector:
 
     def collect(self):
         labels = ["gpu", "index", "pool_id", "resource"]
-        gauges = {name: GaugeMetricFamily(name, help_, labels=labels) for name, (_, help_) in GPU_GAUGES.items()}
+        gauges = {name: GaugeMetricFamily(name, help_, labels=labels) for name, (unused_key, help_) in GPU_GAUGES.items()}
         healthy = GaugeMetricFamily("gpuaas_gpu_healthy", "1 when NVML answers for the GPU", labels=labels)
         for uuid, gpu in self.status["gpus"].items():
             values = [uuid, str(gpu["index"]), str(gpu["pool_id"] or ""), gpu["resource"] or ""]
             healthy.add_metric(values, 1.0 if gpu["health"] == "Healthy" else 0.0)
-            for name, (key, _) in GPU_GAUGES.items():
+            for name, (key, unused_help) in GPU_GAUGES.items():
                 if key in gpu.get("readings", {}):
                     gauges[name].add_metric(values, float(gpu["readings"][key]))
         devices = GaugeMetricFamily("gpuaas_resource_devices", "Devices advertised to the kubelet",
@@ -77,7 +77,7 @@ class StatusCollector:
 
 def serve(listen: str, token: str, snapshot) -> ThreadingHTTPServer:
     """Start the server in a thread; ``snapshot()`` gives the status with readings."""
-    host, _, port = listen.rpartition(":")
+    host, port = listen.rsplit(":", 1)
     host = host.strip("[]")
 
     class Handler(BaseHTTPRequestHandler):
