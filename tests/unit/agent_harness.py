@@ -147,11 +147,15 @@ class AgentProcess:
         partial.write_text("# written by the test\n" + json.dumps({"version": version, "gpus": gpus}))
         os.replace(partial, self.sharing_path)
 
-    def start(self):
-        Path(self.settings["status_file"]).unlink(missing_ok=True)  # the last run's
+    def launch(self):
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "gpuaas_agent.cli", "--config", str(self.settings_path),
                                              "run"], env=self.env, stdout=log, stderr=log)
+
+    def start(self):
+        """Launch, and wait for the first status (the agent removes an earlier run's at start)."""
+        Path(self.settings["status_file"]).unlink(missing_ok=True)
+        self.launch()
         wait_for(lambda: Path(self.settings["status_file"]).exists() or self.process.poll() is not None,
                  what="the agent's status file")
         assert self.process.poll() is None, self.log.read_text()

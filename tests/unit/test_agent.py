@@ -2,16 +2,18 @@
 double speaking the device plugin API v1beta1 (agent_harness.py)."""
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
-import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import grpc
 import pytest
 from agent_harness import MPS_CONTROL, AgentProcess, Kubelet, wait_for
+from gpuaas_agent.devices import endpoint_for
 
 MEMORY_MB = 81920
 
@@ -64,6 +66,8 @@ def node(nvml_host, tmp_path, mps_root):
     agents = []
 
     class Node:
+        env = nvml_host.env
+
         def agent(self, gpus=None, version=1, **settings) -> AgentProcess:
             agent = AgentProcess(tmp_path, nvml_host.env, settings, mps_root)
             agent.write_sharing(version, TWO_POOLS if gpus is None else gpus)
@@ -97,7 +101,8 @@ def test_one_resource_per_pool_and_the_free_gpus_whole(node):
     assert {health for unused_id, health in pool1.devices + pool2.devices + whole.devices} == {"Healthy"}
     assert whole.devices == [(D, "Healthy")]
     request = next(r for r in kubelet.registrations if r.resource_name == POOL1)
-    assert request.version == "v1beta1" and request.endpoint == "gpuaas-pool-1.sock"
+    assert request.version == "v1beta1" and request.endpoint == endpoint_for(POOL1)
+    assert request.endpoint.startswith("gpuaas-pool-1-") and request.endpoint.endswith(".sock")
     assert request.options.get_preferred_allocation_available and not request.options.pre_start_required
 
 
@@ -146,16 +151,52 @@ def test_allocate_gives_each_level_its_isolation(node, mps_root):
     assert both["envs"]["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "100"
     # The GPU's MPS control daemon runs, on its own pipe directory, limited to its GPU.
     status = agent.status()["gpus"][B]
-    assert status["mps"] == {"pipe_directory": pipe, "error": ""}
+    # The slot's share is also the daemon's default for clients that set no limit of their own.
+    assert status["mps"] == {"pipe_directory": pipe, "error": "", "default_pinned_mem_limit_mb": MEMORY_MB // 2,
+                             "default_active_thread_percentage": 50}
     answer = subprocess.run([sys.executable, str(MPS_CONTROL)], input="get_server_list\n", capture_output=True, text=True,
                             env={"CUDA_MPS_PIPE_DIRECTORY": pipe, "CUDA_MPS_LOG_DIRECTORY": f"{mps_root}/{B}/log"},
                             check=False)
     assert answer.returncode == 0, answer.stderr
+    defaults = subprocess.run([sys.executable, str(MPS_CONTROL)], capture_output=True, text=True, check=False,
+                              input="get_default_active_thread_percentage\nget_default_device_pinned_mem_limit 0\n",
+                              env={"CUDA_MPS_PIPE_DIRECTORY": pipe})
+    assert defaults.stdout.split() == ["50.0", f"{MEMORY_MB // 2}M"]
 
     with pytest.raises(grpc.RpcError) as refused:
         kubelet.plugin(POOL1, 4).allocate(["GPU-not-here::1"])
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "unknown device GPU-not-here::1" in refused.value.details()
+
+
+def test_a_dead_mps_daemon_is_started_again(node, mps_root):
+    node, kubelet = node
+    agent = node.agent(gpus={B: share(3, 2, "medium", "EXCLUSIVE_PROCESS")})
+    kubelet.plugin(POOL3, 2)
+    pipe = {"CUDA_MPS_PIPE_DIRECTORY": f"{mps_root}/{B}/pipe"}
+
+    subprocess.run([sys.executable, str(MPS_CONTROL)], input="quit\n", text=True, env=pipe, check=True)
+
+    # Noticed within ten polls (2 s here), and running again with its limits.
+    wait_for(lambda: subprocess.run([sys.executable, str(MPS_CONTROL)], input="get_server_list\n", text=True,
+                                    env=pipe, capture_output=True, check=False).returncode == 0,
+             what="the daemon running again")
+    assert "MPS control daemon started" in agent.log.read_text().split("GPU health changed")[-1]
+
+
+def test_a_failing_step_is_logged_and_the_agent_keeps_serving(node, tmp_path):
+    node, kubelet = node
+    (tmp_path / "not-a-directory").write_text("")
+    agent = AgentProcess(tmp_path, node.env, {"status_file": str(tmp_path / "not-a-directory/status.json")})
+    agent.write_sharing(1, TWO_POOLS)
+    agent.launch()
+    try:
+        plugin = kubelet.plugin(POOL1, 8)
+        wait_for(lambda: "step failed" in agent.log.read_text(), what="the failure logged")
+        time.sleep(1)
+        assert agent.process.poll() is None and len(plugin.devices) == 8
+    finally:
+        agent.stop()
 
 
 def test_cdi_device_names_when_configured(node):
@@ -278,7 +319,7 @@ def test_registers_again_when_the_kubelet_restarts(node, tmp_path):
     wait_for(lambda: {r.resource_name for r in kubelet.registrations[count:]} >= {POOL1, POOL2, "nvidia.com/gpu"},
              what="every resource registered again")
     assert len(kubelet.plugin(POOL1, 8).devices) == 8
-    assert (tmp_path / "device-plugins" / "gpuaas-pool-1.sock").is_socket()
+    assert (tmp_path / "device-plugins" / endpoint_for(POOL1)).is_socket()
 
 
 def test_http_status_and_readings_need_the_token(node, tmp_path):
@@ -305,13 +346,16 @@ def test_http_status_and_readings_need_the_token(node, tmp_path):
     assert f'gpuaas_resource_devices{{health="Healthy",resource="{POOL1}"}} 8.0' in metrics
 
 
-def test_http_without_a_token_does_not_start(node, tmp_path):
-    node = node[0]
+def test_http_without_a_token_does_not_start_and_reports_nothing(tmp_path):
     agent = AgentProcess(tmp_path, {}, {"http_listen": f"127.0.0.1:{free_port()}",
                                         "http_token_file": str(tmp_path / "missing")})
+    status = tmp_path / "run/status.json"
+    status.parent.mkdir(parents=True)
+    status.write_text('{"config": {"version": 1}}')  # an earlier run's report
     run = subprocess.run([sys.executable, "-m", "gpuaas_agent.cli", "--config", str(agent.settings_path), "run"],
                          capture_output=True, text=True, timeout=30, check=False)
     assert run.returncode == 2 and "http_listen needs a token" in run.stderr
+    assert not status.exists()  # the role's check cannot mistake it for this run's
 
 
 def test_bad_settings_are_refused_in_one_line(tmp_path):

@@ -30,6 +30,8 @@ from .sharing_policy import DEFAULT_COMPUTE_MODE, MPS_SECURITY_LEVELS
 
 log = logging.getLogger("gpuaas_agent")
 LAST_GOOD = "sharing.last-good.yaml"
+# Failed modes and daemons are tried again, and dead daemons noticed, every this many polls.
+REPAIR_POLLS = 10
 
 
 def file_identity(path: str):
@@ -56,6 +58,8 @@ class Agent:
         self.stopping = threading.Event()
         self.wake = threading.Event()  # a signal ends the wait between two steps
         self.started_at = time.time()
+        self.next_repair = 0.0
+        self.apply_pending = False  # apply() failed or is due: the next step runs it
 
     # ---------------------------------------------------------------- configuration
     def read_sharing(self) -> None:
@@ -94,18 +98,31 @@ class Agent:
     # ---------------------------------------------------------------- applying
     def apply(self) -> None:
         """GPU modes, MPS daemons, and the advertised resources, from the configuration in force."""
-        self.gpu_states = self.gpus.probe()
+        self.gpu_states = self.gpus.probe(readings=True)
         shares = self.sharing.gpus
         if self.settings.manage_gpu_modes:
             wanted = {uuid: shares[uuid].compute_mode if uuid in shares else DEFAULT_COMPUTE_MODE
                       for uuid, state in self.gpu_states.items() if state.healthy}
             self.mode_errors = self.gpus.apply_modes(wanted)
-            self.gpu_states = self.gpus.probe()
-        medium = {uuid for uuid, share in shares.items() if share.security_level in MPS_SECURITY_LEVELS
-                  and uuid in self.gpu_states and self.gpu_states[uuid].healthy}
+            self.gpu_states = self.gpus.probe(readings=True)
+        # Which GPUs keep a daemon follows the configuration, not health: a GPU that misses one
+        # probe must not have its tenants' MPS server stopped.
+        medium = {uuid for uuid, share in shares.items() if share.security_level in MPS_SECURITY_LEVELS}
         self.mps.stop_others(medium)
-        self.mps.ensure(medium)
+        self.mps.ensure({uuid: shares[uuid] for uuid in medium
+                         if uuid in self.gpu_states and self.gpu_states[uuid].healthy})
+        self.next_repair = time.monotonic() + REPAIR_POLLS * self.settings.poll_seconds
         self.advertise()
+
+    def repair_due(self) -> bool:
+        """Every REPAIR_POLLS polls: a failed mode or daemon is tried again, and a daemon that died
+        (or that a tenant stopped through its pipe) is noticed."""
+        if time.monotonic() < self.next_repair:
+            return False
+        self.next_repair = time.monotonic() + REPAIR_POLLS * self.settings.poll_seconds
+        medium = [uuid for uuid, share in self.sharing.gpus.items() if share.security_level in MPS_SECURITY_LEVELS
+                  and uuid in self.gpu_states and self.gpu_states[uuid].healthy]
+        return bool(self.mode_errors or self.mps.errors or not all(self.mps.running(uuid) for uuid in medium))
 
     def usable_gpus(self) -> set:
         return {uuid for uuid, state in self.gpu_states.items()
@@ -133,15 +150,24 @@ class Agent:
             log.info("%s: no longer advertised", name)
 
     def start_and_register(self, server: ResourceServer) -> None:
+        """Serve (if not yet) and register; a failure is logged once per reason, and tried again
+        at the next step."""
         try:
             if not server.serving():
                 server.start()
             server.register()
+            server.last_error = ""
         except grpc.RpcError as error:
-            log.warning("%s: cannot register with the kubelet yet: %s", server.plan.name,
-                        error.details() if hasattr(error, "details") else error)
+            self.note_failure(server, f"cannot register with the kubelet yet: "
+                                      f"{error.details() if hasattr(error, 'details') else error}")
         except (OSError, RuntimeError) as error:  # grpc raises RuntimeError when it cannot bind
-            log.error("%s: cannot serve on %s: %s", server.plan.name, server.socket_path, error)
+            self.note_failure(server, f"cannot serve on {server.socket_path}: {error}")
+
+    @staticmethod
+    def note_failure(server: ResourceServer, reason: str) -> None:
+        if reason != server.last_error:
+            log.warning("%s: %s", server.plan.name, reason)
+        server.last_error = reason
 
     def kubelet_restarted(self) -> bool:
         seen = file_identity(os.path.join(self.settings.device_plugin_dir, KUBELET_SOCKET))
@@ -151,31 +177,48 @@ class Agent:
 
     # ---------------------------------------------------------------- the loop
     def step(self) -> None:
+        """One look at the configuration, the kubelet and the GPUs. Nothing it meets stops the
+        agent: an error is logged and the next step tries again."""
+        try:
+            self._step()
+        except Exception:  # pylint: disable=broad-exception-caught
+            log.exception("step failed; trying again in %s s", self.settings.poll_seconds)
+            self.apply_pending = True
+
+    def _step(self) -> None:
         if self.reload_requested.is_set() or file_identity(self.settings.sharing_config) != self.config_seen:
             self.reload_requested.clear()
             before = self.sharing
             self.read_sharing()
             if self.sharing is not before:
-                self.apply()
+                self.apply_pending = True
+        if self.apply_pending:
+            self.apply_pending = False
+            self.apply()
         if self.kubelet_restarted():
             log.info("kubelet.sock is new: serving and registering every resource again")
             for server in self.servers.values():
-                server.start()
+                server.stop()
                 self.start_and_register(server)
         for server in self.servers.values():
             if not server.serving():
                 log.info("%s: its socket is gone: serving it again", server.plan.name)
-                server.start()
-            if server.registered_at is None:
+                self.start_and_register(server)
+            elif server.registered_at is None:
                 self.start_and_register(server)
         before = self.usable_gpus()
-        self.gpu_states = self.gpus.probe()
+        self.gpu_states = self.gpus.probe(readings=True)
         if self.usable_gpus() != before:
             log.warning("GPU health changed: usable %s", ", ".join(sorted(self.usable_gpus())) or "none")
+            self.apply()
+        elif self.repair_due():
             self.apply()
         self.write_status()
 
     def run(self) -> None:
+        # The last run's report must not stand for this one (the role checks it).
+        remove_quietly(self.settings.status_file)
+
         def on_signal(event):
             def handler(*_):
                 event.set()
@@ -189,8 +232,8 @@ class Agent:
             log.error("NVML: %s; advertising nothing until it answers", self.gpus.unavailable)
         self.read_sharing()
         self.kubelet_seen = file_identity(os.path.join(self.settings.device_plugin_dir, KUBELET_SOCKET))
-        self.apply()
-        self.write_status()
+        self.apply_pending = True
+        self.step()
         while not self.stopping.is_set():
             self.wake.wait(self.settings.poll_seconds)
             self.wake.clear()
@@ -202,11 +245,14 @@ class Agent:
         for server in self.servers.values():
             server.stop()
         self.gpus.stop()
+        remove_quietly(self.settings.status_file)
         log.info("gpuaas-agent stopped")
 
     # ---------------------------------------------------------------- status
     def status(self, readings: bool = False) -> dict:
-        states = self.gpus.probe(readings=True) if readings else self.gpu_states
+        """What the agent applied and advertises; built from the loop's last probe (the HTTP
+        thread calls it too, and never touches NVML itself)."""
+        states = self.gpu_states
         gpus = {}
         for uuid, state in sorted(states.items()):
             share = self.sharing.gpus.get(uuid)
@@ -217,7 +263,9 @@ class Agent:
                 "resource": share.resource if share else (self.settings.whole_gpu_resource or None),
                 "security_level": share.security_level if share else None,
                 "mps": ({"pipe_directory": f"{self.settings.mps_root}/{uuid}/pipe",
-                         "error": self.mps.errors.get(uuid, "")}
+                         "error": self.mps.errors.get(uuid, ""),
+                         "default_pinned_mem_limit_mb": self.mps.limits.get(uuid, (None, None))[0],
+                         "default_active_thread_percentage": self.mps.limits.get(uuid, (None, None))[1]}
                         if share and share.security_level in MPS_SECURITY_LEVELS else None),
                 "mode_error": self.mode_errors.get(uuid, ""),
             }
@@ -240,6 +288,13 @@ class Agent:
 
     def write_status(self) -> None:
         write_atomically(self.settings.status_file, json.dumps(self.status(), indent=2, sort_keys=True) + "\n")
+
+
+def remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:  # not there (or its directory is not): nothing stale to remove
+        pass
 
 
 def write_atomically(path: str, text: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 
 from . import __version__
@@ -27,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check-config", help="validate a sharing configuration; exit 1 with the reason")
     check.add_argument("path", nargs="?", help="the file (default: the settings' sharing_config)")
     args = parser.parse_args(argv)
+    if args.command == "run":
+        # A reload (SIGHUP) that comes while the agent is still starting must not end it; the
+        # agent's own handler takes over once it runs.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -64,9 +69,10 @@ def _exists(path: str) -> bool:
 
 
 def run(settings) -> int:
-    from .agent import Agent  # grpc is loaded only to run
+    from .agent import Agent, remove_quietly  # grpc is loaded only to run
     from .status_http import TokenMissing, read_token, serve
 
+    remove_quietly(settings.status_file)  # an agent that does not start reports nothing
     agent = Agent(settings)
     if settings.http_listen:
         try:

@@ -9,6 +9,7 @@ allocations refers to them.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 
 from .config import GpuShare, Settings, Sharing
@@ -38,9 +39,11 @@ class ResourcePlan:
 
 def endpoint_for(resource: str) -> str:
     """The plugin's socket file name in the device-plugins directory: the resource's name
-    without its domain (one deployment has one prefix), kept short because a Unix socket's
-    path has at most 107 bytes."""
-    return "gpuaas-" + re.sub(r"[^A-Za-z0-9.-]+", "-", resource.rsplit("/", 1)[-1]) + ".sock"
+    without its domain, and a digest of the whole name so that two resources never share a
+    socket (a changed prefix gives both names for a while); kept short because a Unix
+    socket's path has at most 107 bytes."""
+    digest = hashlib.sha256(resource.encode()).hexdigest()[:6]
+    return "gpuaas-" + re.sub(r"[^A-Za-z0-9.-]+", "-", resource.rsplit("/", 1)[-1]) + f"-{digest}.sock"
 
 
 def plan(sharing: Sharing, node_gpus: list[str], settings: Settings) -> dict:

@@ -89,8 +89,13 @@ class Gpus:
                 handle = nvml.nvmlDeviceGetHandleByIndex(index)
                 # Persistence keeps the driver's state (the compute mode among it) while no
                 # client is open; neither survives a reboot, so the agent sets both at start.
-                if nvml.nvmlDeviceGetPersistenceMode(handle) != 1:
-                    nvml.nvmlDeviceSetPersistenceMode(handle, 1)
+                # Some GPUs refuse it (vGPU guests, nvidia-persistenced owning it): a warning,
+                # not a reason to take the GPU's slots away.
+                try:
+                    if nvml.nvmlDeviceGetPersistenceMode(handle) != 1:
+                        nvml.nvmlDeviceSetPersistenceMode(handle, 1)
+                except nvml.NVMLError as error:
+                    log.warning("GPU %s: cannot enable persistence mode: %s", uuid, error)
                 current = COMPUTE_MODES.get(nvml.nvmlDeviceGetComputeMode(handle), "UNKNOWN")
                 if current != wanted[uuid]:
                     nvml.nvmlDeviceSetComputeMode(handle, COMPUTE_MODE_VALUES[wanted[uuid]])

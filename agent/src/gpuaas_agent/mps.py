@@ -25,6 +25,7 @@ class MpsDaemons:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.errors: dict = {}  # uuid -> why its daemon is not running
+        self.limits: dict = {}  # uuid -> (memory MB, thread percent) set as the daemon's defaults
 
     def _env(self, uuid: str) -> dict:
         return {**os.environ, "CUDA_VISIBLE_DEVICES": uuid, "CUDA_MPS_PIPE_DIRECTORY": mps_pipe_dir(self.settings, uuid),
@@ -41,12 +42,13 @@ class MpsDaemons:
         except (OSError, subprocess.TimeoutExpired):
             return False
 
-    def ensure(self, uuids: set) -> None:
-        """Run a daemon for each of ``uuids``; record why one cannot run."""
-        self.errors = {uuid: error for uuid, error in self.errors.items() if uuid in uuids}
-        for uuid in sorted(uuids):
+    def ensure(self, shares: dict) -> None:
+        """Run a daemon for each GPU of ``shares`` (uuid -> GpuShare), with its slot's limits as the
+        daemon's defaults; record why one cannot run."""
+        self.errors = {uuid: error for uuid, error in self.errors.items() if uuid in shares}
+        for uuid in sorted(shares):
             if self.running(uuid):
-                self.errors.pop(uuid, None)
+                self.set_limits(uuid, shares[uuid])
                 continue
             for directory in (mps_pipe_dir(self.settings, uuid), mps_log_dir(self.settings, uuid)):
                 os.makedirs(directory, mode=0o755, exist_ok=True)
@@ -57,11 +59,31 @@ class MpsDaemons:
             else:
                 if started.returncode == 0 and self.running(uuid):
                     log.info("GPU %s: MPS control daemon started (pipe %s)", uuid, mps_pipe_dir(self.settings, uuid))
-                    self.errors.pop(uuid, None)
+                    self.set_limits(uuid, shares[uuid])
                     continue
                 output = " ".join((started.stderr + started.stdout).split()) or f"exit status {started.returncode}"
                 self.errors[uuid] = f"MPS control daemon did not start: {output}"
             log.error("GPU %s: %s", uuid, self.errors[uuid])
+
+    def set_limits(self, uuid: str, share) -> None:
+        """One slot's share as the daemon's default for every client: the MPS server applies it
+        to a client that sets no limit of its own (CUDA_MPS_PINNED_DEVICE_MEM_LIMIT and
+        CUDA_MPS_ACTIVE_THREAD_PERCENTAGE in the client's environment set its own, as Allocate
+        does for the slots a container holds). Device 0: the daemon sees only its GPU."""
+        commands = (f"set_default_device_pinned_mem_limit 0 {share.memory_limit_mb}M\n"
+                    f"set_default_active_thread_percentage {share.compute_share_percent}\n")
+        try:
+            answer = self._control(uuid, command=commands)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            self.errors[uuid] = f"cannot set the MPS daemon's limits: {error}"
+        else:
+            if answer.returncode == 0:
+                self.errors.pop(uuid, None)
+                self.limits[uuid] = (share.memory_limit_mb, share.compute_share_percent)
+                return
+            self.errors[uuid] = "cannot set the MPS daemon's limits: " + (
+                " ".join((answer.stderr + answer.stdout).split()) or f"exit status {answer.returncode}")
+        log.error("GPU %s: %s", uuid, self.errors[uuid])
 
     def stop_others(self, keep: set) -> None:
         """Stop the daemons of GPUs that are no longer medium."""
@@ -70,5 +92,10 @@ class MpsDaemons:
             if uuid in keep or not os.path.isdir(mps_pipe_dir(self.settings, uuid)):
                 continue
             if self.running(uuid):
-                self._control(uuid, command="quit\n")
+                try:
+                    self._control(uuid, command="quit\n")
+                except (OSError, subprocess.TimeoutExpired) as error:
+                    log.error("GPU %s: cannot stop its MPS control daemon: %s", uuid, error)
+                    continue
+                self.limits.pop(uuid, None)
                 log.info("GPU %s: MPS control daemon stopped", uuid)

@@ -36,6 +36,7 @@ class ResourceServer(api_pb2_grpc.DevicePluginServicer):
         self.stopping = False
         self.server = None
         self.registered_at = None
+        self.last_error = ""
         self.allocations = 0
 
     # ---------------------------------------------------------------- state

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -82,6 +83,7 @@ def serve(listen: str, token: str, snapshot) -> ThreadingHTTPServer:
 
     class Handler(BaseHTTPRequestHandler):
         server_version = "gpuaas-agent"
+        timeout = 10  # an idle or slow client does not hold its thread
 
         def log_message(self, format, *args):  # pylint: disable=redefined-builtin
             log.debug("%s %s", self.address_string(), format % args)
@@ -111,7 +113,10 @@ def serve(listen: str, token: str, snapshot) -> ThreadingHTTPServer:
             else:
                 self.reply(HTTPStatus.NOT_FOUND, b'{"error": "not found; try /status or /metrics"}\n', "application/json")
 
-    httpd = ThreadingHTTPServer((host, int(port)), Handler)
+    class Server(ThreadingHTTPServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    httpd = Server((host, int(port)), Handler)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, name="status-http", daemon=True).start()
     log.info("status and readings on http://%s/status and /metrics (bearer token)", listen)
