@@ -1,4 +1,4 @@
-"""gpuaas-api: serve | db upgrade | create-token | set-password."""
+"""gpuaas-api: serve | db upgrade | create-token | set-password | ssh-key."""
 from __future__ import annotations
 
 import argparse
@@ -141,6 +141,34 @@ def _set_password(config: Config, username: str, password: str | None) -> int:
     return 0
 
 
+def _ssh_key(config: Config, action: str, staged: bool) -> int:
+    """The deployment's SSH identity (ssh_keys.py): show it, or rotate it step by step."""
+    from .app import create_app
+    from .migrate import upgrade
+    from .ssh_keys import IdentityError, activate, public_keys, retire, stage
+
+    upgrade(config.DATABASE_URL)
+    app = create_app(config)
+    with app.app_context():
+        try:
+            if action == "show":
+                print("\n".join(public_keys(config)))
+            elif action == "stage":
+                print(stage(config))
+                print("gpuaas-api: staged; GET /gpuaas/node/{id}/ssh_keys lists it beside the active key. Add it to every "
+                      "node's authorized_keys, then `gpuaas-api ssh-key activate`.", file=sys.stderr)
+            elif action == "activate":
+                print(activate(config))
+                print("gpuaas-api: active; jobs on every host use it from now. Remove the old key from the nodes' "
+                      "authorized_keys, then `gpuaas-api ssh-key retire`.", file=sys.stderr)
+            else:
+                print(f"gpuaas-api: removed {retire(config, staged)} key pair(s)", file=sys.stderr)
+        except IdentityError as error:
+            print(f"gpuaas-api: {error}", file=sys.stderr)
+            return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpuaas-api", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,8 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     reset.add_argument("--user", required=True)
     reset.add_argument("--password", help="asked for when omitted")
     sub.add_parser("prepare", help="what serve does before it listens: migrate, first admin, orphaned jobs")
+    key = sub.add_parser("ssh-key", help="the controller's SSH identity: show, or rotate (stage, activate, retire)")
+    key.add_argument("action", choices=["show", "stage", "activate", "retire"])
+    key.add_argument("--staged", action="store_true", help="with retire: remove the staged key instead of the retired ones")
     args = parser.parse_args(argv)
-    config = Config()
+    try:
+        config = Config()
+    except ValueError as error:
+        print(f"gpuaas-api: {error}", file=sys.stderr)
+        return 2
     config.DATA_DIR.mkdir(parents=True, exist_ok=True)
     if args.command == "serve":
         return _serve(config, args.workers)
@@ -171,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "set-password":
         return _set_password(config, args.user, args.password)
+    if args.command == "ssh-key":
+        return _ssh_key(config, args.action, args.staged)
     return _create_token(config, args.user, args.password, args.hours)
 
 

@@ -43,6 +43,19 @@ class Config:
         # A pool's slots are the extended resource <prefix><pool id> on its nodes (the gpuaas agent
         # advertises it; tenants' Pods request it). Passed to the gpu_sharing role, so both name it alike.
         self.POOL_RESOURCE_PREFIX = env.get("GPUAAS_POOL_RESOURCE_PREFIX") or SHARING_POLICY.POOL_RESOURCE_PREFIX
+        # The controller's SSH identity (ssh_keys.py): a private key file every host mounts, or the
+        # key pair in the database encrypted with this secret (Fernet: 32 url-safe base64 bytes);
+        # neither: a key pair in this host's data directory (one host only).
+        self.SSH_KEY_FILE = env.get("GPUAAS_SSH_KEY_FILE") or None
+        self.SECRET_KEY = env.get("GPUAAS_SECRET_KEY") or None
+        if self.SECRET_KEY:
+            from cryptography.fernet import Fernet
+
+            try:
+                Fernet(self.SECRET_KEY.encode())
+            except ValueError as error:
+                raise ValueError("GPUAAS_SECRET_KEY must be 32 url-safe base64-encoded bytes; make one with: python3 -c "
+                                 "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'") from error
         self.TESTING = False
 
     def as_flask(self) -> dict:

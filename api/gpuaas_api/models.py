@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Enum, Float, ForeignKey, Index, Integer, String, Text,
-                        UniqueConstraint, func)
+                        UniqueConstraint, func, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from .states import load_module_util
@@ -330,3 +330,26 @@ class DataVersion(Base):
     __tablename__ = "data_version"
     id: Mapped[int] = mapped_column(primary_key=True)
     version: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class ControllerKey(Base):
+    """The deployment's SSH identity, when it lives in the database (GPUAAS_SECRET_KEY; ssh_keys.py).
+
+    One ``active`` key pair, which every service host's jobs use; during a rotation one
+    ``staged`` pair beside it, which nodes are given before the switch; ``retired`` pairs after
+    it, until removed. The private key is encrypted with the deployment's secret (Fernet).
+    """
+
+    __tablename__ = "controller_keys"
+    __table_args__ = (
+        # At most one active and one staged pair, however many hosts make one at once.
+        Index("ux_controller_keys_state", "state", unique=True,
+              sqlite_where=text("state IN ('active', 'staged')"),
+              postgresql_where=text("state IN ('active', 'staged')")),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    public_key: Mapped[str] = mapped_column(Text)
+    private_key_encrypted: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

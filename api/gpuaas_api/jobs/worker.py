@@ -14,7 +14,7 @@ from ..db import release, session
 from ..metrics import collector
 from ..models import Job, Node
 from ..pools import start_pool_deployment
-from ..ssh_keys import controller_key_path, controller_public_key
+from ..ssh_keys import private_key_file
 from ..states import ROLE_FLAGS, JobStatus, Operation
 from .events import EventWriter
 from .finalize import finalize, reconcile_orphans
@@ -151,7 +151,8 @@ class JobWorker(threading.Thread):
         try:
             if any(node is None for node in nodes):
                 raise RuntimeError("a node of this job was deleted before it ran")
-            controller_public_key(config.DATA_DIR)  # make the key pair if this is the first job
+            with self.app.app_context():  # the deployment's identity: made by the first job that needs it
+                identity = private_key_file(config)
             if "targets" in lead.extravars:  # a multi-node job (pool_apply): its hosts beyond these are helpers
                 target_nodes = [node for node in nodes if node.id in lead.extravars["targets"]]
             else:
@@ -162,7 +163,7 @@ class JobWorker(threading.Thread):
             extravars = {**config.ANSIBLE_EXTRA_VARS, **lead.extravars.get("vars", {}), "gpuaas_targets": targets}
             playbook_started = time.monotonic()
             result = run_playbook(lead.id, Operation(lead.operation).value, [host_spec(n) for n in nodes],
-                                  extravars, config.DATA_DIR, controller_key_path(config.DATA_DIR),
+                                  extravars, config.DATA_DIR, identity,
                                   on_event, should_cancel, timeout=config.JOB_TIMEOUT_SECONDS)
             log.info("job(s) %s: playbook %s in %.2f s", job_ids, result.status, time.monotonic() - playbook_started)
         except AnsibleNotFound as error:  # the install's fault, not the job's: no traceback

@@ -10,7 +10,7 @@ from ..errors import conflict, field_error, not_found
 from ..jobs.queue import jobs_ahead
 from ..models import Node
 from ..schemas import NodeAddSchema, NodeEditSchema, NodeSchema, RegionQuerySchema, SuccessSchema
-from ..ssh_keys import controller_public_key
+from ..ssh_keys import public_keys
 from ..states import DELETABLE_NODE_STATUSES, ROLE_FLAGS
 from ..views import cached_reply, json_reply, node_list, node_reply
 from .regions import get_region
@@ -116,4 +116,4 @@ class NodeSshKeys(MethodView):
     def get(self, node_id):
         """The controller's public keys, as a bare array: add them to the node's authorized_keys."""
         get_node(node_id)
-        return json_reply([controller_public_key(current_app.config["GPUAAS"].DATA_DIR)])
+        return json_reply(public_keys(current_app.config["GPUAAS"]))
