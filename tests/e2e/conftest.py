@@ -28,11 +28,11 @@ FLEET_STATE_DIR = Path("/var/lib/hostedai-gpuaas-fleet")
 
 def fleet_vars() -> dict:
     """What the API's playbooks need on the fleet: the fleet inventory's role variables (its
-    package repositories, the boot-id command, the CNI manifest's URL), with packages and the
-    NVIDIA stack installed."""
+    package repositories and Python index, the boot-id command, the CNI manifest's URL), with
+    packages and the NVIDIA stack installed."""
     inventory = yaml.safe_load((FLEET_STATE_DIR / "inventory.yml").read_text())
     found = {key: value for key, value in inventory["all"]["vars"].items()
-             if key.startswith(("node_init_", "node_reboot_", "cluster_controller_"))}
+             if key.startswith(("node_init_", "node_reboot_", "cluster_controller_", "gpu_sharing_"))}
     return {**found, "node_reboot_timeout": 120, "node_init_manage_packages": True, "node_init_nvidia_install": True}
 
 
