@@ -244,6 +244,19 @@ def test_a_lost_gpu_turns_its_slots_unhealthy(node):
     assert "unhealthy" in refused.value.details()
 
 
+def test_a_gpu_lost_before_the_agent_started_is_learnt_when_it_answers(node, nvml_host):
+    node, kubelet = node
+    node.lose(1)  # B answers nothing: the agent cannot learn its UUID at start
+    agent = node.agent()
+    pool1 = kubelet.plugin(POOL1, 8)
+    assert [h for d, h in pool1.devices if d.startswith(B)] == ["Unhealthy"] * 4
+
+    (nvml_host.state_dir / "lost-1").unlink()
+
+    wait_for(lambda: {h for unused_id, h in pool1.devices} == {"Healthy"}, what="B's slots healthy")
+    assert wait_for(lambda: agent.status()["gpus"].get(B, {}).get("index") == 1, what="B in the status")
+
+
 def test_a_new_configuration_is_advertised_without_a_restart(node):
     node, kubelet = node
     agent = node.agent()

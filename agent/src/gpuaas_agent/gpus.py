@@ -47,11 +47,24 @@ class Gpus:
             self.unavailable = f"NVML failed to initialise: {error}"
             return False
         self.nvml, self.unavailable = nvml, ""
-        for index in range(nvml.nvmlDeviceGetCount()):
-            described = describe_gpu(nvml, index)
+        self.learn()
+        return True
+
+    def learn(self) -> None:
+        """Learn the UUID of each GPU index not known yet (one that answered nothing at start, or
+        that the driver did not count then, is learnt once it answers)."""
+        try:
+            count = self.nvml.nvmlDeviceGetCount()
+        except self.nvml.NVMLError as error:
+            log.warning("NVML cannot count the GPUs: %s", error)
+            return
+        for index in range(count):
+            if index in self.uuid_by_index:
+                continue
+            described = describe_gpu(self.nvml, index)
             if "uuid" in described:
                 self.uuid_by_index[index] = described["uuid"]
-        return True
+                log.info("GPU %d is %s", index, described["uuid"])
 
     def stop(self) -> None:
         if self.nvml is not None:
@@ -62,9 +75,10 @@ class Gpus:
             self.nvml = None
 
     def probe(self, readings: bool = False) -> dict:
-        """uuid -> GpuState for every GPU known at start."""
+        """uuid -> GpuState for every GPU whose UUID is known (see learn)."""
         if not self.start():
             return {}
+        self.learn()
         states = {}
         for index, uuid in sorted(self.uuid_by_index.items()):
             described = describe_gpu(self.nvml, index, include_metrics=readings)
