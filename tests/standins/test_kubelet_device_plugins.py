@@ -152,6 +152,10 @@ class Kubelet:
 
     def start(self) -> "Kubelet":
         before = self.socket_inode()
+        # The record is the stand-in's, not the kubelet's: drop the last run's, so that what the
+        # test reads next is this kubelet's (it rewrites it as it starts; reading the old one
+        # before that made the restart check flaky).
+        (self.records / "state.json").unlink(missing_ok=True)
         self.log = open(self.root / "kubelet.log", "a")  # noqa: SIM115  (closed in stop)
         self.process = subprocess.Popen(
             [sys.executable, str(KUBELET), f"--root-dir={self.root / 'var-lib-kubelet'}",
