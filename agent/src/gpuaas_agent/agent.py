@@ -22,7 +22,7 @@ import grpc
 
 from . import __version__
 from .config import EMPTY_SHARING, ConfigError, Settings, parse_sharing
-from .devices import HEALTHY, plan
+from .devices import HEALTHY, ResourcePlan, plan
 from .gpus import Gpus
 from .mps import MpsDaemons
 from .plugin import KUBELET_SOCKET, ResourceServer, health_of
@@ -144,7 +144,7 @@ class Agent:
             server = self.servers.pop(name)
             # An empty list first, so that the kubelet's capacity for it drops to 0 at once
             # (it keeps a stopped endpoint's devices, unhealthy, for its grace period).
-            server.update(server.plan.__class__(name, server.plan.endpoint, (), {}), {})
+            server.update(ResourcePlan(name, server.plan.endpoint, (), {}), {})
             time.sleep(0.2)
             server.stop()
             log.info("%s: no longer advertised", name)

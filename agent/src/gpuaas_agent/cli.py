@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
-        settings = load_settings(args.config if args.config != DEFAULT_SETTINGS or _exists(args.config) else None)
+        # No settings file at the default path means the built-in defaults; a named one must exist.
+        settings = load_settings(args.config if args.config != DEFAULT_SETTINGS or os.path.exists(args.config) else None)
     except ConfigError as error:
         print(f"gpuaas-agent: {error}", file=sys.stderr)
         return 2
@@ -58,14 +60,6 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     return run(settings)
-
-
-def _exists(path: str) -> bool:
-    try:
-        open(path, encoding="utf-8").close()
-        return True
-    except OSError:
-        return False
 
 
 def run(settings) -> int:
