@@ -8,6 +8,29 @@ from pathlib import Path
 from .states import SHARING_POLICY
 
 
+# The gpu_sharing role's variables the service sets on each node when the agents serve HTTP.
+AGENT_ROLE_VARS = frozenset({"gpu_sharing_agent_http_listen", "gpu_sharing_agent_token"})
+
+
+def _agent_token(env) -> str:
+    """The agents' bearer token: GPUAAS_AGENT_TOKEN_FILE's content (preferred: no secret in the
+    environment), or GPUAAS_AGENT_TOKEN."""
+    path, value = env.get("GPUAAS_AGENT_TOKEN_FILE"), env.get("GPUAAS_AGENT_TOKEN")
+    if path and value:
+        raise ValueError("set GPUAAS_AGENT_TOKEN_FILE or GPUAAS_AGENT_TOKEN, not both")
+    if path:
+        try:
+            value = Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            raise ValueError(f"GPUAAS_AGENT_TOKEN_FILE: {path}: {error.strerror}") from error
+        if not value.strip():
+            raise ValueError(f"GPUAAS_AGENT_TOKEN_FILE: {path} is empty")
+    value = (value or "").strip()
+    if value and any(character.isspace() or not character.isprintable() for character in value):
+        raise ValueError("the agents' token must be one printable word (it is sent as an HTTP header)")
+    return value
+
+
 class Config:
     def __init__(self, environ: dict | None = None):
         env = os.environ if environ is None else environ
@@ -38,6 +61,28 @@ class Config:
         # hour, day and week buckets for GPUAAS_METRICS_ROLLUP_RETENTION_DAYS.
         self.METRICS_MINUTE_RETENTION_DAYS = int(env.get("GPUAAS_METRICS_MINUTE_RETENTION_DAYS", "35"))
         self.METRICS_ROLLUP_RETENTION_DAYS = int(env.get("GPUAAS_METRICS_ROLLUP_RETENTION_DAYS", "400"))
+        # GPU readings pulled from each GPU node's gpuaas agent over HTTP (metrics/agent_http.py), instead
+        # of the collect_metrics playbook: the port the agents listen on (on each node's node_ip) and the
+        # bearer token the roles install on the nodes. Both or neither; neither keeps the Ansible path and
+        # the agents' HTTP off.
+        self.AGENT_PORT = int(env.get("GPUAAS_AGENT_PORT") or 0)
+        self.AGENT_TOKEN = _agent_token(env)
+        if bool(self.AGENT_PORT) != bool(self.AGENT_TOKEN):
+            raise ValueError("GPUAAS_AGENT_PORT and a token (GPUAAS_AGENT_TOKEN_FILE or GPUAAS_AGENT_TOKEN) go together: "
+                             "the agents never serve without one")
+        if not 0 <= self.AGENT_PORT <= 65535:
+            raise ValueError("GPUAAS_AGENT_PORT must be a TCP port (1-65535)")
+        if self.AGENT_PORT and AGENT_ROLE_VARS & set(self.ANSIBLE_EXTRA_VARS):
+            raise ValueError(f"with GPUAAS_AGENT_PORT the service sets {', '.join(sorted(AGENT_ROLE_VARS))} per node; "
+                             "remove them from GPUAAS_ANSIBLE_EXTRA_VARS (extra vars would override every node's address)")
+        self.AGENT_CONNECT_TIMEOUT_SECONDS = float(env.get("GPUAAS_AGENT_CONNECT_TIMEOUT_SECONDS", "2"))
+        self.AGENT_READ_TIMEOUT_SECONDS = float(env.get("GPUAAS_AGENT_READ_TIMEOUT_SECONDS", "5"))
+        self.AGENT_CONCURRENCY = int(env.get("GPUAAS_AGENT_CONCURRENCY", "64"))
+        if self.AGENT_CONCURRENCY < 1 or self.AGENT_CONNECT_TIMEOUT_SECONDS <= 0 or self.AGENT_READ_TIMEOUT_SECONDS <= 0:
+            raise ValueError("GPUAAS_AGENT_CONCURRENCY and the GPUAAS_AGENT_*_TIMEOUT_SECONDS must be positive")
+        # With the agents' readings, storage nodes (which run no agent) are still read by the
+        # collect_metrics playbook, this often (0 turns it off); without them, in every collection.
+        self.STORAGE_METRICS_INTERVAL_SECONDS = float(env.get("GPUAAS_STORAGE_METRICS_INTERVAL_SECONDS", "300"))
         # /metrics (Prometheus) asks for a token like the API unless this is true.
         self.METRICS_PUBLIC = env.get("GPUAAS_METRICS_PUBLIC", "false").lower() == "true"
         # A pool's slots are the extended resource <prefix><pool id> on its nodes (the gpuaas agent
@@ -57,6 +102,16 @@ class Config:
                 raise ValueError("GPUAAS_SECRET_KEY must be 32 url-safe base64-encoded bytes; make one with: python3 -c "
                                  "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'") from error
         self.TESTING = False
+
+    @property
+    def agent_http(self) -> bool:
+        """True when GPU readings come from the agents over HTTP (GPUAAS_AGENT_PORT and its token)."""
+        return bool(self.AGENT_PORT and self.AGENT_TOKEN)
+
+    def agent_address(self, node_ip: str) -> str:
+        """host:port where a node's agent listens (and is read): its registered address, bracketed if IPv6."""
+        host = f"[{node_ip}]" if ":" in node_ip else node_ip
+        return f"{host}:{self.AGENT_PORT}"
 
     def as_flask(self) -> dict:
         """What Flask and flask-smorest read from app.config."""

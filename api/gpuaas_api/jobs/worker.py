@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from flask import Flask
+from flask import Flask, current_app
 from sqlalchemy import select, update
 
 from ..db import release, session
@@ -44,6 +44,13 @@ def host_spec(node: Node) -> HostSpec:
         hostvars["storage_metrics_volume_group"] = node.volume_group
     if node.external_service_ip:
         hostvars["node_init_external_service_ip"] = node.external_service_ip
+    config = current_app.config["GPUAAS"]
+    if config.agent_http:
+        # Every play that installs the agent (gpu_sharing, gpuaas_enable, node_join) gives it HTTP on
+        # the node's registered address and the token; the task installing the token is no_log, and the
+        # inventory is gone with the job's private directory.
+        hostvars["gpu_sharing_agent_http_listen"] = config.agent_address(node.node_ip)
+        hostvars["gpu_sharing_agent_token"] = config.AGENT_TOKEN
     return HostSpec(node_id=node.id, name=node.inventory_name, address=node.node_ip, port=node.port, user=node.username,
                     groups=node_groups(node), host_key=node.ssh_host_key, hostvars=hostvars)
 
@@ -74,6 +81,7 @@ class JobWorker(threading.Thread):
             while not self.stopping.is_set():
                 if config.METRICS_INTERVAL_SECONDS > 0 and time.monotonic() >= next_collection_check:
                     # Cheap (one conditional UPDATE); the shared schedule lets one caller per period win.
+                    # The winner of an agents' period reads them here, within half the interval.
                     next_collection_check = time.monotonic() + min(COLLECTION_CHECK_SECONDS,
                                                                    config.METRICS_INTERVAL_SECONDS / 2)
                     try:
