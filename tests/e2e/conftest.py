@@ -82,12 +82,20 @@ class Api:
 class Service:
     """One `gpuaas-api serve` process; restartable over the same data dir."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, env: dict | None = None):
         self.data_dir, self.process = data_dir, None
+        self.extra_env = dict(env or {})  # settings of this service beside the e2e defaults
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.api = Api(f"http://127.0.0.1:{self.port}")
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / "serve.log"
+
+    def command(self) -> list[str]:
+        return [str(CLI), "serve", "--workers", "2"]
 
     def start(self) -> None:
         env = dict(os.environ, GPUAAS_BIND=f"127.0.0.1:{self.port}", GPUAAS_DATA_DIR=str(self.data_dir),
@@ -95,9 +103,9 @@ class Service:
                    GPUAAS_ANSIBLE_EXTRA_VARS=json.dumps(fleet_vars()), GPUAAS_JOB_TIMEOUT_SECONDS="300",
                    # Sample pool GPUs often enough for a test to read metrics within seconds.
                    GPUAAS_METRICS_INTERVAL_SECONDS=os.environ.get("GPUAAS_METRICS_INTERVAL_SECONDS", "3"))
-        log = open(self.data_dir.parent / "serve.log", "a")
-        self.process = subprocess.Popen([str(CLI), "serve", "--workers", "2"], env=env, stdout=log, stderr=log,
-                                        start_new_session=True)
+        env.update(self.extra_env)
+        log = open(self.log_path, "a")
+        self.process = subprocess.Popen(self.command(), env=env, stdout=log, stderr=log, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -131,9 +139,10 @@ class Service:
 
 
 @pytest.fixture(scope="module")
-def running_fleet():
+def running_fleet(request):
+    """A fresh fleet for the module: FLEET_NODES nodes (a module may set it; 3 otherwise)."""
     subprocess.run([*FLEET, "down", "--keep-hub"], capture_output=True, check=False)
-    fleet("up", "3")
+    fleet("up", str(getattr(request.module, "FLEET_NODES", 3)))
     yield json.loads(Path("/var/lib/hostedai-gpuaas-fleet/state.json").read_text())
     subprocess.run([*FLEET, "down", "--keep-hub"], capture_output=True, check=False)
 
@@ -152,3 +161,117 @@ def install_controller_key(api: Api, node_id: int, fleet_node: str) -> None:
         subprocess.run([*FLEET, "node-exec", fleet_node, "--", "sh", "-c",
                         f"grep -qxF '{key}' /root/.ssh/authorized_keys || echo '{key}' >> /root/.ssh/authorized_keys"],
                        check=True, capture_output=True)
+
+
+def _pid_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+
+
+class NamespacedService(Service):
+    """`gpuaas-api serve` as one host of several: its own hostname (UTS namespace), its own PID
+    namespace and data directory. `serve` is the namespace's PID 1, so a SIGKILL of it ends every
+    process of the host, its playbooks' too, as a crash of the machine would; freeze() stops them
+    all (SIGSTOP), as a host that hangs or is paused."""
+
+    def __init__(self, data_dir: Path, hostname: str, env: dict | None = None):
+        super().__init__(data_dir, env)
+        self.hostname, self.namespace = hostname, None
+
+    def command(self) -> list[str]:
+        return ["unshare", "--pid", "--uts", "--fork", "--mount-proc", "--",
+                "sh", "-c", 'hostname "$0" && exec "$@"', self.hostname, *super().command()]
+
+    def start(self) -> None:
+        super().start()
+        self.namespace = _pid_namespace(self.init_pid())
+
+    def init_pid(self) -> int:
+        """PID 1 of the host's namespace (the `serve` master), as this namespace numbers it."""
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+        assert len(children) == 1, f"unshare {self.process.pid} has children {children}"
+        return int(children[0])
+
+    def pids(self) -> list[int]:
+        """Every process of the host (in its PID namespace)."""
+        return [int(entry.name) for entry in Path("/proc").iterdir()
+                if entry.name.isdigit() and _pid_namespace(int(entry.name)) == self.namespace]
+
+    def playbook_pids(self) -> list[int]:
+        found = []
+        for pid in self.pids():
+            try:
+                if b"ansible-playbook" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
+            except FileNotFoundError:
+                continue
+        return found
+
+    def local_pids(self) -> set[int]:
+        """The host's processes as its own namespace numbers them (what `claimed_by` names)."""
+        local = set()
+        for pid in self.pids():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except FileNotFoundError:
+                continue
+            nspid = next(line for line in status.splitlines() if line.startswith("NSpid:"))
+            local.add(int(nspid.split()[-1]))
+        return local
+
+    def _signal_all(self, signum: int) -> set[int]:
+        """Signal every process of the namespace, again until a pass finds none it has not signalled
+        (a process may fork while the pass goes by; a stopped one cannot)."""
+        signalled: set[int] = set()
+        for _pass in range(50):
+            new = [pid for pid in self.pids() if pid not in signalled]
+            if not new:
+                return signalled
+            for pid in new:
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
+                signalled.add(pid)
+        raise AssertionError(f"{self.hostname}: processes kept appearing while signalling them")
+
+    def freeze(self) -> None:
+        self._signal_all(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal_all(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL the namespace's PID 1: the kernel ends every process of the host."""
+        os.kill(self.init_pid(), signal.SIGKILL)
+        self.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not self.pids(), f"{self.hostname}: processes outlived its PID 1: {self.pids()}"
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.thaw()  # a frozen host cannot stop
+            os.kill(self.init_pid(), signal.SIGTERM)  # serve's master handles it, even as PID 1
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throw-away PostgreSQL server (tests/api/postgres.sh), started from the test's own namespace;
+    its Unix socket is under /tmp, so every host of the test reaches it."""
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="gpuaas-e2e-postgres.", dir="/tmp")
+    script = REPO / "tests/api/postgres.sh"
+    url = subprocess.run([str(script), "start", directory], capture_output=True, text=True, check=True,
+                         timeout=120).stdout.strip()
+    yield url
+    subprocess.run([str(script), "stop", directory], capture_output=True, check=False, timeout=60)
+    subprocess.run(["rm", "-rf", directory], check=False)
