@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from .states import SHARING_POLICY
@@ -51,6 +52,22 @@ class Config:
         self.JOB_LEASE_RENEW_SECONDS = float(env.get("GPUAAS_JOB_LEASE_RENEW_SECONDS", "10"))
         if not 0 < self.JOB_LEASE_RENEW_SECONDS < self.JOB_LEASE_SECONDS:
             raise ValueError("GPUAAS_JOB_LEASE_RENEW_SECONDS must be positive and less than GPUAAS_JOB_LEASE_SECONDS")
+        # Node operations (init, deinit, join, leave, disable, reboot) for different nodes that arrive
+        # together share one playbook run (jobs/queue.py): a job waits while requests for its operation
+        # keep coming less than the quiet interval apart, and never longer than the window. A quiet
+        # interval of 0 runs each on its own, at once.
+        self.NODE_BATCH_QUIET_SECONDS = float(env.get("GPUAAS_NODE_BATCH_QUIET_SECONDS", "0.25"))
+        self.NODE_BATCH_WINDOW_SECONDS = float(env.get("GPUAAS_NODE_BATCH_WINDOW_SECONDS", "2"))
+        if self.NODE_BATCH_QUIET_SECONDS < 0 or self.NODE_BATCH_WINDOW_SECONDS < self.NODE_BATCH_QUIET_SECONDS:
+            raise ValueError("GPUAAS_NODE_BATCH_QUIET_SECONDS must be 0 or more, and GPUAAS_NODE_BATCH_WINDOW_SECONDS "
+                             "no less than it")
+        # Reboot requests that arrive together run as one rolling node_reboot play (jobs/queue.py): this
+        # many of its nodes (a count, or a percentage as Ansible's `serial` takes it) go down at once.
+        # 20 %, as Kubespray's rolling upgrades; the playbook run by hand defaults to 1.
+        self.REBOOT_SERIAL = env.get("GPUAAS_REBOOT_SERIAL", "20%")
+        if not re.fullmatch(r"[1-9][0-9]*%?", self.REBOOT_SERIAL) or self.REBOOT_SERIAL in ("0%",) or \
+                (self.REBOOT_SERIAL.endswith("%") and int(self.REBOOT_SERIAL[:-1]) > 100):
+            raise ValueError("GPUAAS_REBOOT_SERIAL must be a positive count or a percentage from 1% to 100%")
         # gunicorn's access log: "-" for stdout or a file path; none by default, as gunicorn's own
         # default: a line per request cost a quarter of the cached reads' throughput (bench/api_reads.py).
         self.ACCESS_LOG = env.get("GPUAAS_ACCESS_LOG") or None

@@ -111,7 +111,10 @@ def migrated_database_url(tmp_path, database_template):
 
 @pytest.fixture
 def app(tmp_path, migrated_database_url):
-    config = Config({"GPUAAS_DATA_DIR": str(tmp_path / "data"), "GPUAAS_DATABASE_URL": migrated_database_url})
+    # Node operations are claimable as soon as they are submitted (no batching pause), so that a
+    # test can claim what it just submitted; the batching tests date their jobs into a burst.
+    config = Config({"GPUAAS_DATA_DIR": str(tmp_path / "data"), "GPUAAS_DATABASE_URL": migrated_database_url,
+                     "GPUAAS_NODE_BATCH_QUIET_SECONDS": "0"})
     config.TESTING = True
     # Every test's database holds the same token: nothing one test's lookups cached may answer for
     # another's database.

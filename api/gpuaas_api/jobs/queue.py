@@ -21,6 +21,7 @@ import datetime as dt
 import os
 import socket
 
+from flask import current_app
 from sqlalchemy import select, update
 
 from ..db import session
@@ -29,13 +30,21 @@ from ..models import Job, Node
 from ..states import NODE_TRANSITIONS, JobStatus, Operation, refusal
 from .lease import lease_until
 
-# A burst of read-only requests (one per node, as clients send them) is gathered into one
-# playbook run: a read-only job waits while such requests keep arriving less than
-# BATCH_QUIET_SECONDS apart, and never longer than BATCH_WINDOW_SECONDS. A lone request
-# waits only the quiet interval.
+# A burst of requests for the same operation on different nodes (one per node, as clients send
+# them) is gathered into one playbook run: a job waits while requests for its operation keep
+# arriving less than the quiet interval apart, and never longer than the window. A lone request
+# waits only the quiet interval. Read-only jobs (test_conn, scans, storage metrics) wait little;
+# the node operations below run for minutes, so their bursts may be slower (a client submitting
+# 100 inits one after another) and a quarter of a second more costs nothing: theirs are
+# GPUAAS_NODE_BATCH_QUIET_SECONDS (0.25) and GPUAAS_NODE_BATCH_WINDOW_SECONDS (2).
 BATCH_MAX = 50
 BATCH_QUIET_SECONDS = 0.03
 BATCH_WINDOW_SECONDS = 0.2
+# The node operations that share a run when they come together (as Ansible runs them: one play,
+# many hosts). Each job still holds its own node, and is finalised from its own host's result.
+# Enable makes a cluster (one controller each) and runs alone.
+BATCHED_MUTATIONS = frozenset({Operation.INIT.value, Operation.DEINIT.value, Operation.JOIN.value,
+                               Operation.LEAVE.value, Operation.DISABLE.value, Operation.REBOOT.value})
 # How many pending jobs one claim looks through for one that may run (the oldest first).
 CLAIM_SCAN_LIMIT = 1000
 
@@ -134,26 +143,24 @@ def claim_run() -> tuple[list[int], bool]:
     if not pending:
         db.rollback()
         return [], False
-    now = dt.datetime.now(dt.timezone.utc)
-    burst_going_on = db.scalar(select(Job.id).where(
-        Job.status == JobStatus.PENDING, Job.mutating.is_(False),
-        Job.created_at > now - dt.timedelta(seconds=BATCH_QUIET_SECONDS)).limit(1)) is not None
-    window_open = set(db.scalars(select(Job.id).where(
-        Job.status == JobStatus.PENDING, Job.mutating.is_(False),
-        Job.created_at > now - dt.timedelta(seconds=BATCH_WINDOW_SECONDS)))) if burst_going_on else set()
+    in_burst = bursts(pending, dt.datetime.now(dt.timezone.utc))
     wanted = {node_id for job in pending for node_id in lock_set(job)}
     holders = dict(db.execute(select(Node.id, Node.busy_job_id).where(Node.id.in_(wanted))).all()) if wanted else {}
     held_in_burst = False
     unfinished = None
     for job in pending:
         if not job.mutating:
-            if job.id in window_open:
+            if job.id in in_burst:
                 held_in_burst = True
                 continue
             return _claim(batch_of(job)), False
         nodes = [node_id for node_id in lock_set(job) if node_id in holders]  # a deleted node holds nothing
         if nodes and all(holders[node_id] == job.id for node_id in nodes):
-            return _claim([job.id]), False  # submitted onto free nodes: it holds them already
+            # Submitted onto free nodes: it holds them already.
+            if job.id in in_burst:
+                held_in_burst = True
+                continue
+            return _claim(batch_of(job)), False
         if any(holders[node_id] not in (None, job.id) for node_id in nodes):
             continue  # a node is held by another job: not its turn
         if unfinished is None:
@@ -167,6 +174,37 @@ def claim_run() -> tuple[list[int], bool]:
         unfinished = None  # it ended (refused, canceled, nothing to do) or waits on: look again
     db.rollback()
     return [], held_in_burst
+
+
+def batches_with_others(job: Job) -> bool:
+    """Whether ``job`` may share a playbook run with others of its operation (see batch_of)."""
+    if not job.mutating:
+        return len(job.extravars.get("hosts", [])) == 1
+    return job.operation in BATCHED_MUTATIONS and job.node_id is not None and "targets" not in job.extravars
+
+
+def aware(moment: dt.datetime) -> dt.datetime:
+    """SQLite gives back naive datetimes (stored in UTC); PostgreSQL, aware ones."""
+    return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment
+
+
+def bursts(pending: list[Job], now: dt.datetime) -> set[int]:
+    """The pending jobs held in their burst: requests for the same operation are still arriving
+    (the newest less than the quiet interval ago) and the job is younger than the window."""
+    config = current_app.config["GPUAAS"]
+    newest: dict[str, dt.datetime] = {}
+    for job in pending:
+        if batches_with_others(job):
+            newest[job.operation] = max(newest.get(job.operation, aware(job.created_at)), aware(job.created_at))
+    held = set()
+    for job in pending:
+        if job.operation not in newest or not batches_with_others(job):
+            continue
+        quiet, window = ((config.NODE_BATCH_QUIET_SECONDS, config.NODE_BATCH_WINDOW_SECONDS) if job.mutating
+                         else (BATCH_QUIET_SECONDS, BATCH_WINDOW_SECONDS))
+        if (now - newest[job.operation]).total_seconds() < quiet and (now - aware(job.created_at)).total_seconds() < window:
+            held.add(job.id)
+    return held
 
 
 def _claim(wanted: list[int]) -> list[int]:
@@ -285,18 +323,27 @@ def _start_node_job(job: Job) -> str:
 def batch_of(first: Job) -> list[int]:
     """The pending jobs that can share ``first``'s playbook run, ``first`` included.
 
-    Read-only operations on single nodes (test_conn, scans, storage metrics) with the same
-    variables run as one ansible-playbook over all their nodes: one process with many forks
-    instead of one process per node. Mutating operations always run alone.
+    Single-node jobs of one operation with the same variables run as one ansible-playbook over all
+    their nodes: one process with many forks instead of one process per node.
+    - Read-only ones (test_conn, scans, storage metrics) take any pending job of theirs.
+    - Node operations (BATCHED_MUTATIONS) take those that already hold their own node (none queued
+      behind another job), for the same cluster and with the same helper hosts (a join's or a
+      leave's controller), and not asked to cancel.
+    A node appears once in a run.
     """
-    if first.mutating or len(first.extravars.get("hosts", [])) != 1:
+    if not batches_with_others(first):
         return [first.id]
-    batch, nodes = [first.id], {first.node_id}
-    candidates = session().scalars(select(Job).where(Job.status == JobStatus.PENDING, Job.id != first.id,
-                                                     Job.operation == first.operation, Job.mutating.is_(False))
-                                   .order_by(Job.id).limit(BATCH_MAX)).all()
-    for job in candidates:
-        if job.node_id in nodes or job.extravars != {"hosts": [job.node_id], "vars": first.extravars.get("vars", {})}:
+    helpers = first.extravars.get("hosts", [])[1:]
+    batch, nodes = [first.id], {first.node_id, *helpers}
+    query = select(Job).where(Job.status == JobStatus.PENDING, Job.id != first.id, Job.operation == first.operation,
+                              Job.mutating.is_(first.mutating))
+    if first.mutating:
+        query = query.where(Job.cluster_id.is_(None) if first.cluster_id is None else Job.cluster_id == first.cluster_id,
+                            Job.cancel_requested.is_(False),
+                            Job.node_id.in_(select(Node.id).where(Node.busy_job_id == Job.id)))
+    for job in session().scalars(query.order_by(Job.id).limit(BATCH_MAX)).all():
+        if job.node_id in nodes or job.extravars != {"hosts": [job.node_id, *helpers],
+                                                     "vars": first.extravars.get("vars", {})}:
             continue
         batch.append(job.id)
         nodes.add(job.node_id)

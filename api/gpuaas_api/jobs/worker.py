@@ -67,6 +67,14 @@ def _host_outcome(result, host: str) -> tuple[str, int | None]:
     return "successful", 0
 
 
+def _reached(result, host: str) -> bool:
+    return any(host in result.stats.get(kind, {}) for kind in ("processed", "dark", "failures"))
+
+
+def _someone_failed(result) -> bool:
+    return bool(result.stats.get("dark") or result.stats.get("failures"))
+
+
 class JobWorker(threading.Thread):
     def __init__(self, app: Flask, poll_seconds: float = 0.5):
         super().__init__(name="gpuaas-job-worker", daemon=True)
@@ -121,8 +129,9 @@ class JobWorker(threading.Thread):
         jobs = [db.get(Job, job_id) for job_id in job_ids]
         lead = jobs[0]
         nodes = [db.get(Node, node_id) for node_id in lead.extravars.get("hosts", [])]
-        if len(jobs) > 1:
+        if len(jobs) > 1:  # a batch: each job's node (its target), then the helpers they share (a controller)
             nodes = [db.get(Node, job.node_id) for job in jobs]
+            nodes += [db.get(Node, node_id) for node_id in lead.extravars.get("hosts", [])[1:]]
         # A pool change shows in the logs of each node it touched; the periodic metrics collection
         # would bury them, so its events stay with its job only.
         node_of_host = ({} if lead.operation == Operation.COLLECT_METRICS.value
@@ -164,11 +173,13 @@ class JobWorker(threading.Thread):
             if "targets" in lead.extravars:  # a multi-node job (pool_apply): its hosts beyond these are helpers
                 target_nodes = [node for node in nodes if node.id in lead.extravars["targets"]]
             else:
-                target_nodes = nodes if len(jobs) > 1 else nodes[:1]
+                target_nodes = nodes[:len(jobs)]
             targets = ",".join(node.inventory_name for node in target_nodes)
             if lead.operation == Operation.POOL_APPLY.value:
                 start_pool_deployment(lead.extravars["pool_id"])
             extravars = {**config.ANSIBLE_EXTRA_VARS, **lead.extravars.get("vars", {}), "gpuaas_targets": targets}
+            if lead.operation == Operation.REBOOT.value:  # how many of a batch's nodes go down at once
+                extravars.setdefault("node_reboot_serial", config.REBOOT_SERIAL)
             playbook_started = time.monotonic()
             result = run_playbook(lead.id, Operation(lead.operation).value, [host_spec(n) for n in nodes],
                                   extravars, config.DATA_DIR, identity,
@@ -199,6 +210,13 @@ class JobWorker(threading.Thread):
                 continue
             if result.status == "canceled" and not db.scalar(select(Job.cancel_requested).where(Job.id == job.id)):
                 # Canceled because another job of its batch was: run it again later.
+                db.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING, Job.claimed_by == owner)
+                           .values(status=JobStatus.PENDING, claimed_by=None, started_at=None, lease_expires_at=None))
+                db.commit()
+                continue
+            if result.status == "failed" and not _reached(result, node.inventory_name) and _someone_failed(result):
+                # The run stopped before it reached this node (a rolling reboot stops when a whole serial
+                # batch failed): it is not this node's failure, and nothing was done to it. Run it again.
                 db.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING, Job.claimed_by == owner)
                            .values(status=JobStatus.PENDING, claimed_by=None, started_at=None, lease_expires_at=None))
                 db.commit()
