@@ -276,8 +276,8 @@ def test_reads_still_in_flight_at_the_deadline_leave_their_gpus_as_they_were(app
     assert [assignment(app)[uuid] for uuid in uuids["w1"]] == [GpuAssignment.ASSIGNED] * 2
 
 
-def test_one_collection_per_period_across_two_service_instances(app, client, fleet_db, agents, migrated_database_url,
-                                                                 tmp_path):
+def test_one_collection_per_period_across_two_service_instances(app, client, fleet_db, agents,
+                                                                migrated_database_url, tmp_path):
     uuids = fleet_db["uuids"]
     pool_on(app, client, fleet_db, uuids["w1"])
     agents["w1"].report({uuid: readings(5) for uuid in uuids["w1"]})

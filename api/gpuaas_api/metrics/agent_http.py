@@ -98,7 +98,8 @@ def read_agents(targets: list[Target], token: str, connect_timeout: float, read_
                 reads.answered[target.node_id] = future.result()
             except AgentError as error:
                 reads.failed[target.node_id] = str(error)
-            except Exception as error:  # pylint: disable=broad-except  (a verdict for the node, never a raise)
+            # A verdict for the node, never a raise out of the collection.
+            except Exception as error:  # pylint: disable=broad-except
                 reads.failed[target.node_id] = f"{type(error).__name__}: {error}"
         reads.skipped = sorted(futures[future].node_id for future in not_done)
     finally:
