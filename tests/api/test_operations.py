@@ -135,6 +135,32 @@ def test_orphaned_jobs_are_finalised_after_a_restart(app, client, region):
     assert client.get(f"/gpuaas/node/reboot?node_id={node['id']}").status_code == 405  # POST only
 
 
+def test_run_dirs_no_running_job_owns_are_removed(app, client, region):
+    """A killed process leaves its run's private dir (inventory, variables); the sweep removes it,
+    and only it: the dir of a running job, or of a job that starts after the listing, stays."""
+    from gpuaas_api.jobs.runner import remove_stale_job_dirs
+    from gpuaas_api.jobs.worker import sweep_job_dirs
+
+    first, second = (client.get(f"/gpuaas/node/init?gpuaas_node_id={add_node(client, region, name)['id']}")
+                     .get_json()["job_id"] for name in ("w1", "w2"))
+    with app.app_context():
+        session().get(Job, second).status = JobStatus.RUNNING
+        session().commit()
+        config = app.config["GPUAAS"]
+        jobs_dir = config.DATA_DIR / "jobs"
+        for name in (f"job-{first}-abc", f"job-{second}-def", "not-a-run"):
+            (jobs_dir / name).mkdir(parents=True)
+            (jobs_dir / name / "inventory").write_text("secret")
+        finalize(first, "error", 1, "killed", {})
+
+        assert sweep_job_dirs(config) == [f"job-{first}-abc"]
+        assert sorted(p.name for p in jobs_dir.iterdir()) == [f"job-{second}-def", "not-a-run"]
+        # A dir whose job is running when the running jobs are asked (after the listing) stays.
+        (jobs_dir / f"job-{first}-ghi").mkdir()
+        assert remove_stale_job_dirs(config.DATA_DIR, lambda: {first, second}) == []
+        assert (jobs_dir / f"job-{first}-ghi").is_dir()
+
+
 def gpu_report(*gpus):
     report = {"driver_state": "present", "driver_version": "550.54.15", "cuda_version": "12.4",
               "gpu_count": len(gpus), "gpus": list(gpus)}

@@ -198,6 +198,27 @@ def _close_ptys_without_pause() -> None:
     pexpect.spawn._gpuaas_prompt_close = True
 
 
+def remove_stale_job_dirs(data_dir: Path, running_job_ids) -> list[str]:
+    """Remove the private dirs of runs that ended without their own clean-up (a process killed, or
+    a gunicorn worker aborted after a SIGSTOP past its timeout): they hold an inventory and
+    variables (the agents' token among them). A run's dir is named after its first job, which is
+    running before the dir is made and until it is removed; so a dir listed here whose job is not
+    running when ``running_job_ids()`` answers, after the listing, is stale, whichever process
+    made it. Returns the names removed."""
+    jobs_dir = data_dir / "jobs"
+    listed = [(int(entry.name.split("-")[1]), entry) for entry in
+              (jobs_dir.glob("job-*-*") if jobs_dir.is_dir() else ()) if entry.name.split("-")[1].isdigit()]
+    if not listed:
+        return []
+    running = running_job_ids()
+    removed = []
+    for job_id, entry in listed:
+        if job_id not in running:
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry.name)
+    return removed
+
+
 def run_playbook(job_id: int, playbook: str, hosts: list[HostSpec], extravars: dict, data_dir: Path,
                  key_file: Path, on_event, should_cancel, timeout: int = 3600) -> RunResult:
     """Run playbooks/<playbook>.yml against ``hosts``; ``on_event`` gets each event (keep it cheap)."""

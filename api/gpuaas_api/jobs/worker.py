@@ -21,7 +21,7 @@ from .finalize import finalize, reconcile_orphans
 from .lease import Lease, expire_lapsed
 from .queue import BATCH_QUIET_SECONDS, claim_run, claimant
 from .submit import job_submitted
-from .runner import AnsibleNotFound, HostSpec, pid_alive, run_playbook
+from .runner import AnsibleNotFound, HostSpec, pid_alive, remove_stale_job_dirs, run_playbook
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_SECONDS = 0.5
@@ -103,6 +103,7 @@ class JobWorker(threading.Thread):
                     try:
                         reconcile_orphans(socket.gethostname(), pid_alive)
                         expire_lapsed(claimant())
+                        sweep_job_dirs(config)
                     except Exception:
                         log.exception("reconciling orphaned jobs failed")
                     release()
@@ -229,6 +230,15 @@ class JobWorker(threading.Thread):
             finalize(job.id, status, rc, explanation, artifact, keys, emitted[job.id], owner=owner)
 
 
+def sweep_job_dirs(config) -> list[str]:
+    """Remove this host's private run dirs that no running job owns (runner.remove_stale_job_dirs)."""
+    removed = remove_stale_job_dirs(
+        config.DATA_DIR, lambda: set(session().scalars(select(Job.id).where(Job.status == JobStatus.RUNNING))))
+    if removed:
+        log.warning("removed the run directories of jobs no longer running: %s", ", ".join(removed))
+    return removed
+
+
 def start_workers(app: Flask, count: int = 2) -> list[JobWorker]:
     workers = [JobWorker(app) for _worker in range(count)]
     for worker in workers:
@@ -238,4 +248,6 @@ def start_workers(app: Flask, count: int = 2) -> list[JobWorker]:
 
 def reconcile(app: Flask) -> list[int]:
     with app.app_context():
-        return reconcile_orphans(socket.gethostname(), pid_alive)
+        finalised = reconcile_orphans(socket.gethostname(), pid_alive)
+        sweep_job_dirs(app.config["GPUAAS"])
+        return finalised
