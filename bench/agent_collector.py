@@ -89,21 +89,14 @@ def measure(run, rounds: int) -> tuple[float, float]:
 
 def seed(app, nodes: int, port: int) -> None:
     from gpuaas_api.db import session
-    from gpuaas_api.models import Cluster, Gpu, Node, Pool, Region
-    from gpuaas_api.states import ClusterStatus, GpuAssignment, NodeStatus, PoolStatus
+    from gpuaas_api.models import Gpu, Node
+    from gpuaas_api.states import GpuAssignment, NodeStatus
+    from seed import active_cluster, active_pool
 
     with app.app_context():
         db = session()
-        region = Region(region_name="bench")
-        db.add(region)
-        db.flush()
-        cluster = Cluster(region_id=region.id, status=ClusterStatus.ACTIVE)
-        db.add(cluster)
-        db.flush()
-        pool = Pool(cluster_id=cluster.id, pool_name="bench", sharing_ratio=RATIO, time_quantum_in_sec=30,
-                    security_level="low", status=PoolStatus.ACTIVE)
-        db.add(pool)
-        db.flush()
+        region, cluster = active_cluster(db)
+        pool = active_pool(db, cluster, RATIO, "low")
         for node_index in range(nodes):
             node = Node(name=f"n{node_index}", region_id=region.id, cluster_id=cluster.id,
                         node_ip=f"127.0.0.{10 + node_index}", username="root", is_worker_node=True, joined=True,

@@ -44,19 +44,15 @@ def seed(database_url: str, data_dir: Path) -> str:
     from gpuaas_api.config import Config
     from gpuaas_api.db import session
     from gpuaas_api.migrate import upgrade
-    from gpuaas_api.models import Cluster, Gpu, Node, Region, User
-    from gpuaas_api.states import ClusterStatus, NodeStatus
+    from gpuaas_api.models import Gpu, Node, User
+    from gpuaas_api.states import NodeStatus
+    from seed import active_cluster
 
     upgrade(database_url)
     app = create_app(Config({"GPUAAS_DATA_DIR": str(data_dir), "GPUAAS_DATABASE_URL": database_url}))
     with app.app_context():
         db = session()
-        region = Region(region_name="bench")
-        db.add(region)
-        db.flush()
-        cluster = Cluster(region_id=region.id, status=ClusterStatus.ACTIVE)
-        db.add(cluster)
-        db.flush()
+        region, cluster = active_cluster(db)
         for n in range(NODES):
             node = Node(name=f"gpu-{n:04d}", region_id=region.id, cluster_id=cluster.id,
                         node_ip=f"198.18.{n // 250}.{n % 250 + 1}", username="root", is_worker_node=True,

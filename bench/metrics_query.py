@@ -34,8 +34,9 @@ from gpuaas_api.config import Config  # noqa: E402
 from gpuaas_api.db import session  # noqa: E402
 from gpuaas_api.metrics.store import record_gpu_samples  # noqa: E402
 from gpuaas_api.migrate import upgrade  # noqa: E402
-from gpuaas_api.models import Cluster, Gpu, MetricRollup, MetricSample, Node, Pool, Region  # noqa: E402
-from gpuaas_api.states import ClusterStatus, GpuAssignment, NodeStatus, PoolStatus  # noqa: E402
+from gpuaas_api.models import Gpu, MetricRollup, MetricSample, Node  # noqa: E402
+from gpuaas_api.states import GpuAssignment, NodeStatus  # noqa: E402
+from seed import active_cluster, active_pool  # noqa: E402
 
 ADMIN = ("bench", "bench-password-long-enough")
 
@@ -44,16 +45,8 @@ def fill(app, days: int, gpu_count: int) -> tuple[int, dt.datetime, dt.datetime,
     """One pool of ``gpu_count`` GPUs on 4-GPU nodes, sampled every minute for ``days`` days."""
     with app.app_context():
         db = session()
-        region = Region(region_name="bench")
-        db.add(region)
-        db.flush()
-        cluster = Cluster(region_id=region.id, status=ClusterStatus.ACTIVE)
-        db.add(cluster)
-        db.flush()
-        pool = Pool(cluster_id=cluster.id, pool_name="bench", sharing_ratio=4, time_quantum_in_sec=30,
-                    security_level="medium", status=PoolStatus.ACTIVE)
-        db.add(pool)
-        db.flush()
+        region, cluster = active_cluster(db)
+        pool = active_pool(db, cluster, 4, "medium")
         gpu_ids = []
         for node_index in range(gpu_count // 4):
             node = Node(name=f"n{node_index}", region_id=region.id, node_ip="198.18.0.1", username="root",

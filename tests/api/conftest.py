@@ -185,6 +185,17 @@ def fleet_db(app, client, region):
         return {"gpuaas_id": cluster.id, "other_id": other.id, "uuids": uuids}
 
 
+@pytest.fixture
+def storage_node(app, region) -> int:
+    """A HEALTHY storage-service node "s1" (volume group gpuaas) in ``region``; its id."""
+    with app.app_context():
+        node = Node(name="s1", region_id=region["id"], node_ip="198.18.0.30", username="root",
+                    is_storage_service=True, volume_group="gpuaas", status=NodeStatus.HEALTHY)
+        session().add(node)
+        session().commit()
+        return node.id
+
+
 def create(client, fleet_db, **pool):
     body = {"pool_name": "high-throughput-pool", "attach_gpu_ids": fleet_db["uuids"]["w1"], "sharing_ratio": 4,
             "time_quantum_in_sec": 30, "security_level": "medium"}

@@ -27,7 +27,7 @@ from gpuaas_api.jobs.finalize import finalize
 from gpuaas_api.jobs.worker import host_spec
 from gpuaas_api.metrics.collector import SCHEDULE, STORAGE_SCHEDULE, AgentCollection, submit_collection, tick
 from gpuaas_api.models import Gpu, Job, MetricSample, Node, Schedule
-from gpuaas_api.states import GpuAssignment, NodeStatus
+from gpuaas_api.states import GpuAssignment
 
 TOKEN = "agent-token-for-the-tests"
 ADDRESSES = {"w1": "127.0.0.11", "w2": "127.0.0.12", "x1": "127.0.0.13"}
@@ -103,7 +103,7 @@ def agents(app, fleet_db):
     port = free_port()
     agent_settings(app.config["GPUAAS"], port)
     with app.app_context():
-        for node in session().scalars(select(Node)):
+        for node in session().scalars(select(Node).where(Node.name.in_(ADDRESSES))):
             node.node_ip = ADDRESSES[node.name]
         session().commit()
     started = {name: NodeAgent(address, port) for name, address in ADDRESSES.items()}
@@ -235,20 +235,25 @@ def test_an_agent_refusing_the_token_is_unavailable_and_logged(app, client, flee
     assert TOKEN not in caplog.text and "another-deployments-token" not in caplog.text
 
 
+def collect_while_silent(app, name: str):
+    """One collection while node ``name``'s agent port accepts connections and never answers;
+    the result and its wall time."""
+    hung = SilentServer(ADDRESSES[name], app.config["GPUAAS"].AGENT_PORT)
+    try:
+        started = time.monotonic()
+        return collect_now(app), time.monotonic() - started
+    finally:
+        hung.stop()
+
+
 def test_a_hung_agent_costs_the_collection_its_read_timeout_only(app, client, fleet_db, agents):
     uuids = fleet_db["uuids"]
     pool_on(app, client, fleet_db, uuids["w1"] + uuids["w2"][:1])
     config = app.config["GPUAAS"]
     config.AGENT_READ_TIMEOUT_SECONDS = 0.5
-    hung = SilentServer(ADDRESSES["w1"], config.AGENT_PORT)
     agents["w2"].report({uuid: readings(5) for uuid in uuids["w2"]})
     agents["w2"].start()
-    try:
-        started = time.monotonic()
-        result = collect_now(app)
-        elapsed = time.monotonic() - started
-    finally:
-        hung.stop()
+    result, elapsed = collect_while_silent(app, "w1")
 
     assert elapsed < 1.5, elapsed
     assert "timed out" in result.failed[f"node-{_node_id(app, 'w1')}"]
@@ -263,13 +268,7 @@ def test_reads_still_in_flight_at_the_deadline_leave_their_gpus_as_they_were(app
     pool_on(app, client, fleet_db, uuids["w1"])
     config = app.config["GPUAAS"]
     config.METRICS_INTERVAL_SECONDS, config.AGENT_READ_TIMEOUT_SECONDS = 0.6, 10.0
-    hung = SilentServer(ADDRESSES["w1"], config.AGENT_PORT)
-    try:
-        started = time.monotonic()
-        result = collect_now(app)
-        elapsed = time.monotonic() - started
-    finally:
-        hung.stop()
+    result, elapsed = collect_while_silent(app, "w1")
 
     assert elapsed < 1.0, elapsed
     assert (result.failed, result.skipped) == ({}, [f"node-{_node_id(app, 'w1')}"])
@@ -316,17 +315,13 @@ def test_without_the_agent_settings_the_collect_metrics_job_reads_the_gpus(app, 
     assert not {"gpu_sharing_agent_http_listen", "gpu_sharing_agent_token"} & set(hostvars)
 
 
-def test_storage_nodes_stay_on_ansible_on_their_own_period(app, client, fleet_db, region, agents):
+def test_storage_nodes_stay_on_ansible_on_their_own_period(app, client, fleet_db, agents, storage_node):
     uuids = fleet_db["uuids"]
     pool_on(app, client, fleet_db, uuids["w1"])
     agents["w1"].report({uuid: readings(5) for uuid in uuids["w1"]})
     agents["w1"].start()
+    storage_id = storage_node
     with app.app_context():
-        storage = Node(name="s1", region_id=region["id"], node_ip="198.18.0.30", username="root",
-                       is_storage_service=True, volume_group="gpuaas", status=NodeStatus.HEALTHY)
-        session().add(storage)
-        session().commit()
-        storage_id = storage.id
         config = app.config["GPUAAS"]
 
         first = tick(config)  # both periods are due: the storage job, then the agents' read

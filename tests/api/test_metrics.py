@@ -15,7 +15,7 @@ from gpuaas_api.jobs.finalize import finalize
 from gpuaas_api.metrics.collector import claim_period, submit_collection, tick
 from gpuaas_api.metrics.store import record_gpu_samples
 from gpuaas_api.models import Gpu, Job, JobEvent, MetricRollup, MetricSample, Node
-from gpuaas_api.states import GpuAssignment, NodeStatus
+from gpuaas_api.states import GpuAssignment
 
 UTC = dt.timezone.utc
 MONDAY_10 = dt.datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
@@ -191,13 +191,8 @@ def test_a_zero_interval_turns_the_collector_off(app, client, fleet_db):
         assert tick(config) is None  # same period
 
 
-def test_storage_nodes_are_read_by_the_collection_and_served(app, client, region):
-    with app.app_context():
-        node = Node(name="s1", region_id=region["id"], node_ip="198.18.0.30", username="root",
-                    is_storage_service=True, volume_group="gpuaas", status=NodeStatus.HEALTHY)
-        session().add(node)
-        session().commit()
-        node_id = node.id
+def test_storage_nodes_are_read_by_the_collection_and_served(app, client, storage_node):
+    node_id = storage_node
     report = {"volume_groups": [{"name": "gpuaas", "size_bytes": 1000, "free_bytes": 400, "used_bytes": 600}],
               "volume_group": {"name": "gpuaas", "size_bytes": 1000, "free_bytes": 400, "used_bytes": 600},
               "filesystems": [{"path": "/", "size_bytes": 10, "used_bytes": 4, "free_bytes": 6}]}
