@@ -67,6 +67,10 @@ def _serve(config: Config, workers: int) -> int:
     prepared = subprocess.run([sys.executable, "-m", "gpuaas_api.cli", "prepare"], check=False)
     if prepared.returncode != 0:
         return prepared.returncode
+    from .ssh_keys import shared_identity_warning
+
+    if warning := shared_identity_warning(config):
+        logging.getLogger("gpuaas_api").warning(warning)
 
     class Server(BaseApplication):
         def load_config(self):

@@ -55,7 +55,7 @@ class Config:
         # Node operations (init, deinit, join, leave, disable, reboot) for different nodes that arrive
         # together share one playbook run (jobs/queue.py): a job waits while requests for its operation
         # keep coming less than the quiet interval apart, and never longer than the window. A quiet
-        # interval of 0 runs each on its own, at once.
+        # interval of 0 holds no job back: it runs at once, with those already pending it can join.
         self.NODE_BATCH_QUIET_SECONDS = float(env.get("GPUAAS_NODE_BATCH_QUIET_SECONDS", "0.25"))
         self.NODE_BATCH_WINDOW_SECONDS = float(env.get("GPUAAS_NODE_BATCH_WINDOW_SECONDS", "2"))
         if self.NODE_BATCH_QUIET_SECONDS < 0 or self.NODE_BATCH_WINDOW_SECONDS < self.NODE_BATCH_QUIET_SECONDS:

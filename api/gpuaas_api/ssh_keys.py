@@ -36,6 +36,17 @@ class IdentityError(Exception):
     """The identity cannot be used or changed as asked; the message says why in one line."""
 
 
+def shared_identity_warning(config) -> str | None:
+    """Why this deployment's hosts would not share one identity, when they would not: a PostgreSQL
+    database is what several hosts share, and without either setting each host makes its own key
+    in its own data directory (`ssh_keys` then depends on the host that answers)."""
+    if config.DATABASE_URL.startswith("postgresql") and not (config.SECRET_KEY or config.SSH_KEY_FILE):
+        return ("neither GPUAAS_SECRET_KEY nor GPUAAS_SSH_KEY_FILE is set: this host uses its own SSH key "
+                f"({controller_key_path(config.DATA_DIR)}), and another host serving the same database would use "
+                "another one; set one of them before starting a second host")
+    return None
+
+
 def controller_key_path(data_dir: Path) -> Path:
     """The single-host key pair's private key (neither setting given)."""
     return data_dir / "ssh" / "id_ed25519"
@@ -120,7 +131,18 @@ def private_key_file(config) -> Path:
         with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
             handle.write(private)
         os.replace(partial, path)
+    _remove_retired_key_files(path.parent)
     return path
+
+
+def _remove_retired_key_files(directory: Path) -> None:
+    """Delete this host's copies of private keys whose pairs are no longer in the database (retired
+    and removed): a removed pair must not live on in every host's data directory. A pair still
+    stored, even retired, keeps its copy: a job that started before the switch may be using it."""
+    stored = set(session().scalars(select(ControllerKey.fingerprint)))
+    for copy in directory.glob("controller-*"):
+        if copy.name.removeprefix("controller-") not in stored and not copy.name.endswith(".tmp"):
+            copy.unlink(missing_ok=True)
 
 
 def _require_database_mode(config) -> None:

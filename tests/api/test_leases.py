@@ -75,3 +75,84 @@ def test_the_renew_interval_is_shorter_than_the_lease(database_url, tmp_path):
     with pytest.raises(ValueError, match="LEASE_RENEW"):
         Config({"GPUAAS_JOB_LEASE_SECONDS": "10", "GPUAAS_JOB_LEASE_RENEW_SECONDS": "10"})
     assert Config({}).JOB_LEASE_SECONDS == 60 and Config({}).JOB_LEASE_RENEW_SECONDS == 10
+
+
+def test_a_takeover_during_the_claimants_finalisation_finalises_nothing(app, client, region, monkeypatch):
+    """The claimant's finalisation and another process's takeover of the lapsed lease race: exactly one
+    records the job. The claimant is made to be mid-finalisation (past its ownership check, before its
+    commit) when the takeover starts."""
+    import threading
+
+    from gpuaas_api.jobs import finalize as finalize_module
+
+    node = add_node(client, region)
+    init = client.get(f"/gpuaas/node/init?gpuaas_node_id={node['id']}").get_json()["job_id"]
+    taken_over: list[list[int]] = []
+
+    def take_over() -> None:
+        with app.app_context():
+            taken_over.append(expire_lapsed("host-b:2"))
+
+    record_facts = finalize_module._record_node_facts
+
+    def record_facts_while_taken_over(*args):
+        takeover = threading.Thread(target=take_over)
+        takeover.start()
+        takeover.join(timeout=1)  # it waits on the claimant's row lock, or ends at once without one
+        record_facts(*args)
+        racing.append(takeover)
+
+    racing: list[threading.Thread] = []
+    with app.app_context():
+        assert claim_next() == [init]
+        first = session().get(Job, init).claimed_by
+        lapse(init)
+        monkeypatch.setattr(finalize_module, "_record_node_facts", record_facts_while_taken_over)
+        finalize(init, "successful", 0, "", {}, owner=first)
+    racing[0].join(timeout=30)
+    assert taken_over == [[]]
+    job = client.get(f"/api/jobs/{init}").get_json()
+    assert job["status"] == "successful" and "stopped renewing" not in (job["explanation"] or "")
+    assert client.get(f"/gpuaas/node/{node['id']}").get_json()["status"] == NodeStatus.INITIALIZED.value
+
+
+def test_the_housekeeper_finalises_a_lapsed_lease_while_every_job_worker_is_busy(app, client, region, monkeypatch):
+    """A dead host's job is finalised by a survivor whose only job thread is running a long playbook."""
+    import threading
+    import time
+
+    from gpuaas_api.jobs import worker as worker_module
+    from gpuaas_api.jobs.runner import RunResult
+
+    stuck, release_playbook = threading.Event(), threading.Event()
+
+    def long_playbook(*_args, **_kwargs):
+        stuck.set()
+        release_playbook.wait(timeout=30)
+        return RunResult("successful", 0, {"processed": {}, "failures": {}, "dark": {}}, {}, {})
+
+    monkeypatch.setattr(worker_module, "run_playbook", long_playbook)
+    monkeypatch.setattr(app.config["GPUAAS"], "JOB_LEASE_RENEW_SECONDS", 0.2)
+    dead_node, busy_node = add_node(client, region, name="dead"), add_node(client, region, name="busy")
+    orphan = client.get(f"/gpuaas/node/init?gpuaas_node_id={dead_node['id']}").get_json()["job_id"]
+    with app.app_context():
+        assert claim_next() == [orphan]
+        session().execute(update(Job).where(Job.id == orphan).values(claimed_by="gone-host:1"))
+        session().commit()
+        lapse(orphan)
+    client.get(f"/gpuaas/node/init?gpuaas_node_id={busy_node['id']}")
+    threads = worker_module.start_workers(app, 1)
+    try:
+        assert stuck.wait(timeout=10), "the job worker never started the long playbook"
+        deadline = time.monotonic() + 10
+        while client.get(f"/api/jobs/{orphan}").get_json()["status"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        job = client.get(f"/api/jobs/{orphan}").get_json()
+        assert job["status"] == "error" and "gone-host:1 stopped renewing" in job["explanation"]
+        assert not release_playbook.is_set()  # the worker was busy all along
+    finally:
+        release_playbook.set()
+        for thread in threads:
+            thread.stopping.set()
+        for thread in threads:
+            thread.join(timeout=30)

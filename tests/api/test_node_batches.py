@@ -29,6 +29,7 @@ class FakeRun:
 
     def __call__(self, job_id, playbook, hosts, extravars, data_dir, key_file, on_event, should_cancel, timeout):
         call = {"job_id": job_id, "playbook": playbook, "hosts": [host.name for host in hosts],
+                "hostvars": {host.name: host.hostvars for host in hosts},
                 "targets": extravars["gpuaas_targets"].split(","), "extravars": extravars}
         self.calls.append(call)
         return self.answer(call)
@@ -219,6 +220,31 @@ def test_joins_share_one_run_with_the_controller_as_a_helper(app, client, region
     assert call["extravars"]["cluster_join_controller"] == f"node-{controller['id']}"
     assert [jobs(app)[j].status for j in joins] == [JobStatus.SUCCESSFUL, JobStatus.SUCCESSFUL]
     assert [status_of(client, w) for w in workers] == ["healthy", "healthy"]
+
+
+@pytest.mark.parametrize("operation", ["init", "reboot"])
+def test_each_host_of_a_batch_keeps_the_controller_of_its_own_run(app, client, region, monkeypatch, operation):
+    # A controller-flagged node and a worker, neither in a cluster: alone, the worker's run has no
+    # controller (its roles look for departure records and kubectl nowhere), and the controller-flagged
+    # node's is itself. Batched, the run's `controller` group holds the controller-flagged node, and the
+    # roles' defaults would make it the worker's controller too.
+    flagged = add_node(client, region, name="c0", is_controller_node=True, is_worker_node=False)
+    worker = add_node(client, region, name="w0")
+    if operation == "reboot":
+        for node in (flagged, worker):
+            set_status(app, node["id"], NodeStatus.INITIALIZED)
+    submit = ((lambda n: client.get(f"/gpuaas/node/init?gpuaas_node_id={n['id']}")) if operation == "init"
+              else (lambda n: client.post(f"/gpuaas/node/reboot?node_id={n['id']}")))
+    submitted = [submit(n).get_json()["job_id"] for n in (flagged, worker)]
+    names = [f"node-{flagged['id']}", f"node-{worker['id']}"]
+
+    batch, fake = run_claimed(app, monkeypatch, lambda call: RunResult("successful", 0, stats(processed=names), {}, {}))
+
+    assert batch == submitted and fake.calls[0]["hosts"] == names
+    hostvars = fake.calls[0]["hostvars"]
+    for variable in worker_module.CONTROLLER_VARIABLES:
+        assert hostvars[names[0]][variable] == names[0]
+        assert hostvars[names[1]][variable] == ""
 
 
 @pytest.mark.parametrize("serial", ["0", "0%", "101%", "-1", "20 %", "all"])

@@ -69,7 +69,8 @@ def test_rotation_stage_activate_retire(tmp_path, migrated_database_url):
     other, other_app = host(tmp_path, migrated_database_url, "host-b", GPUAAS_SECRET_KEY=SECRET)
     with app.app_context():
         (old,) = public_keys(config)
-        old_file = private_key_file(config).read_bytes()
+        old_copy = private_key_file(config)
+        old_file = old_copy.read_bytes()
         new = stage(config)
         # Both are listed while nodes are given the new one; jobs still use the old one.
         assert public_keys(config) == [old, new]
@@ -82,8 +83,13 @@ def test_rotation_stage_activate_retire(tmp_path, migrated_database_url):
         assert public_keys(other) == [new]
         assert private_key_file(other).read_bytes() != old_file
     with app.app_context():
+        # Retired but still stored: its copy stays (a job started before the switch may use it).
+        new_copy = private_key_file(config)
+        assert new_copy != old_copy and old_copy.exists()
         assert retire(config) == 1
         assert session().scalars(select(ControllerKey.state)).all() == ["active"]
+        # Removed: the next job's key lookup deletes this host's copy of it.
+        assert private_key_file(config) == new_copy and not old_copy.exists()
         with pytest.raises(IdentityError, match="no staged key"):
             activate(config)
 
@@ -129,3 +135,15 @@ def test_the_cli_rotates_and_shows(tmp_path, migrated_database_url):
     assert cli("activate").stdout.strip() == staged.stdout.strip()
     assert "removed 1 key pair(s)" in cli("retire").stderr
     assert cli("activate").returncode == 1
+
+
+def test_a_shared_database_without_a_shared_identity_is_warned_of(tmp_path):
+    from gpuaas_api.ssh_keys import shared_identity_warning
+
+    postgres = "postgresql+psycopg://gpuaas@127.0.0.1/gpuaas"
+    warning = shared_identity_warning(Config({"GPUAAS_DATA_DIR": str(tmp_path), "GPUAAS_DATABASE_URL": postgres}))
+    assert "neither GPUAAS_SECRET_KEY nor GPUAAS_SSH_KEY_FILE is set" in warning and str(tmp_path / "ssh") in warning
+    for shared in ({"GPUAAS_SECRET_KEY": SECRET}, {"GPUAAS_SSH_KEY_FILE": str(tmp_path / "mounted")}):
+        assert shared_identity_warning(Config({"GPUAAS_DATA_DIR": str(tmp_path), "GPUAAS_DATABASE_URL": postgres,
+                                               **shared})) is None
+    assert shared_identity_warning(Config({"GPUAAS_DATA_DIR": str(tmp_path)})) is None  # SQLite: one host

@@ -66,9 +66,8 @@ def test_1_test_conn_pins_each_host_key(service, cluster):
 
 def test_2_init_enable_join(service, cluster):
     api, nodes = service.api, cluster["nodes"]
-    # As an operator brings a rack in: every node's init at once. Init changes the node, so
-    # each is a run of its own (no batch); the service's job workers (two per serve worker,
-    # two serve workers) run them side by side.
+    # As an operator brings a rack in: every node's init at once. Inits arriving together share
+    # one playbook run (jobs/queue.py batch_of), each node finalised from its own host's result.
     started = [api.call("GET", f"/gpuaas/node/init?gpuaas_node_id={node['id']}")["job_id"] for node in nodes.values()]
     inits = [api.wait_job(job_id, timeout=600) for job_id in started]
     for node, job in zip(nodes.values(), inits):

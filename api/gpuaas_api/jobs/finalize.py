@@ -43,14 +43,23 @@ def finalize(job_id: int, runner_status: str, rc: int | None, explanation: str, 
     another process recorded.
     """
     db = session()
-    job = db.get(Job, job_id, populate_existing=True)
-    if owner is not None and (job.status is not JobStatus.RUNNING or job.claimed_by != owner):
-        log.warning("job %s: not finalised by %s, which no longer holds it (%s, claimed by %s)", job_id, owner,
-                    job.status.value, job.claimed_by)
-        db.rollback()
-        return job
-    node = db.get(Node, job.node_id) if job.node_id else None
     status = RUNNER_TO_JOB_STATUS.get(runner_status, JobStatus.ERROR)
+    if owner is not None:
+        # The job leaves `running` first, in one conditional UPDATE: a check followed by a write would
+        # let another process's takeover (lease.expire_lapsed) land in between, and both would record a
+        # result. The row stays locked until this transaction commits, and once it is no longer
+        # running no takeover matches it.
+        held = db.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.claimed_by == owner)
+                          .values(status=status)).rowcount
+        if held != 1:
+            db.rollback()
+            job = db.get(Job, job_id, populate_existing=True)
+            log.warning("job %s: not finalised by %s, which no longer holds it (%s, claimed by %s)", job_id, owner,
+                        job.status.value, job.claimed_by)
+            db.rollback()
+            return job
+    job = db.get(Job, job_id, populate_existing=True)
+    node = db.get(Node, job.node_id) if job.node_id else None
     if status is JobStatus.FAILED and not explanation:
         explanation = _failure_explanation(job_id, artifact_data, rc)
     job.status, job.rc, job.explanation = status, rc, explanation

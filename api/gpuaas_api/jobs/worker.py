@@ -1,5 +1,6 @@
 """Job workers: the loop that claims a run (queue.py), runs its playbook (runner.py) with its events
-stored as they come (events.py), and finalises each of its jobs (finalize.py)."""
+stored as they come (events.py), and finalises each of its jobs (finalize.py); and each process's
+housekeeper, which schedules the metrics collection and finalises what dead processes left."""
 from __future__ import annotations
 
 import logging
@@ -25,9 +26,9 @@ from .runner import AnsibleNotFound, HostSpec, pid_alive, remove_stale_job_dirs,
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_SECONDS = 0.5
-# Besides at start-up, workers look for jobs orphaned by a dead process this often.
+# Besides at start-up, the housekeeper looks for jobs orphaned by a dead process this often.
 RECONCILE_SECONDS = 30
-# How often each worker asks whether the metrics collection is due (see metrics/collector.py).
+# How often the housekeeper asks whether the metrics collection is due (see metrics/collector.py).
 COLLECTION_CHECK_SECONDS = 5.0
 
 
@@ -35,8 +36,24 @@ def node_groups(node: Node) -> list[str]:
     return [group for group, flag in ROLE_FLAGS.items() if getattr(node, flag)]
 
 
-def host_spec(node: Node) -> HostSpec:
+# The roles' defaults that name "the controller" as the first host of the run's `controller` group.
+CONTROLLER_VARIABLES = ("cluster_join_controller", "cluster_leave_controller", "cluster_departed_controller",
+                        "node_reboot_controller")
+
+
+def own_controller(node: Node, helpers: list[Node]) -> str:
+    """The controller a node's roles use when its job runs alone: the first controller-flagged host of
+    its own run (the node, then its helpers), or none."""
+    return next((host.inventory_name for host in [node, *helpers] if host.is_controller_node), "")
+
+
+def host_spec(node: Node, controller: str | None = None) -> HostSpec:
+    """The node as an inventory host. ``controller`` (in a batch) pins the controller its roles use to
+    the one its own run would have had: the batch's `controller` group also holds the other jobs'
+    controller-flagged nodes, maybe of other regions, and its first one is nobody's in particular."""
     hostvars = {"node_init_roles": node_groups(node)}
+    if controller is not None:
+        hostvars.update(dict.fromkeys(CONTROLLER_VARIABLES, controller))
     if node.kubernetes_name:
         hostvars["gpuaas_node_name"] = node.kubernetes_name  # what every role names the node in Kubernetes
     if node.volume_group:
@@ -75,10 +92,14 @@ def _someone_failed(result) -> bool:
     return bool(result.stats.get("dark") or result.stats.get("failures"))
 
 
-class JobWorker(threading.Thread):
-    def __init__(self, app: Flask, poll_seconds: float = 0.5):
-        super().__init__(name="gpuaas-job-worker", daemon=True)
-        self.app, self.poll_seconds = app, poll_seconds
+class Housekeeper(threading.Thread):
+    """One per process, beside its job workers: it starts the metrics collection when due, and
+    finalises what dead or stalled processes left running (orphans, lapsed leases). It never runs a
+    playbook, so it keeps its period while every job worker is busy with a long one."""
+
+    def __init__(self, app: Flask):
+        super().__init__(name="gpuaas-housekeeper", daemon=True)
+        self.app = app
         self.stopping = threading.Event()
 
     def run(self) -> None:
@@ -107,6 +128,19 @@ class JobWorker(threading.Thread):
                     except Exception:
                         log.exception("reconciling orphaned jobs failed")
                     release()
+                wake = min(next_reconcile, next_collection_check if config.METRICS_INTERVAL_SECONDS > 0 else next_reconcile)
+                self.stopping.wait(max(0.05, wake - time.monotonic()))
+
+
+class JobWorker(threading.Thread):
+    def __init__(self, app: Flask, poll_seconds: float = 0.5):
+        super().__init__(name="gpuaas-job-worker", daemon=True)
+        self.app, self.poll_seconds = app, poll_seconds
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        with self.app.app_context():
+            while not self.stopping.is_set():
                 try:
                     batch, held = claim_run()
                 except Exception:  # the database may be briefly unavailable; try again
@@ -182,7 +216,13 @@ class JobWorker(threading.Thread):
             if lead.operation == Operation.REBOOT.value:  # how many of a batch's nodes go down at once
                 extravars.setdefault("node_reboot_serial", config.REBOOT_SERIAL)
             playbook_started = time.monotonic()
-            result = run_playbook(lead.id, Operation(lead.operation).value, [host_spec(n) for n in nodes],
+            if len(jobs) > 1:  # a batch: each target keeps its own controller (its job's helpers are the lead's)
+                helpers = nodes[len(jobs):]
+                hosts = ([host_spec(n, own_controller(n, helpers)) for n in nodes[:len(jobs)]]
+                         + [host_spec(n) for n in helpers])
+            else:
+                hosts = [host_spec(n) for n in nodes]
+            result = run_playbook(lead.id, Operation(lead.operation).value, hosts,
                                   extravars, config.DATA_DIR, identity,
                                   on_event, should_cancel, timeout=config.JOB_TIMEOUT_SECONDS)
             log.info("job(s) %s: playbook %s in %.2f s", job_ids, result.status, time.monotonic() - playbook_started)
@@ -239,8 +279,10 @@ def sweep_job_dirs(config) -> list[str]:
     return removed
 
 
-def start_workers(app: Flask, count: int = 2) -> list[JobWorker]:
-    workers = [JobWorker(app) for _worker in range(count)]
+def start_workers(app: Flask, count: int = 2) -> list[threading.Thread]:
+    """The process's ``count`` job workers and its housekeeper, started."""
+    workers: list[threading.Thread] = [JobWorker(app) for _worker in range(count)]
+    workers.append(Housekeeper(app))
     for worker in workers:
         worker.start()
     return workers
