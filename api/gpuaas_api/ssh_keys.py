@@ -37,10 +37,10 @@ class IdentityError(Exception):
 
 
 def shared_identity_warning(config) -> str | None:
-    """Why this deployment's hosts would not share one identity, when they would not: a PostgreSQL
-    database is what several hosts share, and without either setting each host makes its own key
-    in its own data directory (`ssh_keys` then depends on the host that answers)."""
-    if config.DATABASE_URL.startswith("postgresql") and not (config.SECRET_KEY or config.SSH_KEY_FILE):
+    """Why this deployment's hosts would not share one identity, when they would not: a database
+    server (not SQLite: db.py) is what several hosts share, and without either setting each host
+    makes its own key in its own data directory (`ssh_keys` then depends on the host that answers)."""
+    if not config.DATABASE_URL.startswith("sqlite") and not (config.SECRET_KEY or config.SSH_KEY_FILE):
         return ("neither GPUAAS_SECRET_KEY nor GPUAAS_SSH_KEY_FILE is set: this host uses its own SSH key "
                 f"({controller_key_path(config.DATA_DIR)}), and another host serving the same database would use "
                 "another one; set one of them before starting a second host")

@@ -5,9 +5,9 @@ worker running the job renews it every GPUAAS_JOB_LEASE_RENEW_SECONDS (10) while
 (Lease.still_held, called from the runner's cancel poll). Any API process, on any host, finalises
 a running job whose lease has expired (expire_lapsed, from every process's housekeeper thread in
 jobs/worker.py): `error`, with an explanation naming the process that stopped renewing, and its
-node moves to the operation's failure state. A process that comes back after losing a lease (it was stopped, or cut off from
-the database) finds its renewal refused: it stops the run, and its finalisation changes nothing
-(finalize's `owner`).
+node moves to the operation's failure state. A process that comes back after losing a lease (it
+was stopped, or cut off from the database) finds its renewal refused: it stops the run, and its
+finalisation changes nothing (finalize's `owner`).
 """
 from __future__ import annotations
 

@@ -104,11 +104,12 @@ class Housekeeper(threading.Thread):
 
     def run(self) -> None:
         config = self.app.config["GPUAAS"]
+        collecting = config.METRICS_INTERVAL_SECONDS > 0
         next_reconcile = time.monotonic() + min(RECONCILE_SECONDS, config.JOB_LEASE_RENEW_SECONDS)
-        next_collection_check = time.monotonic()
+        next_collection_check = time.monotonic() if collecting else float("inf")
         with self.app.app_context():
             while not self.stopping.is_set():
-                if config.METRICS_INTERVAL_SECONDS > 0 and time.monotonic() >= next_collection_check:
+                if time.monotonic() >= next_collection_check:
                     # Cheap (one conditional UPDATE); the shared schedule lets one caller per period win.
                     # The winner of an agents' period reads them here, within half the interval.
                     next_collection_check = time.monotonic() + min(COLLECTION_CHECK_SECONDS,
@@ -128,8 +129,7 @@ class Housekeeper(threading.Thread):
                     except Exception:
                         log.exception("reconciling orphaned jobs failed")
                     release()
-                wake = min(next_reconcile, next_collection_check if config.METRICS_INTERVAL_SECONDS > 0 else next_reconcile)
-                self.stopping.wait(max(0.05, wake - time.monotonic()))
+                self.stopping.wait(max(0.05, min(next_reconcile, next_collection_check) - time.monotonic()))
 
 
 class JobWorker(threading.Thread):

@@ -6,8 +6,8 @@ on the threads, each with a connect and a read timeout, and the whole within a d
 is *answered* (its report, parsed) or *failed* (the reason, one line); a node still in flight
 at the deadline is neither, and the caller leaves it alone this period.
 
-Standard library only (http.client): the collector runs in each API process's housekeeper, where every
-millisecond of CPU per node counts (bench/agent_collector.py).
+Standard library only (http.client): the collector runs in each API process's housekeeper, where
+every millisecond of CPU per node counts (bench/agent_collector.py).
 """
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ Two ways to read the GPUs, one way to store them (store_gpu_readings):
   finalised (store_collection). It is a job like any other: its events, its explanation and its
   processes are those of a job.
 
-The housekeeper thread of every API process (jobs/worker.py) calls ``tick``; the shared schedule rows make one of them
-start each period's collection (see models.Schedule).
+The housekeeper thread of every API process (jobs/worker.py) calls ``tick``; the shared schedule
+rows make one of them start each period's collection (see models.Schedule).
 """
 from __future__ import annotations
 
