@@ -44,7 +44,11 @@ region_name = _matches(REGION_NAME, "region name (letters, digits and hyphens, a
 
 
 def ip_address(value: str) -> None:
+    """An IPv4 or IPv6 address, never with an IPv6 zone ID: Python accepts after the `%` any text but
+    `%` and `/` (`::1%{{ lookup('pipe', …) }}`), and the address becomes a node's `ansible_host`."""
     try:
-        ipaddress.ip_address(value)
+        address = ipaddress.ip_address(value)
     except ValueError:
         raise ValidationError("not a valid IPv4 or IPv6 address") from None
+    if getattr(address, "scope_id", None) is not None:
+        raise ValidationError("not a valid IPv4 or IPv6 address (an IPv6 zone ID, after %, is not accepted)")

@@ -47,14 +47,20 @@ class RunResult:
 
 
 def collections_path(data_dir: Path) -> Path:
-    """A collections tree in the data dir whose hostedai/gpuaas is this checkout."""
+    """A collections tree in the data dir whose hostedai/gpuaas is this checkout.
+
+    Job threads and processes sharing a data dir call this at once on a fresh one, so each makes
+    its link under a name of its own (pid and thread) and renames it into place: os.replace is
+    atomic, and the last one in points where all of them would. A link left by another checkout
+    (the data dir reused after a move) is re-pointed the same way."""
     root = data_dir / "collections"
     link = root / "ansible_collections" / "hostedai" / "gpuaas"
-    if not link.exists():
+    if not (link.is_symlink() and Path(os.readlink(link)) == COLLECTION_ROOT):
         link.parent.mkdir(parents=True, exist_ok=True)
-        tmp = link.with_name(f".gpuaas.{os.getpid()}")
+        tmp = link.with_name(f".gpuaas.{os.getpid()}.{threading.get_ident()}")
+        tmp.unlink(missing_ok=True)  # left by a thread of a killed process whose ids came round again
         tmp.symlink_to(COLLECTION_ROOT)
-        tmp.replace(link)
+        os.replace(tmp, link)
     return root
 
 
