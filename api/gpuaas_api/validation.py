@@ -52,3 +52,21 @@ def ip_address(value: str) -> None:
         raise ValidationError("not a valid IPv4 or IPv6 address") from None
     if getattr(address, "scope_id", None) is not None:
         raise ValidationError("not a valid IPv4 or IPv6 address (an IPv6 zone ID, after %, is not accepted)")
+
+
+# What nodes report (roles' scans and facts), checked against the real formats before anything is
+# stored: a node's root (a tenant who escaped a container) controls every one of these strings.
+# NVML's UUIDs: `GPU-` and a UUID; a MIG device's `MIG-` and a UUID (R470 and later) or, before,
+# `MIG-GPU-<uuid>/<gi>/<ci>` (NVML API reference, nvmlDeviceGetUUID; CUDA_VISIBLE_DEVICES docs).
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+GPU_UUID = re.compile(rf"^(GPU-{_UUID}|MIG-{_UUID}|MIG-GPU-{_UUID}/[0-9]{{1,2}}/[0-9]{{1,2}})$")
+GPU_UUID_MAX_LENGTH = 64
+# Product names as NVML and npu-smi print them ("NVIDIA H100 80GB HBM3", "Tesla V100-SXM2-32GB",
+# "NVIDIA RTX A6000", "910B3"), and CPU models as /proc/cpuinfo does ("Intel(R) Xeon(R) CPU E5-2680
+# v4 @ 2.40GHz", "AMD EPYC 9654 96-Core Processor"): no braces, quotes, %, $ or control characters.
+PRODUCT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()@/+,:#-]*$")
+PCI_BUS_ID = re.compile(r"^[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")  # NVML's busId
+VERSION = re.compile(r"^[0-9]{1,6}(\.[0-9]{1,6}){1,3}$")  # a driver's "550.54.15", CUDA's "12.4"
+WORD = re.compile(r"^[A-Za-z][A-Za-z_ ]*$")  # a vendor, a compute or MIG mode, an NPU's health
+# An RFC 1123 host name (uname -n), at most 253 characters.
+HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")

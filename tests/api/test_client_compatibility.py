@@ -15,7 +15,7 @@ from gpuaas_api.db import session
 from gpuaas_api.jobs.finalize import finalize
 from gpuaas_api.models import ApiToken, Cluster, Node, Pool, User
 from gpuaas_api.states import ClusterStatus, NodeStatus
-from test_operations import add_node, gpu, gpu_report, set_status
+from test_operations import GPU_A, GPU_B, add_node, gpu, gpu_report, set_status
 
 
 @pytest.mark.parametrize("path", ["/gpuaas/node/4242", "/api/regions/4242", "/gpuaas/4242", "/gpuaas/pool/4242",
@@ -44,16 +44,16 @@ def test_scan_status_by_the_numeric_id_the_client_passes(app, client, region):
     set_status(app, node["id"], NodeStatus.INITIALIZED)
     started = client.get(f"/gpuaas/node/scan_gpus?gpuaas_node_id={node['id']}").get_json()
     with app.app_context():
-        finalize(started["job_id"], "successful", 0, "", gpu_report(gpu(0, "GPU-a"), gpu(1, "GPU-b")))
+        finalize(started["job_id"], "successful", 0, "", gpu_report(gpu(0, GPU_A), gpu(1, GPU_B)))
 
     by_id = client.get(f"/gpuaas/node/scan_gpus/status?scan_id={started['id']}").get_json()
     by_request_id = client.get(f"/gpuaas/node/scan_gpus/status?scan_id={started['request_id']}").get_json()
     assert by_id == by_request_id and by_id["status"] == "completed"
     # The client reads the node's GPUs from the scan_gpus reply itself.
-    assert by_id["gpus"] == [{"index": 0, "name": "NVIDIA L40S", "memory": 46068, "uuid": "GPU-a"},
-                             {"index": 1, "name": "NVIDIA L40S", "memory": 46068, "uuid": "GPU-b"}]
+    assert by_id["gpus"] == [{"index": 0, "name": "NVIDIA L40S", "memory": 46068, "uuid": GPU_A},
+                             {"index": 1, "name": "NVIDIA L40S", "memory": 46068, "uuid": GPU_B}]
     again = client.get(f"/gpuaas/node/scan_gpus?gpuaas_node_id={node['id']}").get_json()
-    assert [entry["uuid"] for entry in again["gpus"]] == ["GPU-a", "GPU-b"] and again["status"] == "processing"
+    assert [entry["uuid"] for entry in again["gpus"]] == [GPU_A, GPU_B] and again["status"] == "processing"
 
 
 def test_the_clients_node_names_register(client, region):

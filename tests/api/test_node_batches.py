@@ -27,10 +27,11 @@ class FakeRun:
     def __init__(self, answer):
         self.answer, self.calls = answer, []
 
-    def __call__(self, job_id, playbook, hosts, extravars, data_dir, key_file, on_event, should_cancel, timeout):
+    def __call__(self, job_id, playbook, hosts, extravars, data_dir, key_file, on_event, should_cancel, timeout,
+                 operator_extravars):
         call = {"job_id": job_id, "playbook": playbook, "hosts": [host.name for host in hosts],
                 "hostvars": {host.name: host.hostvars for host in hosts},
-                "targets": extravars["gpuaas_targets"].split(","), "extravars": extravars}
+                "targets": extravars["gpuaas_targets"].split(","), "extravars": {**operator_extravars, **extravars}}
         self.calls.append(call)
         return self.answer(call)
 

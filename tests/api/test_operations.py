@@ -161,6 +161,10 @@ def test_run_dirs_no_running_job_owns_are_removed(app, client, region):
         assert (jobs_dir / f"job-{first}-ghi").is_dir()
 
 
+# GPU UUIDs in NVML's format: a scan stores no other (node_reports.py).
+GPU_A, GPU_B = "GPU-00000000-0000-4000-8000-00000000000a", "GPU-00000000-0000-4000-8000-00000000000b"
+
+
 def gpu_report(*gpus):
     report = {"driver_state": "present", "driver_version": "550.54.15", "cuda_version": "12.4",
               "gpu_count": len(gpus), "gpus": list(gpus)}
@@ -179,20 +183,20 @@ def test_scans_update_the_gpu_inventory_without_deleting(app, client, region):
     first = client.get(f"/gpuaas/node/scan_gpus?gpuaas_node_id={node['id']}").get_json()
     assert first["status"] == "processing" and first["scan_id"]
     with app.app_context():
-        finalize(first["job_id"], "successful", 0, "", gpu_report(gpu(0, "GPU-a"), gpu(1, "GPU-b")))
+        finalize(first["job_id"], "successful", 0, "", gpu_report(gpu(0, GPU_A), gpu(1, GPU_B)))
     done = client.get(f"/gpuaas/node/scan_gpus/status?scan_id={first['scan_id']}").get_json()
     assert done["status"] == "completed"
-    assert done["resources"]["gpus"][0] == {"uuid": "GPU-a", "vendor": "NVIDIA", "gpu_model": "NVIDIA L40S",
+    assert done["resources"]["gpus"][0] == {"uuid": GPU_A, "vendor": "NVIDIA", "gpu_model": "NVIDIA L40S",
                                             "memory_in_mb": 46068}
 
     second = client.get(f"/gpuaas/node/scan_gpus?gpuaas_node_id={node['id']}").get_json()
     with app.app_context():
-        finalize(second["job_id"], "successful", 0, "", gpu_report(gpu(0, "GPU-a"), gpu(1, "GPU-b", "lost")))
+        finalize(second["job_id"], "successful", 0, "", gpu_report(gpu(0, GPU_A), gpu(1, GPU_B, "lost")))
         statuses = {g.uuid: g.assignment_status for g in session().scalars(select(Gpu)).all()}
-    assert statuses == {"GPU-a": GpuAssignment.UNASSIGNED, "GPU-b": GpuAssignment.UNAVAILABLE}
+    assert statuses == {GPU_A: GpuAssignment.UNASSIGNED, GPU_B: GpuAssignment.UNAVAILABLE}
     shown = client.get(f"/gpuaas/node/{node['id']}").get_json()
-    assert [(g["uuid"], g["assignment_status"]) for g in shown["gpus"]] == [("GPU-a", "UNASSIGNED"),
-                                                                            ("GPU-b", "UNAVAILABLE")]
+    assert [(g["uuid"], g["assignment_status"]) for g in shown["gpus"]] == [(GPU_A, "UNASSIGNED"),
+                                                                            (GPU_B, "UNAVAILABLE")]
     assert shown["nvidia_driver_version"] == "550.54.15"
     assert_error(client.get("/gpuaas/node/scan_gpus/status?scan_id=nope"), 404)
     assert_error(client.get(f"/gpuaas/node/scan_npus/status?scan_id={first['scan_id']}"), 404)  # wrong kind
@@ -203,7 +207,7 @@ def test_failed_scan_marks_gpus_unavailable(app, client, region):
     set_status(app, node["id"], NodeStatus.INITIALIZED)
     scan = client.get(f"/gpuaas/node/scan_gpus?gpuaas_node_id={node['id']}").get_json()
     with app.app_context():
-        finalize(scan["job_id"], "successful", 0, "", gpu_report(gpu(0, "GPU-a")))
+        finalize(scan["job_id"], "successful", 0, "", gpu_report(gpu(0, GPU_A)))
     again = client.get(f"/gpuaas/node/scan_gpus?gpuaas_node_id={node['id']}").get_json()
     with app.app_context():
         finalize(again["job_id"], "failed", 4, "", {})
@@ -426,7 +430,7 @@ def test_init_and_every_scan_fill_in_the_node_facts(app, client, region):
     scan = client.get(f"/gpuaas/node/scan_gpus?gpuaas_node_id={node['id']}").get_json()
     later = {**facts, "cpu_model": None, "total_memory_in_mb": 1_547_000}
     with app.app_context():
-        finalize(scan["job_id"], "successful", 0, "", {**gpu_report(gpu(0, "GPU-a")),
+        finalize(scan["job_id"], "successful", 0, "", {**gpu_report(gpu(0, GPU_A)),
                                                        "gpuaas_node_facts": {f"node-{node['id']}": later}})
     shown = client.get(f"/gpuaas/node/{node['id']}").get_json()
     assert (shown["cpu_model"], shown["total_memory_in_mb"], shown["cores"]) == (facts["cpu_model"], 1_547_000, 96)

@@ -7,7 +7,7 @@ import logging
 from flask import current_app
 from sqlalchemy import select, update
 
-from .. import kubernetes_names
+from .. import kubernetes_names, node_reports
 from ..db import session
 from ..metrics.collector import store_collection
 from ..metrics.store import record_storage_sample
@@ -60,6 +60,11 @@ def finalize(job_id: int, runner_status: str, rc: int | None, explanation: str, 
             return job
     job = db.get(Job, job_id, populate_existing=True)
     node = db.get(Node, job.node_id) if job.node_id else None
+    refusal = _refused_report(job, node, artifact_data)
+    if refusal is not None:  # what the node reported is not data to keep, however the run went
+        artifact_data = _without_reports(artifact_data)
+        if status is JobStatus.SUCCESSFUL:
+            status, explanation = JobStatus.FAILED, str(refusal)
     if status is JobStatus.FAILED and not explanation:
         explanation = _failure_explanation(job_id, artifact_data, rc)
     job.status, job.rc, job.explanation = status, rc, explanation
@@ -117,6 +122,31 @@ def end_unstarted(job_id: int, status: JobStatus, explanation: str) -> bool:
     return True
 
 
+SCAN_REPORTS = {"gpuaas_gpu_scan": node_reports.check_gpu_report, "gpuaas_npu_scan": node_reports.check_npu_report}
+
+
+def _refused_report(job: Job, node: Node | None, artifact_data: dict) -> node_reports.InvalidNodeReport | None:
+    """Why a scan's report cannot be stored, or None: a scan stores all of its node's report or none."""
+    if node is None or job.operation not in SCAN_OPERATIONS:
+        return None
+    try:
+        for key, check in SCAN_REPORTS.items():
+            report = artifact_data.get(key, {}).get(node.inventory_name)
+            if report is not None:
+                check(report)
+        node_reports.cpu_model((artifact_data.get("gpuaas_node_facts", {}).get(node.inventory_name) or {})
+                               .get("cpu_model"))
+    except node_reports.InvalidNodeReport as refusal:
+        return refusal
+    return None
+
+
+def _without_reports(artifact_data: dict) -> dict:
+    """The job's result without what the node reported (refused: it is kept nowhere)."""
+    return {key: value for key, value in artifact_data.items()
+            if key not in SCAN_REPORTS and key != "gpuaas_node_facts"}
+
+
 def _name_nodes_in_kubernetes(job: Job, node: Node | None, artifact_data: dict) -> None:
     """At a node's first contact that read its hostname (test_conn, node_init), derive and store
     its Kubernetes name; a stored name never changes."""
@@ -127,18 +157,20 @@ def _name_nodes_in_kubernetes(job: Job, node: Node | None, artifact_data: dict) 
     db = session()
     nodes = [node] if node is not None else [db.get(Node, node_id) for node_id in job.extravars.get("targets", [])]
     for named in nodes:
-        hostname = hostnames.get(named.inventory_name) if named is not None else None
-        if not hostname or named.kubernetes_name:
+        reported = hostnames.get(named.inventory_name) if named is not None else None
+        if not reported or named.kubernetes_name:
             continue
+        hostname = node_reports.hostname(reported)
+        if hostname is None:  # not a host name: the node is named after its id (node-<id>) instead
+            log.warning("node %s reported a host name that is not one (RFC 1123); named node-%s", named.id, named.id)
         taken = set(db.scalars(select(Node.kubernetes_name).where(Node.region_id == named.region_id,
                                                                   Node.id != named.id,
                                                                   Node.kubernetes_name.is_not(None))))
-        named.kubernetes_name = kubernetes_names.derive(hostname, named.id, taken)
+        named.kubernetes_name = kubernetes_names.derive(hostname or "", named.id, taken)
 
 
 # What roles/node_facts reports per host (node init and every scan), as the node's own fields.
 NODE_FACTS = ("cpu_model", "cores", "total_memory_in_mb", "total_disk_in_mb")
-CPU_MODEL_MAX_LENGTH = Node.cpu_model.type.length
 MAX_FACT = 2**31 - 1  # the columns are 32-bit integers (2 PiB in MiB)
 
 
@@ -162,9 +194,14 @@ def _record_node_facts(job: Job, node: Node | None, artifact_data: dict) -> None
 
 def _node_fact(name: str, value):
     """A reported fact as the column holds it, or None (kept as it was) for what is not one: a host's
-    report is data from the node, and a bad value must not fail the job's finalisation."""
+    report is data from the node, and a bad value must not fail the finalisation of a job that only
+    gathered it on the way (a scan refuses it: _refused_report)."""
     if name == "cpu_model":
-        return value.strip()[:CPU_MODEL_MAX_LENGTH] or None if isinstance(value, str) else None
+        try:
+            return node_reports.cpu_model(value)
+        except node_reports.InvalidNodeReport:
+            log.warning("a node reported a CPU model that is not one; the last known one is kept")
+            return None
     if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_FACT:
         return value
     return None
@@ -224,6 +261,9 @@ def _move_node(job: Job, node: Node, succeeded: bool, artifact_data: dict) -> No
         node.disabled = True
     elif operation in (Operation.SCAN_GPUS, Operation.SCAN_NPUS, Operation.SCAN_RESOURCES):
         _finish_scan(job, node, succeeded, artifact_data)
+
+
+SCAN_OPERATIONS = (Operation.SCAN_GPUS.value, Operation.SCAN_NPUS.value, Operation.SCAN_RESOURCES.value)
 
 
 def _finish_scan(job: Job, node: Node, succeeded: bool, artifact_data: dict) -> None:

@@ -46,6 +46,30 @@ class RunResult:
     explanation: str = ""
 
 
+UNSAFE_MARKER = "__ansible_unsafe"
+
+
+def as_data(value):
+    """``value`` with every string in it marked for Ansible as data, never a template.
+
+    Everything the service puts into a job's inventory and extra vars came from an API user or a
+    node (a display name, an address, a GPU's UUID), and ansible-core renders inventory values and
+    extra vars as templates: `{{ lookup('pipe', …) }}` would run on this host. ansible-runner writes
+    both files as JSON, and ansible-core's JSON decoder reads ``{"__ansible_unsafe": "…"}`` as an
+    unsafe string at any depth (ansible_host included). Only strings are wrapped: ansible-core 2.19
+    refuses the marker around anything else, and then quietly re-reads the whole file as YAML, where
+    every string is trusted again (tests/api/test_runner_data.py shows both). Keys are left as
+    they are: Ansible never renders a key, and every key here is the service's own.
+    """
+    if isinstance(value, str):
+        return {UNSAFE_MARKER: value}
+    if isinstance(value, dict):
+        return {key: as_data(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_data(item) for item in value]
+    return value
+
+
 def collections_path(data_dir: Path) -> Path:
     """A collections tree in the data dir whose hostedai/gpuaas is this checkout.
 
@@ -85,12 +109,13 @@ def ansible_bin_dir() -> Path:
 
 
 def build_inventory(hosts: list[HostSpec], key_file: Path, known_hosts: Path) -> dict:
-    """The inventory as data (never text assembled from strings)."""
+    """The inventory as data (never text assembled from strings); every host variable's strings are
+    marked as data (as_data)."""
     inventory: dict = {"all": {"hosts": {}, "children": {}}}
     for host in hosts:
         # accept-new pins the key at the first contact; once pinned it is enforced strictly.
         checking = "yes" if host.host_key else "accept-new"
-        inventory["all"]["hosts"][host.name] = {
+        inventory["all"]["hosts"][host.name] = as_data({
             "ansible_host": host.address,
             "ansible_port": host.port,
             "ansible_user": host.user,
@@ -99,7 +124,7 @@ def build_inventory(hosts: list[HostSpec], key_file: Path, known_hosts: Path) ->
                                         "-o HashKnownHosts=no -o ConnectTimeout=10 -o ServerAliveInterval=10 -o ServerAliveCountMax=3"),
             "ansible_python_interpreter": "/usr/bin/python3",
             **host.hostvars,
-        }
+        })
         for group in host.groups:
             inventory["all"]["children"].setdefault(group, {"hosts": {}})["hosts"][host.name] = None
     return inventory
@@ -226,8 +251,13 @@ def remove_stale_job_dirs(data_dir: Path, running_job_ids) -> list[str]:
 
 
 def run_playbook(job_id: int, playbook: str, hosts: list[HostSpec], extravars: dict, data_dir: Path,
-                 key_file: Path, on_event, should_cancel, timeout: int = 3600) -> RunResult:
-    """Run playbooks/<playbook>.yml against ``hosts``; ``on_event`` gets each event (keep it cheap)."""
+                 key_file: Path, on_event, should_cancel, timeout: int = 3600,
+                 operator_extravars: dict | None = None) -> RunResult:
+    """Run playbooks/<playbook>.yml against ``hosts``; ``on_event`` gets each event (keep it cheap).
+
+    ``extravars`` are data (as_data: never rendered); ``operator_extravars`` are the operator's own
+    settings (GPUAAS_ANSIBLE_EXTRA_VARS), the one source whose templates are meant to be rendered,
+    and are passed as written. Where both name a variable, ``extravars`` wins."""
     bin_dir = ansible_bin_dir()  # before anything is written: a missing Ansible leaves nothing behind
     jobs_dir = data_dir / "jobs"
     jobs_dir.mkdir(parents=True, exist_ok=True)
@@ -285,7 +315,7 @@ def run_playbook(job_id: int, playbook: str, hosts: list[HostSpec], extravars: d
             private_data_dir=str(private),
             playbook=str(COLLECTION_ROOT / "playbooks" / f"{playbook}.yml"),
             inventory=build_inventory(hosts, key_file, known_hosts),
-            extravars=extravars,
+            extravars={**(operator_extravars or {}), **as_data(extravars)},
             envvars=envvars,
             event_handler=event_handler,
             cancel_callback=cancel_callback,

@@ -212,9 +212,9 @@ class JobWorker(threading.Thread):
             targets = ",".join(node.inventory_name for node in target_nodes)
             if lead.operation == Operation.POOL_APPLY.value:
                 start_pool_deployment(lead.extravars["pool_id"])
-            extravars = {**config.ANSIBLE_EXTRA_VARS, **lead.extravars.get("vars", {}), "gpuaas_targets": targets}
-            if lead.operation == Operation.REBOOT.value:  # how many of a batch's nodes go down at once
-                extravars.setdefault("node_reboot_serial", config.REBOOT_SERIAL)
+            extravars = {**lead.extravars.get("vars", {}), "gpuaas_targets": targets}
+            if lead.operation == Operation.REBOOT.value and "node_reboot_serial" not in config.ANSIBLE_EXTRA_VARS:
+                extravars["node_reboot_serial"] = config.REBOOT_SERIAL  # how many of a batch's nodes go down at once
             playbook_started = time.monotonic()
             if len(jobs) > 1:  # a batch: each target keeps its own controller (its job's helpers are the lead's)
                 helpers = nodes[len(jobs):]
@@ -224,7 +224,8 @@ class JobWorker(threading.Thread):
                 hosts = [host_spec(n) for n in nodes]
             result = run_playbook(lead.id, Operation(lead.operation).value, hosts,
                                   extravars, config.DATA_DIR, identity,
-                                  on_event, should_cancel, timeout=config.JOB_TIMEOUT_SECONDS)
+                                  on_event, should_cancel, timeout=config.JOB_TIMEOUT_SECONDS,
+                                  operator_extravars=config.ANSIBLE_EXTRA_VARS)
             log.info("job(s) %s: playbook %s in %.2f s", job_ids, result.status, time.monotonic() - playbook_started)
         except AnsibleNotFound as error:  # the install's fault, not the job's: no traceback
             log.error("jobs %s could not run: %s", job_ids, error)
