@@ -10,9 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from marshmallow import EXCLUDE, RAISE, Schema, fields, pre_load, validate
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, pre_load, validate
 
-from . import validation
+from . import models, validation
 from .jobs.waiting import MAX_WAIT_SECONDS
 from .states import (ACCELERATOR_TYPES, DEFAULT_TIME_QUANTUM_SECONDS, INITIALIZE_STATE_CODES, K8S_JOIN_STATE_CODES,
                      RDMA_SUPPORT, ROLE_FLAGS, SCAN_KINDS, SECURITY_LEVELS, SHARING_RATIO_RANGE, TIME_GROUPING_ALIASES,
@@ -42,6 +42,63 @@ def _one_of(enum_class) -> validate.OneOf:
     return validate.OneOf([member.value for member in enum_class])
 
 
+def _column_length(attribute) -> int:
+    """A text column's length (models.py): the most a field stored there may hold."""
+    return attribute.property.columns[0].type.length
+
+
+class Shape(validate.Length):
+    """A request string's whole published shape, checked as one rule so that a value that breaks it gets
+    one error: its length (published as minLength/maxLength), then ``pattern`` (published), or ``check``
+    (the validation.py function that enforces the pattern, and perhaps more).  A 64 KiB value is refused
+    by its length before any pattern runs."""
+
+    def __init__(self, max: int, pattern: re.Pattern | None = None, *, min: int | None = None,  # noqa: A002
+                 check=None, error: str = "not of the documented shape"):
+        super().__init__(min=min, max=max)
+        self.regex = pattern  # apispec publishes a validator's `regex` as the field's pattern
+        self.check = check
+        self.shape_error = error
+
+    def __call__(self, value: str) -> str:
+        super().__call__(value)
+        if self.check is not None:
+            self.check(value)
+        elif self.regex is not None and not self.regex.fullmatch(value):
+            raise ValidationError(self.shape_error)
+        return value
+
+
+# Shapes of request strings that only the API layer has (validation.py holds those that reach nodes).
+# Printable text (no control characters): display strings, which reach no inventory, command or file.
+PRINTABLE_TEXT = re.compile(r"^[^\x00-\x1f\x7f-\x9f]*$")
+_PRINTABLE = "printable text, no control characters"
+# A GPU's UUID as nvidia-smi reports it (GPU-<uuid>, MIG-<uuid>, the stand-ins' GPU-w1-0): no space, no
+# leading dash, no shell metacharacters.
+GPU_UUID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
+_GPU_UUID_LIST = GPU_UUID.pattern.strip("^$")
+GPU_UUID_LIST = re.compile(rf"^ *{_GPU_UUID_LIST}( *, *{_GPU_UUID_LIST})* *$")  # ?gpu_uuids=a,b
+SCAN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")  # a scan's numeric id or its request_id (a UUID)
+PASSWORD_MAX_LENGTH = 1024  # only its scrypt hash is stored
+# An RFC 3339 date-time with nanoseconds and an offset ("2026-12-02T10:00:00.123456789+05:30").
+DATE_TIME_MAX_LENGTH = 35
+# A request line must stay within gunicorn's limit (cli.py: 8190 bytes) percent-encoded: about 50 UUIDs.
+GPU_UUID_LIST_MAX_LENGTH = 2048
+
+
+class BoundedAwareDateTime(fields.AwareDateTime):
+    """A date-time of at most DATE_TIME_MAX_LENGTH characters (published as its maxLength): a longer
+    string is refused before it is parsed."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs, metadata={"maxLength": DATE_TIME_MAX_LENGTH})
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and len(value) > DATE_TIME_MAX_LENGTH:
+            raise ValidationError(f"Longer than maximum length {DATE_TIME_MAX_LENGTH}.")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 def _reply(field_class, *args, nullable: bool = False, **kwargs):
     """A reply field: always present (required), null only where ``nullable``."""
     return field_class(*args, required=True, allow_none=nullable, **kwargs)
@@ -63,8 +120,10 @@ class ErrorSchema(ReplySchema):
 
 # --------------------------------------------------------------------------- login
 class LoginSchema(StrictSchema):
-    username = fields.String(required=True, validate=validate.Length(min=1, max=64))
-    password = fields.String(required=True, load_only=True, validate=validate.Length(min=1, max=1024))
+    username = fields.String(required=True, validate=Shape(
+        _column_length(models.User.username), PRINTABLE_TEXT, min=1, error=f"not a valid user name ({_PRINTABLE})"))
+    password = fields.String(required=True, load_only=True, validate=Shape(
+        PASSWORD_MAX_LENGTH, PRINTABLE_TEXT, min=1, error=f"not a valid password ({_PRINTABLE})"))
 
 
 class LoginReplySchema(ReplySchema):
@@ -82,14 +141,22 @@ class HealthSchema(ReplySchema):
 
 
 # --------------------------------------------------------------------------- regions
+def _region_text(column) -> fields.String:
+    """A region's display text (address, city, ...): printable, within its column."""
+    return fields.String(load_default="", validate=Shape(_column_length(column), PRINTABLE_TEXT,
+                                                         error=f"not valid here ({_PRINTABLE})"))
+
+
+_REGION_NAME = Shape(_column_length(models.Region.region_name), validation.REGION_NAME, check=validation.region_name)
+
+
 class RegionCreateSchema(StrictSchema):
-    region_name = fields.String(required=True, validate=validation.region_name,
-                                metadata={"pattern": validation.REGION_NAME.pattern})
-    address = fields.String(load_default="", validate=validate.Length(max=255))
-    city = fields.String(load_default="", validate=validate.Length(max=128))
-    country = fields.String(load_default="", validate=validate.Length(max=128))
-    country_code = fields.String(load_default="", validate=validate.Length(max=3))
-    zipcode = fields.String(load_default="", validate=validate.Length(max=16))
+    region_name = fields.String(required=True, validate=_REGION_NAME)
+    address = _region_text(models.Region.address)
+    city = _region_text(models.Region.city)
+    country = _region_text(models.Region.country)
+    country_code = _region_text(models.Region.country_code)
+    zipcode = _region_text(models.Region.zipcode)
     lat = fields.Float(allow_none=True, validate=validate.Range(-90, 90))
     lng = fields.Float(allow_none=True, validate=validate.Range(-180, 180))
     accelerator_type = fields.String(load_default=ACCELERATOR_TYPES[0], validate=validate.OneOf(ACCELERATOR_TYPES))
@@ -97,7 +164,7 @@ class RegionCreateSchema(StrictSchema):
 
 
 class RegionUpdateSchema(RegionCreateSchema):
-    region_name = fields.String(validate=validation.region_name, metadata={"pattern": validation.REGION_NAME.pattern})
+    region_name = fields.String(validate=_REGION_NAME)
 
 
 class RegionStatusSchema(ReplySchema):
@@ -123,11 +190,14 @@ class RegionSchema(ReplySchema):
 
 
 # --------------------------------------------------------------------------- nodes
-_NODE_NAME = {"description": "A display name: any printable text", "minLength": 1,
-              "maxLength": validation.NODE_NAME_MAX_LENGTH, "pattern": validation.NODE_NAME.pattern}
-_USERNAME = {"pattern": validation.USERNAME.pattern}
-_VOLUME_GROUP = {"pattern": validation.VOLUME_GROUP.pattern}
-_IP = {"description": "An IPv4 or IPv6 address", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
+# Each node field's shape: its column's length, then validation.py's check (which publishes its pattern).
+_NODE_NAME = Shape(validation.NODE_NAME_MAX_LENGTH, validation.NODE_NAME, min=1, check=validation.node_name)
+_NODE_NAME_DOC = {"description": "A display name: any printable text"}
+_USERNAME = Shape(_column_length(models.Node.username), validation.USERNAME, check=validation.username)
+_VOLUME_GROUP = Shape(_column_length(models.Node.volume_group), validation.VOLUME_GROUP, check=validation.volume_group)
+# An address column holds the longest IPv6 text form (45 characters: ffff:...:255.255.255.255).
+_IP = Shape(_column_length(models.Node.node_ip), check=validation.ip_address)
+_IP_DOC = {"description": "An IPv4 or IPv6 address (no IPv6 zone ID)", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
 
 
 # The role flags (states.ROLE_FLAGS), as node add (default false), node edit and reply fields.
@@ -136,22 +206,22 @@ _RoleFlagsEdit = Schema.from_dict({flag: fields.Boolean() for flag in ROLE_FLAGS
 
 
 class NodeAddSchema(StrictSchema, _RoleFlagsAdd):
-    name = fields.String(required=True, validate=validation.node_name, metadata=_NODE_NAME)
+    name = fields.String(required=True, validate=_NODE_NAME, metadata=_NODE_NAME_DOC)
     region_id = _id(required=True, strict=True)
-    node_ip = fields.String(required=True, validate=validation.ip_address, metadata=_IP)
-    username = fields.String(required=True, validate=validation.username, metadata=_USERNAME)
+    node_ip = fields.String(required=True, validate=_IP, metadata=_IP_DOC)
+    username = fields.String(required=True, validate=_USERNAME)
     port = fields.Integer(load_default=22, strict=True, validate=validate.Range(min=1, max=65535))
-    volume_group = fields.String(allow_none=True, validate=validation.volume_group, metadata=_VOLUME_GROUP)
-    external_service_ip = fields.String(allow_none=True, validate=validation.ip_address, metadata=_IP)
+    volume_group = fields.String(allow_none=True, validate=_VOLUME_GROUP)
+    external_service_ip = fields.String(allow_none=True, validate=_IP, metadata=_IP_DOC)
 
 
 class NodeEditSchema(StrictSchema, _RoleFlagsEdit):
-    name = fields.String(validate=validation.node_name, metadata=_NODE_NAME)
-    node_ip = fields.String(validate=validation.ip_address, metadata=_IP)
-    username = fields.String(validate=validation.username, metadata=_USERNAME)
+    name = fields.String(validate=_NODE_NAME, metadata=_NODE_NAME_DOC)
+    node_ip = fields.String(validate=_IP, metadata=_IP_DOC)
+    username = fields.String(validate=_USERNAME)
     port = fields.Integer(strict=True, validate=validate.Range(min=1, max=65535))
-    volume_group = fields.String(allow_none=True, validate=validation.volume_group, metadata=_VOLUME_GROUP)
-    external_service_ip = fields.String(allow_none=True, validate=validation.ip_address, metadata=_IP)
+    volume_group = fields.String(allow_none=True, validate=_VOLUME_GROUP)
+    external_service_ip = fields.String(allow_none=True, validate=_IP, metadata=_IP_DOC)
 
 
 class GpuSchema(ReplySchema):
@@ -293,7 +363,8 @@ class JoinSchema(StrictSchema):
 
 
 class ScanQuerySchema(StrictSchema):
-    scan_id = fields.String(required=True, validate=validate.Length(min=1, max=36), metadata={
+    scan_id = fields.String(required=True, validate=Shape(_column_length(models.Scan.request_id), SCAN_ID, min=1, error=
+                            "not a scan id (a number or a request_id)"), metadata={
         "description": "The scan's numeric id (as clients send it) or its request_id"})
 
 
@@ -410,12 +481,15 @@ class IntegralNumber(fields.Integer):
 _RATIO = validate.Range(*SHARING_RATIO_RANGE)
 _QUANTUM = validate.Range(*TIME_QUANTUM_RANGE_SECONDS)
 _LEVEL = validate.OneOf(SECURITY_LEVELS)
-POOL_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,62}$",
-                            error="not a valid pool name (at most 63 letters, digits, spaces, _ . -)")
+POOL_NAME = Shape(_column_length(models.Pool.pool_name), re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$"),
+                  error="not a valid pool name (letters, digits, spaces, _ . -, not first a space, _ . or -)")
 
 
 _LABEL = {"description": "What clients display (printable text); the pool's name unless given"}
-POOL_LABEL = validate.Regexp(r"^[^\x00-\x1f\x7f-\x9f]{1,63}$", error="not a valid pool label (printable text, at most 63)")
+POOL_LABEL = Shape(_column_length(models.Pool.pool_label), PRINTABLE_TEXT, min=1,
+                   error=f"not a valid pool label ({_PRINTABLE})")
+_GPU_UUID = Shape(_column_length(models.Gpu.uuid), GPU_UUID, min=1,
+                  error="not a GPU UUID (letters, digits, _ . : / -, not first a -)")
 
 
 class PoolFieldsSchema(StrictSchema):
@@ -424,12 +498,22 @@ class PoolFieldsSchema(StrictSchema):
     sharing_ratio = IntegralNumber(required=True, strict=True, validate=_RATIO)
     time_quantum_in_sec = IntegralNumber(load_default=DEFAULT_TIME_QUANTUM_SECONDS, strict=True, validate=_QUANTUM)
     security_level = fields.String(required=True, validate=_LEVEL)
-    attach_gpu_ids = fields.List(fields.String(validate=validate.Length(min=1, max=64)), load_default=list)
+    attach_gpu_ids = fields.List(fields.String(validate=_GPU_UUID), load_default=list)
+
+
+class NestedObject(fields.Nested):
+    """A nested request object.  Anything but an object is refused as the field's own error (`pool`), where
+    marshmallow's Nested would put it under the nested schema's `_schema` (`pool._schema`)."""
+
+    def _deserialize(self, value, attr, data, partial=None, **kwargs):
+        if not isinstance(value, dict):
+            raise self.make_error("type")
+        return super()._deserialize(value, attr, data, partial=partial, **kwargs)
 
 
 class PoolCreateSchema(StrictSchema):
     gpuaas_id = _id(required=True)
-    pool = fields.Nested(PoolFieldsSchema, required=True)
+    pool = NestedObject(PoolFieldsSchema, required=True)
 
 
 class PoolUpdateSchema(StrictSchema):
@@ -454,15 +538,15 @@ class PoolUpdateSchema(StrictSchema):
 
 
 class GpuUuidsSchema(StrictSchema):
-    gpu_uuids = fields.List(fields.String(validate=validate.Length(min=1, max=64)), required=True,
+    gpu_uuids = fields.List(fields.String(validate=_GPU_UUID), required=True,
                             validate=validate.Length(min=1))
 
 
 class GpuUuidsQuerySchema(StrictSchema):
     """remove_gpus by GET: ?gpu_uuids=a,b (comma-separated)."""
 
-    # A request line must stay within gunicorn's limit (cli.py: 8190 bytes) percent-encoded: about 50 UUIDs.
-    gpu_uuids = fields.String(required=True, validate=validate.Length(min=1, max=2048))
+    gpu_uuids = fields.String(required=True, validate=Shape(GPU_UUID_LIST_MAX_LENGTH, GPU_UUID_LIST, min=1, error=
+                              "not a comma-separated list of GPU UUIDs"))
 
 
 class PoolGpuSchema(StrictSchema):
@@ -474,8 +558,8 @@ class PoolGpuSchema(StrictSchema):
 class MetricsQuerySchema(StrictSchema):
     time_grouping = fields.String(load_default="hour", validate=validate.OneOf(
         list(TIME_GROUPINGS) + list(TIME_GROUPING_ALIASES)))
-    start = fields.AwareDateTime(data_key="from", default_timezone=dt.timezone.utc)
-    end = fields.AwareDateTime(data_key="to", default_timezone=dt.timezone.utc)
+    start = BoundedAwareDateTime(data_key="from", default_timezone=dt.timezone.utc)
+    end = BoundedAwareDateTime(data_key="to", default_timezone=dt.timezone.utc)
 
 
 class PoolSlotSchema(ReplySchema):

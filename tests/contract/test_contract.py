@@ -17,16 +17,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from service import call, free_port, start_service
+from served import VENV_BIN, serve
 
-VENV_BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
-ADMIN = {"username": "admin", "password": "contract test password"}
 
 # The generated requests: every phase (the stateful one over the document's links), every check.
 # The coverage phase is deterministic by design (about 1,500 requests here); fuzzing adds
@@ -56,49 +53,22 @@ def schemathesis_command(base: str, token: str, report_dir: Path) -> list[str]:
     ]
 
 
-def seed_data(base: str, token: str) -> None:
-    """A region and two nodes (ids 1 and 2, as schemathesis.toml's dictionary has them), so that the
-    operations on them answer something other than 404.  Their address is the loopback's discard
-    port: no job runs, and nothing would answer there."""
-    status, region = call(base, "POST", "/api/regions", {"region_name": "contract"}, token=token)
-    assert status == 201, region
-    for number, role in ((1, "is_controller_node"), (2, "is_worker_node")):
-        status, node = call(base, "POST", "/api/gpuaas/node/add",
-                            {"name": f"contract-node-{number}", "region_id": region["id"], "node_ip": "127.0.0.1",
-                             "username": "root", "port": 9, role: True}, token=token)
-        assert status == 201 and node["id"] == number, node
-
-
 def test_the_service_keeps_its_openapi_contract_under_generated_requests(tmp_path):
-    data_dir = tmp_path / "data"
-    access_log = tmp_path / "access.log"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("GPUAAS_")}
-    env.update(GPUAAS_BIND=f"127.0.0.1:{free_port()}", GPUAAS_DATA_DIR=str(data_dir),
-               GPUAAS_JOB_WORKERS="0", GPUAAS_METRICS_INTERVAL_SECONDS="0",
-               GPUAAS_ADMIN_USER=ADMIN["username"], GPUAAS_ADMIN_PASSWORD=ADMIN["password"],
-               GPUAAS_ACCESS_LOG=str(access_log))
-    service = start_service([str(VENV_BIN / "gpuaas-api"), "serve"], env, tmp_path / "serve.log")
-    try:
-        status, login = call(service.base, "POST", "/api/login", ADMIN)
-        assert status == 200, login
-        token = login["token"]
-        seed_data(service.base, token)
-        before = len(access_log.read_text().splitlines())
+    with serve(tmp_path) as service:
+        before = len(service.access_log.read_text().splitlines())
 
         # Hypothesis keeps its storage in the working directory unless told: here, the test's.  A fixed
         # hash seed: schemathesis orders the operations of a dependency layer by way of sets of strings.
-        st_env = dict(env, HYPOTHESIS_STORAGE_DIRECTORY=str(tmp_path / "hypothesis"), PYTHONHASHSEED="0")
+        st_env = dict(service.env, HYPOTHESIS_STORAGE_DIRECTORY=str(tmp_path / "hypothesis"), PYTHONHASHSEED="0")
         report_dir = tmp_path / "report"
-        command = schemathesis_command(service.base, token, report_dir)
+        command = schemathesis_command(service.base, service.token, report_dir)
         started, cpu_started = time.monotonic(), os.times()
         result = subprocess.run(command, cwd=tmp_path, env=st_env, check=False)
         cpu = os.times()
         wall = time.monotonic() - started
         child_cpu = (cpu.children_user - cpu_started.children_user) + (cpu.children_system - cpu_started.children_system)
-    finally:
-        service.stop()
 
-    requests = len(access_log.read_text().splitlines()) - before
+    requests = len(service.access_log.read_text().splitlines()) - before
     report = json.loads(next(report_dir.glob("json-*.json")).read_text())
     print(f"\ncontract: {requests} requests answered by the service, {report['test_cases']['generated']} test cases "
           f"generated; schemathesis {wall:.1f} s wall, {child_cpu:.1f} s CPU (exit {result.returncode}); "
