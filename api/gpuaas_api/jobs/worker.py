@@ -11,6 +11,7 @@ import time
 from flask import Flask, current_app
 from sqlalchemy import select, update
 
+from ..agent_wheel import agent_source_vars
 from ..db import release, session
 from ..metrics import collector
 from ..models import Job, Node
@@ -213,6 +214,7 @@ class JobWorker(threading.Thread):
             if lead.operation == Operation.POOL_APPLY.value:
                 start_pool_deployment(lead.extravars["pool_id"])
             extravars = {**lead.extravars.get("vars", {}), "gpuaas_targets": targets}
+            extravars.update(agent_source_vars(lead.operation, config))  # the checkout's agent wheel, for its playbooks
             if lead.operation == Operation.REBOOT.value and "node_reboot_serial" not in config.ANSIBLE_EXTRA_VARS:
                 extravars["node_reboot_serial"] = config.REBOOT_SERIAL  # how many of a batch's nodes go down at once
             playbook_started = time.monotonic()
