@@ -71,7 +71,7 @@ class Shape(validate.Length):
 
 # Shapes of request strings that only the API layer has (validation.py holds those that reach nodes).
 # Printable text (no control characters): display strings, which reach no inventory, command or file.
-PRINTABLE_TEXT = re.compile(r"^[^\x00-\x1f\x7f-\x9f]*$")
+PRINTABLE_TEXT = validation.PRINTABLE_TEXT
 _PRINTABLE = "printable text, no control characters"
 # A GPU's UUID as nvidia-smi reports it (GPU-<uuid>, MIG-<uuid>, the stand-ins' GPU-w1-0): no space, no
 # leading dash, no shell metacharacters.

@@ -15,7 +15,10 @@ from marshmallow import ValidationError
 # A display name: printable text (no control characters), as clients build it from a company and a
 # hostname ("Acme Corp.gpu-01.example.com", "10.0.0.7").
 NODE_NAME_MAX_LENGTH = 128
-NODE_NAME = re.compile(r"^[^\x00-\x1f\x7f-\x9f]+$")
+_PRINTABLE = r"[^\x00-\x1f\x7f-\x9f]"  # no C0 or C1 control character
+PRINTABLE_TEXT = re.compile(rf"^{_PRINTABLE}*$")
+# Printable, and not only spaces (the character class spelt out: Python's \s and ECMA-262's differ).
+NODE_NAME = re.compile(rf"^{_PRINTABLE}*[^\x00-\x20\x7f-\x9f]{_PRINTABLE}*$")
 USERNAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")  # POSIX portable user names
 VOLUME_GROUP = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$")  # LVM's own rule, no leading dash
 REGION_NAME = re.compile(r"^[A-Za-z0-9-]{1,12}$")
@@ -33,8 +36,7 @@ def _matches(pattern: re.Pattern, what: str):
 
 
 def node_name(value: str) -> None:
-    if not isinstance(value, str) or not 1 <= len(value) <= NODE_NAME_MAX_LENGTH or not NODE_NAME.fullmatch(value) \
-            or not value.strip():
+    if not isinstance(value, str) or not 1 <= len(value) <= NODE_NAME_MAX_LENGTH or not NODE_NAME.fullmatch(value):
         raise ValidationError(f"not a valid node name (printable text, 1 to {NODE_NAME_MAX_LENGTH} characters)")
 
 
