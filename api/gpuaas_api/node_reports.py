@@ -8,13 +8,18 @@ does not is refused whole, naming what was wrong, and none of it is stored.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 
+from sqlalchemy import select
+
 from . import validation
+from .db import session
 from .models import Gpu, Node, Npu
 
-MAX_INDEX = validation.MAX_GPU_INDEX  # the index and memory columns are 32-bit integers
-MAX_MEMORY_MB = 2**31 - 1
+MAX_INDEX = MAX_MEMORY_MB = validation.MAX_INT32  # the index and memory columns are 32-bit integers
+MAX_BYTES = 2**63 - 1  # a JSON number the database keeps exactly
+MAX_ENTRIES = 1024  # volume groups or filesystems in one storage report
 
 
 class InvalidNodeReport(ValueError):
@@ -52,11 +57,24 @@ def check_gpu_report(report: dict) -> None:
     gpus = report.get("gpus", [])
     if not isinstance(gpus, list):
         raise InvalidNodeReport("GPU list", "a list")
+    seen: set[str] = set()
     for position, entry in enumerate(gpus):
         if not isinstance(entry, dict):
             raise InvalidNodeReport(f"GPU #{position}", "an object")
         if entry.get("status") == "ok":
             _check_gpu(entry, position)
+            if entry["uuid"] in seen:
+                raise InvalidNodeReport(f"GPU #{position}'s UUID", "each GPU's own: this one was listed twice")
+            seen.add(entry["uuid"])
+
+
+def check_gpu_owners(node: Node, report: dict) -> None:
+    """A GPU UUID is the GPU's own, worldwide: one that another node holds is not this node's (a
+    node claiming another's GPUs would take them, and its pool slots, over)."""
+    uuids = [entry["uuid"] for entry in report.get("gpus", []) if entry.get("status") == "ok"]
+    taken = session().scalar(select(Gpu.uuid).where(Gpu.uuid.in_(uuids), Gpu.node_id != node.id).limit(1))
+    if taken is not None:
+        raise InvalidNodeReport(f"GPU #{uuids.index(taken)}'s UUID", "unique: another node holds that GPU")
 
 
 def _check_gpu(entry: dict, position: int) -> None:
@@ -80,11 +98,15 @@ def check_npu_report(report: dict) -> None:
     npus = report.get("npus", [])
     if not isinstance(npus, list):
         raise InvalidNodeReport("NPU list", "a list")
+    seen: set[int] = set()
     for position, entry in enumerate(npus):
         where = f"NPU #{position}'s"
         if not isinstance(entry, dict):
             raise InvalidNodeReport(f"NPU #{position}", "an object")
         _count(entry.get("id"), MAX_INDEX, f"{where} id")
+        if entry["id"] in seen:
+            raise InvalidNodeReport(f"{where} id", "each NPU's own: this one was listed twice")
+        seen.add(entry["id"])
         _text(entry.get("chip_name"), validation.PRODUCT_NAME, _length(Npu.chip_name), f"{where} chip name",
               "a product name such as 910B3", optional=True)
         _count(entry.get("memory_mb"), MAX_MEMORY_MB, f"{where} memory", optional=True)
@@ -104,3 +126,80 @@ def cpu_model(value) -> str | None:
 def hostname(value) -> str | None:
     """The node's own host name (uname -n) if it is one (RFC 1123), else None."""
     return value if isinstance(value, str) and validation.HOSTNAME.fullmatch(value) else None
+
+
+def storage_report(report) -> dict:
+    """A storage_info result (roles/storage_metrics) as stored: only its checked parts."""
+    if not isinstance(report, dict):
+        raise InvalidNodeReport("storage report", "an object")
+    checked: dict = {"volume_groups": [_volume_group(entry, f"volume group #{position}")
+                                       for position, entry in enumerate(_entries(report, "volume_groups"))],
+                     "filesystems": [_filesystem(entry, f"filesystem #{position}")
+                                     for position, entry in enumerate(_entries(report, "filesystems"))]}
+    if report.get("volume_group") is not None:
+        checked["volume_group"] = _volume_group(report["volume_group"], "volume group")
+    return checked
+
+
+def _entries(report: dict, key: str) -> list:
+    entries = report.get(key, [])
+    if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
+        raise InvalidNodeReport(key.replace("_", " "), f"a list of {MAX_ENTRIES} at most")
+    return entries
+
+
+def _sizes(entry: dict, label: str) -> dict:
+    for key in ("size_bytes", "free_bytes", "used_bytes"):
+        _count(entry.get(key), MAX_BYTES, f"{label}'s {key.replace('_', ' ')}")
+    return {key: entry[key] for key in ("size_bytes", "free_bytes", "used_bytes")}
+
+
+def _volume_group(entry, label: str) -> dict:
+    if not isinstance(entry, dict):
+        raise InvalidNodeReport(label, "an object")
+    _text(entry.get("name"), validation.VOLUME_GROUP, 127, f"{label}'s name", "an LVM volume group name")
+    return {"name": entry["name"], **_sizes(entry, label)}
+
+
+def _filesystem(entry, label: str) -> dict:
+    if not isinstance(entry, dict):
+        raise InvalidNodeReport(label, "an object")
+    _text(entry.get("path"), validation.ABSOLUTE_PATH, 4095, f"{label}'s path", "an absolute path")
+    return {"path": entry["path"], **_sizes(entry, label)}
+
+
+def cluster_facts(facts) -> dict:
+    """What an enable reports of its cluster (roles/cluster_controller's facts), as stored."""
+    if not isinstance(facts, dict):
+        raise InvalidNodeReport("cluster facts", "an object")
+    address = facts.get("api_server_address")
+    if address is not None and not (isinstance(address, str) and (validation.HOSTNAME.fullmatch(address) or _is_ip(address))):
+        raise InvalidNodeReport("API server address", "an IP address or a host name")
+    port = facts.get("api_server_port")
+    port = int(port) if isinstance(port, str) and port.isdigit() and len(port) <= 5 else port  # `| int` in a role var
+    _count(port, 65535, "API server port", minimum=1)
+    checked = {"api_server_address": address, "api_server_port": port}
+    for key in ("pod_network_cidr", "service_cidr"):
+        if facts.get(key) is not None:
+            checked[key] = _network(facts[key], key.replace("_", " "))
+    if facts.get("controller") is not None:
+        _text(facts["controller"], validation.HOSTNAME, 63, "controller name", "a Kubernetes node name")
+        checked["controller"] = facts["controller"]
+    return checked
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return "%" not in value  # no IPv6 zone ID (validation.ip_address)
+
+
+def _network(value, where: str) -> str:
+    try:
+        if isinstance(value, str) and len(value) <= 49:  # an IPv6 address and its /128
+            return str(ipaddress.ip_network(value))
+    except ValueError:
+        pass
+    raise InvalidNodeReport(where, "a network in CIDR notation")

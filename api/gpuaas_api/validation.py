@@ -24,7 +24,8 @@ VOLUME_GROUP = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]{0,126}$")  # LVM's ow
 REGION_NAME = re.compile(r"^[A-Za-z0-9-]{1,12}$")
 # Ids are 64-bit signed integers in the database: a larger one names nothing (404 or a field error).
 MAX_ID = 2**63 - 1
-MAX_GPU_INDEX = 2**31 - 1  # the column is a 32-bit integer
+MAX_INT32 = 2**31 - 1  # the integer columns that are 32-bit (an index, MiB of memory or disk)
+MAX_GPU_INDEX = MAX_INT32
 MAX_PAGE = 2**31 - 1  # a page beyond this would overflow the OFFSET
 
 
@@ -70,5 +71,7 @@ PRODUCT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._()@/+,:#-]*$")
 PCI_BUS_ID = re.compile(r"^[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")  # NVML's busId
 VERSION = re.compile(r"^[0-9]{1,6}(\.[0-9]{1,6}){1,3}$")  # a driver's "550.54.15", CUDA's "12.4"
 WORD = re.compile(r"^[A-Za-z][A-Za-z_ ]*$")  # a vendor, a compute or MIG mode, an NPU's health
+# An absolute path as statvfs(3) takes it (PATH_MAX 4096), printable.
+ABSOLUTE_PATH = re.compile(r"^/[^\x00-\x1f\x7f-\x9f]{0,4094}$")
 # An RFC 1123 host name (uname -n), at most 253 characters.
 HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")

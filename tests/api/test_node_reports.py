@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from gpuaas_api.db import session
 from gpuaas_api.jobs.finalize import finalize
-from gpuaas_api.models import Gpu, Job, Node, Npu
+from gpuaas_api.models import Cluster, Gpu, Job, Node, Npu
 from gpuaas_api.states import NodeStatus
 from test_operations import add_node, set_status
 
@@ -158,3 +158,87 @@ def test_the_check_fails_without_the_formats(app, client, region, monkeypatch):
                                  lambda node_id: gpu_scan(node_id, gpu(0, f"GPU-{JINJA}")))
     assert status["status"] == "completed" and node["gpus"][0]["uuid"] == f"GPU-{JINJA}"
     assert json.dumps(JINJA)[1:-1] in json.dumps(node)
+
+
+def test_a_uuid_listed_twice_or_held_by_another_node_fails_the_scan(app, client, region):
+    """Both would break the unique UUID column mid-finalisation; both are a node's claim on GPUs that
+    are not its own."""
+    status, _node, _job = scanned(app, client, region, "scan_gpus", lambda node_id: gpu_scan(node_id, gpu(0), gpu(1)))
+    assert status["status"] == "failed" and "GPU #1's UUID" in status["error_msg"] and "twice" in status["error_msg"]
+
+    first, _node, _job = scanned(app, client, region, "scan_gpus", lambda node_id: gpu_scan(node_id, gpu(0)))
+    other, node, job_id = scanned(app, client, region, "scan_gpus", lambda node_id: gpu_scan(node_id, gpu(0, UUID1), gpu(1)))
+    assert first["status"] == "completed"
+    assert other["status"] == "failed" and "GPU #1's UUID" in other["error_msg"] and "another node" in other["error_msg"]
+    assert node["gpus"] == []
+    with app.app_context():
+        assert session().get(Job, job_id).finished_at is not None  # finalised, not left running
+        assert [gpu.uuid for gpu in session().scalars(select(Gpu))] == [UUID0]
+
+
+def storage_scan(node_id, report):
+    return {**gpu_scan(node_id), "gpuaas_storage_metrics": {f"node-{node_id}": report}}
+
+
+def test_storage_reports_are_checked_and_stored_as_checked(app, client, region):
+    group = {"name": "gpuaas", "size_bytes": 1099511627776, "free_bytes": 412316860416, "used_bytes": 687194767360}
+    good = {"volume_groups": [group], "volume_group": group, "filesystems": [{"path": "/", "size_bytes": 10,
+                                                                             "free_bytes": 4, "used_bytes": 6}],
+            "msg": JINJA}
+    status, _node, _job = scanned(app, client, region, "scan_resources", lambda node_id: storage_scan(node_id, good))
+    assert status["status"] == "completed" and status["resources"]["volume"] == [group]
+
+    for change in ({"volume_groups": [{**group, "name": f"vg{JINJA}"}]}, {"volume_groups": [{**group, "free_bytes": -1}]},
+                   {"filesystems": [{"path": "relative", "size_bytes": 1, "free_bytes": 1, "used_bytes": 0}]},
+                   {"volume_groups": [group] * 1025}):
+        status, _node, _job = scanned(app, client, region, "scan_resources",
+                                      lambda node_id: storage_scan(node_id, {**good, **change}))
+        assert status["status"] == "failed" and "nothing of its report was stored" in status["error_msg"], change
+
+
+def test_a_storage_sample_keeps_only_the_checked_report(app):
+    from gpuaas_api.metrics.store import record_storage_sample
+    from gpuaas_api.models import Region, StorageSample
+    import datetime as dt
+
+    group = {"name": "gpuaas", "size_bytes": 2, "free_bytes": 1, "used_bytes": 1}
+    with app.app_context():
+        db = session()
+        region = Region(region_name="r")
+        db.add(region)
+        db.flush()
+        node = Node(name="s", region_id=region.id, node_ip="198.18.0.9", username="root", is_storage_service=True)
+        db.add(node)
+        db.flush()
+        now = dt.datetime.now(dt.timezone.utc)
+        record_storage_sample(node.id, now, {"volume_groups": [group], "extra": JINJA})
+        record_storage_sample(node.id, now, {"volume_groups": [{**group, "name": JINJA}]})
+        db.commit()
+        assert [sample.data for sample in db.scalars(select(StorageSample))] == [{"volume_groups": [group],
+                                                                                  "filesystems": []}]
+
+
+@pytest.mark.parametrize("facts,refused", [
+    ({"api_server_address": "198.18.0.5", "api_server_port": "6443", "pod_network_cidr": "10.244.0.0/16",
+      "service_cidr": "10.96.0.0/12", "controller": "ctl-01"}, None),
+    ({"api_server_address": f"10.0.0.1{JINJA}", "api_server_port": 6443}, "API server address"),
+    ({"api_server_address": "::1%eth0", "api_server_port": 6443}, "API server address"),
+    ({"api_server_address": "198.18.0.5", "api_server_port": "6443; id"}, "API server port"),
+    ({"api_server_address": "198.18.0.5", "api_server_port": 6443, "service_cidr": "10.96.0.0/12 && id"},
+     "service cidr"),
+])
+def test_an_enables_cluster_facts_are_checked(app, client, region, facts, refused):
+    controller = add_node(client, region, name=next(NAMES), is_controller_node=True)
+    set_status(app, controller["id"], NodeStatus.INITIALIZED)
+    enabled = client.post(f"/gpuaas/enable?controller_node_id={controller['id']}").get_json()
+    with app.app_context():
+        job = finalize(enabled["job_id"], "successful", 0, "", {"gpuaas_cluster": facts})
+        cluster = session().get(Cluster, enabled["gpuaas_id"])
+        if refused is None:
+            assert job.status.value == "successful" and cluster.status.value == "GPUAAS_ACTIVE"
+            assert (cluster.k8s_api_server_address, cluster.k8s_api_server_port) == ("198.18.0.5", 6443)
+            assert cluster.facts == {**facts, "api_server_port": 6443}
+        else:
+            assert job.status.value == "failed" and refused in job.explanation
+            assert cluster.status.value != "GPUAAS_ACTIVE" and cluster.facts in ({}, None)
+            assert "gpuaas_cluster" not in job.result

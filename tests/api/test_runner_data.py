@@ -131,3 +131,9 @@ def test_a_real_run_never_renders_a_hostile_address(monkeypatch, tmp_path, wrapp
 
 def test_only_strings_are_wrapped_and_the_json_says_so():
     assert json.loads(json.dumps(runner.as_data({"a": ["x", 1]}))) == {"a": [{"__ansible_unsafe": "x"}, 1]}
+
+
+@pytest.mark.parametrize("key", ["__ansible_unsafe", "__ansible_vault"])
+def test_a_key_that_ansible_core_reads_as_a_marker_is_refused(key):
+    with pytest.raises(ValueError, match="marker"):
+        runner.as_data({"gpus": [{key: 5}]})

@@ -7,13 +7,13 @@ import logging
 from flask import current_app
 from sqlalchemy import select, update
 
-from .. import kubernetes_names, node_reports
+from .. import kubernetes_names, node_reports, validation
 from ..db import session
 from ..metrics.collector import store_collection
 from ..metrics.store import record_storage_sample
 from ..pools import finish_pool
 from ..models import Cluster, Gpu, Job, JobEvent, Node, Npu, Scan
-from ..states import NODE_TRANSITIONS, ClusterStatus, GpuAssignment, JobStatus, Operation, ScanStatus
+from ..states import NODE_TRANSITIONS, SCAN_KINDS, ClusterStatus, GpuAssignment, JobStatus, Operation, ScanStatus
 from .submit import job_submitted
 from .waiting import notify_finished
 
@@ -122,20 +122,27 @@ def end_unstarted(job_id: int, status: JobStatus, explanation: str) -> bool:
     return True
 
 
-SCAN_REPORTS = {"gpuaas_gpu_scan": node_reports.check_gpu_report, "gpuaas_npu_scan": node_reports.check_npu_report}
+# What a job's artifact holds that a node reported, by the key its role returns it under.
+NODE_REPORTS = ("gpuaas_gpu_scan", "gpuaas_npu_scan", "gpuaas_storage_metrics", "gpuaas_node_facts", "gpuaas_cluster")
 
 
 def _refused_report(job: Job, node: Node | None, artifact_data: dict) -> node_reports.InvalidNodeReport | None:
-    """Why a scan's report cannot be stored, or None: a scan stores all of its node's report or none."""
-    if node is None or job.operation not in SCAN_OPERATIONS:
-        return None
+    """Why what the job's node reported cannot be stored, or None: a report is stored whole or not at all."""
+    operation = Operation(job.operation)
     try:
-        for key, check in SCAN_REPORTS.items():
-            report = artifact_data.get(key, {}).get(node.inventory_name)
-            if report is not None:
-                check(report)
-        node_reports.cpu_model((artifact_data.get("gpuaas_node_facts", {}).get(node.inventory_name) or {})
-                               .get("cpu_model"))
+        if operation is Operation.ENABLE and "gpuaas_cluster" in artifact_data:
+            node_reports.cluster_facts(artifact_data["gpuaas_cluster"])
+        if node is None or (operation not in SCAN_KINDS and operation is not Operation.STORAGE_METRICS):
+            return None
+        reported = {key: (artifact_data.get(key) or {}).get(node.inventory_name) for key in NODE_REPORTS[:4]}
+        if reported["gpuaas_gpu_scan"] is not None:
+            node_reports.check_gpu_report(reported["gpuaas_gpu_scan"])
+            node_reports.check_gpu_owners(node, reported["gpuaas_gpu_scan"])
+        if reported["gpuaas_npu_scan"] is not None:
+            node_reports.check_npu_report(reported["gpuaas_npu_scan"])
+        if reported["gpuaas_storage_metrics"] is not None:
+            node_reports.storage_report(reported["gpuaas_storage_metrics"])
+        node_reports.cpu_model((reported["gpuaas_node_facts"] or {}).get("cpu_model"))
     except node_reports.InvalidNodeReport as refusal:
         return refusal
     return None
@@ -143,8 +150,7 @@ def _refused_report(job: Job, node: Node | None, artifact_data: dict) -> node_re
 
 def _without_reports(artifact_data: dict) -> dict:
     """The job's result without what the node reported (refused: it is kept nowhere)."""
-    return {key: value for key, value in artifact_data.items()
-            if key not in SCAN_REPORTS and key != "gpuaas_node_facts"}
+    return {key: value for key, value in artifact_data.items() if key not in NODE_REPORTS}
 
 
 def _name_nodes_in_kubernetes(job: Job, node: Node | None, artifact_data: dict) -> None:
@@ -171,7 +177,7 @@ def _name_nodes_in_kubernetes(job: Job, node: Node | None, artifact_data: dict) 
 
 # What roles/node_facts reports per host (node init and every scan), as the node's own fields.
 NODE_FACTS = ("cpu_model", "cores", "total_memory_in_mb", "total_disk_in_mb")
-MAX_FACT = 2**31 - 1  # the columns are 32-bit integers (2 PiB in MiB)
+MAX_FACT = validation.MAX_INT32  # the columns are 32-bit integers (2 PiB in MiB)
 
 
 def _record_node_facts(job: Job, node: Node | None, artifact_data: dict) -> None:
@@ -238,11 +244,11 @@ def _move_node(job: Job, node: Node, succeeded: bool, artifact_data: dict) -> No
     cluster = db.get(Cluster, job.cluster_id) if job.cluster_id else None
     if operation is Operation.ENABLE and cluster is not None:
         if succeeded:
-            facts = artifact_data.get("gpuaas_cluster", {})
+            facts = node_reports.cluster_facts(artifact_data["gpuaas_cluster"]) if "gpuaas_cluster" in artifact_data else {}
             cluster.status = ClusterStatus.ACTIVE
-            cluster.facts = facts
+            cluster.facts = facts  # checked at finalize's start (_refused_report): this cannot refuse now
             cluster.k8s_api_server_address = facts.get("api_server_address")
-            cluster.k8s_api_server_port = int(facts["api_server_port"]) if facts.get("api_server_port") else None
+            cluster.k8s_api_server_port = facts.get("api_server_port")
             node.cluster_id, node.joined = cluster.id, True
         else:
             cluster.status = ClusterStatus.ERROR_WHILE_ENABLING
@@ -261,9 +267,6 @@ def _move_node(job: Job, node: Node, succeeded: bool, artifact_data: dict) -> No
         node.disabled = True
     elif operation in (Operation.SCAN_GPUS, Operation.SCAN_NPUS, Operation.SCAN_RESOURCES):
         _finish_scan(job, node, succeeded, artifact_data)
-
-
-SCAN_OPERATIONS = (Operation.SCAN_GPUS.value, Operation.SCAN_NPUS.value, Operation.SCAN_RESOURCES.value)
 
 
 def _finish_scan(job: Job, node: Node, succeeded: bool, artifact_data: dict) -> None:
@@ -288,7 +291,7 @@ def _finish_scan(job: Job, node: Node, succeeded: bool, artifact_data: dict) -> 
         resources.setdefault("gpus", [])
         resources.setdefault("npus", [])
         resources["hca_devices"], resources["hca_device_info"] = [], []
-        resources["volume"] = (storage_report or {}).get("volume_groups", [])
+        resources["volume"] = node_reports.storage_report(storage_report)["volume_groups"] if storage_report else []
     if scan is not None:
         scan.status, scan.resources = ScanStatus.COMPLETED, resources
 

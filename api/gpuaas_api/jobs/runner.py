@@ -59,11 +59,15 @@ def as_data(value):
     unsafe string at any depth (ansible_host included). Only strings are wrapped: ansible-core 2.19
     refuses the marker around anything else, and then quietly re-reads the whole file as YAML, where
     every string is trusted again (tests/api/test_runner_data.py shows both). Keys are left as
-    they are: Ansible never renders a key, and every key here is the service's own.
+    they are: Ansible never renders a key, and every key here is the service's own; a key that
+    ansible-core's JSON reader would take for one of its markers (`__ansible_…`) is refused, since
+    one around a non-string would throw the whole file back to YAML in the same way.
     """
     if isinstance(value, str):
         return {UNSAFE_MARKER: value}
     if isinstance(value, dict):
+        if any(str(key).startswith("__ansible_") for key in value):
+            raise ValueError("a key of a job's variables names an ansible-core JSON marker (__ansible_…)")
         return {key: as_data(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [as_data(item) for item in value]

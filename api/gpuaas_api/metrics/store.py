@@ -7,13 +7,17 @@ row per bucket returned (bench/metrics_query.py).
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 from sqlalchemy import case, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
+from .. import node_reports
 from ..db import session
 from ..models import GpuReading, MetricRollup, MetricSample, StorageSample
 from ..states import BUCKET_OFFSET_SECONDS, GPU_METRICS, TIME_GROUPINGS
+
+log = logging.getLogger(__name__)
 
 _ROLLUP = MetricRollup.__table__
 
@@ -130,7 +134,14 @@ def latest_gpu_samples(gpu_ids: list[int]) -> dict[int, GpuReading]:
 
 
 def record_storage_sample(node_id: int, sampled_at: dt.datetime, report: dict) -> None:
-    session().add(StorageSample(node_id=node_id, sampled_at=sampled_at, data=report))
+    """Store the checked parts of a node's storage report (node_reports.storage_report); a report
+    that fails is not stored (a storage_metrics job has failed already: jobs/finalize.py)."""
+    try:
+        checked = node_reports.storage_report(report)
+    except node_reports.InvalidNodeReport as refusal:
+        log.warning("node %s: %s", node_id, refusal)
+        return
+    session().add(StorageSample(node_id=node_id, sampled_at=sampled_at, data=checked))
 
 
 def latest_storage_sample(node_id: int) -> StorageSample | None:
