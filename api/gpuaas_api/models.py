@@ -18,6 +18,12 @@ class Base(DeclarativeBase):
     pass
 
 
+def column_length(attribute) -> int:
+    """A text column's length: the most a value stored there may hold (requests and node reports
+    are checked against it)."""
+    return attribute.property.columns[0].type.length
+
+
 def _enum(cls):
     # Stored as the value strings (not Python names), without a database-side type,
     # so SQLite and PostgreSQL hold the same thing.

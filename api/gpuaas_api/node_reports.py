@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from . import validation
 from .db import session
-from .models import Gpu, Node, Npu
+from .models import Gpu, Node, Npu, column_length
 
 MAX_INDEX = MAX_MEMORY_MB = validation.MAX_INT32  # the index and memory columns are 32-bit integers
 MAX_BYTES = 2**63 - 1  # a JSON number the database keeps exactly
@@ -44,15 +44,11 @@ def _count(value, maximum: int, where: str, optional: bool = False, minimum: int
         raise InvalidNodeReport(where, f"an integer from {minimum} to {maximum}")
 
 
-def _length(column) -> int:
-    return column.type.length
-
-
 def check_gpu_report(report: dict) -> None:
     """A gpu_info result (roles/gpu_scan): the driver, and each GPU that answered."""
-    _text(report.get("driver_version"), validation.VERSION, _length(Node.nvidia_driver_version), "driver version",
+    _text(report.get("driver_version"), validation.VERSION, column_length(Node.nvidia_driver_version), "driver version",
           "a version such as 550.54.15", optional=True)
-    _text(report.get("cuda_version"), validation.VERSION, _length(Node.cuda_version), "CUDA version",
+    _text(report.get("cuda_version"), validation.VERSION, column_length(Node.cuda_version), "CUDA version",
           "a version such as 12.4", optional=True)
     gpus = report.get("gpus", [])
     if not isinstance(gpus, list):
@@ -82,14 +78,14 @@ def _check_gpu(entry: dict, position: int) -> None:
     _count(entry.get("index"), MAX_INDEX, f"{where} index")
     _text(entry.get("uuid"), validation.GPU_UUID, validation.GPU_UUID_MAX_LENGTH, f"{where} UUID",
           "GPU-<uuid>, MIG-<uuid> or MIG-GPU-<uuid>/<gi>/<ci>")
-    _text(entry.get("model"), validation.PRODUCT_NAME, _length(Gpu.model), f"{where} model name",
+    _text(entry.get("model"), validation.PRODUCT_NAME, column_length(Gpu.model), f"{where} model name",
           "a product name: letters, digits, spaces and . _ ( ) @ / + , : # -")
     _count(entry.get("memory_mb"), MAX_MEMORY_MB, f"{where} memory")
-    _text(entry.get("vendor"), validation.WORD, _length(Gpu.vendor), f"{where} vendor", "a word", optional=True)
-    _text(entry.get("pci_bus_id"), validation.PCI_BUS_ID, _length(Gpu.pci_bus_id), f"{where} PCI bus id",
+    _text(entry.get("vendor"), validation.WORD, column_length(Gpu.vendor), f"{where} vendor", "a word", optional=True)
+    _text(entry.get("pci_bus_id"), validation.PCI_BUS_ID, column_length(Gpu.pci_bus_id), f"{where} PCI bus id",
           "domain:bus:device.function in hex", optional=True)
     for mode, column in (("compute_mode", Gpu.compute_mode), ("mig_mode", Gpu.mig_mode)):
-        _text(entry.get(mode), validation.WORD, _length(column), f"{where} {mode.replace('_', ' ')}", "a word",
+        _text(entry.get(mode), validation.WORD, column_length(column), f"{where} {mode.replace('_', ' ')}", "a word",
               optional=True)
 
 
@@ -107,10 +103,10 @@ def check_npu_report(report: dict) -> None:
         if entry["id"] in seen:
             raise InvalidNodeReport(f"{where} id", "each NPU's own: this one was listed twice")
         seen.add(entry["id"])
-        _text(entry.get("chip_name"), validation.PRODUCT_NAME, _length(Npu.chip_name), f"{where} chip name",
+        _text(entry.get("chip_name"), validation.PRODUCT_NAME, column_length(Npu.chip_name), f"{where} chip name",
               "a product name such as 910B3", optional=True)
         _count(entry.get("memory_mb"), MAX_MEMORY_MB, f"{where} memory", optional=True)
-        _text(entry.get("health"), validation.WORD, _length(Npu.health), f"{where} health", "a word such as OK")
+        _text(entry.get("health"), validation.WORD, column_length(Npu.health), f"{where} health", "a word such as OK")
 
 
 def cpu_model(value) -> str | None:
@@ -118,7 +114,7 @@ def cpu_model(value) -> str | None:
     anything /proc/cpuinfo cannot hold."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    _text(value.strip() if isinstance(value, str) else value, validation.PRODUCT_NAME, _length(Node.cpu_model),
+    _text(value.strip() if isinstance(value, str) else value, validation.PRODUCT_NAME, column_length(Node.cpu_model),
           "CPU model", "a model name as /proc/cpuinfo prints it")
     return value.strip()
 

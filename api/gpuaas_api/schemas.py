@@ -42,11 +42,6 @@ def _one_of(enum_class) -> validate.OneOf:
     return validate.OneOf([member.value for member in enum_class])
 
 
-def _column_length(attribute) -> int:
-    """A text column's length (models.py): the most a field stored there may hold."""
-    return attribute.property.columns[0].type.length
-
-
 class Shape(validate.Length):
     """A request string's whole published shape, checked as one rule so that a value that breaks it gets
     one error: its length (published as minLength/maxLength), then ``pattern`` (published), or ``check``
@@ -73,10 +68,11 @@ class Shape(validate.Length):
 # Printable text (no control characters): display strings, which reach no inventory, command or file.
 PRINTABLE_TEXT = validation.PRINTABLE_TEXT
 _PRINTABLE = "printable text, no control characters"
-# A GPU's UUID as nvidia-smi reports it (GPU-<uuid>, MIG-<uuid>, the stand-ins' GPU-w1-0): no space, no
-# leading dash, no shell metacharacters.
-GPU_UUID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
-_GPU_UUID_LIST = GPU_UUID.pattern.strip("^$")
+# A GPU named in a request (the guide: "GPU identifiers"): only looked up among the stored GPUs, whose
+# UUIDs a scan checked against NVML's own format (validation.GPU_UUID), so a name of any other shape
+# is merely unknown. No space, no leading dash, no shell metacharacters.
+GPU_IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")
+_GPU_UUID_LIST = GPU_IDENTIFIER.pattern.strip("^$")
 GPU_UUID_LIST = re.compile(rf"^ *{_GPU_UUID_LIST}( *, *{_GPU_UUID_LIST})* *$")  # ?gpu_uuids=a,b
 SCAN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")  # a scan's numeric id or its request_id (a UUID)
 PASSWORD_MAX_LENGTH = 1024  # only its scrypt hash is stored
@@ -121,7 +117,7 @@ class ErrorSchema(ReplySchema):
 # --------------------------------------------------------------------------- login
 class LoginSchema(StrictSchema):
     username = fields.String(required=True, validate=Shape(
-        _column_length(models.User.username), PRINTABLE_TEXT, min=1, error=f"not a valid user name ({_PRINTABLE})"))
+        models.column_length(models.User.username), PRINTABLE_TEXT, min=1, error=f"not a valid user name ({_PRINTABLE})"))
     password = fields.String(required=True, load_only=True, validate=Shape(
         PASSWORD_MAX_LENGTH, PRINTABLE_TEXT, min=1, error=f"not a valid password ({_PRINTABLE})"))
 
@@ -143,11 +139,11 @@ class HealthSchema(ReplySchema):
 # --------------------------------------------------------------------------- regions
 def _region_text(column) -> fields.String:
     """A region's display text (address, city, ...): printable, within its column."""
-    return fields.String(load_default="", validate=Shape(_column_length(column), PRINTABLE_TEXT,
+    return fields.String(load_default="", validate=Shape(models.column_length(column), PRINTABLE_TEXT,
                                                          error=f"not valid here ({_PRINTABLE})"))
 
 
-_REGION_NAME = Shape(_column_length(models.Region.region_name), validation.REGION_NAME, check=validation.region_name)
+_REGION_NAME = Shape(models.column_length(models.Region.region_name), validation.REGION_NAME, check=validation.region_name)
 
 
 class RegionCreateSchema(StrictSchema):
@@ -193,10 +189,10 @@ class RegionSchema(ReplySchema):
 # Each node field's shape: its column's length, then validation.py's check (which publishes its pattern).
 _NODE_NAME = Shape(validation.NODE_NAME_MAX_LENGTH, validation.NODE_NAME, min=1, check=validation.node_name)
 _NODE_NAME_DOC = {"description": "A display name: any printable text"}
-_USERNAME = Shape(_column_length(models.Node.username), validation.USERNAME, check=validation.username)
-_VOLUME_GROUP = Shape(_column_length(models.Node.volume_group), validation.VOLUME_GROUP, check=validation.volume_group)
+_USERNAME = Shape(models.column_length(models.Node.username), validation.USERNAME, check=validation.username)
+_VOLUME_GROUP = Shape(models.column_length(models.Node.volume_group), validation.VOLUME_GROUP, check=validation.volume_group)
 # An address column holds the longest IPv6 text form (45 characters: ffff:...:255.255.255.255).
-_IP = Shape(_column_length(models.Node.node_ip), check=validation.ip_address)
+_IP = Shape(models.column_length(models.Node.node_ip), check=validation.ip_address)
 _IP_DOC = {"description": "An IPv4 or IPv6 address (no IPv6 zone ID)", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]}
 
 
@@ -363,7 +359,7 @@ class JoinSchema(StrictSchema):
 
 
 class ScanQuerySchema(StrictSchema):
-    scan_id = fields.String(required=True, validate=Shape(_column_length(models.Scan.request_id), SCAN_ID, min=1, error=
+    scan_id = fields.String(required=True, validate=Shape(models.column_length(models.Scan.request_id), SCAN_ID, min=1, error=
                             "not a scan id (a number or a request_id)"), metadata={
         "description": "The scan's numeric id (as clients send it) or its request_id"})
 
@@ -481,14 +477,14 @@ class IntegralNumber(fields.Integer):
 _RATIO = validate.Range(*SHARING_RATIO_RANGE)
 _QUANTUM = validate.Range(*TIME_QUANTUM_RANGE_SECONDS)
 _LEVEL = validate.OneOf(SECURITY_LEVELS)
-POOL_NAME = Shape(_column_length(models.Pool.pool_name), re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$"),
+POOL_NAME = Shape(models.column_length(models.Pool.pool_name), re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$"),
                   error="not a valid pool name (letters, digits, spaces, _ . -, not first a space, _ . or -)")
 
 
 _LABEL = {"description": "What clients display (printable text); the pool's name unless given"}
-POOL_LABEL = Shape(_column_length(models.Pool.pool_label), PRINTABLE_TEXT, min=1,
+POOL_LABEL = Shape(models.column_length(models.Pool.pool_label), PRINTABLE_TEXT, min=1,
                    error=f"not a valid pool label ({_PRINTABLE})")
-_GPU_UUID = Shape(_column_length(models.Gpu.uuid), GPU_UUID, min=1,
+_GPU_UUID = Shape(models.column_length(models.Gpu.uuid), GPU_IDENTIFIER, min=1,
                   error="not a GPU UUID (letters, digits, _ . : / -, not first a -)")
 
 
