@@ -67,10 +67,11 @@ def check_gpu_report(report: dict) -> None:
 def check_gpu_owners(node: Node, report: dict) -> None:
     """A GPU UUID is the GPU's own, worldwide: one that another node holds is not this node's (a
     node claiming another's GPUs would take them, and its pool slots, over)."""
-    uuids = [entry["uuid"] for entry in report.get("gpus", []) if entry.get("status") == "ok"]
-    taken = session().scalar(select(Gpu.uuid).where(Gpu.uuid.in_(uuids), Gpu.node_id != node.id).limit(1))
+    positions = {entry["uuid"]: position for position, entry in enumerate(report.get("gpus", []))
+                 if entry.get("status") == "ok"}
+    taken = session().scalar(select(Gpu.uuid).where(Gpu.uuid.in_(positions), Gpu.node_id != node.id).limit(1))
     if taken is not None:
-        raise InvalidNodeReport(f"GPU #{uuids.index(taken)}'s UUID", "unique: another node holds that GPU")
+        raise InvalidNodeReport(f"GPU #{positions[taken]}'s UUID", "unique: another node holds that GPU")
 
 
 def _check_gpu(entry: dict, position: int) -> None:
