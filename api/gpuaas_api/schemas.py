@@ -359,8 +359,8 @@ class JoinSchema(StrictSchema):
 
 
 class ScanQuerySchema(StrictSchema):
-    scan_id = fields.String(required=True, validate=Shape(models.column_length(models.Scan.request_id), SCAN_ID, min=1, error=
-                            "not a scan id (a number or a request_id)"), metadata={
+    scan_id = fields.String(required=True, validate=Shape(models.column_length(models.Scan.request_id), SCAN_ID, min=1,
+                                                          error="not a scan id (a number or a request_id)"), metadata={
         "description": "The scan's numeric id (as clients send it) or its request_id"})
 
 
@@ -541,8 +541,8 @@ class GpuUuidsSchema(StrictSchema):
 class GpuUuidsQuerySchema(StrictSchema):
     """remove_gpus by GET: ?gpu_uuids=a,b (comma-separated)."""
 
-    gpu_uuids = fields.String(required=True, validate=Shape(GPU_UUID_LIST_MAX_LENGTH, GPU_UUID_LIST, min=1, error=
-                              "not a comma-separated list of GPU UUIDs"))
+    gpu_uuids = fields.String(required=True, validate=Shape(GPU_UUID_LIST_MAX_LENGTH, GPU_UUID_LIST, min=1,
+                                                            error="not a comma-separated list of GPU UUIDs"))
 
 
 class PoolGpuSchema(StrictSchema):

@@ -111,7 +111,7 @@ def test_job_threads_building_at_once_all_get_the_one_whole_wheel(tmp_path, agen
         return agent_wheel.agent_wheel(tmp_path / "data", agent_copy)
 
     with ThreadPoolExecutor(THREADS) as pool:
-        results = [future.result() for future in [pool.submit(start_job) for _ in range(THREADS)]]
+        results = [future.result() for future in [pool.submit(start_job) for _thread in range(THREADS)]]
 
     wheel = results[0]
     assert results == [wheel] * THREADS

@@ -37,7 +37,7 @@ def test_job_threads_starting_together_on_a_fresh_data_dir_all_get_the_link(tmp_
         except Exception as error:  # what failed the job on the old code: FileExistsError
             results.append(error)
 
-    threads = [threading.Thread(target=start_job) for _ in range(THREADS)]
+    threads = [threading.Thread(target=start_job) for _thread in range(THREADS)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -44,8 +44,9 @@ def trusted_strings(value, path="") -> list[str]:
     return []
 
 
-def written(monkeypatch, tmp_path, hosts=(HOSTILE_HOST,), extravars=JOB_VARS, operator=None) -> dict:
-    """The inventory and extra vars of one run_playbook call, as ansible-playbook reads them."""
+def written(monkeypatch, tmp_path, operator=None) -> dict:
+    """The inventory and extra vars of one run_playbook call (HOSTILE_HOST, JOB_VARS), as ansible-playbook
+    reads them."""
     loaded: dict = {}
 
     def ansible_runner_run(**kwargs):
@@ -57,7 +58,7 @@ def written(monkeypatch, tmp_path, hosts=(HOSTILE_HOST,), extravars=JOB_VARS, op
         return SimpleNamespace(status="successful", rc=0)
 
     monkeypatch.setattr(ansible_runner, "run", ansible_runner_run)
-    run_playbook(1, "test_conn", list(hosts), extravars, tmp_path, tmp_path / "key", lambda event: None,
+    run_playbook(1, "test_conn", [HOSTILE_HOST], JOB_VARS, tmp_path, tmp_path / "key", lambda event: None,
                  lambda: False, operator_extravars=operator)
     return loaded
 

@@ -94,9 +94,9 @@ def region(service):
 
 
 def add(api, region, fleet_nodes, name: str, display: str, **fields) -> dict:
-    node = api.call("POST", "/gpuaas/node/add", {"name": display, "region_id": region["id"],
-                                                  "node_ip": fleet_nodes[name]["address"], "username": "root",
-                                                  "is_worker_node": True, **fields}, expect=201)
+    body = {"name": display, "region_id": region["id"], "node_ip": fleet_nodes[name]["address"], "username": "root",
+            "is_worker_node": True, **fields}
+    node = api.call("POST", "/gpuaas/node/add", body, expect=201)
     install_controller_key(api, node["id"], name)
     return node
 
