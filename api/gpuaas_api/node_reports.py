@@ -170,7 +170,7 @@ def cluster_facts(facts) -> dict:
     if not isinstance(facts, dict):
         raise InvalidNodeReport("cluster facts", "an object")
     address = facts.get("api_server_address")
-    if address is not None and not (isinstance(address, str) and (validation.HOSTNAME.fullmatch(address) or _is_ip(address))):
+    if address is not None and not (isinstance(address, str) and (validation.HOSTNAME.fullmatch(address) or validation.is_ip_address(address))):
         raise InvalidNodeReport("API server address", "an IP address or a host name")
     port = facts.get("api_server_port")
     port = int(port) if isinstance(port, str) and port.isdigit() and len(port) <= 5 else port  # `| int` in a role var
@@ -183,14 +183,6 @@ def cluster_facts(facts) -> dict:
         _text(facts["controller"], validation.HOSTNAME, 63, "controller name", "a Kubernetes node name")
         checked["controller"] = facts["controller"]
     return checked
-
-
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return "%" not in value  # no IPv6 zone ID (validation.ip_address)
 
 
 def _network(value, where: str) -> str:

@@ -64,8 +64,8 @@ class Shape(validate.Length):
         return value
 
 
-# Shapes of request strings that only the API layer has (validation.py holds those that reach nodes).
-# Printable text (no control characters): display strings, which reach no inventory, command or file.
+# Printable text (no control characters; validation.py): display strings, which reach no inventory,
+# command or file. The shapes below it only the API layer has.
 PRINTABLE_TEXT = validation.PRINTABLE_TEXT
 _PRINTABLE = "printable text, no control characters"
 # A GPU named in a request (the guide: "GPU identifiers"): only looked up among the stored GPUs, whose

@@ -46,14 +46,18 @@ volume_group = _matches(VOLUME_GROUP, "LVM volume group name")
 region_name = _matches(REGION_NAME, "region name (letters, digits and hyphens, at most 12)")
 
 
-def ip_address(value: str) -> None:
+def is_ip_address(value) -> bool:
     """An IPv4 or IPv6 address, never with an IPv6 zone ID: Python accepts after the `%` any text but
-    `%` and `/` (`::1%{{ lookup('pipe', …) }}`), and the address becomes a node's `ansible_host`."""
+    `%` and `/` (`::1%{{ lookup('pipe', …) }}`), and an address becomes a node's `ansible_host`."""
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
-        raise ValidationError("not a valid IPv4 or IPv6 address") from None
-    if getattr(address, "scope_id", None) is not None:
+        return False
+    return getattr(address, "scope_id", None) is None
+
+
+def ip_address(value: str) -> None:
+    if not is_ip_address(value):
         raise ValidationError("not a valid IPv4 or IPv6 address (an IPv6 zone ID, after %, is not accepted)")
 
 

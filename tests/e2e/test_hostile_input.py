@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from conftest import CLI, FLEET, Service, install_controller_key
+from conftest import FLEET, Service, install_controller_key
 
 EDIT_METHOD = "PUT"
 FLEET_NODES = 4  # node1 H100 (controller), node2 A100, node3 L40S, node4 Ascend NPUs: tests/fleet/profiles.yml
@@ -78,9 +78,6 @@ class UnwrappedService(Service):
         code = ("import sys; import gpuaas_api.jobs.runner as runner; runner.as_data = lambda value: value; "
                 "from gpuaas_api.cli import main; sys.exit(main(sys.argv[1:]))")
         return [sys.executable, "-c", code, "serve", "--workers", "1"]
-
-
-assert CLI.exists()
 
 
 @pytest.fixture(scope="module")

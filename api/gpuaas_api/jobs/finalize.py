@@ -122,8 +122,10 @@ def end_unstarted(job_id: int, status: JobStatus, explanation: str) -> bool:
     return True
 
 
-# What a job's artifact holds that a node reported, by the key its role returns it under.
-NODE_REPORTS = ("gpuaas_gpu_scan", "gpuaas_npu_scan", "gpuaas_storage_metrics", "gpuaas_node_facts", "gpuaas_cluster")
+# What a job's artifact holds that a node reported, by the key its role returns it under: per host, and
+# the cluster's facts (an enable's, one for the run).
+HOST_REPORTS = ("gpuaas_gpu_scan", "gpuaas_npu_scan", "gpuaas_storage_metrics", "gpuaas_node_facts")
+NODE_REPORTS = (*HOST_REPORTS, "gpuaas_cluster")
 
 
 def _refused_report(job: Job, node: Node | None, artifact_data: dict) -> node_reports.InvalidNodeReport | None:
@@ -134,7 +136,7 @@ def _refused_report(job: Job, node: Node | None, artifact_data: dict) -> node_re
             node_reports.cluster_facts(artifact_data["gpuaas_cluster"])
         if node is None or (operation not in SCAN_KINDS and operation is not Operation.STORAGE_METRICS):
             return None
-        reported = {key: (artifact_data.get(key) or {}).get(node.inventory_name) for key in NODE_REPORTS[:4]}
+        reported = {key: (artifact_data.get(key) or {}).get(node.inventory_name) for key in HOST_REPORTS}
         if reported["gpuaas_gpu_scan"] is not None:
             node_reports.check_gpu_report(reported["gpuaas_gpu_scan"])
             node_reports.check_gpu_owners(node, reported["gpuaas_gpu_scan"])
