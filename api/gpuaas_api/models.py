@@ -42,8 +42,9 @@ class User(Timestamps, Base):
     username: Mapped[str] = mapped_column(String(64), unique=True)
     email: Mapped[str] = mapped_column(String(254), default="")
     password_hash: Mapped[str] = mapped_column(String(255))
-    role: Mapped[str] = mapped_column(String(32), default="admin")
-    is_super_admin: Mapped[bool] = mapped_column(Boolean, default=True)
+    # access.Role's value; is_super_admin follows it (true for admins only: users.set_role).
+    role: Mapped[str] = mapped_column(String(32))
+    is_super_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", cascade="all, delete-orphan")
 
 
@@ -56,6 +57,8 @@ class ApiToken(Timestamps, Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     description: Mapped[str] = mapped_column(String(128), default="")
     expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # A narrower role than the user's for what this token may do (access.Role); None: the user's own.
+    role: Mapped[str | None] = mapped_column(String(32))
     user: Mapped[User] = relationship(back_populates="tokens")
 
 
@@ -217,6 +220,10 @@ class Job(Timestamps, Base):
     emitted_events: Mapped[int] = mapped_column(Integer, default=0)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # Who asked for it (audit.py): a user's id and name, kept as text so that the record outlives the
+    # user. None for the service's own jobs (metrics collection).
+    actor_id: Mapped[int | None] = mapped_column(Integer)
+    actor: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class JobEvent(Base):
@@ -359,3 +366,36 @@ class ControllerKey(Base):
     private_key_encrypted: Mapped[str] = mapped_column(Text)
     fingerprint: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class AuditEvent(Base):
+    """One mutating request (audit.py): who asked, from where, for what, and how it ended."""
+
+    __tablename__ = "audit_events"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    actor_id: Mapped[int | None] = mapped_column(Integer)
+    actor: Mapped[str] = mapped_column(String(64), index=True)
+    token_id: Mapped[int | None] = mapped_column(Integer)
+    address: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(8))
+    path: Mapped[str] = mapped_column(String(512))
+    action: Mapped[str] = mapped_column(String(128))
+    object_type: Mapped[str | None] = mapped_column(String(32))
+    object_id: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    job_id: Mapped[int | None] = mapped_column(Integer)
+    __table_args__ = (Index("ix_audit_events_object", "object_type", "object_id"),)
+
+
+class LoginFailure(Base):
+    """A failed login (auth.py's throttle): counted per (username, address) and per address, in the
+    database so that every service host sees the same counts. The username is kept as its SHA-256:
+    people type passwords into the username field."""
+
+    __tablename__ = "login_failures"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    address: Mapped[str] = mapped_column(String(64))
+    username_hash: Mapped[str] = mapped_column(String(64))
+    __table_args__ = (Index("ix_login_failures_address_at", "address", "at"),)

@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
+from ..access import reads
 from ..db import session
 from ..models import Gpu, Job, Node, Pool, StorageSample, inventory_name
 from ..states import GpuAssignment, NodeStatus, PoolStatus
@@ -114,6 +115,7 @@ class FleetCollector:
 
 
 @blp.route("/metrics")
+@reads
 def metrics() -> Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector())

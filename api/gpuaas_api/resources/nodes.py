@@ -5,6 +5,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy.orm import selectinload
 
+from ..access import changes, reads
 from ..db import commit_unique, session
 from ..errors import conflict, field_error, not_found
 from ..jobs.queue import jobs_ahead
@@ -44,6 +45,7 @@ def _commit_unique(node: Node) -> None:
 class NodeAdd(MethodView):
     @blp.arguments(NodeAddSchema)
     @blp.response(201, NodeSchema)
+    @changes
     def post(self, fields):
         """Add a node (uninitialized). Install the controller's key on it first: GET .../ssh_keys."""
         get_region(fields["region_id"])
@@ -58,6 +60,7 @@ class NodeAdd(MethodView):
 class NodeList(MethodView):
     @blp.arguments(RegionQuerySchema, location="query")
     @blp.response(200, NodeSchema(many=True))
+    @reads
     def get(self, query):
         """Nodes, optionally of one region, as a bare array."""
         return cached_reply(("nodes", query.get("region_id")), lambda: node_list(session(), query.get("region_id")))
@@ -66,6 +69,7 @@ class NodeList(MethodView):
 @blp.route("/gpuaas/node/<id:node_id>")
 class NodeById(MethodView):
     @blp.response(200, NodeSchema)
+    @reads
     def get(self, node_id):
         return cached_reply(("node", node_id), lambda: node_reply(session(), get_node(node_id)))
 
@@ -74,6 +78,7 @@ class NodeById(MethodView):
 class NodeEdit(MethodView):
     @blp.arguments(NodeEditSchema, required=False)
     @blp.response(200, NodeSchema)
+    @changes
     def put(self, fields, node_id):
         """Change a node's address, credentials or roles."""
         node = get_node(node_id)
@@ -101,11 +106,13 @@ class NodeDelete(MethodView):
         return {"success": True, "message": f"node {node_id} deleted"}
 
     @blp.response(200, SuccessSchema)
+    @changes
     def delete(self, node_id):
         """Delete a node that is uninitialized (or in error). Clients also use GET."""
         return self._delete(node_id)
 
     @blp.response(200, SuccessSchema)
+    @changes
     def get(self, node_id):
         return self._delete(node_id)
 
@@ -113,6 +120,7 @@ class NodeDelete(MethodView):
 @blp.route("/gpuaas/node/<id:node_id>/ssh_keys")
 class NodeSshKeys(MethodView):
     @blp.response(200, {"type": "array", "items": {"type": "string"}})
+    @reads
     def get(self, node_id):
         """The controller's public keys, as a bare array: add them to the node's authorized_keys."""
         get_node(node_id)

@@ -7,6 +7,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import func, select
 
+from ..access import changes, reads
 from ..db import session
 from ..errors import ApiError, conflict, field_error, not_found
 from ..validation import MAX_ID
@@ -61,6 +62,7 @@ def _simple(operation: Operation, what: str, arguments, query_key: str, extra=No
 class NodeInit(MethodView):
     @blp.arguments(NodeIdQuerySchema, location="query")
     @blp.response(200, OperationReplySchema)
+    @changes
     def get(self, args):
         """Initialise a node (playbook node_init)."""
         return _simple(Operation.INIT, "initialisation", args, "gpuaas_node_id")
@@ -70,6 +72,7 @@ class NodeInit(MethodView):
 class NodeDeinit(MethodView):
     @blp.arguments(NodeIdQuerySchema, location="query")
     @blp.response(200, OperationReplySchema)
+    @changes
     def get(self, args):
         """Deinitialise a node (playbook node_deinit): it ends as freshly added."""
         node = get_node(args["gpuaas_node_id"])
@@ -81,6 +84,7 @@ class NodeDeinit(MethodView):
 class NodeReboot(MethodView):
     @blp.arguments(NodeIdAltQuerySchema, location="query")
     @blp.response(200, OperationReplySchema)
+    @changes
     def post(self, args):
         """Reboot a node and wait for it (playbook node_reboot); a node in a cluster is drained first
         on its controller, and uncordoned once it is Ready again."""
@@ -99,6 +103,7 @@ class NodeReboot(MethodView):
 class NodeTestConn(MethodView):
     @blp.arguments(NodeIdQuerySchema, location="query")
     @blp.response(200, OperationReplySchema)
+    @changes
     def get(self, args):
         """Check SSH, then Python (playbook test_conn); the job's result names a failed step."""
         return _simple(Operation.TEST_CONN, "connection test", args, "gpuaas_node_id")
@@ -107,6 +112,7 @@ class NodeTestConn(MethodView):
 @blp.route("/gpuaas/node/<id:node_id>/disable")
 class NodeDisable(MethodView):
     @blp.response(200, OperationReplySchema)
+    @changes
     def post(self, node_id):
         """Disable the node's GPUaaS services (playbook node_disable)."""
         node = get_node(node_id)
@@ -117,6 +123,7 @@ class NodeDisable(MethodView):
 class Enable(MethodView):
     @blp.arguments(ControllerQuerySchema, location="query")
     @blp.response(200, EnableReplySchema)
+    @changes
     def post(self, args):
         """Set up the region's cluster on this node (playbook gpuaas_enable). Returns {success, gpuaas_id}.
 
@@ -145,6 +152,7 @@ class Enable(MethodView):
 class NodeJoin(MethodView):
     @blp.arguments(JoinSchema)
     @blp.response(200, OperationReplySchema)
+    @changes
     def post(self, body):
         """Join a worker to its region's cluster. Body: {joinee_node_id, region_id} or {gpuaas_id, gpuaas_node_id}."""
         node_id = body.get("joinee_node_id") or body.get("gpuaas_node_id")
@@ -166,6 +174,7 @@ class NodeJoin(MethodView):
 class NodeLeave(MethodView):
     @blp.arguments(LeaveQuerySchema, location="query")
     @blp.response(200, OperationReplySchema)
+    @changes
     def post(self, args):
         """Drain and delete the worker on the controller, then reset it; `ungraceful=true` for a worker that is down."""
         node = get_node(args["node_id"])
@@ -212,12 +221,14 @@ for _kind in SCAN_KINDS:
         class Start(MethodView):
             @blp.arguments(NodeIdQuerySchema, location="query")
             @blp.response(200, ScanSchema)
+            @changes
             def get(self, args):
                 return scan_reply(_start_scan(kind, args["gpuaas_node_id"]))
 
         class Status(MethodView):
             @blp.arguments(ScanQuerySchema, location="query")
             @blp.response(200, ScanSchema)
+            @reads
             def get(self, args):
                 return scan_reply(_scan_status(args["scan_id"], short))
 
@@ -235,6 +246,7 @@ for _kind in SCAN_KINDS:
 @blp.route("/gpuaas/node/<id:node_id>/storage_metrics")
 class NodeStorageMetrics(MethodView):
     @blp.response(200, StorageMetricsSchema)
+    @changes
     def get(self, node_id):
         """The node's latest storage metrics (volume group, filesystems), and a fresh collection started.
 
@@ -255,6 +267,7 @@ class NodeStorageMetrics(MethodView):
 class NodeLogs(MethodView):
     @blp.arguments(PageQuerySchema, location="query")
     @blp.response(200, LogPageSchema)
+    @reads
     def get(self, args, node_id):
         """The node's job events, oldest first (job, then event counter), a page at a time, with the total."""
         get_node(node_id)
@@ -273,6 +286,7 @@ class NodeLogs(MethodView):
 class JobById(MethodView):
     @blp.arguments(JobWaitQuerySchema, location="query")
     @blp.response(200, JobSchema)
+    @reads
     def get(self, args, job_id):
         """A job; with `wait`, answered once it has finished or `wait` seconds have passed (a long poll)."""
         db = session()
@@ -291,6 +305,7 @@ class JobById(MethodView):
 @blp.route("/jobs/<id:job_id>/cancel")
 class JobCancel(MethodView):
     @blp.response(202, JobSchema)
+    @changes
     def post(self, job_id):
         """Ask a pending or running job to stop: a queued job ends at once without running; a running one's
         worker ends its whole process tree."""
@@ -311,6 +326,7 @@ class JobCancel(MethodView):
 @blp.route("/gpuaas")
 class Clusters(MethodView):
     @blp.response(200, ClusterSchema(many=True))
+    @reads
     def get(self):
         """Every GPUaaS cluster: live ones first, then torn-down ones (GPUAAS_INACTIVE), each by id."""
         clusters = session().scalars(select(Cluster).order_by(Cluster.id)).all()
@@ -328,10 +344,12 @@ def get_cluster(gpuaas_id: int) -> Cluster:
 @blp.route("/gpuaas/<id:gpuaas_id>")
 class ClusterById(MethodView):
     @blp.response(200, ClusterSchema)
+    @reads
     def get(self, gpuaas_id):
         return json_reply(render_cluster(get_cluster(gpuaas_id)))
 
     @blp.response(200, SuccessSchema)
+    @changes
     def delete(self, gpuaas_id):
         """Tear a cluster down once no node is in it (workers left, controller deinitialised): the cluster
         and its pools are removed, and a GET then answers 404."""
@@ -350,6 +368,7 @@ class ClusterById(MethodView):
 @blp.route("/gpuaas/<id:gpuaas_id>/gpus")
 class ClusterGpus(MethodView):
     @blp.response(200, GpuListSchema)
+    @reads
     def get(self, gpuaas_id):
         """The cluster's GPUs, on its nodes, in node and index order."""
         get_cluster(gpuaas_id)

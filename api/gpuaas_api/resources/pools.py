@@ -11,6 +11,7 @@ from flask_smorest import Blueprint
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from ..access import changes, reads
 from .. import pools
 from ..db import session
 from ..errors import ApiError
@@ -30,6 +31,7 @@ blp = Blueprint("pools", __name__, description="GPU pools and GPU assignment")
 class PoolCreate(MethodView):
     @blp.arguments(PoolCreateSchema)
     @blp.response(201, PoolChangeSchema)
+    @changes
     def post(self, body):
         """Create a pool: sharing_ratio 1–10, time_quantum_in_sec 10–120, security_level low|medium|high."""
         return json_reply(pools.create_pool(body, must_have_pools=False), 201)
@@ -39,6 +41,7 @@ class PoolCreate(MethodView):
 class PoolAdd(MethodView):
     @blp.arguments(PoolCreateSchema)
     @blp.response(201, PoolChangeSchema)
+    @changes
     def post(self, body):
         """Add another pool to a GPUaaS cluster that already has at least one (409 otherwise)."""
         return json_reply(pools.create_pool(body, must_have_pools=True), 201)
@@ -47,6 +50,7 @@ class PoolAdd(MethodView):
 @blp.route("/gpuaas/<id:gpuaas_id>/pool/list")
 class PoolList(MethodView):
     @blp.response(200, PoolListSchema)
+    @reads
     def get(self, gpuaas_id):
         """The cluster's pools as {items}; each pool's `gpus` has one entry per virtual-GPU slot."""
         return json_reply({"items": pools.cluster_pools(gpuaas_id)})
@@ -55,16 +59,19 @@ class PoolList(MethodView):
 @blp.route("/gpuaas/pool/<id:pool_id>")
 class PoolById(MethodView):
     @blp.response(200, PoolSchema)
+    @reads
     def get(self, pool_id):
         return json_reply(pools.pool_reply(pools.get_pool(pool_id)))
 
     @blp.arguments(PoolUpdateSchema)
     @blp.response(200, PoolChangeSchema)
+    @changes
     def put(self, fields, pool_id):
         """Change a pool (aliases: name, overcommit_ratio, security_mode)."""
         return json_reply(pools.update_pool(pool_id, fields))
 
     @blp.response(200, OperationReplySchema)
+    @changes
     def delete(self, pool_id):
         """Delete a pool (the clients' path): as DELETE /gpuaas/pool/{id}/delete."""
         return pools.delete_pool(pool_id)
@@ -73,6 +80,7 @@ class PoolById(MethodView):
 @blp.route("/gpuaas/pool/<id:pool_id>/delete")
 class PoolDelete(MethodView):
     @blp.response(200, OperationReplySchema)
+    @changes
     def delete(self, pool_id):
         """Delete a pool: DELETING until its nodes restored their GPUs' defaults, then gone."""
         return pools.delete_pool(pool_id)
@@ -82,6 +90,7 @@ class PoolDelete(MethodView):
 class PoolAddGpus(MethodView):
     @blp.arguments(GpuUuidsSchema)
     @blp.response(200, PoolChangeSchema)
+    @changes
     def post(self, body, pool_id):
         return json_reply(pools.add_gpus(pool_id, body["gpu_uuids"]))
 
@@ -90,11 +99,13 @@ class PoolAddGpus(MethodView):
 class PoolRemoveGpus(MethodView):
     @blp.arguments(GpuUuidsSchema)
     @blp.response(200, PoolChangeSchema)
+    @changes
     def post(self, body, pool_id):
         return json_reply(pools.remove_gpus(pool_id, body["gpu_uuids"]))
 
     @blp.arguments(GpuUuidsQuerySchema, location="query")
     @blp.response(200, PoolChangeSchema)
+    @changes
     def get(self, query, pool_id):
         """The clients' form: ?gpu_uuids=a,b."""
         uuids = [uuid.strip() for uuid in query["gpu_uuids"].split(",") if uuid.strip()]
@@ -104,6 +115,7 @@ class PoolRemoveGpus(MethodView):
 @blp.route("/gpuaas/pool/<id:pool_id>/retry")
 class PoolRetry(MethodView):
     @blp.response(202, PoolChangeSchema)
+    @changes
     def post(self, pool_id):
         """Apply again, on the nodes where it did not complete, what a failed change left in transit."""
         return json_reply(pools.retry_pool(pool_id), 202)
@@ -112,6 +124,7 @@ class PoolRetry(MethodView):
 @blp.route("/gpuaas/pool/<id:pool_id>/gpus")
 class PoolGpus(MethodView):
     @blp.response(200, GpuListSchema)
+    @reads
     def get(self, pool_id):
         return json_reply({"items": [render_gpu(gpu) for gpu in pools.gpus_of(pools.get_pool(pool_id))]})
 
@@ -120,6 +133,7 @@ class PoolGpus(MethodView):
 class PoolGpuAdd(MethodView):
     @blp.arguments(PoolGpuSchema)
     @blp.response(200, PoolChangeSchema)
+    @changes
     def post(self, body):
         """Add one GPU, named by node and index."""
         return json_reply(pools.add_gpu_by_index(body["pool_id"], body["gpuaas_node_id"], body["gpu_index"]))
@@ -128,6 +142,7 @@ class PoolGpuAdd(MethodView):
 @blp.route("/gpuaas/pool/<id:pool_id>/gpu/<id:gpu_id>")
 class PoolGpuDelete(MethodView):
     @blp.response(200, PoolChangeSchema)
+    @changes
     def delete(self, pool_id, gpu_id):
         return json_reply(pools.remove_gpu_by_id(pool_id, gpu_id))
 
@@ -135,6 +150,7 @@ class PoolGpuDelete(MethodView):
 @blp.route("/gpuaas/<id:gpuaas_id>/pool/available_gpus")
 class AvailableGpus(MethodView):
     @blp.response(200, GpuListSchema)
+    @reads
     def get(self, gpuaas_id):
         """GPUs of the cluster's nodes that no pool holds and that answer."""
         pools.get_cluster(gpuaas_id)
@@ -153,6 +169,7 @@ def _available_gpus(gpuaas_id: int) -> dict:
 @blp.route("/gpuaas/<id:gpuaas_id>/pool/all_gpus")
 class AllGpus(MethodView):
     @blp.response(200, GpuDetailsListSchema)
+    @reads
     def get(self, gpuaas_id):
         """Every GPU of the cluster's nodes, with its node and pool."""
         pools.get_cluster(gpuaas_id)
@@ -169,6 +186,7 @@ class AllGpus(MethodView):
 class PoolMetrics(MethodView):
     @blp.arguments(MetricsQuerySchema, location="query")
     @blp.response(200, PoolMetricsSchema)
+    @reads
     def get(self, query, pool_id):
         """Per-bucket avg and max of the pool GPUs' samples, with slot totals.
 

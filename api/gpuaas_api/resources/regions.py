@@ -4,6 +4,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import delete, select, update
 
+from ..access import changes, reads
 from ..db import commit_unique, session
 from ..errors import conflict, not_found
 from ..models import Cluster, Gpu, Node, Pool, Region
@@ -38,12 +39,14 @@ def _all_regions():
 @blp.route("/regions")
 class Regions(MethodView):
     @blp.response(200, RegionSchema(many=True))
+    @reads
     def get(self):
         """All regions, as a bare array."""
         return _all_regions()
 
     @blp.arguments(RegionCreateSchema)
     @blp.response(201, RegionSchema)
+    @changes
     def post(self, fields):
         """Create a region."""
         region = Region(**fields)
@@ -55,6 +58,7 @@ class Regions(MethodView):
 @blp.route("/gpuaas/list/regions")
 class RegionList(MethodView):
     @blp.response(200, RegionSchema(many=True))
+    @reads
     def get(self):
         """The guide's name for the region list."""
         return _all_regions()
@@ -75,11 +79,13 @@ def remove_torn_down_clusters(db, cluster_ids: list[int]) -> None:
 @blp.route("/regions/<id:region_id>")
 class RegionById(MethodView):
     @blp.response(200, RegionSchema)
+    @reads
     def get(self, region_id):
         return region_reply(get_region(region_id))
 
     @blp.arguments(RegionUpdateSchema(partial=True), required=False)
     @blp.response(200, RegionSchema)
+    @changes
     def put(self, fields, region_id):
         region = get_region(region_id)
         for key, value in fields.items():
@@ -88,6 +94,7 @@ class RegionById(MethodView):
         return region_reply(region)
 
     @blp.response(204)
+    @changes
     def delete(self, region_id):
         """Delete a region that holds no node and no live cluster; its torn-down clusters go with it."""
         region = get_region(region_id)
