@@ -10,7 +10,7 @@ from .config import Config
 from .metrics import prometheus
 from .schemas import LINKS, SCHEMA_RULES, ErrorSchema
 from .resources import auth as auth_resources
-from .resources import nodes, operations, pools, regions
+from .resources import nodes, operations, pools, regions, users
 
 # Existing clients use a base URL ending in /api; the guide's paths have none.
 # Routes live under /api; these top-level paths are served there too.
@@ -79,7 +79,7 @@ def create_app(config: Config | None = None) -> Flask:
     api.register_converter(IdConverter, _id_parameter_schema)
     errors.init_app(app)  # after Api, whose own HTTPException handler it replaces
     for blueprint in (auth_resources.blp, auth_resources.health_blp, regions.blp, nodes.blp, operations.blp,
-                      pools.blp):
+                      pools.blp, users.blp):
         api.register_blueprint(blueprint, url_prefix="/api")
     publish_schema_rules(api)
     publish_links(api)

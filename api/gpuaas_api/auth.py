@@ -49,12 +49,21 @@ def prune_expired_tokens() -> int:
                                                     ApiToken.expires_at < now)).rowcount
 
 
-def issue_token(user: User, hours: int | None, description: str = "") -> str:
+def new_token(user: User, lifetime: dt.timedelta | None, description: str = "",
+              role: Role | None = None) -> tuple[ApiToken, str]:
+    """A new token for ``user`` (added to the session, not committed): its row, and the token itself,
+    which is shown only now. ``role`` narrows what it may do; None: whatever its user may."""
     token = secrets.token_urlsafe(32)
-    expires = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=hours) if hours else None
+    expires = dt.datetime.now(dt.timezone.utc) + lifetime if lifetime else None
     prune_expired_tokens()
-    session().add(ApiToken(user=user, token_hash=hash_token(token), description=description, expires_at=expires))
-    return token
+    row = ApiToken(user=user, token_hash=hash_token(token), description=description, expires_at=expires,
+                   role=role.value if role else None)
+    session().add(row)
+    return row, token
+
+
+def issue_token(user: User, hours: int | None, description: str = "") -> str:
+    return new_token(user, dt.timedelta(hours=hours) if hours else None, description)[1]
 
 
 def check_login(username: str, password: str) -> User:

@@ -1,4 +1,4 @@
-"""gpuaas-api: serve | db upgrade | create-token | set-password | ssh-key."""
+"""gpuaas-api: serve | prepare | db upgrade | create-token | users | tokens | set-password | ssh-key."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 
+from . import cli_users
 from .config import Config
 
 # The gunicorn master imports none of the application (it only forks and watches workers), and
@@ -105,30 +106,6 @@ def _serve(config: Config, workers: int) -> int:
     return 0
 
 
-def _create_token(config: Config, username: str, password: str | None, hours: int | None) -> int:
-    from sqlalchemy import select
-
-    from .app import create_app
-    from .auth import hash_password, issue_token
-    from .db import session
-    from .migrate import upgrade
-    from .models import User
-
-    upgrade(config.DATABASE_URL)
-    app = create_app(config)
-    with app.app_context():
-        db = session()
-        user = db.scalar(select(User).where(User.username == username))
-        if user is None:
-            password = password or getpass.getpass(f"password for new user {username}: ")
-            user = User(username=username, password_hash=hash_password(password))
-            db.add(user)
-        token = issue_token(user, hours, "create-token")
-        db.commit()
-    print(token)
-    return 0
-
-
 def _set_password(config: Config, username: str, password: str | None) -> int:
     from .app import create_app
     from .auth import set_password
@@ -180,10 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, default=2)
     db = sub.add_parser("db", help="database schema")
     db.add_argument("action", choices=["upgrade"])
-    token = sub.add_parser("create-token", help="issue an API token (creating the user if needed)")
-    token.add_argument("--user", required=True)
-    token.add_argument("--password", help="for a new user; asked for when omitted")
-    token.add_argument("--hours", type=int, help="lifetime; no expiry when omitted")
+    cli_users.add_parsers(sub)
     reset = sub.add_parser("set-password", help="give an existing user a new password (a lost admin password)")
     reset.add_argument("--user", required=True)
     reset.add_argument("--password", help="asked for when omitted")
@@ -212,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         return _set_password(config, args.user, args.password)
     if args.command == "ssh-key":
         return _ssh_key(config, args.action, args.staged)
-    return _create_token(config, args.user, args.password, args.hours)
+    return cli_users.run(config, args)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,11 @@ class Config:
         self.ADMIN_USER = env.get("GPUAAS_ADMIN_USER")
         self.ADMIN_PASSWORD = env.get("GPUAAS_ADMIN_PASSWORD")
         self.TOKEN_TTL_HOURS = int(env.get("GPUAAS_TOKEN_TTL_HOURS", "24"))
+        # Tokens for automation (`create-token`, POST /api/tokens) expire after this many days unless
+        # told otherwise; 0: never. Tokens issued before a change keep their own expiry.
+        self.API_TOKEN_TTL_DAYS = int(env.get("GPUAAS_API_TOKEN_TTL_DAYS", "365"))
+        if self.API_TOKEN_TTL_DAYS < 0:
+            raise ValueError("GPUAAS_API_TOKEN_TTL_DAYS must be 0 (never expire) or more")
         self.SESSION_COOKIE_SECURE = env.get("GPUAAS_SECURE_COOKIES", "false").lower() == "true"
         # Site-wide variables for every playbook run, as JSON (for example a fleet's boot-id command).
         self.ANSIBLE_EXTRA_VARS = json.loads(env.get("GPUAAS_ANSIBLE_EXTRA_VARS", "{}"))

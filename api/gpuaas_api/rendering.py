@@ -107,6 +107,17 @@ def render_scan(scan, node_gpus: list) -> dict:
                      for gpu in node_gpus if enum_value(gpu.assignment_status) != GpuAssignment.UNAVAILABLE.value]}
 
 
+def render_user(user) -> dict:
+    return {"id": user.id, "username": user.username, "email": user.email, "role": user.role,
+            "is_super_admin": user.is_super_admin, "created_at": timestamp(user.created_at)}
+
+
+def render_token(token) -> dict:
+    """A token's record: never the token or its hash."""
+    return {"id": token.id, "user_id": token.user_id, "username": token.user.username, "description": token.description,
+            "role": token.role, "created_at": timestamp(token.created_at), "expires_at": timestamp(token.expires_at)}
+
+
 def render_job(job) -> dict:
     return {"id": job.id, "operation": job.operation, "node_id": job.node_id, "gpuaas_id": job.cluster_id,
             "pool_id": job.pool_id, "status": enum_value(job.status), "rc": job.rc,

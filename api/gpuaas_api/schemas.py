@@ -13,6 +13,7 @@ import re
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, pre_load, validate
 
 from . import models, validation
+from .access import Role
 from .jobs.waiting import MAX_WAIT_SECONDS
 from .states import (ACCELERATOR_TYPES, DEFAULT_TIME_QUANTUM_SECONDS, INITIALIZE_STATE_CODES, K8S_JOIN_STATE_CODES,
                      RDMA_SUPPORT, ROLE_FLAGS, SCAN_KINDS, SECURITY_LEVELS, SHARING_RATIO_RANGE, TIME_GROUPING_ALIASES,
@@ -130,6 +131,70 @@ class LoginReplySchema(ReplySchema):
     is_super_admin = _reply(fields.Boolean)
     token = _reply(fields.String)
     page_access = _reply(fields.List, fields.String())
+
+
+# --------------------------------------------------------------------------- users and tokens
+# A new user's name: letters, digits and . _ @ + - (an e-mail address fits), starting with a letter or digit.
+ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
+_ACCOUNT_NAME = Shape(models.column_length(models.User.username), ACCOUNT_NAME, min=1,
+                      error="not a valid user name (letters, digits and . _ @ + -, starting with a letter or digit)")
+_EMAIL = Shape(models.column_length(models.User.email), re.compile(r"^$|^[^@\s]+@[^@\s]+$"),
+               error="not an e-mail address")
+_ROLE = _one_of(Role)
+_ROLE_DOC = {"description": "viewer: reads; operator: and changes the fleet; admin: and users and tokens"}
+# A token's lifetime in days (0: it never expires); a century at most.
+TOKEN_DAYS_RANGE = (0, 36500)
+
+
+class UserCreateSchema(StrictSchema):
+    username = fields.String(required=True, validate=_ACCOUNT_NAME)
+    password = fields.String(required=True, load_only=True, validate=Shape(
+        PASSWORD_MAX_LENGTH, PRINTABLE_TEXT, min=1, error=f"not a valid password ({_PRINTABLE})"))
+    role = fields.String(required=True, validate=_ROLE, metadata=_ROLE_DOC)
+    email = fields.String(load_default="", validate=_EMAIL)
+
+
+class UserEditSchema(StrictSchema):
+    role = fields.String(validate=_ROLE, metadata=_ROLE_DOC)
+    email = fields.String(validate=_EMAIL)
+
+
+class UserSchema(ReplySchema):
+    id = _reply(fields.Integer)
+    username = _reply(fields.String)
+    email = _reply(fields.String)
+    role = _reply(fields.String, validate=_ROLE)
+    is_super_admin = _reply(fields.Boolean)
+    created_at = _reply(fields.String, nullable=True, metadata={"format": "date-time"})
+
+
+class TokenCreateSchema(StrictSchema):
+    username = fields.String(required=True, validate=Shape(
+        models.column_length(models.User.username), PRINTABLE_TEXT, min=1, error=f"not a valid user name ({_PRINTABLE})"))
+    description = fields.String(load_default="", validate=Shape(
+        models.column_length(models.ApiToken.description), PRINTABLE_TEXT, error=f"not a valid description ({_PRINTABLE})"))
+    role = fields.String(validate=_ROLE, metadata={"description": "Narrower than the user's role, if given; "
+                                                                  "none: whatever the user's role allows"})
+    expires_in_days = fields.Integer(validate=validate.Range(*TOKEN_DAYS_RANGE), metadata={
+        "description": "0: never; none: GPUAAS_API_TOKEN_TTL_DAYS"})
+
+
+class TokenQuerySchema(StrictSchema):
+    user_id = _id()
+
+
+class TokenSchema(ReplySchema):
+    id = _reply(fields.Integer)
+    user_id = _reply(fields.Integer)
+    username = _reply(fields.String)
+    description = _reply(fields.String)
+    role = _reply(fields.String, nullable=True, validate=_ROLE)
+    created_at = _reply(fields.String, nullable=True, metadata={"format": "date-time"})
+    expires_at = _reply(fields.String, nullable=True, metadata={"format": "date-time"})
+
+
+class TokenCreatedSchema(TokenSchema):
+    token = _reply(fields.String, metadata={"description": "The token: shown only now"})
 
 
 class HealthSchema(ReplySchema):

@@ -1,6 +1,7 @@
 """`gpuaas-api serve` for real: gunicorn on a loopback port, the first admin from the environment."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -90,11 +91,26 @@ def test_cli_db_upgrade_and_create_token(tmp_path):
     env = dict(os.environ, GPUAAS_DATA_DIR=str(tmp_path / "var"))
     env.pop("GPUAAS_DATABASE_URL", None)
     upgraded = subprocess.run([str(CLI), "db", "upgrade"], env=env, capture_output=True, text=True, check=True)
-    first = subprocess.run([str(CLI), "create-token", "--user", "ops", "--password", "pw-for-ops", "--hours", "1"],
-                           env=env, capture_output=True, text=True, check=True).stdout.strip()
-    second = subprocess.run([str(CLI), "create-token", "--user", "ops"], env=env, capture_output=True, text=True,
-                            check=True).stdout.strip()
 
+    def create_token(*arguments):
+        return subprocess.run([str(CLI), "create-token", "--user", "ops", *arguments], env=env, capture_output=True, text=True,
+                              check=False)
+
+    roleless = create_token("--password", "pw-for-ops")  # a new user needs a role
+    first = create_token("--password", "pw-for-ops", "--role", "operator", "--hours", "1").stdout.strip()
+    second = create_token("--role", "viewer").stdout.strip()  # narrower than ops's own role: this token only reads
+    wider = create_token("--role", "admin")
+    tokens = subprocess.run([str(CLI), "tokens", "list"], env=env, capture_output=True, text=True, check=True).stdout
+
+    assert roleless.returncode == 2 and "give --role" in roleless.stderr
+    assert wider.returncode == 1 and "can't do more than its user" in wider.stderr
+    listed = [line.split("\t") for line in tokens.splitlines()]
+    assert [(row[1], row[2]) for row in listed] == [("ops", "operator"), ("ops", "viewer")]
+    # --hours 1 expires within the hour; without a lifetime, GPUAAS_API_TOKEN_TTL_DAYS (365) from now.
+    expiries = [dt.datetime.fromisoformat(row[3]).replace(tzinfo=dt.timezone.utc) - dt.datetime.now(dt.timezone.utc)
+                for row in listed]
+    assert dt.timedelta(minutes=58) < expiries[0] <= dt.timedelta(hours=1)
+    assert dt.timedelta(days=364) < expiries[1] <= dt.timedelta(days=365)
     assert "database at head" in upgraded.stdout
     assert len(first) >= 40 and first != second
     service = start_service([str(CLI), "serve", "--workers", "1"], {**env, "GPUAAS_BIND": f"127.0.0.1:{free_port()}"},
@@ -103,6 +119,8 @@ def test_cli_db_upgrade_and_create_token(tmp_path):
     try:
         assert call(base, "GET", "/regions", token=first) == (200, [])
         assert call(base, "GET", "/regions", token=second)[0] == 200
+        assert call(base, "POST", "/api/regions", {"region_name": "by-viewer"}, token=second)[0] == 403
+        assert call(base, "POST", "/api/regions", {"region_name": "by-operator"}, token=first)[0] == 201
         assert call(base, "GET", "/regions", token=first[:-1] + "x")[0] == 401
         assert call(base, "POST", "/api/login", {"username": "ops", "password": "pw-for-ops"})[0] == 200
     finally:
