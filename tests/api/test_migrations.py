@@ -54,3 +54,28 @@ def test_an_upgrade_leaves_no_session_open(database_url):
     engine.dispose()
 
     assert sessions == 0
+
+
+def test_existing_users_become_admins_and_their_tokens_do_not_change(database_url):
+    # Before roles, every user was made with role "admin"; one row that says otherwise shows the
+    # upgrade sets them all, rather than leaving what it found.
+    upgrade(database_url, "0006")
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO users (id, username, email, password_hash, role, is_super_admin) VALUES "
+                                "(1, 'ops', '', 'h', 'admin', TRUE), (2, 'odd', '', 'h', 'user', FALSE)"))
+        connection.execute(text("INSERT INTO api_tokens (user_id, token_hash, description, expires_at) VALUES "
+                                "(1, 'a1', 'create-token', NULL), (2, 'b2', 'login', '2030-01-01 00:00:00')"))
+        before = connection.execute(text("SELECT user_id, token_hash, description, expires_at FROM api_tokens "
+                                         "ORDER BY id")).all()
+    upgrade(database_url)
+    with engine.connect() as connection:
+        roles = connection.execute(text("SELECT username, role, is_super_admin FROM users ORDER BY id")).all()
+        after = connection.execute(text("SELECT user_id, token_hash, description, expires_at FROM api_tokens "
+                                        "ORDER BY id")).all()
+        token_roles = connection.execute(text("SELECT role FROM api_tokens")).scalars().all()
+    engine.dispose()
+
+    assert [tuple(row) for row in roles] == [("ops", "admin", True), ("odd", "admin", True)]
+    assert after == before
+    assert token_roles == [None, None]
