@@ -3,12 +3,16 @@ method), and a cookie sent by another site changes nothing."""
 from __future__ import annotations
 
 import re
+import urllib.error
+import urllib.request
 
 import pytest
 from flask.views import MethodView
-from sqlalchemy import func, select
+from service import call, start_service
+from sqlalchemy import create_engine, func, select, text
 
 from conftest import ADMIN, assert_error
+from test_first_start import CLI, service_env
 from gpuaas_api import access, users
 from gpuaas_api.access import Access, Role
 from gpuaas_api.db import session
@@ -188,3 +192,43 @@ def test_a_bearer_token_is_not_a_browser_credential(app, token, node_id):
 def test_the_login_cookie_is_strict(anonymous):
     cookie = anonymous.post("/api/login", json=ADMIN).headers["Set-Cookie"]
     assert "SameSite=Strict" in cookie and "HttpOnly" in cookie
+
+
+def _get(base: str, path: str, headers: dict) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(base + path, headers=headers), timeout=10) as reply:
+            return reply.status
+    except urllib.error.HTTPError as refused:
+        return refused.code
+
+
+def test_on_a_real_server_hosted_ais_cookie_starts_a_job_and_a_cross_site_one_does_not(tmp_path, database_url):
+    env = service_env(tmp_path / "var", database_url, GPUAAS_ADMIN_USER="admin", GPUAAS_ADMIN_PASSWORD="pw of admin",
+                      GPUAAS_JOB_WORKERS="0")
+    service = start_service([str(CLI), "serve", "--workers", "1"], env, tmp_path / "serve.log")
+    try:
+        token = call(service.base, "POST", "/api/login", {"username": "admin", "password": "pw of admin"})[1]["token"]
+        region = call(service.base, "POST", "/api/regions", {"region_name": "real"}, token=token)[1]
+        node = call(service.base, "POST", "/api/gpuaas/node/add", {
+            "name": "GPU box 1", "region_id": region["id"], "node_ip": "198.18.0.12", "username": "root",
+            "is_worker_node": True}, token=token)[1]
+        init = f"/gpuaas/node/init?gpuaas_node_id={node['id']}"
+        cookie = {"Cookie": f"token={token}"}
+
+        refused = [_get(service.base, init, {**cookie, "Sec-Fetch-Site": site}) for site in ("cross-site", "same-site")]
+        jobs_after_refusals = _job_rows(database_url)
+        started = _get(service.base, init, cookie)
+    finally:
+        service.stop()
+
+    assert refused == [403, 403]
+    assert jobs_after_refusals == 0
+    assert started == 200 and _job_rows(database_url) == 1
+
+
+def _job_rows(database_url: str) -> int:
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        count = connection.execute(text("SELECT count(*) FROM jobs")).scalar()
+    engine.dispose()
+    return count
