@@ -5,7 +5,7 @@ from flask import Flask
 from flask_smorest import Api
 from werkzeug.routing import IntegerConverter
 
-from . import auth, db, errors, validation
+from . import auth, db, docs_page, errors, security_headers, validation
 from .config import Config
 from .metrics import prometheus
 from .schemas import LINKS, SCHEMA_RULES, ErrorSchema
@@ -84,5 +84,7 @@ def create_app(config: Config | None = None) -> Flask:
     publish_schema_rules(api)
     publish_links(api)
     prometheus.init_app(app)
+    docs_page.init_app(app)
+    security_headers.init_app(app)
     app.wsgi_app = PrefixAlias(app.wsgi_app)
     return app

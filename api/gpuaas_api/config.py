@@ -143,10 +143,8 @@ class Config:
             "OPENAPI_VERSION": "3.0.3",
             "OPENAPI_URL_PREFIX": "/api",
             "OPENAPI_JSON_PATH": "openapi.json",
-            "OPENAPI_SWAGGER_UI_PATH": "docs",
-            # The page is served here; its JavaScript comes from this CDN (override for air-gapped sites).
-            "OPENAPI_SWAGGER_UI_URL": os.environ.get("GPUAAS_SWAGGER_UI_URL",
-                                                     "https://cdn.jsdelivr.net/npm/swagger-ui-dist/"),
+            # No OPENAPI_SWAGGER_UI_*: the docs page, /api/docs, is docs_page's, with every file served by
+            # this service (flask-smorest's has an inline script and loads its files from a URL given here).
             "TESTING": self.TESTING,
             "GPUAAS": self,
         }
