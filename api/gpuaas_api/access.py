@@ -78,7 +78,6 @@ administers = _declare(Access.ADMINISTER)
 FOREIGN_ENDPOINTS = {
     "static": Access.PUBLIC,
     "api-docs.openapi_json": Access.PUBLIC,
-    "api-docs.openapi_swagger_ui": Access.PUBLIC,
 }
 
 
