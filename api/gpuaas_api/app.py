@@ -5,10 +5,11 @@ from flask import Flask
 from flask_smorest import Api
 from werkzeug.routing import IntegerConverter
 
-from . import auth, db, docs_page, errors, security_headers, validation
+from . import audit, auth, db, docs_page, errors, security_headers, validation
 from .config import Config
 from .metrics import prometheus
 from .schemas import LINKS, SCHEMA_RULES, ErrorSchema
+from .resources import audit as audit_resources
 from .resources import auth as auth_resources
 from .resources import nodes, operations, pools, regions, users
 
@@ -74,12 +75,13 @@ def create_app(config: Config | None = None) -> Flask:
 
     db.init_app(app, config.DATABASE_URL)
     auth.init_app(app, prometheus.ENDPOINTS if config.METRICS_PUBLIC else frozenset())
+    audit.init_app(app)  # after auth: it reads the identity auth's hook sets
     app.url_map.converters["id"] = IdConverter
     api = GpuaasApi(app)
     api.register_converter(IdConverter, _id_parameter_schema)
     errors.init_app(app)  # after Api, whose own HTTPException handler it replaces
     for blueprint in (auth_resources.blp, auth_resources.health_blp, regions.blp, nodes.blp, operations.blp,
-                      pools.blp, users.blp):
+                      pools.blp, users.blp, audit_resources.blp):
         api.register_blueprint(blueprint, url_prefix="/api")
     publish_schema_rules(api)
     publish_links(api)

@@ -46,6 +46,10 @@ class Config:
         self.API_TOKEN_TTL_DAYS = int(env.get("GPUAAS_API_TOKEN_TTL_DAYS", "365"))
         if self.API_TOKEN_TTL_DAYS < 0:
             raise ValueError("GPUAAS_API_TOKEN_TTL_DAYS must be 0 (never expire) or more")
+        # The audit trail (audit.py) keeps each record this many days; 0 keeps them forever.
+        self.AUDIT_RETENTION_DAYS = int(env.get("GPUAAS_AUDIT_RETENTION_DAYS", "365"))
+        if self.AUDIT_RETENTION_DAYS < 0:
+            raise ValueError("GPUAAS_AUDIT_RETENTION_DAYS must be 0 (keep forever) or more")
         self.SESSION_COOKIE_SECURE = env.get("GPUAAS_SECURE_COOKIES", "false").lower() == "true"
         # Site-wide variables for every playbook run, as JSON (for example a fleet's boot-id command).
         self.ANSIBLE_EXTRA_VARS = json.loads(env.get("GPUAAS_ANSIBLE_EXTRA_VARS", "{}"))

@@ -13,6 +13,7 @@ from flask import current_app
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import selectinload
 
+from . import actor
 from .db import session
 from .errors import conflict, field_error, not_found
 from .jobs.submit import job_submitted, submit_pool_apply
@@ -78,9 +79,10 @@ def queue_change(pool: Pool, change: dict, ahead: Job) -> Job:
     nodes = sorted({gpu.node_id for gpu in gpus_of(pool)})  # what it will most likely touch: its place in line
     job = Job(created_at=dt.datetime.now(dt.timezone.utc), operation=Operation.POOL_APPLY.value, node_id=None,
               cluster_id=pool.cluster_id, pool_id=pool.id, mutating=True,
-              extravars={"pool_id": pool.id, "change": change, "targets": nodes, "hosts": nodes})
+              extravars={"pool_id": pool.id, "change": change, "targets": nodes, "hosts": nodes}, **actor.job_actor())
     db.add(job)
     db.commit()
+    actor.job_recorded(job.id)
     job.queued_behind = ahead.id
     job_submitted.release()
     return job

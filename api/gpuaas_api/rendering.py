@@ -124,4 +124,11 @@ def render_job(job) -> dict:
             "explanation": job.explanation or "", "result": job.result or {},
             "emitted_events": job.emitted_events or 0, "cancel_requested": bool(job.cancel_requested),
             "created_at": timestamp(job.created_at), "started_at": timestamp(job.started_at),
-            "finished_at": timestamp(job.finished_at)}
+            "finished_at": timestamp(job.finished_at), "actor": job.actor}
+
+
+def render_audit_event(event) -> dict:
+    return {"id": event.id, "at": timestamp(event.at), "actor": event.actor, "actor_id": event.actor_id,
+            "token_id": event.token_id, "address": event.address, "method": event.method, "path": event.path,
+            "action": event.action, "object_type": event.object_type, "object_id": event.object_id,
+            "status": event.status, "job_id": event.job_id}

@@ -14,6 +14,7 @@ from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, pre_loa
 
 from . import models, validation
 from .access import Role
+from .audit import OBJECT_TYPES
 from .jobs.waiting import MAX_WAIT_SECONDS
 from .states import (ACCELERATOR_TYPES, DEFAULT_TIME_QUANTUM_SECONDS, INITIALIZE_STATE_CODES, K8S_JOIN_STATE_CODES,
                      RDMA_SUPPORT, ROLE_FLAGS, SCAN_KINDS, SECURITY_LEVELS, SHARING_RATIO_RANGE, TIME_GROUPING_ALIASES,
@@ -465,6 +466,8 @@ class JobSchema(ReplySchema):
     created_at = _reply(fields.String, nullable=True, metadata={"format": "date-time"})
     started_at = _reply(fields.String, nullable=True, metadata={"format": "date-time"})
     finished_at = _reply(fields.String, nullable=True, metadata={"format": "date-time"})
+    actor = _reply(fields.String, nullable=True, metadata={
+        "description": "The user whose request recorded it; null for the service's own jobs (metrics collection)"})
 
 
 class ScanGpuSchema(ReplySchema):
@@ -686,3 +689,37 @@ class PoolMetricsSchema(ReplySchema):
     slots_unavailable = _reply(fields.Integer)
     usage = _reply(fields.Dict, metadata={"description": "The pool now: each GPU's newest sample, and their totals"})
     series = _reply(fields.List, fields.Dict(), metadata={"description": "One entry per bucket: avg and max"})
+
+
+# --------------------------------------------------------------------------- audit trail
+class AuditQuerySchema(PageQuerySchema):
+    actor = fields.String(validate=Shape(models.column_length(models.AuditEvent.actor), PRINTABLE_TEXT, min=1,
+                                         error=f"not a valid user name ({_PRINTABLE})"),
+                          metadata={"description": "A user name: that user's records"})
+    object_type = fields.String(validate=validate.OneOf(OBJECT_TYPES))
+    object_id = _id(metadata={"description": "The records naming this id (with object_type: that object)"})
+    since = BoundedAwareDateTime(default_timezone=dt.timezone.utc)
+    until = BoundedAwareDateTime(default_timezone=dt.timezone.utc)
+
+
+class AuditEventSchema(ReplySchema):
+    id = _reply(fields.Integer)
+    at = _reply(fields.String, metadata={"format": "date-time"})
+    actor = _reply(fields.String, metadata={"description": "The user's name when they made the request"})
+    actor_id = _reply(fields.Integer, nullable=True)
+    token_id = _reply(fields.Integer, nullable=True, metadata={"description": "The token the request presented"})
+    address = _reply(fields.String, metadata={"description": "The client's address (as a trusted proxy saw it)"})
+    method = _reply(fields.String)
+    path = _reply(fields.String)
+    action = _reply(fields.String, metadata={"description": "The method and the route's endpoint, as `DELETE nodes.NodeDelete`"})
+    object_type = _reply(fields.String, nullable=True, validate=validate.OneOf(OBJECT_TYPES))
+    object_id = _reply(fields.String, nullable=True)
+    status = _reply(fields.Integer, metadata={"description": "The reply's HTTP status"})
+    job_id = _reply(fields.Integer, nullable=True, metadata={"description": "The job the request started, if any"})
+
+
+class AuditPageSchema(ReplySchema):
+    items = _reply(fields.List, fields.Nested(AuditEventSchema))
+    total = _reply(fields.Integer)
+    page = _reply(fields.Integer)
+    per_page = _reply(fields.Integer)

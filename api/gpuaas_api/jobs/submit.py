@@ -7,6 +7,7 @@ import threading
 
 from sqlalchemy import select, update
 
+from .. import actor
 from ..db import session
 from ..errors import conflict
 from ..models import Job, Node
@@ -38,9 +39,10 @@ def submit(operation: Operation, node: Node, extravars: dict | None = None, clus
         raise conflict(f"node {node.id}: {reason}")
     job = Job(created_at=dt.datetime.now(dt.timezone.utc), operation=operation.value, node_id=node.id,
               cluster_id=cluster_id, mutating=transition.mutating,
-              extravars={"hosts": [node.id] + list(extra_hosts or []), "vars": extravars or {}})
+              extravars={"hosts": [node.id] + list(extra_hosts or []), "vars": extravars or {}}, **actor.job_actor())
     db.add(job)
     db.flush()
+    actor.job_recorded(job.id)
     job.queued_behind = ahead[-1].id if ahead else None
     if transition.mutating and not ahead:
         # One mutating operation per node: a conditional UPDATE is atomic on SQLite and PostgreSQL,
@@ -69,11 +71,12 @@ def submit_pool_apply(pool_id: int, cluster_id: int, node_ids: list[int], extrav
     fields = {"hosts": list(node_ids), "targets": list(node_ids), "pool_id": pool_id, "vars": extravars}
     if job is None:
         job = Job(created_at=dt.datetime.now(dt.timezone.utc), operation=Operation.POOL_APPLY.value, node_id=None,
-                  cluster_id=cluster_id, pool_id=pool_id, mutating=True, extravars=fields)
+                  cluster_id=cluster_id, pool_id=pool_id, mutating=True, extravars=fields, **actor.job_actor())
         db.add(job)
-    else:
+    else:  # a queued change's turn: its job keeps the actor of the request that queued it
         job.extravars = fields
     db.flush()
+    actor.job_recorded(job.id)
     ahead = jobs_ahead(set(node_ids), before=job.id)
     job.queued_behind = ahead[-1].id if ahead else None
     if not ahead and not take_nodes(job, node_ids):

@@ -11,6 +11,7 @@ import time
 from flask import Flask, current_app
 from sqlalchemy import select, update
 
+from .. import audit
 from ..agent_wheel import agent_source_vars
 from ..db import release, session
 from ..metrics import collector
@@ -31,6 +32,9 @@ CANCEL_POLL_SECONDS = 0.5
 RECONCILE_SECONDS = 30
 # How often the housekeeper asks whether the metrics collection is due (see metrics/collector.py).
 COLLECTION_CHECK_SECONDS = 5.0
+# How often the housekeeper deletes the audit records older than GPUAAS_AUDIT_RETENTION_DAYS: they
+# are kept for days, so an hour late is nothing, and a delete is not worth taking the write lock more often.
+AUDIT_PRUNE_SECONDS = 3600.0
 
 
 def node_groups(node: Node) -> list[str]:
@@ -94,9 +98,10 @@ def _someone_failed(result) -> bool:
 
 
 class Housekeeper(threading.Thread):
-    """One per process, beside its job workers: it starts the metrics collection when due, and
-    finalises what dead or stalled processes left running (orphans, lapsed leases). It never runs a
-    playbook, so it keeps its period while every job worker is busy with a long one."""
+    """One per process, beside its job workers: it starts the metrics collection when due,
+    finalises what dead or stalled processes left running (orphans, lapsed leases), and deletes the
+    audit records past their retention. It never runs a playbook, so it keeps its period while every
+    job worker is busy with a long one."""
 
     def __init__(self, app: Flask):
         super().__init__(name="gpuaas-housekeeper", daemon=True)
@@ -108,6 +113,7 @@ class Housekeeper(threading.Thread):
         collecting = config.METRICS_INTERVAL_SECONDS > 0
         next_reconcile = time.monotonic() + min(RECONCILE_SECONDS, config.JOB_LEASE_RENEW_SECONDS)
         next_collection_check = time.monotonic() if collecting else float("inf")
+        next_audit_prune = time.monotonic() if config.AUDIT_RETENTION_DAYS > 0 else float("inf")
         with self.app.app_context():
             while not self.stopping.is_set():
                 if time.monotonic() >= next_collection_check:
@@ -130,7 +136,15 @@ class Housekeeper(threading.Thread):
                     except Exception:
                         log.exception("reconciling orphaned jobs failed")
                     release()
-                self.stopping.wait(max(0.05, min(next_reconcile, next_collection_check) - time.monotonic()))
+                if time.monotonic() >= next_audit_prune:
+                    next_audit_prune = time.monotonic() + AUDIT_PRUNE_SECONDS
+                    try:
+                        audit.prune(config.AUDIT_RETENTION_DAYS)
+                    except Exception:
+                        log.exception("pruning the audit trail failed")
+                    release()
+                self.stopping.wait(max(0.05, min(next_reconcile, next_collection_check, next_audit_prune)
+                                       - time.monotonic()))
 
 
 class JobWorker(threading.Thread):
