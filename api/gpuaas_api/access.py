@@ -36,7 +36,8 @@ class Access(enum.Enum):
     READ = "read"                # reads: every role
     OWN_SESSION = "own_session"  # ends the caller's own token (logout): every role, but a change
     CHANGE = "change"            # changes the fleet: operators and admins
-    ADMINISTER = "administer"    # users and tokens: admins
+    ADMIN_READ = "admin_read"    # reads users and tokens: admins
+    ADMINISTER = "administer"    # changes users and tokens: admins
 
     @property
     def changes_state(self) -> bool:
@@ -53,7 +54,7 @@ class Access(enum.Enum):
 
 
 _REQUIRED_ROLE = {Access.PUBLIC: None, Access.READ: Role.VIEWER, Access.OWN_SESSION: Role.VIEWER,
-                  Access.CHANGE: Role.OPERATOR, Access.ADMINISTER: Role.ADMIN}
+                  Access.CHANGE: Role.OPERATOR, Access.ADMIN_READ: Role.ADMIN, Access.ADMINISTER: Role.ADMIN}
 
 
 _ATTRIBUTE = "__gpuaas_access__"
@@ -71,6 +72,7 @@ public = _declare(Access.PUBLIC)
 reads = _declare(Access.READ)
 own_session = _declare(Access.OWN_SESSION)
 changes = _declare(Access.CHANGE)
+admin_reads = _declare(Access.ADMIN_READ)
 administers = _declare(Access.ADMINISTER)
 
 # Endpoints that are not this project's view methods: Flask's static files and flask-smorest's

@@ -23,7 +23,6 @@ from werkzeug.exceptions import HTTPException
 from . import actor, auth
 from .access import route_access
 from .db import session
-from .errors import ApiError
 from .models import ApiToken, AuditEvent, column_length
 from .validation import MAX_ID
 
@@ -106,18 +105,6 @@ def _event(response: Response, user_id: int, username: str, token_id: int | None
                       object_type=object_type, object_id=object_id, status=response.status_code, job_id=started)
 
 
-def _refused_cross_site() -> bool:
-    """True when auth.py refused this request as a cross-site cookie request (logged there, not audited)."""
-    # A Bearer token is never refused as cross-site: only the cookie, which a browser sends by itself.
-    if not auth._presented_token()[1]:  # pylint: disable=protected-access
-        return False
-    try:
-        auth.refuse_cross_site()
-    except ApiError:
-        return True
-    return False
-
-
 def _login_event(response: Response) -> AuditEvent | None:
     """A successful login's record: its user, from the reply, and the token it issued."""
     reply = response.get_json(silent=True)
@@ -136,8 +123,6 @@ def request_event(app: Flask, response: Response) -> AuditEvent | None:
     identity = g.get("identity")
     declared = route_access(app, request.endpoint, request.method) if request.endpoint else None
     if identity is None or declared is None or not declared.changes_state or response.status_code == 401:
-        return None
-    if response.status_code == 403 and _refused_cross_site():
         return None
     return _event(response, identity.user_id, identity.username, identity.token_id)
 

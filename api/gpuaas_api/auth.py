@@ -223,12 +223,14 @@ def init_app(app: Flask, also_public: frozenset[str] = frozenset()) -> None:
             return
         token, by_cookie = _presented_token()
         try:
-            g.identity = authenticate(token)
+            identity = authenticate(token)
             if by_cookie and declared.changes_state:
                 refuse_cross_site()
         except ApiError as error:
             _log_refusal(error)
             raise
+        # Only now: a request refused above (unknown token, another site's) has no identity, so it is not audited.
+        g.identity = identity
         if not declared.allows(g.identity.role):
             raise ApiError(403, f"the role {g.identity.role.value} may not do this "
                                 f"({declared.required_role.value} or above is needed)")

@@ -7,7 +7,7 @@ from flask import current_app, g, make_response
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from ..access import Role, administers, own_session
+from ..access import Role, admin_reads, administers, own_session
 from ..auth import COOKIE_NAME
 from ..db import session
 from ..errors import ApiError
@@ -22,7 +22,7 @@ blp = Blueprint("users", __name__, description="Users and API tokens (admins), a
 @blp.route("/users")
 class Users(MethodView):
     @blp.response(200, UserSchema(many=True))
-    @administers
+    @admin_reads
     def get(self):
         """Every user, with their role."""
         return [render_user(user) for user in users.list_users()]
@@ -39,7 +39,7 @@ class Users(MethodView):
 @blp.route("/users/<id:user_id>")
 class UserById(MethodView):
     @blp.response(200, UserSchema)
-    @administers
+    @admin_reads
     def get(self, user_id):
         """One user."""
         return render_user(users.get_user(user_id))
@@ -75,7 +75,7 @@ def _lifetime(days: int | None) -> dt.timedelta | None:
 class Tokens(MethodView):
     @blp.arguments(TokenQuerySchema, location="query")
     @blp.response(200, TokenSchema(many=True))
-    @administers
+    @admin_reads
     def get(self, query):
         """Every token's record (never the token itself), or one user's (?user_id=)."""
         return [render_token(token) for token in users.list_tokens(query.get("user_id"))]
