@@ -233,3 +233,17 @@ def _job_rows(database_url: str) -> int:
         count = connection.execute(text("SELECT count(*) FROM jobs")).scalar()
     engine.dispose()
     return count
+
+
+def test_refusals_are_logged_without_the_token_they_carried(app, token, node_id, caplog):
+    client, headers = cookie_client(app, token)
+    forged = "forged-" + "z" * 40
+    with caplog.at_level("WARNING", logger="gpuaas_api.auth"):
+        client.get(f"/gpuaas/node/init?gpuaas_node_id={node_id}", headers={**headers, "Sec-Fetch-Site": "cross-site"})
+        app.test_client().get("/api/regions", headers={"Authorization": f"Bearer {forged}"})
+
+    logged = [record.getMessage() for record in caplog.records if record.name == "gpuaas_api.auth"]
+    assert len(logged) == 2, logged
+    assert "cross-site" in logged[0] and "/api/gpuaas/node/init" in logged[0]
+    assert "not valid" in logged[1]
+    assert not any(token in line or forged in line for line in logged)
