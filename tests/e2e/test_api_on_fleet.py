@@ -79,6 +79,13 @@ def test_2_init_enable_join(service, cluster):
         # kernel, so MemTotal is this machine's; the CPU count is what the node may use, at least one.
         assert shown["total_memory_in_mb"] == MEM_TOTAL_MB and shown["cores"] >= 1, shown
     assert max(job["started_at"] for job in inits) < min(job["finished_at"] for job in inits), "side by side"
+    # Who asked: each job records its actor, and the audit trail has each init request with the job it
+    # started, from the service's own address (the test talks to it over loopback).
+    assert {job["actor"] for job in inits} == {ADMIN["username"]}
+    trail = api.call("GET", f"/api/audit?actor={ADMIN['username']}&per_page=500")["items"]
+    asked = [event for event in trail if event["action"] == "GET operations.NodeInit"]
+    assert sorted(event["job_id"] for event in asked) == sorted(started)
+    assert {(event["status"], event["address"], event["object_type"]) for event in asked} == {(200, "127.0.0.1", "node")}
 
     enabled = api.call("POST", f"/gpuaas/enable?controller_node_id={nodes['node1']['id']}")
     enable_job = api.wait_job(enabled["job_id"])
