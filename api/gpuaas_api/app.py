@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from flask import Flask
 from flask_smorest import Api
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
 from . import audit, auth, db, docs_page, errors, security_headers, validation
+from . import body_limit
 from .config import Config
 from .metrics import prometheus
 from .schemas import LINKS, SCHEMA_RULES, ErrorSchema
@@ -80,6 +82,7 @@ def create_app(config: Config | None = None) -> Flask:
     api = GpuaasApi(app)
     api.register_converter(IdConverter, _id_parameter_schema)
     errors.init_app(app)  # after Api, whose own HTTPException handler it replaces
+    body_limit.init_app(app)  # GPUAAS_MAX_BODY_BYTES (MAX_CONTENT_LENGTH), chunked bodies included; 413 in the error shape
     for blueprint in (auth_resources.blp, auth_resources.health_blp, regions.blp, nodes.blp, operations.blp,
                       pools.blp, users.blp, audit_resources.blp):
         api.register_blueprint(blueprint, url_prefix="/api")
@@ -89,4 +92,7 @@ def create_app(config: Config | None = None) -> Flask:
     docs_page.init_app(app)
     security_headers.init_app(app)
     app.wsgi_app = PrefixAlias(app.wsgi_app)
+    if config.TRUSTED_PROXY_HOPS:  # the client's address and scheme as the proxy saw them; its Host as it passes it on
+        hops = config.TRUSTED_PROXY_HOPS
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=0, x_port=0, x_prefix=0)
     return app

@@ -50,7 +50,26 @@ class Config:
         self.AUDIT_RETENTION_DAYS = int(env.get("GPUAAS_AUDIT_RETENTION_DAYS", "365"))
         if self.AUDIT_RETENTION_DAYS < 0:
             raise ValueError("GPUAAS_AUDIT_RETENTION_DAYS must be 0 (keep forever) or more")
+        # The login cookie is Secure when the request came over TLS (request.is_secure); true makes it
+        # Secure always, for a proxy that terminates TLS but is not trusted to say so (GPUAAS_TRUSTED_PROXY_HOPS).
         self.SESSION_COOKIE_SECURE = env.get("GPUAAS_SECURE_COOKIES", "false").lower() == "true"
+        # The largest request body, in bytes: a larger one is refused (413) before it is read, a chunked
+        # one as soon as it passes this. The largest real body (a pool with a thousand GPUs' UUIDs) is
+        # under 64 KiB. Without a cap, one 54 MB login body held a worker 1.1 s and raised its peak memory by 390 MB.
+        self.MAX_BODY_BYTES = int(env.get("GPUAAS_MAX_BODY_BYTES", str(1024 * 1024)))
+        # Failed logins counted (login_throttle.py) over a sliding window: for one user name from one
+        # address, 5 (a person's typos; a guesser gets 5 tries per window), and from one address over
+        # every user name, 50 (password spraying; room for the people of an office behind one NAT).
+        # No count is per user name alone: that would let anyone lock a user (hosted·ai's client) out.
+        self.LOGIN_FAILURES_PER_USER_ADDRESS = int(env.get("GPUAAS_LOGIN_FAILURES_PER_USER_ADDRESS", "5"))
+        self.LOGIN_FAILURES_PER_ADDRESS = int(env.get("GPUAAS_LOGIN_FAILURES_PER_ADDRESS", "50"))
+        # 5 minutes: the longest a person who mistyped waits, and 5 guesses per 5 minutes (1,440 a day)
+        # for one user name from one address.
+        self.LOGIN_FAILURE_WINDOW_SECONDS = int(env.get("GPUAAS_LOGIN_FAILURE_WINDOW_SECONDS", "300"))
+        # Reverse proxies in front of the service whose X-Forwarded-For and X-Forwarded-Proto are
+        # trusted (werkzeug's ProxyFix): 0 ignores them, since any client can send them; 1 for one nginx.
+        self.TRUSTED_PROXY_HOPS = int(env.get("GPUAAS_TRUSTED_PROXY_HOPS", "0"))
+        self._check_limits()
         # Site-wide variables for every playbook run, as JSON (for example a fleet's boot-id command).
         self.ANSIBLE_EXTRA_VARS = json.loads(env.get("GPUAAS_ANSIBLE_EXTRA_VARS", "{}"))
         self.JOB_TIMEOUT_SECONDS = int(env.get("GPUAAS_JOB_TIMEOUT_SECONDS", "3600"))
@@ -129,6 +148,16 @@ class Config:
                                  "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'") from error
         self.TESTING = False
 
+    def _check_limits(self) -> None:
+        """The request body cap, the login throttle's limits and the proxy hops: in range."""
+        if self.MAX_BODY_BYTES < 1024:
+            raise ValueError("GPUAAS_MAX_BODY_BYTES must be at least 1024 (a login body)")
+        if min(self.LOGIN_FAILURES_PER_USER_ADDRESS, self.LOGIN_FAILURES_PER_ADDRESS, self.LOGIN_FAILURE_WINDOW_SECONDS) < 1:
+            raise ValueError("GPUAAS_LOGIN_FAILURES_PER_USER_ADDRESS, GPUAAS_LOGIN_FAILURES_PER_ADDRESS and "
+                             "GPUAAS_LOGIN_FAILURE_WINDOW_SECONDS must be positive")
+        if self.TRUSTED_PROXY_HOPS < 0:
+            raise ValueError("GPUAAS_TRUSTED_PROXY_HOPS must be 0 or more")
+
     @property
     def agent_http(self) -> bool:
         """True when GPU readings come from the agents over HTTP (GPUAAS_AGENT_PORT and its token)."""
@@ -150,5 +179,6 @@ class Config:
             # No OPENAPI_SWAGGER_UI_*: the docs page, /api/docs, is docs_page's, with every file served by
             # this service (flask-smorest's has an inline script and loads its files from a URL given here).
             "TESTING": self.TESTING,
+            "MAX_CONTENT_LENGTH": self.MAX_BODY_BYTES,
             "GPUAAS": self,
         }
