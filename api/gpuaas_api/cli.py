@@ -89,6 +89,9 @@ def _serve(config: Config, workers: int) -> int:
             # two services on one machine would take each other's, and a system user has no home.
             # Nothing here uses gunicornc; systemd (or the terminal) controls the service.
             self.cfg.set("control_socket_disable", True)
+            # gunicorn itself trusts X-Forwarded-Proto from loopback peers by default: the app's ProxyFix,
+            # set by GPUAAS_TRUSTED_PROXY_HOPS, is the one place that decides which forwarded headers count.
+            self.cfg.set("forwarded_allow_ips", "")
 
         def load(self):
             # In the worker, after the fork: its own app, engine and job workers.

@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import io
 import logging
+import json
 import os
 import socket
 import sys
@@ -445,3 +446,13 @@ def test_served_a_throttled_login_is_429_with_retry_after_on_the_wire(served):
     assert status == 429 and headers["Content-Type"] == "application/json"
     assert 290 <= int(headers["Retry-After"]) <= 300  # the default window, less the time the five took
     assert body.startswith(b'{"code":429,"message":"too many failed logins for this user name from this address: try again in ')
+
+
+def test_served_without_a_trusted_proxy_a_forwarded_proto_does_not_make_the_cookie_secure(served):
+    # gunicorn alone would believe X-Forwarded-Proto from a loopback peer (its forwarded_allow_ips);
+    # cli.py turns that off, so GPUAAS_TRUSTED_PROXY_HOPS (0 here) is the only thing that decides.
+    request = urllib.request.Request(served.base + "/api/login", method="POST", data=json.dumps(ADMIN).encode(),
+                                     headers={"Content-Type": "application/json", "X-Forwarded-Proto": "https"})
+    with urllib.request.urlopen(request, timeout=20) as reply:
+        cookie = reply.headers["Set-Cookie"]
+    assert cookie.startswith("token=") and "Secure" not in cookie
