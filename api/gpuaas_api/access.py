@@ -8,6 +8,7 @@ has GETs that change the fleet (`GET /gpuaas/node/init`, `…/delete`, `scan_*`,
 from __future__ import annotations
 
 import enum
+import re
 
 from flask import Flask
 
@@ -93,3 +94,21 @@ def route_access(app: Flask, endpoint: str | None, method: str) -> Access | None
     view_class = getattr(view, "view_class", None)
     handler = view if view_class is None else getattr(view_class, "get" if method == "HEAD" else method.lower(), None)
     return getattr(handler, _ATTRIBUTE, None)
+
+
+_RULE_ARGUMENT = re.compile(r"<(?:[^<>:]+:)?([^<>]+)>")
+
+
+def publish(app: Flask, paths: dict) -> None:
+    """Write each operation's declared access into the OpenAPI document's ``paths`` (as apispec holds
+    them): `x-required-role` (absent for public routes) and `x-changes-state`, so that a client can
+    tell before it calls what a token's role allows."""
+    for rule in app.url_map.iter_rules():
+        operations = paths.get(_RULE_ARGUMENT.sub(r"{\1}", rule.rule))
+        for method in (rule.methods or ()) - {"HEAD", "OPTIONS"}:
+            operation = (operations or {}).get(method.lower())
+            declared = route_access(app, rule.endpoint, method)
+            if operation is None or declared is None or declared is Access.PUBLIC:
+                continue
+            operation["x-required-role"] = declared.required_role.value
+            operation["x-changes-state"] = declared.changes_state

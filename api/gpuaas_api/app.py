@@ -6,8 +6,7 @@ from flask_smorest import Api
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
-from . import audit, auth, db, docs_page, errors, security_headers, validation
-from . import body_limit
+from . import access, audit, auth, body_limit, db, docs_page, errors, security_headers, validation
 from .config import Config
 from .metrics import prometheus
 from .schemas import LINKS, SCHEMA_RULES, ErrorSchema
@@ -88,6 +87,7 @@ def create_app(config: Config | None = None) -> Flask:
         api.register_blueprint(blueprint, url_prefix="/api")
     publish_schema_rules(api)
     publish_links(api)
+    access.publish(app, api.spec._paths)  # pylint: disable=protected-access
     prometheus.init_app(app)
     docs_page.init_app(app)
     security_headers.init_app(app)

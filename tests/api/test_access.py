@@ -247,3 +247,19 @@ def test_refusals_are_logged_without_the_token_they_carried(app, token, node_id,
     assert "cross-site" in logged[0] and "/api/gpuaas/node/init" in logged[0]
     assert "not valid" in logged[1]
     assert not any(token in line or forged in line for line in logged)
+
+
+def test_the_openapi_document_says_which_role_each_operation_needs(anonymous):
+    paths = anonymous.get("/api/openapi.json").get_json()["paths"]
+    roles = {(path, method): (operation.get("x-required-role"), operation.get("x-changes-state"))
+             for path, operations in paths.items() for method, operation in operations.items() if method != "parameters"}
+
+    assert roles[("/api/gpuaas/node/init", "get")] == ("operator", True)
+    assert roles[("/api/gpuaas/node/{node_id}", "get")] == ("viewer", False)
+    assert roles[("/api/users", "get")] == ("admin", False)
+    assert roles[("/api/users", "post")] == ("admin", True)
+    assert roles[("/api/logout", "post")] == ("viewer", True)
+    assert roles[("/api/login", "post")] == (None, None)
+    unpublished = [key for key, (role, _changes) in roles.items() if role is None and key != ("/api/login", "post")
+                   and key[0] not in ("/api/health",)]
+    assert unpublished == []
