@@ -116,4 +116,3 @@ def revoke_token(token: ApiToken) -> None:
     session().delete(token)
     session().commit()
     forget_cached_tokens()
-

@@ -80,8 +80,8 @@ def test_a_viewer_is_refused_every_state_changing_route_and_changes_nothing(app,
     with app.app_context():
         before = session().scalar(select(func.count()).select_from(Job))
 
-    statuses = {f"{method} {rule.rule}": viewer.open(concrete(rule) + "?gpuaas_node_id=1", method=method,
-                                                      json={}).status_code for rule, method, _declared in changing}
+    statuses = {f"{method} {rule.rule}": viewer.open(concrete(rule) + "?gpuaas_node_id=1", method=method, json={}).status_code
+                for rule, method, _declared in changing}
 
     assert len(changing) >= 35
     assert {route: status for route, status in statuses.items() if status != 403} == {}

@@ -379,7 +379,7 @@ def read_reply(sock) -> bytes:
     reply = b""
     while b"\r\n\r\n" not in reply:
         reply += sock.recv(65536) or b"\r\n\r\n"  # closed before a whole head: what came
-    head, _, body = reply.partition(b"\r\n\r\n")
+    head, _separator, body = reply.partition(b"\r\n\r\n")
     lengths = [line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
     while lengths and len(body) < int(lengths[0]):
         data = sock.recv(65536)
@@ -399,10 +399,10 @@ def chunks(total: int, size: int = 64 * 1024):
 
 
 def assert_413(reply: bytes) -> None:
-    head, _, body = reply.partition(b"\r\n\r\n")
+    head, _separator, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413 "), reply[:300]
-    assert body.rstrip() == b'{"code":413,"message":"the request body is larger than 1048576 bytes (GPUAAS_MAX_BODY_BYTES)",' \
-                   b'"errors":[]}'
+    assert body.rstrip() == (b'{"code":413,"message":"the request body is larger than 1048576 bytes (GPUAAS_MAX_BODY_BYTES)",'
+                             b'"errors":[]}')
 
 
 def test_served_a_declared_length_over_the_cap_is_refused_unread(served):
@@ -425,7 +425,7 @@ def test_served_a_chunked_body_is_refused_past_the_cap_and_not_held(served):
 
 def test_served_a_chunked_body_under_the_cap_reaches_the_route(served):
     reply, _elapsed = raw_post(served, "Transfer-Encoding: chunked\r\n", [*chunks(MIB - 8), b"0\r\n\r\n"])
-    head, _, body = reply.partition(b"\r\n\r\n")
+    head, _separator, body = reply.partition(b"\r\n\r\n")
     # The whole body was read and parsed: its password is longer than a password may be.
     assert head.startswith(b"HTTP/1.1 422 "), reply[:300]
     assert b'"field":"password"' in body

@@ -82,8 +82,7 @@ def test_the_last_admin_can_be_neither_demoted_nor_deleted(app, client):
 
 def test_tokens_are_issued_listed_and_revoked(app, client):
     new_user(client, "ci-bot", "operator")
-    issued = client.post("/api/tokens", json={"username": "ci-bot", "description": "CI", "role": "viewer",
-                                               "expires_in_days": 30})
+    issued = client.post("/api/tokens", json={"username": "ci-bot", "description": "CI", "role": "viewer", "expires_in_days": 30})
     body = issued.get_json()
     bot = bearer(app, body["token"])
 
