@@ -517,11 +517,16 @@ class LogEventSchema(ReplySchema):
     created_at = _reply(fields.String, nullable=True, metadata={"format": "date-time"})
 
 
-class LogPageSchema(ReplySchema):
-    items = _reply(fields.List, fields.Nested(LogEventSchema))
-    total = _reply(fields.Integer)
+class PageSchema(ReplySchema):
+    """A page of a long list (node logs, the audit trail): the subclass adds its `items`."""
+
+    total = _reply(fields.Integer, metadata={"description": "How many items match, on every page"})
     page = _reply(fields.Integer)
     per_page = _reply(fields.Integer)
+
+
+class LogPageSchema(PageSchema):
+    items = _reply(fields.List, fields.Nested(LogEventSchema))
 
 
 class StorageMetricsSchema(ReplySchema):
@@ -720,8 +725,5 @@ class AuditEventSchema(ReplySchema):
     job_id = _reply(fields.Integer, nullable=True, metadata={"description": "The job the request started, if any"})
 
 
-class AuditPageSchema(ReplySchema):
+class AuditPageSchema(PageSchema):
     items = _reply(fields.List, fields.Nested(AuditEventSchema))
-    total = _reply(fields.Integer)
-    page = _reply(fields.Integer)
-    per_page = _reply(fields.Integer)
