@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -9,6 +13,8 @@ from conftest import ADMIN, assert_error
 from gpuaas_api import auth
 from gpuaas_api.db import session
 from gpuaas_api.models import ApiToken
+
+CLI = Path(sys.executable).parent / "gpuaas-api"
 
 
 def bearer(app, token):
@@ -158,3 +164,31 @@ def test_users_and_tokens_are_admins_only(app, client):
 def test_the_first_admin_is_an_admin(anonymous):
     reply = anonymous.post("/api/login", json=ADMIN).get_json()
     assert (reply["role"], reply["is_super_admin"]) == ("admin", True)
+
+
+def test_the_cli_manages_users_and_tokens_and_keeps_an_admin(tmp_path):
+    env = dict(os.environ, GPUAAS_DATA_DIR=str(tmp_path / "var"))
+    env.pop("GPUAAS_DATABASE_URL", None)
+
+    def cli(*arguments):
+        return subprocess.run([str(CLI), *arguments], env=env, capture_output=True, text=True, check=False)
+
+    created = [cli("users", "create", "--user", name, "--role", role, "--password", f"pw of {name}")
+               for name, role in (("root-admin", "admin"), ("ops", "operator"))]
+    last_admin = cli("users", "set-role", "--user", "root-admin", "--role", "viewer")
+    demoted = cli("users", "set-role", "--user", "ops", "--role", "viewer")
+    listed = cli("users", "list").stdout.splitlines()
+    token = cli("create-token", "--user", "ops").stdout.strip()
+    token_id = cli("tokens", "list", "--user", "ops").stdout.split("\t")[0]
+    revoked = cli("tokens", "revoke", token_id)
+    after = cli("tokens", "list").stdout
+    deleted = cli("users", "delete", "--user", "ops")
+    unknown = cli("users", "delete", "--user", "nobody")
+
+    assert [result.returncode for result in created] == [0, 0]
+    assert last_admin.returncode == 1 and "last admin" in last_admin.stderr
+    assert demoted.returncode == 0
+    assert [line.split("\t")[1:] for line in listed] == [["root-admin", "admin"], ["ops", "viewer"]]
+    assert len(token) >= 40 and revoked.returncode == 0 and after == ""
+    assert deleted.returncode == 0 and cli("users", "list").stdout.count("\n") == 1
+    assert unknown.returncode == 1 and "no user 'nobody'" in unknown.stderr
