@@ -18,6 +18,7 @@ options:
   api_token:
     description:
       - An API token (C(gpuaas-api create-token) or C(POST /api/login)), sent as a Bearer header.
+      - Its role must allow what the module does; changing a pool needs an operator's (or an admin's).
       - Read from E(GPUAAS_API_TOKEN) when not set. Takes precedence over O(api_username)/O(api_password).
     type: str
   api_username:

@@ -38,7 +38,7 @@ options:
     env:
       - name: GPUAAS_URL
   token:
-    description: An API token (C(gpuaas-api create-token)).
+    description: An API token (C(gpuaas-api create-token)); a viewer's is enough, since the plugin only reads.
     type: str
     required: true
     env:

@@ -62,7 +62,11 @@ def test_inventory_plugin_reads_the_nodes(server, tmp_path):
                       "keyed_groups: [{key: gpuaas_node.status, prefix: status}]\n"
                       "compose: {gpu_total: gpuaas_node.gpus | length}\n"
                       "groups: {has_storage: \"'storage' in group_names\"}\n")
-    env = dict(os.environ, GPUAAS_URL=base, GPUAAS_TOKEN=token,
+    # The plugin only reads: a viewer's token is enough (docs of its `token` option).
+    assert call(base, "POST", "/api/users", {"username": "inventory", "password": "pw of inventory", "role": "viewer"},
+                token)[0] == 201
+    viewer_token = call(base, "POST", "/api/tokens", {"username": "inventory"}, token)[1]["token"]
+    env = dict(os.environ, GPUAAS_URL=base, GPUAAS_TOKEN=viewer_token,
                ANSIBLE_COLLECTIONS_PATH=str(Path(__file__).resolve().parents[2] / ".build" / "collections"),
                ANSIBLE_HOME=str(tmp_path / "home"), ANSIBLE_INVENTORY_ENABLED="hostedai.gpuaas.gpuaas")
     listed = subprocess.run([str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(source), "--list"],
