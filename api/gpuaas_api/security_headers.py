@@ -23,8 +23,10 @@ DOCS_PAGE_POLICY = "; ".join((
 ))
 
 # nosniff: a reply is only ever what its Content-Type says (no JSON or text run as a script);
-# no-referrer: no URL of the service (ids, query strings) leaks to another site.
-HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+# same-origin: no URL of the service (ids, query strings) leaks to another site. Not no-referrer: under
+# it a browser sends `Origin: null` on the service's own pages' POSTs (the Fetch standard's "append a
+# request Origin header"), which the cross-site check (auth.py) refuses where no Sec-Fetch-Site is sent.
+HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}
 
 
 def init_app(app: Flask) -> None:

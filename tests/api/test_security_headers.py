@@ -23,7 +23,7 @@ CONTENT_TYPES = {".js": ("text/javascript", "application/javascript"), ".css": (
 
 def assert_common_headers(response) -> None:
     assert response.headers.get("X-Content-Type-Options") == "nosniff"
-    assert response.headers.get("Referrer-Policy") == "no-referrer"
+    assert response.headers.get("Referrer-Policy") == "same-origin"
     assert policy_directives(response).get("frame-ancestors") == ["'none'"]
 
 
