@@ -1,4 +1,5 @@
-"""Users, API tokens and the authentication every route but login, health and the docs requires.
+"""Tokens, the identity each stands for, and the access check every request passes (init_app): the
+route's declared access (access.py), the caller's token, its role, and no cross-site cookie writes.
 
 Passwords: werkzeug's scrypt (a slow hash). Tokens: 32 random bytes shown once;
 only their SHA-256 is stored (a token is already high-entropy, so a fast hash is
