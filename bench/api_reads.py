@@ -40,6 +40,7 @@ def seed(database_url: str, data_dir: Path) -> str:
     """Create the schema, the data set and a token; return the token."""
     sys.path.insert(0, str(REPO / "api"))
     from gpuaas_api import create_app
+    from gpuaas_api.access import Role
     from gpuaas_api.auth import hash_password, issue_token
     from gpuaas_api.config import Config
     from gpuaas_api.db import session
@@ -61,7 +62,7 @@ def seed(database_url: str, data_dir: Path) -> str:
             db.flush()
             db.add_all(Gpu(node_id=node.id, index=i, uuid=f"GPU-{n:04d}-{i}", model="NVIDIA H100 80GB HBM3",
                            memory_in_mb=81559, pci_bus_id=f"00000000:{0x18 + i:02X}:00.0") for i in range(GPUS_PER_NODE))
-        user = User(username="bench", password_hash=hash_password("bench-password"))
+        user = User(username="bench", password_hash=hash_password("bench-password"), role=Role.VIEWER.value)  # it only reads
         db.add(user)
         token = issue_token(user, None, "bench")
         db.commit()

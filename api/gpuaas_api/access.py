@@ -22,7 +22,10 @@ class Role(str, enum.Enum):
 
     @property
     def rank(self) -> int:
-        return list(Role).index(self)
+        return _RANK[self]
+
+
+_RANK = {role: rank for rank, role in enumerate(Role)}  # each role may do what those before it may
 
 
 def narrower(first: Role, second: Role | None) -> Role:
@@ -43,19 +46,21 @@ class Access(enum.Enum):
     @property
     def changes_state(self) -> bool:
         """True for routes that write: they are audited, and refused to cross-site cookie requests."""
-        return self in (Access.OWN_SESSION, Access.CHANGE, Access.ADMINISTER)
+        return self in _CHANGES_STATE
 
     @property
     def required_role(self) -> Role | None:
         return _REQUIRED_ROLE[self]
 
     def allows(self, role: Role) -> bool:
-        required = self.required_role
-        return required is None or role.rank >= required.rank
+        return _RANK[role] >= _REQUIRED_RANK[self]
 
 
 _REQUIRED_ROLE = {Access.PUBLIC: None, Access.READ: Role.VIEWER, Access.OWN_SESSION: Role.VIEWER,
                   Access.CHANGE: Role.OPERATOR, Access.ADMIN_READ: Role.ADMIN, Access.ADMINISTER: Role.ADMIN}
+# Looked up on every request: tables, not computed.
+_REQUIRED_RANK = {access: -1 if role is None else _RANK[role] for access, role in _REQUIRED_ROLE.items()}
+_CHANGES_STATE = frozenset({Access.OWN_SESSION, Access.CHANGE, Access.ADMINISTER})
 
 
 _ATTRIBUTE = "__gpuaas_access__"

@@ -21,7 +21,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from . import actor, auth
-from .access import route_access
 from .db import session
 from .models import ApiToken, AuditEvent, column_length
 from .validation import MAX_ID
@@ -116,12 +115,11 @@ def _login_event(response: Response) -> AuditEvent | None:
     return event
 
 
-def request_event(app: Flask, response: Response) -> AuditEvent | None:
+def request_event(response: Response) -> AuditEvent | None:
     """This request's audit record, or None when it is not audited."""
     if request.endpoint == LOGIN_ENDPOINT:
         return _login_event(response)
-    identity = g.get("identity")
-    declared = route_access(app, request.endpoint, request.method) if request.endpoint else None
+    identity, declared = g.get("identity"), g.get("access")  # both set by auth's hook
     if identity is None or declared is None or not declared.changes_state or response.status_code == 401:
         return None
     return _event(response, identity.user_id, identity.username, identity.token_id)
@@ -147,14 +145,14 @@ def init_app(app: Flask) -> None:
 
     @app.before_request
     def _attribute():
-        identity = g.get("identity")
-        if identity is not None:
+        identity, declared = g.get("identity"), g.get("access")
+        if identity is not None and declared.changes_state:  # reads record no job
             g.audit_attribution = actor.begin(identity.user_id, identity.username)
 
     @app.after_request
     def _audit(response: Response) -> Response:
         try:
-            event = request_event(app, response)
+            event = request_event(response)
             if event is not None:
                 _store(event)
         except Exception:  # the reply stands whatever happens here

@@ -218,6 +218,7 @@ def init_app(app: Flask, also_public: frozenset[str] = frozenset()) -> None:
             return
         declared = Access.PUBLIC if request.endpoint in also_public else \
             route_access(app, request.endpoint, request.method)
+        g.access = declared  # the audit reads it (audit.py)
         if declared is None:
             raise ApiError(403, "this route declares no access, so nobody may call it")
         if declared is Access.PUBLIC:
