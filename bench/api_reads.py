@@ -41,7 +41,7 @@ def seed(database_url: str, data_dir: Path) -> str:
     sys.path.insert(0, str(REPO / "api"))
     from gpuaas_api import create_app
     from gpuaas_api.access import Role
-    from gpuaas_api.auth import hash_password, issue_token
+    from gpuaas_api.credentials import hash_password, issue_token
     from gpuaas_api.config import Config
     from gpuaas_api.db import session
     from gpuaas_api.migrate import upgrade

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "api"))
 
 from gpuaas_api import create_app  # noqa: E402
-from gpuaas_api.auth import ensure_admin  # noqa: E402
+from gpuaas_api.credentials import ensure_admin  # noqa: E402
 from gpuaas_api.config import Config  # noqa: E402
 from gpuaas_api.db import session  # noqa: E402
 from gpuaas_api.metrics.store import record_gpu_samples  # noqa: E402

@@ -16,7 +16,8 @@ import tempfile
 from fnmatch import fnmatch
 from pathlib import Path
 
-from .states import COLLECTION_ROOT, Operation
+from .checkout import COLLECTION_ROOT
+from .states import Operation
 
 AGENT_DIR = COLLECTION_ROOT / "agent"
 # The playbooks that run the gpu_sharing role (tests/api/test_agent_wheel.py reads playbooks/ to check).

@@ -7,7 +7,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
 from . import access, audit, auth, body_limit, db, docs_page, errors, security_headers, validation
+from . import operations as job_operations
 from .config import Config
+from .jobs.hooks import PeriodicTask, register_periodic
 from .metrics import prometheus
 from .schemas import LINKS, SCHEMA_RULES, ErrorSchema
 from .resources import audit as audit_resources
@@ -67,6 +69,13 @@ class PrefixAlias:
         return self.wsgi_app(environ, start_response)
 
 
+# How often the housekeeper deletes the audit records older than GPUAAS_AUDIT_RETENTION_DAYS: they
+# are kept for days, so an hour late is nothing, and a delete is not worth taking the write lock more often.
+AUDIT_PRUNE_SECONDS = 3600.0
+AUDIT_PRUNING = PeriodicTask("pruning the audit trail", lambda config: AUDIT_PRUNE_SECONDS if config.AUDIT_RETENTION_DAYS > 0 else 0,
+                             lambda config: audit.prune(config.AUDIT_RETENTION_DAYS))
+
+
 def create_app(config: Config | None = None) -> Flask:
     config = config or Config()
     app = Flask(__name__)
@@ -75,6 +84,8 @@ def create_app(config: Config | None = None) -> Flask:
     config.DATA_DIR.mkdir(parents=True, exist_ok=True)
 
     db.init_app(app, config.DATABASE_URL)
+    job_operations.register_all()
+    register_periodic(AUDIT_PRUNING)
     auth.init_app(app, prometheus.ENDPOINTS if config.METRICS_PUBLIC else frozenset())
     audit.init_app(app)  # after auth: it reads the identity auth's hook sets
     app.url_map.converters["id"] = IdConverter

@@ -20,7 +20,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from . import actor, auth
+from . import actor
+from .credentials import hash_token
 from .db import session
 from .models import ApiToken, AuditEvent, column_length
 from .validation import MAX_ID
@@ -109,7 +110,7 @@ def _login_event(response: Response) -> AuditEvent | None:
     reply = response.get_json(silent=True)
     if response.status_code != 200 or not isinstance(reply, dict) or "token" not in reply:
         return None
-    token_id = session().scalar(select(ApiToken.id).where(ApiToken.token_hash == auth.hash_token(reply["token"])))
+    token_id = session().scalar(select(ApiToken.id).where(ApiToken.token_hash == hash_token(reply["token"])))
     event = _event(response, reply["id"], reply["username"], token_id)
     event.object_type, event.object_id = ("token", str(token_id)) if token_id is not None else (None, None)
     return event

@@ -18,9 +18,9 @@ from .config import Config
 def _prepare(config: Config) -> int:
     """Before serving, in a process of its own: migrate, create the first admin, finalise orphaned jobs."""
     from .app import create_app
-    from .auth import ensure_admin
+    from .credentials import ensure_admin
     from .jobs.runner import AnsibleNotFound, ansible_bin_dir
-    from .jobs.worker import reconcile
+    from .jobs.housekeeper import reconcile
     from .migrate import upgrade
 
     if bool(config.ADMIN_USER) != bool(config.ADMIN_PASSWORD):
@@ -111,7 +111,7 @@ def _serve(config: Config, workers: int) -> int:
 
 def _set_password(config: Config, username: str, password: str | None) -> int:
     from .app import create_app
-    from .auth import set_password
+    from .credentials import set_password
     from .migrate import upgrade
 
     upgrade(config.DATABASE_URL)

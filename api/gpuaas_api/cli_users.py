@@ -9,6 +9,7 @@ import sys
 
 from .access import Role
 from .config import Config
+from .domain_errors import DomainError
 
 ROLES = [role.value for role in Role]
 
@@ -52,7 +53,6 @@ COMMANDS = frozenset({"create-token", "users", "tokens"})
 def run(config: Config, args: argparse.Namespace) -> int:
     """Run one of COMMANDS in an app context; a refusal (an unknown user, the last admin) is one line and 1."""
     from .app import create_app
-    from .errors import ApiError
     from .migrate import upgrade
 
     upgrade(config.DATABASE_URL)
@@ -61,7 +61,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
             if args.command == "create-token":
                 return _create_token(config, args)
             return (_users if args.command == "users" else _tokens)(args)
-        except ApiError as refusal:
+        except DomainError as refusal:
             print(f"gpuaas-api: {refusal.message}", file=sys.stderr)
             return 1
 

@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 from flask import Flask, current_app
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
+
+from .domain_errors import Conflict
+from .models import Cluster, DataVersion, Gpu, Node, Region
+from .version_listener import CHANNEL
 
 
 def make_engine(url: str) -> Engine:
@@ -30,11 +35,6 @@ def _watch_data_version(factory: sessionmaker, app: Flask) -> None:
     version listeners, and a commit moves this process's own listener at once
     (version_listener.py).
     """
-    from sqlalchemy import text, update
-
-    from .models import Cluster, DataVersion, Gpu, Node, Region
-    from .version_listener import CHANNEL
-
     watched = (Node, Gpu, Region, Cluster)
     table = DataVersion.__table__
     bump = update(table).where(table.c.id == 1).values(version=table.c.version + 1)
@@ -86,16 +86,12 @@ def session() -> Session:
 
 
 def commit_unique(field: str, message: str) -> None:
-    """Commit; a unique-constraint violation becomes a 409 field error (the race-free duplicate check)."""
-    from sqlalchemy.exc import IntegrityError
-
-    from .errors import field_error
-
+    """Commit; a unique-constraint violation becomes a Conflict about ``field`` (the race-free duplicate check)."""
     try:
         session().commit()
     except IntegrityError:
         session().rollback()
-        raise field_error(field, message, 409) from None
+        raise Conflict(message, field) from None
 
 
 def release() -> None:

@@ -4,6 +4,11 @@ from __future__ import annotations
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
+from .domain_errors import Conflict, DomainError, Invalid, NotFound, Refused
+
+# The one place the domain's refusals become HTTP statuses.
+DOMAIN_STATUS = {NotFound: 404, Invalid: 422, Refused: 409, Conflict: 409}
+
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, errors: list[dict] | None = None):
@@ -13,17 +18,11 @@ class ApiError(Exception):
         self.errors = errors or []
 
 
-def conflict(message: str) -> ApiError:
-    return ApiError(409, message)
-
-
-def not_found(what: str, ident) -> ApiError:
-    # Clients confirm a delete by the next GET failing with "not found" in its message (compatibility.md).
-    return ApiError(404, f"{what} {ident} not found")
-
-
-def field_error(field: str, message: str, status: int = 422) -> ApiError:
-    return ApiError(status, f"{field}: {message}", [{"field": field, "message": message}])
+def as_http(error: DomainError) -> tuple[int, str, list[dict]]:
+    """A domain refusal as (status, message, errors) in the one error shape."""
+    status = next(code for kind, code in DOMAIN_STATUS.items() if isinstance(error, kind))
+    errors = [{"field": error.field, "message": error.reason}] if error.field else []
+    return status, error.message, errors
 
 
 def _flatten(messages, prefix="") -> list[dict]:
@@ -58,6 +57,10 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(error: ApiError):
         return body(error.status, error.message, error.errors)
+
+    @app.errorhandler(DomainError)
+    def _domain_error(error: DomainError):
+        return body(*as_http(error))
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):

@@ -7,11 +7,10 @@ from sqlalchemy import (JSON, BigInteger, Boolean, DateTime, Enum, Float, Foreig
                         UniqueConstraint, func, text)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from .states import load_module_util
+from .shared import inventory_names
 from .states import ClusterStatus, GpuAssignment, JobStatus, NodeStatus, PoolStatus, ScanStatus
 
 
-_INVENTORY_NAMES = load_module_util("inventory_names")
 
 
 class Base(DeclarativeBase):
@@ -145,7 +144,7 @@ def inventory_name(node_id: int) -> str:
     """The node's host name in every inventory, playbook variable and artifact: derived from its id,
     so a display name never reaches Ansible, a command line or a file name. Defined once, in the
     collection (module_utils/inventory_names.py), which the inventory plugin uses too."""
-    return _INVENTORY_NAMES.host_alias(node_id)
+    return inventory_names.host_alias(node_id)
 
 
 class Gpu(Timestamps, Base):
@@ -336,7 +335,7 @@ class Schedule(Base):
 class DataVersion(Base):
     """One counter, bumped in the same transaction as any change to what node and GPU replies show.
 
-    Read endpoints cache their serialised replies per process under this version (views.py), so a
+    Read endpoints cache their serialised replies per process under this version (reply_cache.py), so a
     reply is rebuilt only after a change, and every process sees the change at once.
     """
 

@@ -2,34 +2,25 @@
 out on the nodes holding the affected GPUs (playbooks/pool_apply.yml, the gpu_sharing role).
 
 The pool and GPU statuses follow that job (states.py: the pool lifecycle); see docs/api.md. The
-routes (resources/pools.py) only parse requests and call these; the job worker and finalize call
-start_pool_deployment and finish_pool.
+routes (resources/pools.py) only parse requests and call these; the pool_apply operation's hooks
+(operations/pool_apply.py) call start_pool_deployment, finish_pool and apply_queued_change.
 """
 from __future__ import annotations
-
-import datetime as dt
 
 from flask import current_app
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import selectinload
 
 from . import actor
+from .clusters import live_cluster
 from .db import session
-from .errors import conflict, field_error, not_found
-from .jobs.submit import job_submitted, submit_pool_apply
+from .domain_errors import Conflict, Invalid, NotFound, Refused, not_found
+from .jobs.claims import wake_a_worker
+from .jobs.hooks import Turn
+from .jobs.submit import new_job, submit
 from .models import Cluster, Gpu, Job, Node, Pool, PoolSlot, inventory_name
 from .rendering import render_pool
-from .states import (GPU_SETTLES_TO, POOL_SETTLED_STATUSES, ClusterStatus, GpuAssignment, JobStatus,
-                     Operation, PoolStatus)
-
-
-def get_cluster(gpuaas_id: int, active: bool = False) -> Cluster:
-    cluster = session().get(Cluster, gpuaas_id)
-    if cluster is None or cluster.status is ClusterStatus.INACTIVE:
-        raise not_found("GPUaaS cluster", gpuaas_id)
-    if active and cluster.status is not ClusterStatus.ACTIVE:
-        raise conflict(f"GPUaaS cluster {gpuaas_id} is {cluster.status.value}; wait for GPUAAS_ACTIVE")
-    return cluster
+from .states import GPU_SETTLES_TO, POOL_SETTLED_STATUSES, GpuAssignment, JobStatus, Operation, PoolStatus
 
 
 def get_pool(pool_id: int) -> Pool:
@@ -77,14 +68,13 @@ def queue_change(pool: Pool, change: dict, ahead: Job) -> Job:
     again and applied when its turn comes (jobs/queue.py, apply_queued_change). Committed."""
     db = session()
     nodes = sorted({gpu.node_id for gpu in gpus_of(pool)})  # what it will most likely touch: its place in line
-    job = Job(created_at=dt.datetime.now(dt.timezone.utc), operation=Operation.POOL_APPLY.value, node_id=None,
-              cluster_id=pool.cluster_id, pool_id=pool.id, mutating=True,
-              extravars={"pool_id": pool.id, "change": change, "targets": nodes, "hosts": nodes}, **actor.job_actor())
+    job = new_job(Operation.POOL_APPLY.value, mutating=True, cluster_id=pool.cluster_id, pool_id=pool.id,
+                  extravars={"pool_id": pool.id, "change": change, "targets": nodes, "hosts": nodes})
     db.add(job)
     db.commit()
     actor.job_recorded(job.id)
     job.queued_behind = ahead.id
-    job_submitted.release()
+    wake_a_worker()
     return job
 
 
@@ -92,13 +82,11 @@ def queued_reply(pool: Pool, job: Job) -> dict:
     return {**pool_reply(pool), "job_id": job.id, "queued_behind": job.queued_behind}
 
 
-def apply_queued_change(job: Job) -> str:
+def apply_queued_change(job: Job) -> Turn:
     """A queued change's turn: apply it to the pool as it is now, through the same function as a
-    request, in the worker's transaction (flushed, not committed). ApiError when the pool's state
-    now refuses it. queue.STARTED when the job holds its nodes, ENDED when no node has anything to
+    request, in the worker's transaction (flushed, not committed). A DomainError when the pool's
+    state now refuses it. STARTED when the job holds its nodes, ENDED when no node has anything to
     apply, WAITS when a node it now needs is held (the caller rolls it all back)."""
-    from .jobs.queue import ENDED, STARTED, WAITS
-
     change = job.extravars["change"]
     apply = {"update": lambda: update_pool(job.pool_id, change["fields"], job=job),
              "add_gpus": lambda: add_gpus(job.pool_id, change["gpu_uuids"], job=job),
@@ -107,9 +95,9 @@ def apply_queued_change(job: Job) -> str:
              "retry": lambda: retry_pool(job.pool_id, job=job)}[change["kind"]]
     reply = apply()
     if reply.get("job_id") is None:
-        return ENDED
+        return Turn.ENDED
     held = session().scalar(select(func.count(Node.id)).where(Node.busy_job_id == job.id))
-    return STARTED if held == len(job.extravars.get("targets", [])) else WAITS
+    return Turn.STARTED if held == len(job.extravars.get("targets", [])) else Turn.WAITS
 
 
 def node_sharing(node_ids: list[int]) -> tuple[dict, dict]:
@@ -145,26 +133,42 @@ def schedule_apply(pool: Pool, node_ids: set[int], job: Job | None = None) -> Jo
     # The nodes' agents advertise the pool under the name the pool replies give (resource_name).
     extravars = {"gpu_sharing_by_host": present, "gpu_sharing_absent_by_host": absent,
                  "gpu_sharing_resource_prefix": resource_prefix()}
-    return submit_pool_apply(pool.id, pool.cluster_id, sorted(node_ids), extravars, job)
+    return record_apply_job(pool, sorted(node_ids), extravars, job)
+
+
+def record_apply_job(pool: Pool, node_ids: list[int], extravars: dict, job: Job | None = None) -> Job:
+    """Record (or, for a queued change whose turn came, fill in) the pool_apply job over ``node_ids``.
+
+    It takes every node at once; when one is held by another job, it takes none and waits, pending,
+    until they are all free (jobs/queue.py). Flushed, not committed. A queued change's job keeps the
+    actor of the request that queued it.
+    """
+    fields = {"hosts": list(node_ids), "targets": list(node_ids), "pool_id": pool.id, "vars": extravars}
+    if job is None:
+        job = new_job(Operation.POOL_APPLY.value, mutating=True, cluster_id=pool.cluster_id, pool_id=pool.id,
+                      extravars=fields)
+    else:
+        job.extravars = fields
+    return submit(job, node_ids)
 
 
 def resolve_gpus(cluster: Cluster, uuids: list[str], field: str, pool: Pool | None = None) -> list[Gpu]:
     """The GPUs to attach: known, in this cluster, available, and in no other pool."""
     if len(set(uuids)) != len(uuids):
-        raise field_error(field, "a GPU is listed twice")
+        raise Invalid("a GPU is listed twice", field)
     found = {gpu.uuid: gpu for gpu in session().scalars(select(Gpu).options(selectinload(Gpu.node))
                                                         .where(Gpu.uuid.in_(uuids))).all()}
     unknown = [uuid for uuid in uuids if uuid not in found]
     if unknown:
-        raise field_error(field, f"unknown GPU {unknown[0]}")
+        raise Invalid(f"unknown GPU {unknown[0]}", field)
     for uuid in uuids:
         gpu = found[uuid]
         if gpu.node.cluster_id != cluster.id:
-            raise field_error(field, f"GPU {uuid} is not in GPUaaS cluster {cluster.id}", 409)
+            raise Conflict(f"GPU {uuid} is not in GPUaaS cluster {cluster.id}", field)
         if gpu.pool_id is not None and (pool is None or gpu.pool_id != pool.id):
-            raise field_error(field, f"GPU {uuid} already belongs to pool {gpu.pool_id}", 409)
+            raise Conflict(f"GPU {uuid} already belongs to pool {gpu.pool_id}", field)
         if gpu.assignment_status is GpuAssignment.UNAVAILABLE:
-            raise field_error(field, f"GPU {uuid} is unavailable (its node or the GPU does not answer)", 409)
+            raise Refused(f"GPU {uuid} is unavailable (its node or the GPU does not answer)", field)
     return [found[uuid] for uuid in uuids]
 
 
@@ -196,7 +200,7 @@ def claim_pool(pool: Pool, to: PoolStatus = PoolStatus.DEPLOYMENT_SCHEDULED, job
         if won == 1:
             session().refresh(pool)
             return
-    raise conflict(f"pool {pool.id} is {pool.status.value}; wait until it is ACTIVE or ERROR_WHILE_DEPLOYING")
+    raise Refused(f"pool {pool.id} is {pool.status.value}; wait until it is ACTIVE or ERROR_WHILE_DEPLOYING")
 
 
 def _commit_unless_queued(queued: Job | None) -> None:
@@ -204,7 +208,7 @@ def _commit_unless_queued(queued: Job | None) -> None:
     transaction (jobs/queue.py start_queued) commits it with the claim, or rolls it all back."""
     if queued is None:
         session().commit()
-        job_submitted.release()
+        wake_a_worker()
     else:
         session().flush()
 
@@ -226,14 +230,14 @@ def apply_change(pool: Pool, node_ids: set[int], queued: Job | None = None) -> d
 
 
 def create_pool(body: dict, must_have_pools: bool) -> dict:
-    cluster = get_cluster(body["gpuaas_id"], active=True)
+    cluster = live_cluster(body["gpuaas_id"], must_be_active=True)
     fields = body["pool"]
     db = session()
     existing = db.scalar(select(func.count(Pool.id)).where(Pool.cluster_id == cluster.id))
     if must_have_pools and not existing:
-        raise conflict(f"GPUaaS cluster {cluster.id} has no pool yet; create its first pool with /gpuaas/pool/create")
+        raise Refused(f"GPUaaS cluster {cluster.id} has no pool yet; create its first pool with /gpuaas/pool/create")
     if db.scalar(select(Pool.id).where(Pool.cluster_id == cluster.id, Pool.pool_name == fields["pool_name"])):
-        raise field_error("pool.pool_name", f"cluster {cluster.id} already has a pool named {fields['pool_name']}", 409)
+        raise Conflict(f"cluster {cluster.id} already has a pool named {fields['pool_name']}", "pool.pool_name")
     gpus = resolve_gpus(cluster, fields["attach_gpu_ids"], "pool.attach_gpu_ids")
     pool = Pool(cluster_id=cluster.id, pool_name=fields["pool_name"], sharing_ratio=fields["sharing_ratio"],
                 time_quantum_in_sec=fields["time_quantum_in_sec"], security_level=fields["security_level"],
@@ -254,7 +258,7 @@ def _known_gpus(uuids: list[str], field: str) -> None:
     known = set(session().scalars(select(Gpu.uuid).where(Gpu.uuid.in_(uuids))))
     unknown = [uuid for uuid in uuids if uuid not in known]
     if unknown:
-        raise field_error(field, f"unknown GPU {unknown[0]}")
+        raise Invalid(f"unknown GPU {unknown[0]}", field)
 
 
 def delete_pool(pool_id: int, job: Job | None = None) -> dict:
@@ -282,7 +286,7 @@ def remove_gpus(pool_id: int, uuids: list[str], job: Job | None = None) -> dict:
     members = {gpu.uuid: gpu for gpu in gpus_of(pool) if gpu.assignment_status is not GpuAssignment.UNASSIGNING}
     missing = [uuid for uuid in uuids if uuid not in members]
     if missing:
-        raise field_error("gpu_uuids", f"GPU {missing[0]} is not in pool {pool_id}", 409)
+        raise Conflict(f"GPU {missing[0]} is not in pool {pool_id}", "gpu_uuids")
     claim_pool(pool, job=job)
     return apply_change(pool, detach(pool, [members[uuid] for uuid in uuids]), job)
 
@@ -313,10 +317,10 @@ def add_gpus(pool_id: int, uuids: list[str], field: str = "gpu_uuids", job: Job 
     if ahead is not None:
         _known_gpus(uuids, field)
         return queued_reply(pool, queue_change(pool, {"kind": "add_gpus", "gpu_uuids": uuids}, ahead))
-    gpus = resolve_gpus(get_cluster(pool.cluster_id), uuids, field, pool)
+    gpus = resolve_gpus(live_cluster(pool.cluster_id), uuids, field, pool)
     already = [gpu.uuid for gpu in gpus if gpu.pool_id == pool.id]
     if already:
-        raise field_error(field, f"GPU {already[0]} is already in pool {pool.id}", 409)
+        raise Conflict(f"GPU {already[0]} is already in pool {pool.id}", field)
     claim_pool(pool, job=job)
     return apply_change(pool, attach(pool, gpus), job)
 
@@ -325,7 +329,7 @@ def add_gpu_by_index(pool_id: int, node_id: int, index: int) -> dict:
     get_pool(pool_id)
     gpu = session().scalar(select(Gpu).where(Gpu.node_id == node_id, Gpu.index == index))
     if gpu is None:
-        raise field_error("gpu_index", f"GPU {index} of node {node_id} not found", 404)
+        raise NotFound(f"GPU {index} of node {node_id} not found", "gpu_index")
     return add_gpus(pool_id, [gpu.uuid], "gpu_index")
 
 
@@ -343,7 +347,7 @@ def retry_pool(pool_id: int, job: Job | None = None) -> dict:
     if ahead is not None:
         return queued_reply(pool, queue_change(pool, {"kind": "retry"}, ahead))
     if pool.status not in (PoolStatus.ERROR_WHILE_DEPLOYING, PoolStatus.DELETING):
-        raise conflict(f"pool {pool_id} is {pool.status.value}; only a failed change can be retried")
+        raise Refused(f"pool {pool_id} is {pool.status.value}; only a failed change can be retried")
     claim_pool(pool, PoolStatus.DELETING if pool.status is PoolStatus.DELETING else PoolStatus.DEPLOYMENT_SCHEDULED,
                job)
     in_transit = {gpu.node_id for gpu in gpus_of(pool) if gpu.assignment_status in
@@ -352,7 +356,7 @@ def retry_pool(pool_id: int, job: Job | None = None) -> dict:
 
 
 def cluster_pools(gpuaas_id: int) -> list[dict]:
-    get_cluster(gpuaas_id)
+    live_cluster(gpuaas_id)
     pools = session().scalars(select(Pool).where(Pool.cluster_id == gpuaas_id).order_by(Pool.id)).all()
     return [pool_reply(pool) for pool in pools]
 

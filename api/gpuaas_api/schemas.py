@@ -16,13 +16,16 @@ from . import models, validation
 from .access import Role
 from .audit import OBJECT_TYPES
 from .jobs.waiting import MAX_WAIT_SECONDS
+from .metrics.series import TIME_GROUPING_ALIASES, TIME_GROUPINGS
 from .states import (ACCELERATOR_TYPES, DEFAULT_TIME_QUANTUM_SECONDS, INITIALIZE_STATE_CODES, K8S_JOIN_STATE_CODES,
-                     RDMA_SUPPORT, ROLE_FLAGS, SCAN_KINDS, SECURITY_LEVELS, SHARING_RATIO_RANGE, TIME_GROUPING_ALIASES,
-                     TIME_GROUPINGS, TIME_QUANTUM_RANGE_SECONDS, ClusterStatus, GpuAssignment, JobStatus, NodeStatus,
-                     PoolStatus, RegionServiceStatus, ScanStatus)
+                     RDMA_SUPPORT, ROLE_FLAGS, SCAN_KINDS, SECURITY_LEVELS, SHARING_RATIO_RANGE,
+                     TIME_QUANTUM_RANGE_SECONDS, ClusterStatus, GpuAssignment, JobStatus, NodeStatus, PoolStatus,
+                     RegionServiceStatus, ScanStatus)
 
 
-class StrictSchema(Schema):
+class LenientRequestSchema(Schema):
+    """A request body or query: fields it does not declare are ignored, not refused."""
+
     class Meta:
         unknown = EXCLUDE  # clients send extra fields; ignore them rather than fail
 
@@ -117,7 +120,7 @@ class ErrorSchema(ReplySchema):
 
 
 # --------------------------------------------------------------------------- login
-class LoginSchema(StrictSchema):
+class LoginSchema(LenientRequestSchema):
     username = fields.String(required=True, validate=Shape(
         models.column_length(models.User.username), PRINTABLE_TEXT, min=1, error=f"not a valid user name ({_PRINTABLE})"))
     password = fields.String(required=True, load_only=True, validate=Shape(
@@ -149,7 +152,7 @@ _ROLE_DOC = {"description": "viewer: reads; operator: and changes the fleet; adm
 TOKEN_DAYS_RANGE = (0, 36500)
 
 
-class UserCreateSchema(StrictSchema):
+class UserCreateSchema(LenientRequestSchema):
     username = fields.String(required=True, validate=_ACCOUNT_NAME)
     password = fields.String(required=True, load_only=True, validate=Shape(
         PASSWORD_MAX_LENGTH, PRINTABLE_TEXT, min=1, error=f"not a valid password ({_PRINTABLE})"))
@@ -157,7 +160,7 @@ class UserCreateSchema(StrictSchema):
     email = fields.String(load_default="", validate=_EMAIL)
 
 
-class UserEditSchema(StrictSchema):
+class UserEditSchema(LenientRequestSchema):
     role = fields.String(validate=_ROLE, metadata=_ROLE_DOC)
     email = fields.String(validate=_EMAIL)
 
@@ -171,7 +174,7 @@ class UserSchema(ReplySchema):
     created_at = _reply(fields.String, nullable=True, metadata={"format": "date-time"})
 
 
-class TokenCreateSchema(StrictSchema):
+class TokenCreateSchema(LenientRequestSchema):
     username = fields.String(required=True, validate=Shape(
         models.column_length(models.User.username), PRINTABLE_TEXT, min=1, error=f"not a valid user name ({_PRINTABLE})"))
     description = fields.String(load_default="", validate=Shape(
@@ -182,7 +185,7 @@ class TokenCreateSchema(StrictSchema):
         "description": "0: never; none: GPUAAS_API_TOKEN_TTL_DAYS"})
 
 
-class TokenQuerySchema(StrictSchema):
+class TokenQuerySchema(LenientRequestSchema):
     user_id = _id()
 
 
@@ -214,7 +217,7 @@ def _region_text(column) -> fields.String:
 _REGION_NAME = Shape(models.column_length(models.Region.region_name), validation.REGION_NAME, check=validation.region_name)
 
 
-class RegionCreateSchema(StrictSchema):
+class RegionCreateSchema(LenientRequestSchema):
     region_name = fields.String(required=True, validate=_REGION_NAME)
     address = _region_text(models.Region.address)
     city = _region_text(models.Region.city)
@@ -269,7 +272,7 @@ _RoleFlagsAdd = Schema.from_dict({flag: fields.Boolean(load_default=False) for f
 _RoleFlagsEdit = Schema.from_dict({flag: fields.Boolean() for flag in ROLE_FLAGS.values()})
 
 
-class NodeAddSchema(StrictSchema, _RoleFlagsAdd):
+class NodeAddSchema(LenientRequestSchema, _RoleFlagsAdd):
     name = fields.String(required=True, validate=_NODE_NAME, metadata=_NODE_NAME_DOC)
     region_id = _id(required=True, strict=True)
     node_ip = fields.String(required=True, validate=_IP, metadata=_IP_DOC)
@@ -279,7 +282,7 @@ class NodeAddSchema(StrictSchema, _RoleFlagsAdd):
     external_service_ip = fields.String(allow_none=True, validate=_IP, metadata=_IP_DOC)
 
 
-class NodeEditSchema(StrictSchema, _RoleFlagsEdit):
+class NodeEditSchema(LenientRequestSchema, _RoleFlagsEdit):
     name = fields.String(validate=_NODE_NAME, metadata=_NODE_NAME_DOC)
     node_ip = fields.String(validate=_IP, metadata=_IP_DOC)
     username = fields.String(validate=_USERNAME)
@@ -391,7 +394,7 @@ SCHEMA_RULES = {
 }
 
 
-class RegionQuerySchema(StrictSchema):
+class RegionQuerySchema(LenientRequestSchema):
     region_id = _id()
 
 
@@ -400,11 +403,11 @@ class SuccessSchema(ReplySchema):
     message = _reply(fields.String)
 
 
-class NodeIdQuerySchema(StrictSchema):
+class NodeIdQuerySchema(LenientRequestSchema):
     gpuaas_node_id = _id(required=True)
 
 
-class NodeIdAltQuerySchema(StrictSchema):
+class NodeIdAltQuerySchema(LenientRequestSchema):
     node_id = _id(required=True)
 
 
@@ -412,11 +415,11 @@ class LeaveQuerySchema(NodeIdAltQuerySchema):
     ungraceful = fields.Boolean(load_default=False)
 
 
-class ControllerQuerySchema(StrictSchema):
+class ControllerQuerySchema(LenientRequestSchema):
     controller_node_id = _id(required=True)
 
 
-class JoinSchema(StrictSchema):
+class JoinSchema(LenientRequestSchema):
     """The guide's body ({joinee_node_id, region_id}) or the clients' ({gpuaas_id, gpuaas_node_id}):
     one of joinee_node_id and gpuaas_node_id is required."""
 
@@ -426,18 +429,18 @@ class JoinSchema(StrictSchema):
     gpuaas_node_id = _id()
 
 
-class ScanQuerySchema(StrictSchema):
+class ScanQuerySchema(LenientRequestSchema):
     scan_id = fields.String(required=True, validate=Shape(models.column_length(models.Scan.request_id), SCAN_ID, min=1,
                                                           error="not a scan id (a number or a request_id)"), metadata={
         "description": "The scan's numeric id (as clients send it) or its request_id"})
 
 
-class JobWaitQuerySchema(StrictSchema):
+class JobWaitQuerySchema(LenientRequestSchema):
     wait = fields.Float(load_default=0, validate=validate.Range(min=0, max=MAX_WAIT_SECONDS), metadata={
         "description": "Seconds to wait for the job to finish before answering (a long poll); 0 answers at once."})
 
 
-class PageQuerySchema(StrictSchema):
+class PageQuerySchema(LenientRequestSchema):
     page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=validation.MAX_PAGE))
     per_page = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
 
@@ -563,7 +566,7 @@ _GPU_UUID = Shape(models.column_length(models.Gpu.uuid), GPU_IDENTIFIER, min=1,
                   error="not a GPU UUID (letters, digits, _ . : / -, not first a -)")
 
 
-class PoolFieldsSchema(StrictSchema):
+class PoolFieldsSchema(LenientRequestSchema):
     pool_name = fields.String(required=True, validate=POOL_NAME)
     pool_label = fields.String(allow_none=True, validate=POOL_LABEL, metadata=_LABEL)
     sharing_ratio = IntegralNumber(required=True, strict=True, validate=_RATIO)
@@ -582,12 +585,12 @@ class NestedObject(fields.Nested):
         return super()._deserialize(value, attr, data, partial=partial, **kwargs)
 
 
-class PoolCreateSchema(StrictSchema):
+class PoolCreateSchema(LenientRequestSchema):
     gpuaas_id = _id(required=True)
     pool = NestedObject(PoolFieldsSchema, required=True)
 
 
-class PoolUpdateSchema(StrictSchema):
+class PoolUpdateSchema(LenientRequestSchema):
     """PUT: the create's pool fields, with the aliases clients use."""
 
     pool_name = fields.String(validate=POOL_NAME)
@@ -608,25 +611,25 @@ class PoolUpdateSchema(StrictSchema):
         return data
 
 
-class GpuUuidsSchema(StrictSchema):
+class GpuUuidsSchema(LenientRequestSchema):
     gpu_uuids = fields.List(fields.String(validate=_GPU_UUID), required=True,
                             validate=validate.Length(min=1))
 
 
-class GpuUuidsQuerySchema(StrictSchema):
+class GpuUuidsQuerySchema(LenientRequestSchema):
     """remove_gpus by GET: ?gpu_uuids=a,b (comma-separated)."""
 
     gpu_uuids = fields.String(required=True, validate=Shape(GPU_UUID_LIST_MAX_LENGTH, GPU_UUID_LIST, min=1,
                                                             error="not a comma-separated list of GPU UUIDs"))
 
 
-class PoolGpuSchema(StrictSchema):
+class PoolGpuSchema(LenientRequestSchema):
     pool_id = _id(required=True)
     gpuaas_node_id = _id(required=True)
     gpu_index = fields.Integer(required=True, validate=validate.Range(min=0, max=validation.MAX_GPU_INDEX))
 
 
-class MetricsQuerySchema(StrictSchema):
+class MetricsQuerySchema(LenientRequestSchema):
     time_grouping = fields.String(load_default="hour", validate=validate.OneOf(
         list(TIME_GROUPINGS) + list(TIME_GROUPING_ALIASES)))
     start = BoundedAwareDateTime(data_key="from", default_timezone=dt.timezone.utc)

@@ -7,22 +7,8 @@ answers for requests the current state does not allow.
 from __future__ import annotations
 
 import enum
-import importlib.util
-from pathlib import Path
 
-# The repository: galaxy.yml, playbooks/, roles/, plugins/ (the service runs from a checkout).
-COLLECTION_ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_module_util(name: str):
-    """One of the collection's own plain-Python definitions (plugins/module_utils/<name>.py), so that
-    the modules and plugins on one side and this service on the other use the same file: the pool
-    settings (sharing_policy) and the inventory host names (inventory_names)."""
-    path = COLLECTION_ROOT / "plugins" / "module_utils" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"gpuaas_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .shared import sharing_policy
 
 
 class NodeStatus(str, enum.Enum):
@@ -105,19 +91,12 @@ class GpuAssignment(str, enum.Enum):
         return cls(value.upper())
 
 
-# A pool's sharing settings: the guide's ranges, from the collection's single definition.
-SHARING_POLICY = load_module_util("sharing_policy")
-SHARING_RATIO_RANGE = SHARING_POLICY.SHARING_RATIO_RANGE
-TIME_QUANTUM_RANGE_SECONDS = SHARING_POLICY.TIME_QUANTUM_RANGE_SECONDS
-DEFAULT_TIME_QUANTUM_SECONDS = SHARING_POLICY.DEFAULT_TIME_QUANTUM_SECONDS
-SECURITY_LEVELS = SHARING_POLICY.SECURITY_LEVELS
-# Metric buckets, with the short aliases clients send. Buckets are aligned in UTC; a week starts on
-# Monday (the epoch was a Thursday, hence the 4-day offset).
-TIME_GROUPINGS = {"minute": 60, "hour": 3600, "day": 86400, "week": 604800}
-TIME_GROUPING_ALIASES = {"1m": "minute", "1h": "hour", "1d": "day", "1w": "week"}
-BUCKET_OFFSET_SECONDS = {604800: 4 * 86400}
-# What the collector reads from each pool GPU (gpu_info's metrics), in every series and rollup.
-GPU_METRICS = ("utilization_gpu_percent", "memory_used_mb", "temperature_c", "power_w")
+# A pool's sharing settings: the guide's ranges, from the collection's single definition (shared/).
+SHARING_POLICY = sharing_policy
+SHARING_RATIO_RANGE = sharing_policy.SHARING_RATIO_RANGE
+TIME_QUANTUM_RANGE_SECONDS = sharing_policy.TIME_QUANTUM_RANGE_SECONDS
+DEFAULT_TIME_QUANTUM_SECONDS = sharing_policy.DEFAULT_TIME_QUANTUM_SECONDS
+SECURITY_LEVELS = sharing_policy.SECURITY_LEVELS
 
 
 class PoolStatus(str, enum.Enum):

@@ -11,9 +11,9 @@ import datetime as dt
 from sqlalchemy import select
 
 from .access import Role
-from .auth import forget_cached_tokens, hash_password, new_token
+from .credentials import forget_cached_tokens, hash_password, new_token
 from .db import commit_unique, session
-from .errors import ApiError, conflict, not_found
+from .domain_errors import Conflict, Invalid, Refused, not_found
 from .models import ApiToken, User
 
 
@@ -35,7 +35,7 @@ def list_users() -> list[User]:
 def create_user(username: str, password: str, role: Role, email: str = "") -> User:
     """A new user (committed); 409 when the name is taken."""
     if find_user(username) is not None:
-        raise conflict(f"user {username!r} already exists")
+        raise Conflict(f"user {username!r} already exists")
     user = User(username=username, password_hash=hash_password(password), email=email)
     _apply_role(user, role)
     session().add(user)
@@ -58,12 +58,12 @@ def _other_admins(user: User) -> int:
 
 def _refuse_losing_last_admin(user: User, what: str) -> None:
     if user.role == Role.ADMIN.value and _other_admins(user) == 0:
-        raise conflict(f"user {user.username!r} is the last admin: make another admin before you {what} them")
+        raise Refused(f"user {user.username!r} is the last admin: make another admin before you {what} them")
 
 
 def set_role(user: User, role: Role) -> None:
     """Change ``user``'s role (committed); its tokens follow at once in this process, and within
-    auth.TOKEN_CACHE_SECONDS in the others."""
+    credentials.TOKEN_CACHE_SECONDS in the others."""
     if role is not Role.ADMIN:
         _refuse_losing_last_admin(user, "demote")
     _apply_role(user, role)
@@ -85,8 +85,7 @@ def token_role(user: User, role: Role | None) -> Role | None:
     if role is None or role is Role(user.role):
         return None
     if role.rank > Role(user.role).rank:
-        raise ApiError(422, f"a token can't do more than its user: {user.username!r} is {user.role}, not {role.value}",
-                       [{"field": "role", "message": f"at most {user.role}"}])
+        raise Invalid(f"a token can't do more than its user: {user.username!r} is {user.role}, not {role.value}", "role")
     return role
 
 
@@ -112,7 +111,7 @@ def get_token(token_id: int) -> ApiToken:
 
 
 def revoke_token(token: ApiToken) -> None:
-    """End ``token`` (committed): refused at once in this process, within auth.TOKEN_CACHE_SECONDS in the others."""
+    """End ``token`` (committed): refused at once in this process, within credentials.TOKEN_CACHE_SECONDS in the others."""
     session().delete(token)
     session().commit()
     forget_cached_tokens()

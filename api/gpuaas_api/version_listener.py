@@ -1,6 +1,6 @@
 """PostgreSQL: learn of data changes by LISTEN/NOTIFY, so that a cached read makes no round trip.
 
-Cached GETs (views.cached_reply) are valid while the data version has not moved. On SQLite
+Cached GETs (reply_cache.cached_reply) are valid while the data version has not moved. On SQLite
 reading it is an in-process file read; on PostgreSQL it is a round trip per request (with the
 pool's checkout and reset, most of a cached read's cost). Under `serve`, each PostgreSQL
 process runs one VersionListener instead:

@@ -15,8 +15,8 @@ import uuid
 import pytest
 from sqlalchemy import create_engine, make_url, select, text
 
-from gpuaas_api import auth, create_app
-from gpuaas_api.auth import ensure_admin
+from gpuaas_api import create_app, credentials
+from gpuaas_api.credentials import ensure_admin
 from gpuaas_api.config import Config
 from gpuaas_api.db import session
 from gpuaas_api.jobs.finalize import finalize
@@ -118,7 +118,7 @@ def app(tmp_path, migrated_database_url):
     config.TESTING = True
     # Every test's database holds the same token: nothing one test's lookups cached may answer for
     # another's database.
-    auth.forget_cached_tokens()
+    credentials.forget_cached_tokens()
     application = create_app(config)
     yield application
     application.extensions["gpuaas_engine"].dispose()

@@ -24,7 +24,7 @@ from gpuaas_api import create_app
 from gpuaas_api.config import Config
 from gpuaas_api.db import session
 from gpuaas_api.jobs.finalize import finalize
-from gpuaas_api.jobs.worker import host_spec
+from gpuaas_api.jobs.inventory import host_spec
 from gpuaas_api.metrics.collector import SCHEDULE, STORAGE_SCHEDULE, AgentCollection, submit_collection, tick
 from gpuaas_api.models import Gpu, Job, MetricSample, Node, Schedule
 from gpuaas_api.states import GpuAssignment

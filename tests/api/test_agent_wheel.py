@@ -22,7 +22,8 @@ from gpuaas_api.config import Config
 from gpuaas_api.jobs import worker as worker_module
 from gpuaas_api.jobs.queue import claim_next
 from gpuaas_api.jobs.runner import RunResult
-from gpuaas_api.states import COLLECTION_ROOT, NodeStatus, Operation
+from gpuaas_api.checkout import COLLECTION_ROOT
+from gpuaas_api.states import NodeStatus, Operation
 from test_operations import add_node, set_status
 
 THREADS = 6

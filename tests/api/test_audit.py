@@ -12,10 +12,10 @@ from sqlalchemy import delete, func, select, text, update
 from conftest import ADMIN, assert_error, create
 from gpuaas_api import actor, audit, users
 from gpuaas_api.access import Role
-from gpuaas_api.auth import hash_token
+from gpuaas_api.credentials import hash_token
 from gpuaas_api.config import Config
 from gpuaas_api.db import session
-from gpuaas_api.jobs.worker import Housekeeper
+from gpuaas_api.jobs.housekeeper import Housekeeper
 from gpuaas_api.metrics.collector import submit_collection
 from gpuaas_api.models import ApiToken, AuditEvent, Job, User
 

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from conftest import ADMIN, assert_error
-from gpuaas_api.auth import hash_token
+from gpuaas_api.credentials import hash_token
 from gpuaas_api.db import session
 from gpuaas_api.jobs.finalize import finalize
 from gpuaas_api.models import ApiToken, Cluster, Node, Pool, User

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from gpuaas_api.jobs import runner
-from gpuaas_api.states import COLLECTION_ROOT
+from gpuaas_api.checkout import COLLECTION_ROOT
 
 THREADS = 8
 

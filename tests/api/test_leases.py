@@ -8,7 +8,8 @@ from sqlalchemy import update
 from gpuaas_api.db import session
 from gpuaas_api.jobs.finalize import finalize
 from gpuaas_api.jobs.lease import Lease, expire_lapsed
-from gpuaas_api.jobs.queue import claim_next, claimant
+from gpuaas_api.jobs.claims import claimant
+from gpuaas_api.jobs.queue import claim_next
 from gpuaas_api.models import Job, Node
 from gpuaas_api.states import NodeStatus
 from test_operations import add_node
@@ -83,7 +84,7 @@ def test_a_takeover_during_the_claimants_finalisation_finalises_nothing(app, cli
     commit) when the takeover starts."""
     import threading
 
-    from gpuaas_api.jobs import finalize as finalize_module
+    from gpuaas_api.operations import nodes as node_operations
 
     node = add_node(client, region)
     init = client.get(f"/gpuaas/node/init?gpuaas_node_id={node['id']}").get_json()["job_id"]
@@ -93,7 +94,7 @@ def test_a_takeover_during_the_claimants_finalisation_finalises_nothing(app, cli
         with app.app_context():
             taken_over.append(expire_lapsed("host-b:2"))
 
-    record_facts = finalize_module._record_node_facts
+    record_facts = node_operations.record_node_facts
 
     def record_facts_while_taken_over(*args):
         takeover = threading.Thread(target=take_over)
@@ -107,7 +108,7 @@ def test_a_takeover_during_the_claimants_finalisation_finalises_nothing(app, cli
         assert claim_next() == [init]
         first = session().get(Job, init).claimed_by
         lapse(init)
-        monkeypatch.setattr(finalize_module, "_record_node_facts", record_facts_while_taken_over)
+        monkeypatch.setattr(node_operations, "record_node_facts", record_facts_while_taken_over)
         finalize(init, "successful", 0, "", {}, owner=first)
     racing[0].join(timeout=30)
     assert taken_over == [[]]

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from conftest import ADMIN, assert_error
-from gpuaas_api import auth, create_app, login_throttle
+from gpuaas_api import create_app, credentials, login_throttle
 from gpuaas_api.body_limit import CappedBody
 from gpuaas_api.config import Config
 from gpuaas_api.db import session
@@ -57,15 +57,15 @@ def clock(monkeypatch):
 
 @pytest.fixture
 def scrypt_calls(monkeypatch):
-    """Every password check the login makes (werkzeug's check_password_hash, as auth.py calls it)."""
+    """Every password check the login makes (werkzeug's check_password_hash, as credentials.py calls it)."""
     calls = []
-    real = auth.check_password_hash
+    real = credentials.check_password_hash
 
     def counted(stored, password):
         calls.append(password)
         return real(stored, password)
 
-    monkeypatch.setattr(auth, "check_password_hash", counted)
+    monkeypatch.setattr(credentials, "check_password_hash", counted)
     return calls
 
 

@@ -12,6 +12,7 @@ from sqlalchemy import select, update
 
 from gpuaas_api.config import Config
 from gpuaas_api.db import session
+from gpuaas_api.jobs import inventory as inventory_module
 from gpuaas_api.jobs import worker as worker_module
 from gpuaas_api.jobs.finalize import finalize
 from gpuaas_api.jobs.queue import claim_next
@@ -243,7 +244,7 @@ def test_each_host_of_a_batch_keeps_the_controller_of_its_own_run(app, client, r
 
     assert batch == submitted and fake.calls[0]["hosts"] == names
     hostvars = fake.calls[0]["hostvars"]
-    for variable in worker_module.CONTROLLER_VARIABLES:
+    for variable in inventory_module.CONTROLLER_VARIABLES:
         assert hostvars[names[0]][variable] == names[0]
         assert hostvars[names[1]][variable] == ""
 

@@ -139,7 +139,7 @@ def test_run_dirs_no_running_job_owns_are_removed(app, client, region):
     """A killed process leaves its run's private dir (inventory, variables); the sweep removes it,
     and only it: the dir of a running job, or of a job that starts after the listing, stays."""
     from gpuaas_api.jobs.runner import remove_stale_job_dirs
-    from gpuaas_api.jobs.worker import sweep_job_dirs
+    from gpuaas_api.jobs.housekeeper import sweep_job_dirs
 
     first, second = (client.get(f"/gpuaas/node/init?gpuaas_node_id={add_node(client, region, name)['id']}")
                      .get_json()["job_id"] for name in ("w1", "w2"))
@@ -369,7 +369,7 @@ def test_the_kubernetes_name_is_derived_once_from_the_hostname_at_first_contact(
     init = client.get(f"/gpuaas/node/init?gpuaas_node_id={node['id']}").get_json()
     with app.app_context():
         finalize(init["job_id"], "successful", 0, "", {"gpuaas_node_hostnames": {f"node-{node['id']}": "renamed-host"}})
-        from gpuaas_api.jobs.worker import host_spec
+        from gpuaas_api.jobs.inventory import host_spec
         assert host_spec(session().get(Node, node["id"])).hostvars["gpuaas_node_name"] == "gpu-h100-01"
     assert client.get(f"/gpuaas/node/{node['id']}").get_json()["kubernetes_name"] == "gpu-h100-01"
 

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from gpuaas_api import auth, create_app
+from gpuaas_api import create_app, credentials
 from gpuaas_api.config import Config
 
 API_POLICY = "default-src 'none'; frame-ancestors 'none'"
@@ -126,7 +126,7 @@ def test_public_metrics_carry_the_headers(tmp_path, migrated_database_url):
     config = Config({"GPUAAS_DATA_DIR": str(tmp_path / "data"), "GPUAAS_DATABASE_URL": migrated_database_url,
                      "GPUAAS_METRICS_PUBLIC": "true"})
     config.TESTING = True
-    auth.forget_cached_tokens()
+    credentials.forget_cached_tokens()
     application = create_app(config)
     try:
         response = application.test_client().get("/metrics")

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from conftest import ADMIN, assert_error
-from gpuaas_api import auth
+from gpuaas_api import credentials
 from gpuaas_api.db import session
 from gpuaas_api.models import ApiToken
 
@@ -144,11 +144,11 @@ def test_a_revoked_token_stops_working_on_other_hosts_within_the_cache_time(app,
     dana = bearer(app, token)
     assert dana.get("/api/regions").status_code == 200  # cached now
     with app.app_context():  # another host revokes it: this process's cache is not told
-        session().delete(session().scalar(select(ApiToken).where(ApiToken.token_hash == auth.hash_token(token))))
+        session().delete(session().scalar(select(ApiToken).where(ApiToken.token_hash == credentials.hash_token(token))))
         session().commit()
     assert dana.get("/api/regions").status_code == 200
-    clock = auth.time.monotonic() + auth.TOKEN_CACHE_SECONDS + 1
-    monkeypatch.setattr(auth.time, "monotonic", lambda: clock)
+    clock = credentials.time.monotonic() + credentials.TOKEN_CACHE_SECONDS + 1
+    monkeypatch.setattr(credentials.time, "monotonic", lambda: clock)
     assert_error(dana.get("/api/regions"), 401)
 
 

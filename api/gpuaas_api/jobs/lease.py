@@ -15,27 +15,19 @@ import datetime as dt
 import logging
 import time
 
-from flask import current_app
 from sqlalchemy import select, update
 
 from ..db import session
 from ..models import Job
 from ..states import JobStatus
+from .claims import lease_until, now
+from .finalize import finalize
 
 log = logging.getLogger(__name__)
 
 
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def lease_until() -> dt.datetime:
-    """When a lease taken or renewed now expires."""
-    return now() + dt.timedelta(seconds=current_app.config["GPUAAS"].JOB_LEASE_SECONDS)
-
-
 class Lease:
-    """The leases of one run's jobs, held by ``owner`` (queue.claimant())."""
+    """The leases of one run's jobs, held by ``owner`` (claims.claimant())."""
 
     def __init__(self, job_ids: list[int], owner: str, renew_seconds: float):
         self.job_ids, self.owner, self.renew_seconds = list(job_ids), owner, renew_seconds
@@ -64,8 +56,6 @@ def expire_lapsed(owner: str) -> list[int]:
     Each is taken over first with a conditional UPDATE (its lease still expired, its claimant
     unchanged), so of several processes doing this at once one finalises it.
     """
-    from .finalize import finalize
-
     db = session()
     lapsed = db.execute(select(Job.id, Job.claimed_by, Job.lease_expires_at).where(
         Job.status == JobStatus.RUNNING, Job.lease_expires_at.is_not(None), Job.lease_expires_at < now())).all()

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..states import COLLECTION_ROOT
+from ..checkout import COLLECTION_ROOT
 
 MAX_EVENT_STDOUT = 64 * 1024  # per event, like AWX's cap but smaller: logs are paginated anyway
 
@@ -269,10 +269,40 @@ def run_playbook(job_id: int, playbook: str, hosts: list[HostSpec], extravars: d
     known_hosts = private / "known_hosts"
     known_hosts.write_text(_known_hosts_lines(hosts))
     marker_value = f"{job_id}-{private.name}"
-    marker = f"GPUAAS_JOB_MARKER={marker_value}"
+    events = RunEvents(on_event, should_cancel)
+
+    import ansible_runner  # here, not at import: the web workers never need it
+
+    _close_ptys_without_pause()
+    try:
+        runner = ansible_runner.run(
+            private_data_dir=str(private),
+            playbook=str(COLLECTION_ROOT / "playbooks" / f"{playbook}.yml"),
+            inventory=build_inventory(hosts, key_file, known_hosts),
+            extravars={**(operator_extravars or {}), **as_data(extravars)},
+            envvars=runner_environment(bin_dir, private, data_dir, marker_value),
+            event_handler=events.handle,
+            cancel_callback=events.cancel_asked,
+            timeout=timeout,
+            quiet=True,
+            # Events carry the output (stored by on_event); a stdout file would be written only to
+            # be deleted with the private dir.
+            suppress_output_file=True,
+            ident="run",
+        )
+        status, rc = runner.status, runner.rc
+    finally:
+        kill_job_processes(f"GPUAAS_JOB_MARKER={marker_value}", str(private))  # no process of this job outlives it
+        new_keys = _read_new_keys(known_hosts, hosts)
+        # The private dir holds the inventory, the env and the command line: gone with the job.
+        shutil.rmtree(private, ignore_errors=True)
+    return events.result(status, rc, new_keys, timeout)
+
+
+def runner_environment(bin_dir: Path, private: Path, data_dir: Path, marker_value: str) -> dict:
+    """The run's whole environment: the artifacts and status callbacks must not carry the service's."""
     build = data_dir / "ansible"
-    envvars = {
-        # Minimal environment: the artifacts and status callbacks must not carry the service's.
+    return {
         # The service's own bin first: ansible-runner starts `ansible-playbook` by name, looked up
         # on this PATH (pexpect's which(env=)), and what the playbooks run on the controller
         # (kubectl from PyPI) is that install's too.
@@ -292,56 +322,39 @@ def run_playbook(job_id: int, playbook: str, hosts: list[HostSpec], extravars: d
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
         "GPUAAS_JOB_MARKER": marker_value,
     }
-    canceled = threading.Event()
-    final_stats: dict = {}
 
-    def cancel_callback():
-        if should_cancel():
-            canceled.set()
+
+class RunEvents:
+    """ansible-runner's callbacks for one run: each event passed on (its output capped), the final
+    stats kept, and the cancel question asked."""
+
+    def __init__(self, on_event, should_cancel):
+        self.on_event, self.should_cancel = on_event, should_cancel
+        self.canceled = threading.Event()
+        self.final_stats: dict = {}
+
+    def cancel_asked(self) -> bool:
+        if self.should_cancel():
+            self.canceled.set()
             return True
         return False
 
-    def event_handler(event):
+    def handle(self, event: dict) -> bool:
         stdout = event.get("stdout", "")
         if len(stdout) > MAX_EVENT_STDOUT:
             event["stdout"] = stdout[:MAX_EVENT_STDOUT] + "\n[... output truncated]"
         if event.get("event") == "playbook_on_stats":
-            final_stats.update(event.get("event_data", {}))
-        on_event(event)
+            self.final_stats.update(event.get("event_data", {}))
+        self.on_event(event)
         return False  # the runner need not keep its own copy on disk
 
-    import ansible_runner  # here, not at import: the web workers never need it
-
-    _close_ptys_without_pause()
-
-    try:
-        runner = ansible_runner.run(
-            private_data_dir=str(private),
-            playbook=str(COLLECTION_ROOT / "playbooks" / f"{playbook}.yml"),
-            inventory=build_inventory(hosts, key_file, known_hosts),
-            extravars={**(operator_extravars or {}), **as_data(extravars)},
-            envvars=envvars,
-            event_handler=event_handler,
-            cancel_callback=cancel_callback,
-            timeout=timeout,
-            quiet=True,
-            # Events carry the output (stored by on_event); a stdout file would be written only to
-            # be deleted with the private dir.
-            suppress_output_file=True,
-            ident="run",
-        )
-        status, rc = runner.status, runner.rc
-    finally:
-        kill_job_processes(marker, str(private))  # whatever the outcome, no process of this job outlives it
-        new_keys = _read_new_keys(known_hosts, hosts)
-        # The private dir holds the inventory, the env and the command line: gone with the job.
-        shutil.rmtree(private, ignore_errors=True)
-    explanation = ""
-    if canceled.is_set():
-        status, explanation = "canceled", "canceled on request"
-    elif status == "timeout":
-        explanation = f"the playbook ran past its {timeout}s limit and was stopped"
-    return RunResult(status=status, rc=rc, stats={key: final_stats.get(key, {}) for key in
-                                                  ("ok", "changed", "failures", "dark", "skipped", "processed")},
-                     artifact_data=final_stats.get("artifact_data", {}), new_host_keys=new_keys,
-                     explanation=explanation)
+    def result(self, status: str, rc: int | None, new_keys: dict, timeout: int) -> RunResult:
+        explanation = ""
+        if self.canceled.is_set():
+            status, explanation = "canceled", "canceled on request"
+        elif status == "timeout":
+            explanation = f"the playbook ran past its {timeout}s limit and was stopped"
+        return RunResult(status=status, rc=rc, stats={key: self.final_stats.get(key, {}) for key in
+                                                      ("ok", "changed", "failures", "dark", "skipped", "processed")},
+                         artifact_data=self.final_stats.get("artifact_data", {}), new_host_keys=new_keys,
+                         explanation=explanation)

@@ -1,150 +1,107 @@
 """Job workers: the loop that claims a run (queue.py), runs its playbook (runner.py) with its events
-stored as they come (events.py), and finalises each of its jobs (finalize.py); and each process's
-housekeeper, which schedules the metrics collection and finalises what dead processes left."""
+stored as they come (events.py), and finalises each of its jobs (finalize.py)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
-import socket
 import threading
 import time
 
-from flask import Flask, current_app
+from flask import Flask
 from sqlalchemy import select, update
 
-from .. import audit
-from ..agent_wheel import agent_source_vars
 from ..db import release, session
-from ..metrics import collector
 from ..models import Job, Node
-from ..pools import start_pool_deployment
 from ..ssh_keys import private_key_file
-from ..states import ROLE_FLAGS, JobStatus, Operation
+from ..states import JobStatus
+from .claims import claimant, job_submitted
 from .events import EventWriter
-from .finalize import finalize, reconcile_orphans
-from .lease import Lease, expire_lapsed
-from .queue import BATCH_QUIET_SECONDS, claim_run, claimant
-from .submit import job_submitted
-from .runner import AnsibleNotFound, HostSpec, pid_alive, remove_stale_job_dirs, run_playbook
+from .finalize import finalize
+from .hooks import OperationHooks, hooks_for
+from .housekeeper import Housekeeper
+from .inventory import batch_hosts, host_spec
+from .lease import Lease
+from .queue import BATCH_QUIET_SECONDS, claim_run
+from .results import host_artifact, host_outcome, stopped_before
+from .runner import AnsibleNotFound, RunResult, run_playbook
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_SECONDS = 0.5
-# Besides at start-up, the housekeeper looks for jobs orphaned by a dead process this often.
-RECONCILE_SECONDS = 30
-# How often the housekeeper asks whether the metrics collection is due (see metrics/collector.py).
-COLLECTION_CHECK_SECONDS = 5.0
-# How often the housekeeper deletes the audit records older than GPUAAS_AUDIT_RETENTION_DAYS: they
-# are kept for days, so an hour late is nothing, and a delete is not worth taking the write lock more often.
-AUDIT_PRUNE_SECONDS = 3600.0
 
 
-def node_groups(node: Node) -> list[str]:
-    return [group for group, flag in ROLE_FLAGS.items() if getattr(node, flag)]
+@dataclasses.dataclass
+class Run:
+    """One claimed playbook run: its jobs (the first leads; more than one is a batch) and their nodes:
+    each job's own node, then the helpers they share (a controller). A deleted node is None."""
+
+    jobs: list[Job]
+    nodes: list[Node | None]
+
+    @property
+    def lead(self) -> Job:
+        return self.jobs[0]
+
+    @property
+    def is_batch(self) -> bool:
+        return len(self.jobs) > 1
+
+    def targets(self) -> list[Node]:
+        """The nodes the run acts on; a multi-node job's (pool_apply) hosts beyond its targets are helpers."""
+        if "targets" in self.lead.extravars:
+            return [node for node in self.nodes if node.id in self.lead.extravars["targets"]]
+        return self.nodes[:len(self.jobs)]
+
+    def hosts(self):
+        if self.is_batch:
+            return batch_hosts(self.nodes[:len(self.jobs)], self.nodes[len(self.jobs):])
+        return [host_spec(node) for node in self.nodes]
+
+    def job_of_host(self) -> dict[str, int]:
+        """In a batch, a host's events belong to that host's job; the play's own go to every job."""
+        if not self.is_batch:
+            return {}
+        return {node.inventory_name: job.id for job, node in zip(self.jobs, self.nodes) if node is not None}
+
+    def node_of_host(self) -> dict[str, int]:
+        return {node.inventory_name: node.id for node in self.nodes if node is not None}
 
 
-# The roles' defaults that name "the controller" as the first host of the run's `controller` group.
-CONTROLLER_VARIABLES = ("cluster_join_controller", "cluster_leave_controller", "cluster_departed_controller",
-                        "node_reboot_controller")
+def load_run(job_ids: list[int]) -> Run:
+    db = session()
+    jobs = [db.get(Job, job_id) for job_id in job_ids]
+    hosts = jobs[0].extravars.get("hosts", [])
+    if len(jobs) == 1:
+        return Run(jobs, [db.get(Node, node_id) for node_id in hosts])
+    return Run(jobs, [db.get(Node, job.node_id) for job in jobs] + [db.get(Node, node_id) for node_id in hosts[1:]])
 
 
-def own_controller(node: Node, helpers: list[Node]) -> str:
-    """The controller a node's roles use when its job runs alone: the first controller-flagged host of
-    its own run (the node, then its helpers), or none."""
-    return next((host.inventory_name for host in [node, *helpers] if host.is_controller_node), "")
+class CancelPoll:
+    """Asked by the runner while the playbook runs whether to stop it: a cancel request of one of its
+    jobs, or the lease lost. The database is read at most every CANCEL_POLL_SECONDS."""
+
+    def __init__(self, app: Flask, job_ids: list[int], lease: Lease):
+        self.app, self.job_ids, self.lease = app, job_ids, lease
+        self.polled_at, self.answer = 0.0, False
+
+    def __call__(self) -> bool:
+        if time.monotonic() - self.polled_at >= CANCEL_POLL_SECONDS:
+            self.polled_at = time.monotonic()
+            with self.app.app_context():
+                asked = bool(session().scalar(select(Job.id).where(Job.id.in_(self.job_ids), Job.cancel_requested).limit(1)))
+                self.answer = not self.lease.still_held() or asked
+                release()
+        return self.answer
 
 
-def host_spec(node: Node, controller: str | None = None) -> HostSpec:
-    """The node as an inventory host. ``controller`` (in a batch) pins the controller its roles use to
-    the one its own run would have had: the batch's `controller` group also holds the other jobs'
-    controller-flagged nodes, maybe of other regions, and its first one is nobody's in particular."""
-    hostvars = {"node_init_roles": node_groups(node)}
-    if controller is not None:
-        hostvars.update(dict.fromkeys(CONTROLLER_VARIABLES, controller))
-    if node.kubernetes_name:
-        hostvars["gpuaas_node_name"] = node.kubernetes_name  # what every role names the node in Kubernetes
-    if node.volume_group:
-        hostvars["node_init_volume_group"] = node.volume_group
-        hostvars["storage_metrics_volume_group"] = node.volume_group
-    if node.external_service_ip:
-        hostvars["node_init_external_service_ip"] = node.external_service_ip
-    config = current_app.config["GPUAAS"]
-    if config.agent_http:
-        # Every play that installs the agent (gpu_sharing, gpuaas_enable, node_join) gives it HTTP on
-        # the node's registered address and the token; the task installing the token is no_log, and the
-        # inventory is gone with the job's private directory.
-        hostvars["gpu_sharing_agent_http_listen"] = config.agent_address(node.node_ip)
-        hostvars["gpu_sharing_agent_token"] = config.AGENT_TOKEN
-    return HostSpec(node_id=node.id, name=node.inventory_name, address=node.node_ip, port=node.port, user=node.username,
-                    groups=node_groups(node), host_key=node.ssh_host_key, hostvars=hostvars)
+def event_router(writer: EventWriter, run: Run):
+    """The runner's event callback: each event to its host's job in a batch, else to every job of the run."""
+    job_of_host = run.job_of_host()
 
-
-def _host_outcome(result, host: str) -> tuple[str, int | None]:
-    if result.status not in ("successful", "failed"):
-        return result.status, result.rc  # canceled, timeout, error: the whole run
-    if host in result.stats.get("dark", {}):
-        return "failed", 4
-    if host in result.stats.get("failures", {}):
-        return "failed", 2
-    if host not in result.stats.get("processed", {}):
-        return "failed", result.rc
-    return "successful", 0
-
-
-def _reached(result, host: str) -> bool:
-    return any(host in result.stats.get(kind, {}) for kind in ("processed", "dark", "failures"))
-
-
-def _someone_failed(result) -> bool:
-    return bool(result.stats.get("dark") or result.stats.get("failures"))
-
-
-class Housekeeper(threading.Thread):
-    """One per process, beside its job workers: it starts the metrics collection when due,
-    finalises what dead or stalled processes left running (orphans, lapsed leases), and deletes the
-    audit records past their retention. It never runs a playbook, so it keeps its period while every
-    job worker is busy with a long one."""
-
-    def __init__(self, app: Flask):
-        super().__init__(name="gpuaas-housekeeper", daemon=True)
-        self.app = app
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        config = self.app.config["GPUAAS"]
-        collecting = config.METRICS_INTERVAL_SECONDS > 0
-        next_reconcile = time.monotonic() + min(RECONCILE_SECONDS, config.JOB_LEASE_RENEW_SECONDS)
-        next_collection_check = time.monotonic() if collecting else float("inf")
-        next_audit_prune = time.monotonic() if config.AUDIT_RETENTION_DAYS > 0 else float("inf")
-        with self.app.app_context():
-            while not self.stopping.is_set():
-                if time.monotonic() >= next_collection_check:
-                    # Cheap (one conditional UPDATE); the shared schedule lets one caller per period win.
-                    # The winner of an agents' period reads them here, within half the interval.
-                    next_collection_check = time.monotonic() + min(COLLECTION_CHECK_SECONDS,
-                                                                   config.METRICS_INTERVAL_SECONDS / 2)
-                    try:
-                        collector.tick(config)
-                    except Exception:
-                        log.exception("scheduling the metrics collection failed")
-                    release()
-                if time.monotonic() >= next_reconcile:
-                    # A lapsed lease is finalised within a renewal interval of its expiry, by any process.
-                    next_reconcile = time.monotonic() + min(RECONCILE_SECONDS, config.JOB_LEASE_RENEW_SECONDS)
-                    try:
-                        reconcile_orphans(socket.gethostname(), pid_alive)
-                        expire_lapsed(claimant())
-                        sweep_job_dirs(config)
-                    except Exception:
-                        log.exception("reconciling orphaned jobs failed")
-                    release()
-                if time.monotonic() >= next_audit_prune:
-                    next_audit_prune = time.monotonic() + AUDIT_PRUNE_SECONDS
-                    try:
-                        audit.prune(config.AUDIT_RETENTION_DAYS)
-                    except Exception:
-                        log.exception("pruning the audit trail failed")
-                    release()
-                self.stopping.wait(max(0.05, min(next_reconcile, next_collection_check, next_audit_prune)
-                                       - time.monotonic()))
+    def on_event(event: dict) -> None:
+        host = event.get("event_data", {}).get("host")
+        for job_id in ([job_of_host[host]] if host in job_of_host else [job.id for job in run.jobs]):
+            writer.put(job_id, event)
+    return on_event
 
 
 class JobWorker(threading.Thread):
@@ -174,126 +131,85 @@ class JobWorker(threading.Thread):
                     release()
 
     def execute(self, job_ids: list[int]) -> None:
+        """Run the claimed jobs' playbook and finalise each of them, whatever happened: a job never stays running."""
         config = self.app.config["GPUAAS"]
-        db = session()
-        jobs = [db.get(Job, job_id) for job_id in job_ids]
-        lead = jobs[0]
-        nodes = [db.get(Node, node_id) for node_id in lead.extravars.get("hosts", [])]
-        if len(jobs) > 1:  # a batch: each job's node (its target), then the helpers they share (a controller)
-            nodes = [db.get(Node, job.node_id) for job in jobs]
-            nodes += [db.get(Node, node_id) for node_id in lead.extravars.get("hosts", [])[1:]]
-        # A pool change shows in the logs of each node it touched; the periodic metrics collection
-        # would bury them, so its events stay with its job only.
-        node_of_host = ({} if lead.operation == Operation.COLLECT_METRICS.value
-                        else {node.inventory_name: node.id for node in nodes if node is not None})
-        writer = EventWriter(self.app, {job.id: job.node_id for job in jobs}, node_of_host)
-        # In a batch, a host's events belong to that host's job; the play's own go to every job.
-        job_of_host = ({node.inventory_name: job.id for job, node in zip(jobs, nodes) if node is not None}
-                       if len(jobs) > 1 else {})
-        last_poll = [0.0, False]
+        run = load_run(job_ids)
+        hooks = hooks_for(run.lead.operation)
+        writer = EventWriter(self.app, {job.id: job.node_id for job in run.jobs},
+                             run.node_of_host() if hooks.events_on_node_logs else {})
         owner = claimant()
-        lease = Lease(job_ids, owner, config.JOB_LEASE_RENEW_SECONDS)
-
-        def on_event(event: dict) -> None:
-            host = event.get("event_data", {}).get("host")
-            if host in job_of_host:
-                writer.put(job_of_host[host], event)
-            else:
-                for job in jobs:
-                    writer.put(job.id, event)
-
-        def should_cancel() -> bool:
-            """Asked by the runner while the playbook runs: a cancel request, or the lease lost."""
-            if time.monotonic() - last_poll[0] >= CANCEL_POLL_SECONDS:
-                last_poll[0] = time.monotonic()
-                with self.app.app_context():
-                    last_poll[1] = bool(session().scalar(select(Job.id).where(Job.id.in_(job_ids),
-                                                                              Job.cancel_requested).limit(1)))
-                    last_poll[1] = not lease.still_held() or last_poll[1]
-                    release()
-            return last_poll[1]
-
-        log.info("running job(s) %s: %s on %s", job_ids, lead.operation, ", ".join(n.inventory_name for n in nodes if n))
+        should_cancel = CancelPoll(self.app, job_ids, Lease(job_ids, owner, config.JOB_LEASE_RENEW_SECONDS))
+        log.info("running job(s) %s: %s on %s", job_ids, run.lead.operation,
+                 ", ".join(node.inventory_name for node in run.nodes if node))
         result, failure = None, ""
         try:
-            if any(node is None for node in nodes):
-                raise RuntimeError("a node of this job was deleted before it ran")
-            with self.app.app_context():  # the deployment's identity: made by the first job that needs it
-                identity = private_key_file(config)
-            if "targets" in lead.extravars:  # a multi-node job (pool_apply): its hosts beyond these are helpers
-                target_nodes = [node for node in nodes if node.id in lead.extravars["targets"]]
-            else:
-                target_nodes = nodes[:len(jobs)]
-            targets = ",".join(node.inventory_name for node in target_nodes)
-            if lead.operation == Operation.POOL_APPLY.value:
-                start_pool_deployment(lead.extravars["pool_id"])
-            extravars = {**lead.extravars.get("vars", {}), "gpuaas_targets": targets}
-            extravars.update(agent_source_vars(lead.operation, config))  # the checkout's agent wheel, for its playbooks
-            if lead.operation == Operation.REBOOT.value and "node_reboot_serial" not in config.ANSIBLE_EXTRA_VARS:
-                extravars["node_reboot_serial"] = config.REBOOT_SERIAL  # how many of a batch's nodes go down at once
-            playbook_started = time.monotonic()
-            if len(jobs) > 1:  # a batch: each target keeps its own controller (its job's helpers are the lead's)
-                helpers = nodes[len(jobs):]
-                hosts = ([host_spec(n, own_controller(n, helpers)) for n in nodes[:len(jobs)]]
-                         + [host_spec(n) for n in helpers])
-            else:
-                hosts = [host_spec(n) for n in nodes]
-            result = run_playbook(lead.id, Operation(lead.operation).value, hosts,
-                                  extravars, config.DATA_DIR, identity,
-                                  on_event, should_cancel, timeout=config.JOB_TIMEOUT_SECONDS,
-                                  operator_extravars=config.ANSIBLE_EXTRA_VARS)
-            log.info("job(s) %s: playbook %s in %.2f s", job_ids, result.status, time.monotonic() - playbook_started)
+            result = self.play(run, hooks, event_router(writer, run), should_cancel)
         except AnsibleNotFound as error:  # the install's fault, not the job's: no traceback
             log.error("jobs %s could not run: %s", job_ids, error)
             failure = f"the job could not run: {error}"
-        except Exception as error:  # finalise whatever happened: a job never stays running
+        except Exception as error:  # finalise whatever happened
             log.exception("jobs %s failed to run", job_ids)
             failure = f"the job could not run: {error}"
         finally:
             emitted = writer.close()
             session().rollback()
-            self._finish(jobs, nodes, result, failure, emitted, owner)
+            finish_run(run, result, failure, emitted, owner)
 
-    def _finish(self, jobs, nodes, result, failure: str, emitted: dict, owner: str) -> None:
-        """Finalise each job of the run, as ``owner``: a job whose lease this process lost is left alone."""
-        db = session()
-        for job, node in zip(jobs, nodes):
-            if result is None:
-                finalize(job.id, "error", None, failure, {}, emitted_events=emitted[job.id], owner=owner)
-                continue
-            if len(jobs) == 1:
-                outcomes = {n.id: _host_outcome(result, n.inventory_name)[0] == "successful" for n in nodes if n is not None}
-                finalize(job.id, result.status, result.rc, result.explanation, result.artifact_data,
-                         result.new_host_keys, emitted[job.id], host_outcomes=outcomes, owner=owner)
-                continue
-            if result.status == "canceled" and not db.scalar(select(Job.cancel_requested).where(Job.id == job.id)):
-                # Canceled because another job of its batch was: run it again later.
-                db.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING, Job.claimed_by == owner)
-                           .values(status=JobStatus.PENDING, claimed_by=None, started_at=None, lease_expires_at=None))
-                db.commit()
-                continue
-            if result.status == "failed" and not _reached(result, node.inventory_name) and _someone_failed(result):
-                # The run stopped before it reached this node (a rolling reboot stops when a whole serial
-                # batch failed): it is not this node's failure, and nothing was done to it. Run it again.
-                db.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING, Job.claimed_by == owner)
-                           .values(status=JobStatus.PENDING, claimed_by=None, started_at=None, lease_expires_at=None))
-                db.commit()
-                continue
-            status, rc = _host_outcome(result, node.inventory_name)
-            artifact = {key: {node.inventory_name: value[node.inventory_name]} for key, value in result.artifact_data.items()
-                        if isinstance(value, dict) and node.inventory_name in value}
-            keys = {node.id: result.new_host_keys[node.id]} if node.id in result.new_host_keys else {}
-            explanation = result.explanation if status == result.status else ""
-            finalize(job.id, status, rc, explanation, artifact, keys, emitted[job.id], owner=owner)
+    def play(self, run: Run, hooks: OperationHooks, on_event, should_cancel) -> RunResult:
+        config = self.app.config["GPUAAS"]
+        if any(node is None for node in run.nodes):
+            raise RuntimeError("a node of this job was deleted before it ran")
+        with self.app.app_context():  # the deployment's identity: made by the first job that needs it
+            identity = private_key_file(config)
+        lead = run.lead
+        extravars = {**lead.extravars.get("vars", {}), "gpuaas_targets": ",".join(node.inventory_name for node in run.targets())}
+        extravars.update(hooks.run_vars(lead, config))
+        started = time.monotonic()
+        result = run_playbook(lead.id, lead.operation, run.hosts(), extravars, config.DATA_DIR, identity,
+                              on_event, should_cancel, timeout=config.JOB_TIMEOUT_SECONDS,
+                              operator_extravars=config.ANSIBLE_EXTRA_VARS)
+        log.info("job(s) %s: playbook %s in %.2f s", [job.id for job in run.jobs], result.status, time.monotonic() - started)
+        return result
 
 
-def sweep_job_dirs(config) -> list[str]:
-    """Remove this host's private run dirs that no running job owns (runner.remove_stale_job_dirs)."""
-    removed = remove_stale_job_dirs(
-        config.DATA_DIR, lambda: set(session().scalars(select(Job.id).where(Job.status == JobStatus.RUNNING))))
-    if removed:
-        log.warning("removed the run directories of jobs no longer running: %s", ", ".join(removed))
-    return removed
+def finish_run(run: Run, result: RunResult | None, failure: str, emitted: dict, owner: str) -> None:
+    """Finalise each job of the run, as ``owner``: a job whose lease this process lost is left alone."""
+    for job, node in zip(run.jobs, run.nodes):
+        if result is None:
+            finalize(job.id, "error", None, failure, {}, emitted_events=emitted[job.id], owner=owner)
+        elif not run.is_batch:
+            outcomes = {n.id: host_outcome(result, n.inventory_name)[0] == "successful" for n in run.nodes if n is not None}
+            finalize(job.id, result.status, result.rc, result.explanation, result.artifact_data,
+                     result.new_host_keys, emitted[job.id], host_outcomes=outcomes, owner=owner)
+        elif must_run_again(job, node, result):
+            put_back(job, owner)
+        else:
+            finish_batch_job(job, node, result, emitted[job.id], owner)
+
+
+def must_run_again(job: Job, node: Node, result: RunResult) -> bool:
+    """A batch's job that its run did not really try: canceled because another job of the batch was,
+    or stopped before its node was reached."""
+    if result.status == "canceled":
+        return not session().scalar(select(Job.cancel_requested).where(Job.id == job.id))
+    return stopped_before(result, node.inventory_name)
+
+
+def put_back(job: Job, owner: str) -> None:
+    """Make a claimed job pending again, to run later."""
+    db = session()
+    db.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING, Job.claimed_by == owner)
+               .values(status=JobStatus.PENDING, claimed_by=None, started_at=None, lease_expires_at=None))
+    db.commit()
+
+
+def finish_batch_job(job: Job, node: Node, result: RunResult, emitted: int, owner: str) -> None:
+    """Finalise a batch's job from its own host's part of the run."""
+    status, rc = host_outcome(result, node.inventory_name)
+    keys = {node.id: result.new_host_keys[node.id]} if node.id in result.new_host_keys else {}
+    explanation = result.explanation if status == result.status else ""
+    finalize(job.id, status, rc, explanation, host_artifact(result.artifact_data, node.inventory_name), keys, emitted,
+             owner=owner)
 
 
 def start_workers(app: Flask, count: int = 2) -> list[threading.Thread]:
@@ -303,10 +219,3 @@ def start_workers(app: Flask, count: int = 2) -> list[threading.Thread]:
     for worker in workers:
         worker.start()
     return workers
-
-
-def reconcile(app: Flask) -> list[int]:
-    with app.app_context():
-        finalised = reconcile_orphans(socket.gethostname(), pid_alive)
-        sweep_job_dirs(app.config["GPUAAS"])
-        return finalised

@@ -18,7 +18,7 @@ import json
 import socket
 import time
 
-from ..states import GPU_METRICS
+from .series import GPU_METRICS
 
 STATUS_PATH = "/status"
 # A node's status with a few hundred slots is tens of KiB; anything far larger is not an agent's.

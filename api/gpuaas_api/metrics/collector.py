@@ -28,7 +28,8 @@ from sqlalchemy.exc import IntegrityError
 from ..config import Config
 from ..db import session
 from ..models import Gpu, Job, Node, Schedule
-from ..states import GPU_METRICS, GpuAssignment, JobStatus, NodeStatus, Operation
+from ..states import GpuAssignment, JobStatus, NodeStatus, Operation
+from .series import GPU_METRICS
 from .agent_http import Target, gpu_readings, read_agents
 from .store import prune, record_gpu_samples, record_storage_sample
 

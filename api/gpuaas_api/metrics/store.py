@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from .. import node_reports
 from ..db import session
 from ..models import GpuReading, MetricRollup, MetricSample, StorageSample
-from ..states import BUCKET_OFFSET_SECONDS, GPU_METRICS, TIME_GROUPINGS
+from .series import BUCKET_OFFSET_SECONDS, GPU_METRICS, TIME_GROUPINGS
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from .. import audit
 from ..access import reads
 from ..rendering import render_audit_event
 from ..schemas import AuditPageSchema, AuditQuerySchema
-from ..views import json_reply
+from ..reply_cache import json_reply
 
 blp = Blueprint("audit", __name__, description="The audit trail: every request that changed state, and every login")
 

@@ -10,7 +10,8 @@ from werkzeug.exceptions import TooManyRequests
 
 from .. import login_throttle
 from ..access import public
-from ..auth import COOKIE_NAME, LOGIN_TOKEN, check_login, issue_token
+from ..auth import COOKIE_NAME
+from ..credentials import LOGIN_TOKEN, issue_token, verified_user
 from ..db import session
 from ..errors import ApiError
 from ..models import User
@@ -59,13 +60,12 @@ def _checked_login(username: str, password: str, limits: login_throttle.Limits) 
     except login_throttle.LoginThrottled as throttled:
         LOG.warning("login refused for %s: %s", who, throttled)
         raise TooManyRequests(str(throttled), retry_after=throttled.retry_after) from throttled
-    try:
-        user = check_login(username, password)
-    except ApiError as error:
+    user = verified_user(username, password)
+    if user is None:
         login_throttle.record_failure(username, address, limits)
         session().commit()
-        LOG.warning("login refused for %s: %s", who, error.message)
-        raise
+        LOG.warning("login refused for %s: wrong username or password", who)
+        raise ApiError(401, "wrong username or password")
     login_throttle.forget_failures(username, address)
     return user
 

@@ -7,13 +7,13 @@ from sqlalchemy.orm import selectinload
 
 from ..access import changes, reads
 from ..db import commit_unique, session
-from ..errors import conflict, field_error, not_found
-from ..jobs.queue import jobs_ahead
+from ..domain_errors import Conflict, DomainError, Invalid, Refused, not_found
+from ..jobs.holds import jobs_ahead
 from ..models import Node
 from ..schemas import NodeAddSchema, NodeEditSchema, NodeSchema, RegionQuerySchema, SuccessSchema
 from ..ssh_keys import public_keys
 from ..states import DELETABLE_NODE_STATUSES, ROLE_FLAGS
-from ..views import cached_reply, json_reply, node_list, node_reply
+from ..reply_cache import cached_reply, json_reply, node_list, node_reply
 from .regions import get_region
 
 blp = Blueprint("nodes", __name__, description="GPU nodes")
@@ -26,15 +26,15 @@ def get_node(node_id: int) -> Node:
     return node
 
 
-def _check_role_fields(node: Node, status: int = 422) -> None:
+def _check_role_fields(node: Node, refusal: type[DomainError] = Invalid) -> None:
     """The role rules (published as schemas.SCHEMA_RULES on node add). On an edit they concern the node
     as stored and changed, not the request alone: a conflict with what is stored (409)."""
     if node.is_storage_service and not node.volume_group:
-        raise field_error("volume_group", "a storage node needs a volume group", status)
+        raise refusal("a storage node needs a volume group", "volume_group")
     if node.is_gateway_service and not node.external_service_ip:
-        raise field_error("external_service_ip", "a gateway node needs an external service IP", status)
+        raise refusal("a gateway node needs an external service IP", "external_service_ip")
     if not any(getattr(node, flag) for flag in ROLE_FLAGS.values()):
-        raise field_error(ROLE_FLAGS["worker"], "a node needs at least one role", status)
+        raise refusal("a node needs at least one role", ROLE_FLAGS["worker"])
 
 
 def _commit_unique(node: Node) -> None:
@@ -86,7 +86,7 @@ class NodeEdit(MethodView):
             setattr(node, key, value)
         if {"node_ip", "port"} & fields.keys():
             node.ssh_host_key = None  # a new address is a new host: pin its key again
-        _check_role_fields(node, 409)
+        _check_role_fields(node, Conflict)
         _commit_unique(node)
         return json_reply(node_reply(session(), get_node(node_id)))
 
@@ -96,10 +96,10 @@ class NodeDelete(MethodView):
     def _delete(self, node_id):
         node = get_node(node_id)
         if node.status not in DELETABLE_NODE_STATUSES:
-            raise conflict(f"node {node_id} is {node.status.value}; deinitialize it before deleting it")
+            raise Refused(f"node {node_id} is {node.status.value}; deinitialize it before deleting it")
         waiting = jobs_ahead({node.id})
         if waiting:
-            raise conflict(f"node {node_id} has job {waiting[0].id} ({waiting[0].operation}) running or queued; "
+            raise Refused(f"node {node_id} has job {waiting[0].id} ({waiting[0].operation}) running or queued; "
                            "wait for it or cancel it")
         session().delete(node)
         session().commit()

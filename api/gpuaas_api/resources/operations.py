@@ -9,13 +9,14 @@ from sqlalchemy import func, select
 
 from ..access import changes, reads
 from ..db import session
-from ..errors import ApiError, conflict, field_error, not_found
+from ..clusters import cluster_by_id
+from ..domain_errors import Conflict, Invalid, Refused, not_found
 from ..validation import MAX_ID
-from ..jobs.preconditions import refusal_beyond_status
 from ..jobs.queue import cancel_waiting
-from ..jobs.submit import submit
 from ..jobs.waiting import wait_until_finished
 from ..metrics.store import latest_storage_sample
+from ..operations.nodes import submit
+from ..operations.preconditions import refusal_beyond_status
 from ..models import Cluster, Gpu, Job, JobEvent, Node, Scan
 from ..rendering import render_cluster, render_gpu, render_job, render_scan, timestamp
 from ..schemas import (ClusterSchema, ControllerQuerySchema, EnableReplySchema, GpuListSchema, JobSchema,
@@ -23,7 +24,7 @@ from ..schemas import (ClusterSchema, ControllerQuerySchema, EnableReplySchema, 
                        NodeIdQuerySchema, OperationReplySchema, PageQuerySchema, ScanQuerySchema, ScanSchema,
                        StorageMetricsSchema, SuccessSchema)
 from ..states import SCAN_KINDS, ClusterStatus, JobStatus, Operation, ScanStatus
-from ..views import json_reply
+from ..reply_cache import json_reply
 from .nodes import get_node
 from .regions import remove_torn_down_clusters
 
@@ -42,15 +43,15 @@ def active_cluster_of(node: Node) -> Cluster:
     cluster = session().scalar(select(Cluster).where(Cluster.region_id == node.region_id,
                                                      Cluster.status != ClusterStatus.INACTIVE))
     if cluster is None or cluster.status is not ClusterStatus.ACTIVE:
-        raise conflict(f"region {node.region_id} has no active GPUaaS cluster; enable one on a controller first")
+        raise Refused(f"region {node.region_id} has no active GPUaaS cluster; enable one on a controller first")
     return cluster
 
 
 def _check_beyond_status(operation: Operation, node: Node, cluster_id: int | None = None, field: str | None = None):
-    """409 for what the operation needs beyond the node's status (jobs/preconditions.py)."""
+    """409 for what the operation needs beyond the node's status (operations/preconditions.py)."""
     reason = refusal_beyond_status(operation, node, cluster_id)
     if reason:
-        raise field_error(field, reason, 409) if field else conflict(reason)
+        raise Refused(reason, field)
 
 
 def _simple(operation: Operation, what: str, arguments, query_key: str, extra=None):
@@ -136,7 +137,7 @@ class Enable(MethodView):
         existing = db.scalar(select(Cluster).where(Cluster.region_id == node.region_id,
                                                    Cluster.status != ClusterStatus.INACTIVE))
         if existing is not None and existing.status is not ClusterStatus.ERROR_WHILE_ENABLING:
-            raise conflict(f"region {node.region_id} already has GPUaaS cluster {existing.id} "
+            raise Refused(f"region {node.region_id} already has GPUaaS cluster {existing.id} "
                            f"({existing.status.value})")
         cluster = existing or Cluster(region_id=node.region_id)
         node.is_controller_node = True
@@ -157,13 +158,13 @@ class NodeJoin(MethodView):
         """Join a worker to its region's cluster. Body: {joinee_node_id, region_id} or {gpuaas_id, gpuaas_node_id}."""
         node_id = body.get("joinee_node_id") or body.get("gpuaas_node_id")
         if node_id is None:
-            raise field_error("joinee_node_id", "give joinee_node_id (or gpuaas_node_id)")
+            raise Invalid("give joinee_node_id (or gpuaas_node_id)", "joinee_node_id")
         node = get_node(node_id)
         if "region_id" in body and body["region_id"] != node.region_id:
-            raise field_error("region_id", f"node {node.id} is in region {node.region_id}", 409)
+            raise Conflict(f"node {node.id} is in region {node.region_id}", "region_id")
         cluster = active_cluster_of(node)
         if "gpuaas_id" in body and body["gpuaas_id"] != cluster.id:
-            raise field_error("gpuaas_id", f"node {node.id}'s region has cluster {cluster.id}", 409)
+            raise Conflict(f"node {node.id}'s region has cluster {cluster.id}", "gpuaas_id")
         controller = get_node(cluster.controller_node_id)
         job = submit(Operation.JOIN, node, cluster_id=cluster.id, extra_hosts=[controller.id],
                      extravars={"cluster_join_controller": controller.inventory_name})
@@ -314,7 +315,7 @@ class JobCancel(MethodView):
         if job is None:
             raise not_found("job", job_id)
         if job.status.finished:
-            raise ApiError(409, f"job {job_id} has already finished ({job.status.value})")
+            raise Refused(f"job {job_id} has already finished ({job.status.value})")
         job.cancel_requested = True  # stored before anything is signalled
         db.commit()
         if job.status is JobStatus.PENDING:
@@ -334,19 +335,12 @@ class Clusters(MethodView):
         return json_reply([render_cluster(cluster) for cluster in ordered])
 
 
-def get_cluster(gpuaas_id: int) -> Cluster:
-    cluster = session().get(Cluster, gpuaas_id)
-    if cluster is None:
-        raise not_found("GPUaaS cluster", gpuaas_id)
-    return cluster
-
-
 @blp.route("/gpuaas/<id:gpuaas_id>")
 class ClusterById(MethodView):
     @blp.response(200, ClusterSchema)
     @reads
     def get(self, gpuaas_id):
-        return json_reply(render_cluster(get_cluster(gpuaas_id)))
+        return json_reply(render_cluster(cluster_by_id(gpuaas_id)))
 
     @blp.response(200, SuccessSchema)
     @changes
@@ -354,12 +348,12 @@ class ClusterById(MethodView):
         """Tear a cluster down once no node is in it (workers left, controller deinitialised): the cluster
         and its pools are removed, and a GET then answers 404."""
         db = session()
-        cluster = get_cluster(gpuaas_id)
+        cluster = cluster_by_id(gpuaas_id)
         if cluster.status is ClusterStatus.ENABLE_SETTING_UP:
-            raise conflict(f"GPUaaS cluster {gpuaas_id} is being enabled; wait for its job, then tear it down")
+            raise Refused(f"GPUaaS cluster {gpuaas_id} is being enabled; wait for its job, then tear it down")
         members = db.scalar(select(func.count(Node.id)).where(Node.cluster_id == gpuaas_id))
         if members:
-            raise conflict(f"GPUaaS cluster {gpuaas_id} still has {members} node(s); make them leave first")
+            raise Refused(f"GPUaaS cluster {gpuaas_id} still has {members} node(s); make them leave first")
         remove_torn_down_clusters(db, [gpuaas_id])
         db.commit()
         return {"success": True, "message": f"GPUaaS cluster {gpuaas_id} torn down"}
@@ -371,7 +365,7 @@ class ClusterGpus(MethodView):
     @reads
     def get(self, gpuaas_id):
         """The cluster's GPUs, on its nodes, in node and index order."""
-        get_cluster(gpuaas_id)
+        cluster_by_id(gpuaas_id)
         gpus = session().scalars(select(Gpu).join(Node, Gpu.node_id == Node.id).where(Node.cluster_id == gpuaas_id)
                                  .order_by(Gpu.node_id, Gpu.index)).all()
         return json_reply({"items": [render_gpu(gpu) for gpu in gpus]})

@@ -13,6 +13,7 @@ from sqlalchemy.orm import selectinload
 
 from ..access import changes, reads
 from .. import pools
+from ..clusters import live_cluster
 from ..db import session
 from ..errors import ApiError
 from ..metrics.store import latest_gpu_samples, pool_series_json
@@ -21,8 +22,9 @@ from ..rendering import render_gpu
 from ..schemas import (GpuDetailsListSchema, GpuListSchema, GpuUuidsQuerySchema, GpuUuidsSchema, MetricsQuerySchema,
                        OperationReplySchema, PoolChangeSchema, PoolCreateSchema, PoolGpuSchema, PoolListSchema,
                        PoolMetricsSchema, PoolSchema, PoolUpdateSchema)
-from ..states import GPU_METRICS, TIME_GROUPING_ALIASES, TIME_GROUPINGS, GpuAssignment
-from ..views import cached_reply, json_reply
+from ..metrics.series import GPU_METRICS, TIME_GROUPING_ALIASES, TIME_GROUPINGS
+from ..states import GpuAssignment
+from ..reply_cache import cached_reply, json_reply
 
 blp = Blueprint("pools", __name__, description="GPU pools and GPU assignment")
 
@@ -153,7 +155,7 @@ class AvailableGpus(MethodView):
     @reads
     def get(self, gpuaas_id):
         """GPUs of the cluster's nodes that no pool holds and that answer."""
-        pools.get_cluster(gpuaas_id)
+        live_cluster(gpuaas_id)
         return cached_reply(("available_gpus", gpuaas_id), lambda: _available_gpus(gpuaas_id))
 
 
@@ -172,7 +174,7 @@ class AllGpus(MethodView):
     @reads
     def get(self, gpuaas_id):
         """Every GPU of the cluster's nodes, with its node and pool."""
-        pools.get_cluster(gpuaas_id)
+        live_cluster(gpuaas_id)
         db = session()
         rows = db.scalars(select(Gpu).options(selectinload(Gpu.node)).join(Node).where(Node.cluster_id == gpuaas_id)
                           .order_by(Gpu.node_id, Gpu.index)).all()

@@ -6,12 +6,12 @@ from sqlalchemy import delete, select, update
 
 from ..access import changes, reads
 from ..db import commit_unique, session
-from ..errors import conflict, not_found
+from ..domain_errors import Refused, not_found
 from ..models import Cluster, Gpu, Node, Pool, Region
 from ..rendering import render_regions
 from ..schemas import RegionCreateSchema, RegionSchema, RegionUpdateSchema
 from ..states import ClusterStatus, GpuAssignment
-from ..views import json_reply
+from ..reply_cache import json_reply
 
 blp = Blueprint("regions", __name__, description="Regions")
 
@@ -100,11 +100,11 @@ class RegionById(MethodView):
         region = get_region(region_id)
         db = session()
         if db.scalar(select(Node.id).where(Node.region_id == region_id).limit(1)) is not None:
-            raise conflict(f"region {region_id} still holds nodes; delete them first")
+            raise Refused(f"region {region_id} still holds nodes; delete them first")
         live = db.scalar(select(Cluster.id).where(Cluster.region_id == region_id,
                                                   Cluster.status != ClusterStatus.INACTIVE).limit(1))
         if live is not None:
-            raise conflict(f"region {region_id} still holds GPUaaS cluster {live}; tear it down first")
+            raise Refused(f"region {region_id} still holds GPUaaS cluster {live}; tear it down first")
         remove_torn_down_clusters(db, db.scalars(select(Cluster.id).where(Cluster.region_id == region_id)).all())
         db.delete(region)
         db.commit()

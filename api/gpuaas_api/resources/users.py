@@ -10,7 +10,7 @@ from flask_smorest import Blueprint
 from ..access import Role, admin_reads, administers, own_session
 from ..auth import COOKIE_NAME
 from ..db import session
-from ..errors import ApiError
+from ..domain_errors import NotFound
 from ..rendering import render_token, render_user
 from ..schemas import (TokenCreatedSchema, TokenCreateSchema, TokenQuerySchema, TokenSchema, UserCreateSchema,
                        UserEditSchema, UserSchema)
@@ -87,7 +87,7 @@ class Tokens(MethodView):
         """Issue a token for a user, perhaps with a narrower role; the token is shown only in this reply."""
         user = users.find_user(fields["username"])
         if user is None:
-            raise ApiError(404, f"user {fields['username']!r} not found")
+            raise NotFound(f"user {fields['username']!r} not found")
         role = Role(fields["role"]) if "role" in fields else None
         row, token = users.create_token(user, fields["description"], role, _lifetime(fields.get("expires_in_days")))
         return {**render_token(row), "token": token}

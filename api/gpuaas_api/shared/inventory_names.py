@@ -1,0 +1,1 @@
+../../../plugins/module_utils/inventory_names.py
