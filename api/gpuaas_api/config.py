@@ -1,162 +1,325 @@
-"""Configuration from the environment (see README: GPUAAS_*)."""
+"""Configuration from the environment: every GPUAAS_* setting the service reads, in one table.
+
+SETTINGS drives the parsing (a bad value stops the service at start, naming the variable, the
+value and what is allowed), the README's Settings table and the example environment file
+deploy/systemd/gpuaas-api.env (settings_doc.py renders both; tests/api/test_settings.py fails
+when either is stale). Unset and empty are alike: the default, so that a `GPUAAS_...=` line in a
+systemd environment file means "not set".
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import re
 from pathlib import Path
+from typing import Callable
 
-from .states import SHARING_POLICY
+from .shared import sharing_policy
 
 
 # The gpu_sharing role's variables the service sets on each node when the agents serve HTTP.
 AGENT_ROLE_VARS = frozenset({"gpu_sharing_agent_http_listen", "gpu_sharing_agent_token"})
 
 
-def _agent_token(env) -> str:
-    """The agents' bearer token: GPUAAS_AGENT_TOKEN_FILE's content (preferred: no secret in the
-    environment), or GPUAAS_AGENT_TOKEN."""
-    path, value = env.get("GPUAAS_AGENT_TOKEN_FILE"), env.get("GPUAAS_AGENT_TOKEN")
-    if path and value:
-        raise ValueError("set GPUAAS_AGENT_TOKEN_FILE or GPUAAS_AGENT_TOKEN, not both")
-    if path:
+class SettingError(ValueError):
+    """A setting, or a combination of settings, the service refuses; the message names the variables."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A setting's type: its name in the table, what a value must be, and how a string becomes one."""
+    name: str
+    requirement: str  # in an error: "<VARIABLE> must be <requirement>"
+    parse: Callable[[str], object]  # raises ValueError for a string that is not one
+    choices: str = ""  # the table's "Allowed" column, when bounds don't say it
+
+
+def _boolean(text: str) -> bool:
+    # Strictly true or false (any case): "yes" or "1" once read as false without a word.
+    if text.lower() not in ("true", "false"):
+        raise ValueError(text)
+    return text.lower() == "true"
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # nan passes every comparison with a bound
+        raise ValueError(text)
+    return value
+
+
+def _json_object(text: str) -> dict:
+    value = json.loads(text)  # a json.JSONDecodeError is a ValueError
+    if not isinstance(value, dict):
+        raise ValueError(text)
+    return value
+
+
+def _serial(text: str) -> str:
+    """Ansible's `serial`, as a rolling reboot takes it: a positive count, or a percentage from 1% to 100%."""
+    if not re.fullmatch(r"[1-9][0-9]*%?", text) or (text.endswith("%") and int(text[:-1]) > 100):
+        raise ValueError(text)
+    return text
+
+
+def _fernet_key(text: str) -> str:
+    from cryptography.fernet import Fernet  # imported only when the setting is given
+
+    Fernet(text.encode())  # ValueError (binascii.Error is one) unless 32 url-safe base64-encoded bytes
+    return text
+
+
+TEXT = Kind("text", "text", str, choices="any")
+PATH = Kind("path", "a path", lambda text: Path(text).resolve(), choices="any")
+INTEGER = Kind("integer", "an integer", int)
+NUMBER = Kind("number", "a number", _finite)
+BOOLEAN = Kind("boolean", "true or false", _boolean, choices="`true`, `false`")
+JSON_OBJECT = Kind("JSON", "a JSON object", _json_object, choices="a JSON object")
+SERIAL = Kind("count or %", "a positive count or a percentage from 1% to 100%", _serial,
+              choices="a count >= 1, or 1%-100%")
+FERNET_KEY = Kind("Fernet key", "32 url-safe base64-encoded bytes (a Fernet key; make one with: python3 -c "
+                  "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')",
+                  _fernet_key, choices="32 url-safe base64-encoded bytes")
+
+
+def _number_text(number: float) -> str:
+    return f"{number:g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One GPUAAS_* variable: its type, default, allowed values and one line of doc."""
+    name: str
+    kind: Kind
+    default: str | None  # as written in the environment; None: no value (the attribute is None, or derived)
+    doc: str
+    minimum: float | None = None  # the least value allowed
+    above: float | None = None  # a bound the value must exceed
+    maximum: float | None = None
+    allowed: str = ""  # what a value must be, where the kind and the bounds do not say it
+    default_doc: str = ""  # the default in words, where `default` is None
+    secret: bool = False  # its value is never repeated in an error
+    attribute: str = ""  # Config's attribute; the name without GPUAAS_ when empty
+
+    @property
+    def config_attribute(self) -> str:
+        return self.attribute or self.name.removeprefix("GPUAAS_")
+
+    def bounds(self) -> str:
+        """The numeric range in words: '>= 1024', '> 0', '0-65535', or ''."""
+        if self.minimum is not None and self.maximum is not None:
+            return f"{_number_text(self.minimum)}-{_number_text(self.maximum)}"
+        if self.minimum is not None:
+            return f">= {_number_text(self.minimum)}"
+        return f"> {_number_text(self.above)}" if self.above is not None else ""
+
+    def allowed_text(self) -> str:
+        """The table's "Allowed" column."""
+        return self.allowed or self.bounds() or self.kind.choices
+
+    def requirement(self) -> str:
+        """What a value must be, for an error: 'an integer >= 1024'."""
+        return self.allowed or " ".join(filter(None, (self.kind.requirement, self.bounds())))
+
+    def parse(self, text: str | None):
+        """This setting's value from its text in the environment (None or empty: the default)."""
+        text = text or self.default
+        if text is None:
+            return None
         try:
-            value = Path(path).read_text(encoding="utf-8")
-        except OSError as error:
-            raise ValueError(f"GPUAAS_AGENT_TOKEN_FILE: {path}: {error.strerror}") from error
-        if not value.strip():
-            raise ValueError(f"GPUAAS_AGENT_TOKEN_FILE: {path} is empty")
+            value = self.kind.parse(text)
+        except ValueError:
+            raise self.refusal(text) from None
+        if not self.in_bounds(value):
+            raise self.refusal(text)
+        return value
+
+    def in_bounds(self, value) -> bool:
+        too_low = (self.minimum is not None and value < self.minimum) or (self.above is not None and value <= self.above)
+        return not too_low and (self.maximum is None or value <= self.maximum)
+
+    def refusal(self, text: str) -> SettingError:
+        given = "" if self.secret else f", not {text!r}"
+        return SettingError(f"{self.name} must be {self.requirement()}{given}")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # The service.
+    Setting("GPUAAS_BIND", TEXT, "127.0.0.1:8080", "The address gunicorn listens on (host:port)."),
+    Setting("GPUAAS_DATA_DIR", PATH, "./var",
+            "The data directory: the SQLite file, the controller's SSH key, the jobs' private directories."),
+    Setting("GPUAAS_DATABASE_URL", TEXT, None, "The database URL: `postgresql+psycopg://USER:PASSWORD@HOST:PORT/NAME` for production.",
+            default_doc="SQLite in the data dir"),
+    # gunicorn's access log: none by default, as gunicorn's own default: a line per request cost a
+    # quarter of the cached reads' throughput (bench/api_reads.py).
+    Setting("GPUAAS_ACCESS_LOG", TEXT, None, "gunicorn's access log: `-` for stdout, or a file path.",
+            default_doc="none"),
+    # Users, tokens, logins.
+    Setting("GPUAAS_ADMIN_USER", TEXT, None, "The first admin, created on first start when no user exists.",
+            default_doc="`admin`, with a random password shown once"),
+    Setting("GPUAAS_ADMIN_PASSWORD", TEXT, None, "The first admin's password (with GPUAAS_ADMIN_USER).",
+            default_doc="none", secret=True),
+    Setting("GPUAAS_TOKEN_TTL_HOURS", INTEGER, "24", "How long a login token (and its cookie) lasts, in hours.",
+            minimum=1),
+    # Tokens issued before a change keep their own expiry.
+    Setting("GPUAAS_API_TOKEN_TTL_DAYS", INTEGER, "365",
+            "Automation tokens (`create-token`, POST /api/tokens) expire after this many days unless told otherwise; 0: never.",
+            minimum=0),
+    # The login cookie is Secure when the request came over TLS (request.is_secure); true makes it
+    # Secure always, for a proxy that terminates TLS but is not trusted to say so (GPUAAS_TRUSTED_PROXY_HOPS).
+    Setting("GPUAAS_SECURE_COOKIES", BOOLEAN, "false",
+            "`true`: the login cookie is always Secure; `false`: Secure when the request came over TLS.",
+            attribute="SESSION_COOKIE_SECURE"),
+    # Any client can send X-Forwarded-For and -Proto: trusted only from these many proxies (werkzeug's ProxyFix).
+    Setting("GPUAAS_TRUSTED_PROXY_HOPS", INTEGER, "0",
+            "Reverse proxies in front whose X-Forwarded-For and -Proto count: 0 ignores them; 1 for one nginx.",
+            minimum=0),
+    # Failed logins counted (login_throttle.py) over a sliding window: for one user name from one
+    # address, 5 (a person's typos; a guesser gets 5 tries per window), and from one address over
+    # every user name, 50 (password spraying; room for the people of an office behind one NAT).
+    # No count is per user name alone: that would let anyone lock a user (hosted·ai's client) out.
+    Setting("GPUAAS_LOGIN_FAILURES_PER_USER_ADDRESS", INTEGER, "5",
+            "Failed logins for one user name from one address per window; past it a login answers 429.", minimum=1),
+    Setting("GPUAAS_LOGIN_FAILURES_PER_ADDRESS", INTEGER, "50",
+            "Failed logins from one address over every user name per window; past it a login answers 429.", minimum=1),
+    # 5 minutes: the longest a person who mistyped waits, and 5 guesses per 5 minutes (1,440 a day)
+    # for one user name from one address.
+    Setting("GPUAAS_LOGIN_FAILURE_WINDOW_SECONDS", INTEGER, "300", "The failed-login throttle's sliding window, in seconds.",
+            minimum=1),
+    # The largest real body (a pool with a thousand GPUs' UUIDs) is under 64 KiB. Without a cap, one
+    # 54 MB login body held a worker 1.1 s and raised its peak memory by 390 MB. 1024: a login body.
+    Setting("GPUAAS_MAX_BODY_BYTES", INTEGER, str(1024 * 1024),
+            "The largest request body, in bytes: a larger one (chunked ones too) is refused with 413.", minimum=1024),
+    Setting("GPUAAS_AUDIT_RETENTION_DAYS", INTEGER, "365",
+            "How long the audit trail (GET /api/audit) keeps each record, in days; 0: forever.", minimum=0),
+    # Jobs.
+    Setting("GPUAAS_ANSIBLE_EXTRA_VARS", JSON_OBJECT, "{}",
+            "Site-wide variables for every playbook run, as a JSON object (the one source rendered as templates)."),
+    Setting("GPUAAS_JOB_TIMEOUT_SECONDS", INTEGER, "3600", "The longest a playbook run may take, in seconds.", minimum=1),
+    Setting("GPUAAS_JOB_WORKERS", INTEGER, "2", "Job worker threads in each `gpuaas-api serve` worker process; 0: none.",
+            minimum=0),
+    # A running job's lease (jobs/lease.py): renewed this often by its worker; when it has not been
+    # renewed for GPUAAS_JOB_LEASE_SECONDS, any API process finalises the job.
+    Setting("GPUAAS_JOB_LEASE_SECONDS", NUMBER, "60",
+            "A running job not renewed for this long (its process stopped) is finalised by any other, in seconds.", above=0),
+    Setting("GPUAAS_JOB_LEASE_RENEW_SECONDS", NUMBER, "10",
+            "How often a running job's worker renews its lease, in seconds; less than GPUAAS_JOB_LEASE_SECONDS.", above=0),
+    # Node operations (init, deinit, join, leave, disable, reboot) for different nodes that arrive
+    # together share one playbook run (jobs/queue.py): a job waits while requests for its operation
+    # keep coming less than the quiet interval apart, and never longer than the window. A quiet
+    # interval of 0 holds no job back: it runs at once, with those already pending it can join.
+    Setting("GPUAAS_NODE_BATCH_QUIET_SECONDS", NUMBER, "0.25",
+            "Node operations arriving less than this apart share one playbook run, in seconds; 0: no wait.", minimum=0),
+    Setting("GPUAAS_NODE_BATCH_WINDOW_SECONDS", NUMBER, "2",
+            "The longest a node operation waits for others to share its run, in seconds; >= the quiet interval.", minimum=0),
+    # 20 %, as Kubespray's rolling upgrades; the playbook run by hand defaults to 1.
+    Setting("GPUAAS_REBOOT_SERIAL", SERIAL, "20%",
+            "How many nodes of a reboot batch go down at once (Ansible's `serial`: a count or a percentage)."),
+    # The controller's SSH identity (ssh_keys.py): a private key file every host mounts, or the key
+    # pair in the database encrypted with this secret; neither: a key pair in this host's data
+    # directory (one host only).
+    Setting("GPUAAS_SSH_KEY_FILE", TEXT, None, "The controller's SSH private key, a file every service host mounts.",
+            default_doc="a key pair in the data dir"),
+    Setting("GPUAAS_SECRET_KEY", FERNET_KEY, None,
+            "Encrypts the controller's SSH key pair in the database: one identity for every service host.",
+            default_doc="none", secret=True),
+    # Metrics.
+    Setting("GPUAAS_METRICS_INTERVAL_SECONDS", NUMBER, "60",
+            "How often the collector samples every pool GPU (and storage node), in seconds; 0: off.", minimum=0),
+    Setting("GPUAAS_METRICS_PUBLIC", BOOLEAN, "false", "`true`: /metrics (Prometheus) is served without a token."),
+    Setting("GPUAAS_METRICS_RAW_RETENTION_DAYS", INTEGER, "7", "How long raw metric samples are kept, in days.", minimum=1),
+    # Minute buckets are many (1,440 a day per pool): kept long enough for a month's query.
+    Setting("GPUAAS_METRICS_MINUTE_RETENTION_DAYS", INTEGER, "35", "How long minute rollups are kept, in days.", minimum=1),
+    Setting("GPUAAS_METRICS_ROLLUP_RETENTION_DAYS", INTEGER, "400", "How long hour, day and week rollups are kept, in days.",
+            minimum=1),
+    # With the agents' readings, storage nodes (which run no agent) are still read by the
+    # collect_metrics playbook, this often; without them, in every collection.
+    Setting("GPUAAS_STORAGE_METRICS_INTERVAL_SECONDS", NUMBER, "300",
+            "With GPUAAS_AGENT_PORT: how often the storage nodes' playbook runs, in seconds; 0: off.", minimum=0),
+    # GPU readings pulled from each GPU node's gpuaas agent over HTTP (metrics/agent_http.py), instead
+    # of the collect_metrics playbook: the port the agents listen on (on each node's node_ip) and the
+    # bearer token the roles install on the nodes. Both or neither; neither keeps the Ansible path and
+    # the agents' HTTP off.
+    Setting("GPUAAS_AGENT_PORT", INTEGER, "0",
+            "The port the nodes' agents serve their readings on (with a token); 0: readings by playbook, agents' HTTP off.",
+            minimum=0, maximum=65535, allowed="0 (off) or a TCP port (1-65535)"),
+    Setting("GPUAAS_AGENT_TOKEN_FILE", TEXT, None,
+            "A file holding the agents' bearer token (preferred to GPUAAS_AGENT_TOKEN: no secret in the environment).",
+            default_doc="none"),
+    Setting("GPUAAS_AGENT_TOKEN", TEXT, None, "The agents' bearer token (or GPUAAS_AGENT_TOKEN_FILE).",
+            default_doc="none", allowed="one printable word", secret=True),
+    Setting("GPUAAS_AGENT_CONNECT_TIMEOUT_SECONDS", NUMBER, "2", "Connect timeout of a read from an agent, in seconds.",
+            above=0),
+    Setting("GPUAAS_AGENT_READ_TIMEOUT_SECONDS", NUMBER, "5", "Read timeout of a read from an agent, in seconds.", above=0),
+    Setting("GPUAAS_AGENT_CONCURRENCY", INTEGER, "64", "How many agents are read at once.", minimum=1),
+    # Pools. Passed to the gpu_sharing role, so both name the resource alike.
+    Setting("GPUAAS_POOL_RESOURCE_PREFIX", TEXT, sharing_policy.POOL_RESOURCE_PREFIX,
+            "A pool's slots are the extended resource `<prefix><pool id>` on its nodes (tenants' Pods request it)."),
+)
+
+
+def _agent_token(path: str | None, value: str | None) -> str:
+    """The agents' bearer token: GPUAAS_AGENT_TOKEN_FILE's content (preferred: no secret in the
+    environment), or GPUAAS_AGENT_TOKEN; '' for none."""
+    if path and value:
+        raise SettingError("set GPUAAS_AGENT_TOKEN_FILE or GPUAAS_AGENT_TOKEN, not both")
+    source = "GPUAAS_AGENT_TOKEN"
+    if path:
+        source, value = "GPUAAS_AGENT_TOKEN_FILE's content", _read_token_file(path)
     value = (value or "").strip()
-    if value and any(character.isspace() or not character.isprintable() for character in value):
-        raise ValueError("the agents' token must be one printable word (it is sent as an HTTP header)")
+    if any(character.isspace() or not character.isprintable() for character in value):
+        raise SettingError(f"{source} must be one printable word (it is sent as an HTTP header)")
+    return value
+
+
+def _read_token_file(path: str) -> str:
+    try:
+        value = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise SettingError(f"GPUAAS_AGENT_TOKEN_FILE: {path}: {error.strerror}") from error
+    if not value.strip():
+        raise SettingError(f"GPUAAS_AGENT_TOKEN_FILE: {path} is empty")
     return value
 
 
 class Config:
+    """The service's settings: an attribute per SETTINGS entry (its name without GPUAAS_, unless the
+    entry names another), read from `environ` (os.environ when None). Tests may change them after."""
+
     def __init__(self, environ: dict | None = None):
         env = os.environ if environ is None else environ
-        self.BIND = env.get("GPUAAS_BIND", "127.0.0.1:8080")
-        self.DATA_DIR = Path(env.get("GPUAAS_DATA_DIR", "./var")).resolve()
-        self.DATABASE_URL = env.get("GPUAAS_DATABASE_URL") or f"sqlite:///{self.DATA_DIR / 'gpuaas.sqlite3'}"
-        self.ADMIN_USER = env.get("GPUAAS_ADMIN_USER")
-        self.ADMIN_PASSWORD = env.get("GPUAAS_ADMIN_PASSWORD")
-        self.TOKEN_TTL_HOURS = int(env.get("GPUAAS_TOKEN_TTL_HOURS", "24"))
-        # Tokens for automation (`create-token`, POST /api/tokens) expire after this many days unless
-        # told otherwise; 0: never. Tokens issued before a change keep their own expiry.
-        self.API_TOKEN_TTL_DAYS = int(env.get("GPUAAS_API_TOKEN_TTL_DAYS", "365"))
-        if self.API_TOKEN_TTL_DAYS < 0:
-            raise ValueError("GPUAAS_API_TOKEN_TTL_DAYS must be 0 (never expire) or more")
-        # The audit trail (audit.py) keeps each record this many days; 0 keeps them forever.
-        self.AUDIT_RETENTION_DAYS = int(env.get("GPUAAS_AUDIT_RETENTION_DAYS", "365"))
-        if self.AUDIT_RETENTION_DAYS < 0:
-            raise ValueError("GPUAAS_AUDIT_RETENTION_DAYS must be 0 (keep forever) or more")
-        # The login cookie is Secure when the request came over TLS (request.is_secure); true makes it
-        # Secure always, for a proxy that terminates TLS but is not trusted to say so (GPUAAS_TRUSTED_PROXY_HOPS).
-        self.SESSION_COOKIE_SECURE = env.get("GPUAAS_SECURE_COOKIES", "false").lower() == "true"
-        # The largest request body, in bytes: a larger one is refused (413) before it is read, a chunked
-        # one as soon as it passes this. The largest real body (a pool with a thousand GPUs' UUIDs) is
-        # under 64 KiB. Without a cap, one 54 MB login body held a worker 1.1 s and raised its peak memory by 390 MB.
-        self.MAX_BODY_BYTES = int(env.get("GPUAAS_MAX_BODY_BYTES", str(1024 * 1024)))
-        # Failed logins counted (login_throttle.py) over a sliding window: for one user name from one
-        # address, 5 (a person's typos; a guesser gets 5 tries per window), and from one address over
-        # every user name, 50 (password spraying; room for the people of an office behind one NAT).
-        # No count is per user name alone: that would let anyone lock a user (hosted·ai's client) out.
-        self.LOGIN_FAILURES_PER_USER_ADDRESS = int(env.get("GPUAAS_LOGIN_FAILURES_PER_USER_ADDRESS", "5"))
-        self.LOGIN_FAILURES_PER_ADDRESS = int(env.get("GPUAAS_LOGIN_FAILURES_PER_ADDRESS", "50"))
-        # 5 minutes: the longest a person who mistyped waits, and 5 guesses per 5 minutes (1,440 a day)
-        # for one user name from one address.
-        self.LOGIN_FAILURE_WINDOW_SECONDS = int(env.get("GPUAAS_LOGIN_FAILURE_WINDOW_SECONDS", "300"))
-        # Reverse proxies in front of the service whose X-Forwarded-For and X-Forwarded-Proto are
-        # trusted (werkzeug's ProxyFix): 0 ignores them, since any client can send them; 1 for one nginx.
-        self.TRUSTED_PROXY_HOPS = int(env.get("GPUAAS_TRUSTED_PROXY_HOPS", "0"))
-        self._check_limits()
-        # Site-wide variables for every playbook run, as JSON (for example a fleet's boot-id command).
-        self.ANSIBLE_EXTRA_VARS = json.loads(env.get("GPUAAS_ANSIBLE_EXTRA_VARS", "{}"))
-        self.JOB_TIMEOUT_SECONDS = int(env.get("GPUAAS_JOB_TIMEOUT_SECONDS", "3600"))
-        self.JOB_WORKERS = int(env.get("GPUAAS_JOB_WORKERS", "2"))
-        # A running job's lease (jobs/lease.py): renewed this often by its worker; when it has not been
-        # renewed for GPUAAS_JOB_LEASE_SECONDS, any API process finalises the job.
-        self.JOB_LEASE_SECONDS = float(env.get("GPUAAS_JOB_LEASE_SECONDS", "60"))
-        self.JOB_LEASE_RENEW_SECONDS = float(env.get("GPUAAS_JOB_LEASE_RENEW_SECONDS", "10"))
-        if not 0 < self.JOB_LEASE_RENEW_SECONDS < self.JOB_LEASE_SECONDS:
-            raise ValueError("GPUAAS_JOB_LEASE_RENEW_SECONDS must be positive and less than GPUAAS_JOB_LEASE_SECONDS")
-        # Node operations (init, deinit, join, leave, disable, reboot) for different nodes that arrive
-        # together share one playbook run (jobs/queue.py): a job waits while requests for its operation
-        # keep coming less than the quiet interval apart, and never longer than the window. A quiet
-        # interval of 0 holds no job back: it runs at once, with those already pending it can join.
-        self.NODE_BATCH_QUIET_SECONDS = float(env.get("GPUAAS_NODE_BATCH_QUIET_SECONDS", "0.25"))
-        self.NODE_BATCH_WINDOW_SECONDS = float(env.get("GPUAAS_NODE_BATCH_WINDOW_SECONDS", "2"))
-        if self.NODE_BATCH_QUIET_SECONDS < 0 or self.NODE_BATCH_WINDOW_SECONDS < self.NODE_BATCH_QUIET_SECONDS:
-            raise ValueError("GPUAAS_NODE_BATCH_QUIET_SECONDS must be 0 or more, and GPUAAS_NODE_BATCH_WINDOW_SECONDS "
-                             "no less than it")
-        # Reboot requests that arrive together run as one rolling node_reboot play (jobs/queue.py): this
-        # many of its nodes (a count, or a percentage as Ansible's `serial` takes it) go down at once.
-        # 20 %, as Kubespray's rolling upgrades; the playbook run by hand defaults to 1.
-        self.REBOOT_SERIAL = env.get("GPUAAS_REBOOT_SERIAL", "20%")
-        if not re.fullmatch(r"[1-9][0-9]*%?", self.REBOOT_SERIAL) or self.REBOOT_SERIAL in ("0%",) or \
-                (self.REBOOT_SERIAL.endswith("%") and int(self.REBOOT_SERIAL[:-1]) > 100):
-            raise ValueError("GPUAAS_REBOOT_SERIAL must be a positive count or a percentage from 1% to 100%")
-        # gunicorn's access log: "-" for stdout or a file path; none by default, as gunicorn's own
-        # default: a line per request cost a quarter of the cached reads' throughput (bench/api_reads.py).
-        self.ACCESS_LOG = env.get("GPUAAS_ACCESS_LOG") or None
-        # The collector samples every pool GPU and storage node this often; 0 turns it off.
-        self.METRICS_INTERVAL_SECONDS = float(env.get("GPUAAS_METRICS_INTERVAL_SECONDS", "60"))
-        self.METRICS_RAW_RETENTION_DAYS = int(env.get("GPUAAS_METRICS_RAW_RETENTION_DAYS", "7"))
-        # Minute buckets are many (1,440 a day per pool): kept long enough for a month's query;
-        # hour, day and week buckets for GPUAAS_METRICS_ROLLUP_RETENTION_DAYS.
-        self.METRICS_MINUTE_RETENTION_DAYS = int(env.get("GPUAAS_METRICS_MINUTE_RETENTION_DAYS", "35"))
-        self.METRICS_ROLLUP_RETENTION_DAYS = int(env.get("GPUAAS_METRICS_ROLLUP_RETENTION_DAYS", "400"))
-        # GPU readings pulled from each GPU node's gpuaas agent over HTTP (metrics/agent_http.py), instead
-        # of the collect_metrics playbook: the port the agents listen on (on each node's node_ip) and the
-        # bearer token the roles install on the nodes. Both or neither; neither keeps the Ansible path and
-        # the agents' HTTP off.
-        self.AGENT_PORT = int(env.get("GPUAAS_AGENT_PORT") or 0)
-        self.AGENT_TOKEN = _agent_token(env)
-        if bool(self.AGENT_PORT) != bool(self.AGENT_TOKEN):
-            raise ValueError("GPUAAS_AGENT_PORT and a token (GPUAAS_AGENT_TOKEN_FILE or GPUAAS_AGENT_TOKEN) go together: "
-                             "the agents never serve without one")
-        if not 0 <= self.AGENT_PORT <= 65535:
-            raise ValueError("GPUAAS_AGENT_PORT must be a TCP port (1-65535)")
-        if self.AGENT_PORT and AGENT_ROLE_VARS & set(self.ANSIBLE_EXTRA_VARS):
-            raise ValueError(f"with GPUAAS_AGENT_PORT the service sets {', '.join(sorted(AGENT_ROLE_VARS))} per node; "
-                             "remove them from GPUAAS_ANSIBLE_EXTRA_VARS (extra vars would override every node's address)")
-        self.AGENT_CONNECT_TIMEOUT_SECONDS = float(env.get("GPUAAS_AGENT_CONNECT_TIMEOUT_SECONDS", "2"))
-        self.AGENT_READ_TIMEOUT_SECONDS = float(env.get("GPUAAS_AGENT_READ_TIMEOUT_SECONDS", "5"))
-        self.AGENT_CONCURRENCY = int(env.get("GPUAAS_AGENT_CONCURRENCY", "64"))
-        if self.AGENT_CONCURRENCY < 1 or self.AGENT_CONNECT_TIMEOUT_SECONDS <= 0 or self.AGENT_READ_TIMEOUT_SECONDS <= 0:
-            raise ValueError("GPUAAS_AGENT_CONCURRENCY and the GPUAAS_AGENT_*_TIMEOUT_SECONDS must be positive")
-        # With the agents' readings, storage nodes (which run no agent) are still read by the
-        # collect_metrics playbook, this often (0 turns it off); without them, in every collection.
-        self.STORAGE_METRICS_INTERVAL_SECONDS = float(env.get("GPUAAS_STORAGE_METRICS_INTERVAL_SECONDS", "300"))
-        # /metrics (Prometheus) asks for a token like the API unless this is true.
-        self.METRICS_PUBLIC = env.get("GPUAAS_METRICS_PUBLIC", "false").lower() == "true"
-        # A pool's slots are the extended resource <prefix><pool id> on its nodes (the gpuaas agent
-        # advertises it; tenants' Pods request it). Passed to the gpu_sharing role, so both name it alike.
-        self.POOL_RESOURCE_PREFIX = env.get("GPUAAS_POOL_RESOURCE_PREFIX") or SHARING_POLICY.POOL_RESOURCE_PREFIX
-        # The controller's SSH identity (ssh_keys.py): a private key file every host mounts, or the
-        # key pair in the database encrypted with this secret (Fernet: 32 url-safe base64 bytes);
-        # neither: a key pair in this host's data directory (one host only).
-        self.SSH_KEY_FILE = env.get("GPUAAS_SSH_KEY_FILE") or None
-        self.SECRET_KEY = env.get("GPUAAS_SECRET_KEY") or None
-        if self.SECRET_KEY:
-            from cryptography.fernet import Fernet
-
-            try:
-                Fernet(self.SECRET_KEY.encode())
-            except ValueError as error:
-                raise ValueError("GPUAAS_SECRET_KEY must be 32 url-safe base64-encoded bytes; make one with: python3 -c "
-                                 "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'") from error
+        for setting in SETTINGS:
+            setattr(self, setting.config_attribute, setting.parse(env.get(setting.name)))
+        self._derive()
+        self._check_jobs()
+        self._check_agents()
         self.TESTING = False
 
-    def _check_limits(self) -> None:
-        """The request body cap, the login throttle's limits and the proxy hops: in range."""
-        if self.MAX_BODY_BYTES < 1024:
-            raise ValueError("GPUAAS_MAX_BODY_BYTES must be at least 1024 (a login body)")
-        if min(self.LOGIN_FAILURES_PER_USER_ADDRESS, self.LOGIN_FAILURES_PER_ADDRESS, self.LOGIN_FAILURE_WINDOW_SECONDS) < 1:
-            raise ValueError("GPUAAS_LOGIN_FAILURES_PER_USER_ADDRESS, GPUAAS_LOGIN_FAILURES_PER_ADDRESS and "
-                             "GPUAAS_LOGIN_FAILURE_WINDOW_SECONDS must be positive")
-        if self.TRUSTED_PROXY_HOPS < 0:
-            raise ValueError("GPUAAS_TRUSTED_PROXY_HOPS must be 0 or more")
+    def _derive(self) -> None:
+        """The values that depend on another setting."""
+        if self.DATABASE_URL is None:
+            self.DATABASE_URL = f"sqlite:///{self.DATA_DIR / 'gpuaas.sqlite3'}"
+        self.AGENT_TOKEN = _agent_token(self.AGENT_TOKEN_FILE, self.AGENT_TOKEN)
+
+    def _check_jobs(self) -> None:
+        """The job settings that bound each other."""
+        if self.JOB_LEASE_RENEW_SECONDS >= self.JOB_LEASE_SECONDS:
+            raise SettingError(f"GPUAAS_JOB_LEASE_RENEW_SECONDS ({self.JOB_LEASE_RENEW_SECONDS:g}) must be less than "
+                               f"GPUAAS_JOB_LEASE_SECONDS ({self.JOB_LEASE_SECONDS:g})")
+        if self.NODE_BATCH_WINDOW_SECONDS < self.NODE_BATCH_QUIET_SECONDS:
+            raise SettingError(f"GPUAAS_NODE_BATCH_WINDOW_SECONDS ({self.NODE_BATCH_WINDOW_SECONDS:g}) must be no less than "
+                               f"GPUAAS_NODE_BATCH_QUIET_SECONDS ({self.NODE_BATCH_QUIET_SECONDS:g})")
+
+    def _check_agents(self) -> None:
+        """The agents' port and token go together, and the service alone sets their role variables."""
+        if bool(self.AGENT_PORT) != bool(self.AGENT_TOKEN):
+            raise SettingError("GPUAAS_AGENT_PORT and a token (GPUAAS_AGENT_TOKEN_FILE or GPUAAS_AGENT_TOKEN) go together: "
+                               "the agents never serve without one")
+        if self.AGENT_PORT and AGENT_ROLE_VARS & set(self.ANSIBLE_EXTRA_VARS):
+            raise SettingError(f"with GPUAAS_AGENT_PORT the service sets {', '.join(sorted(AGENT_ROLE_VARS))} per node; "
+                               "remove them from GPUAAS_ANSIBLE_EXTRA_VARS (extra vars would override every node's address)")
 
     @property
     def agent_http(self) -> bool:

@@ -12,8 +12,9 @@ import datetime as dt
 from sqlalchemy import select
 
 from .models import Cluster, inventory_name
+from .shared import sharing_policy
 from .states import (INITIALIZE_STATE_CODES, ROLE_FLAGS, K8S_JOIN_STATE_CODES, ClusterStatus, GpuAssignment, NodeStatus,
-                     SHARING_POLICY, RegionServiceStatus, enum_value)
+                     RegionServiceStatus, enum_value)
 
 
 def timestamp(value: dt.datetime | None) -> str | None:
@@ -95,7 +96,7 @@ def render_pool(pool, gpus: list, resource_prefix: str) -> dict:
             "time_quantum_in_sec": pool.time_quantum_in_sec, "security_level": pool.security_level,
             "status": enum_value(pool.status), "gpu_model_type": ",".join(models) if models else None,
             "gpu_vendor_type": "NVIDIA" if gpus else None, "physical_gpu_count": len(gpus),
-            "resource_name": SHARING_POLICY.pool_resource_name(pool.id, resource_prefix), "gpus": slots}
+            "resource_name": sharing_policy.pool_resource_name(pool.id, resource_prefix), "gpus": slots}
 
 
 def render_scan(scan, node_gpus: list) -> dict:

@@ -92,7 +92,6 @@ class GpuAssignment(str, enum.Enum):
 
 
 # A pool's sharing settings: the guide's ranges, from the collection's single definition (shared/).
-SHARING_POLICY = sharing_policy
 SHARING_RATIO_RANGE = sharing_policy.SHARING_RATIO_RANGE
 TIME_QUANTUM_RANGE_SECONDS = sharing_policy.TIME_QUANTUM_RANGE_SECONDS
 DEFAULT_TIME_QUANTUM_SECONDS = sharing_policy.DEFAULT_TIME_QUANTUM_SECONDS
