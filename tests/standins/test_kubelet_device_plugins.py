@@ -3,7 +3,7 @@ device plugin served with the gpuaas agent's generated stubs (agent/src), over t
 API, without a fleet.
 
 The kubelet script runs on this host under the venv's Python (grpcio and protobuf of
-requirements.txt), with a temporary --root-dir, talking to the fake kube-apiserver (as in
+requirements/runtime.in), with a temporary --root-dir, talking to the fake kube-apiserver (as in
 test_fake_apiserver.py); the Node and Pods are read back with the real kubectl.  The same script on
 a node runs under Debian's python3-grpcio 1.51 and python3-protobuf 3.21: test_standin_packages.py
 runs it there.

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 ROLE = Path(__file__).resolve().parents[2] / "roles/node_init"
-REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements.txt"
+REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements" / "runtime.in"
 
 
 def family_vars(family: str) -> dict:

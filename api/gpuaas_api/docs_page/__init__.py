@@ -1,7 +1,7 @@
 """The docs page, /api/docs: Swagger UI over the OpenAPI document, every file served by this service.
 
 Swagger UI's files are swagger-ui-dist's, as the pinned flask-swagger-ui package ships them in its
-dist/ directory (requirements.txt): only those files are used, never its blueprint. flask-smorest's
+dist/ directory (requirements/runtime.in): only those files are used, never its blueprint. flask-smorest's
 own page is not registered (config.as_flask sets no OPENAPI_SWAGGER_UI_URL): it has an inline script,
 and points at a CDN. This page starts Swagger UI from a file of its own (page.js), so its policy
 (security_headers.DOCS_PAGE_POLICY) allows scripts from 'self' only.

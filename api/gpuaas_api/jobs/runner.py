@@ -109,7 +109,7 @@ def ansible_bin_dir() -> Path:
             return directory
     raise AnsibleNotFound(f"ansible-playbook not found at {Path(sysconfig.get_path('scripts')) / 'ansible-playbook'} "
                           f"(the service runs the Ansible installed beside its interpreter {sys.executable}; "
-                          "install requirements.txt there)")
+                          "install requirements/runtime.txt there)")
 
 
 def build_inventory(hosts: list[HostSpec], key_file: Path, known_hosts: Path) -> dict:
