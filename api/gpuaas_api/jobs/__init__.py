@@ -1,8 +1,16 @@
-"""Jobs: node operations recorded in the database and run through ansible-runner.
+"""The job engine: operations recorded in the database and run through ansible-runner. It knows no
+operation: each one plugs in through hooks.py (gpuaas_api.operations registers them).
 
-submit.py   checks the state machine, takes the node, records the job (one transaction)
-worker.py   claims pending jobs exactly once and runs them; reconciles after a restart
-runner.py   one ansible-runner run: private data dir, inventory as data, events, cancel
-finalize.py the one place where a finished job moves the node, cluster and GPU inventory
-waiting.py  long polls: GET /api/jobs/{id}?wait= answers once the job has finished
+hooks.py       the moments operations plug into (accepted, its turn, run, finished) and periodic tasks
+submit.py      record a job: its operation accepts it; it takes its nodes or queues (one transaction)
+holds.py       which nodes a job holds, and which jobs come before another
+queue.py       which pending job runs next: claiming exactly once, bursts and batches, queued jobs' turns
+claims.py      who claims a job and until when; waking a worker
+worker.py      the loop that runs a claimed run, and each job's finalisation from its host's part
+inventory.py   a run's nodes as inventory hosts;  results.py  a host's part of a run
+runner.py      one ansible-runner run: private data dir, inventory as data, events, cancel
+finalize.py    the one place a job ends; recovering the jobs of a dead process
+lease.py       leases: a running job belongs to its process only while renewed
+housekeeper.py each process's recovery and periodic tasks
+events.py      a run's events, stored as they arrive;  waiting.py  long polls (?wait=)
 """

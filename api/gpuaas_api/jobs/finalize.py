@@ -43,11 +43,7 @@ def finalize(job_id: int, runner_status: str, rc: int | None, explanation: str, 
     job = db.get(Job, job_id, populate_existing=True)
     node = db.get(Node, job.node_id) if job.node_id else None
     hooks = hooks_for(job.operation)
-    refusal = hooks.refused_report(job, node, artifact_data)
-    if refusal is not None:  # what the nodes reported is not data to keep, however the run went
-        artifact_data = {key: value for key, value in artifact_data.items() if key not in hooks.reported_keys}
-        if status is JobStatus.SUCCESSFUL:
-            status, explanation = JobStatus.FAILED, refusal
+    status, explanation, artifact_data = _judged(job, node, hooks, status, explanation, artifact_data)
     if status is JobStatus.FAILED and not explanation:
         explanation = hooks.failure_explanation(job, artifact_data) or _first_failure(job_id, rc)
     job.status, job.rc, job.explanation, job.result = status, rc, explanation, artifact_data
@@ -64,6 +60,17 @@ def finalize(job_id: int, runner_status: str, rc: int | None, explanation: str, 
     notify_finished()
     wake_a_worker()  # a job queued behind this one may start now
     return job
+
+
+def _judged(job: Job, node: Node | None, hooks, status: JobStatus, explanation: str,
+            artifact_data: dict) -> tuple[JobStatus, str, dict]:
+    """The run's status, explanation and result once the operation has judged what the nodes
+    reported: a refused report is kept nowhere, however the run went, and fails a successful run."""
+    refusal = hooks.refused_report(job, node, artifact_data)
+    if refusal is None:
+        return status, explanation, artifact_data
+    kept = {key: value for key, value in artifact_data.items() if key not in hooks.reported_keys}
+    return (JobStatus.FAILED, refusal, kept) if status is JobStatus.SUCCESSFUL else (status, explanation, kept)
 
 
 def _leave_running(job_id: int, status: JobStatus, owner: str) -> bool:
