@@ -97,5 +97,3 @@ def init_app(app: Flask, also_public: frozenset[str] = frozenset()) -> None:
 def _log_refusal(error: ApiError) -> None:
     """A refused request goes to the log (never to the audit table), without the token it carried."""
     LOG.warning("refused %s %s from %s: %s", request.method, request.path, request.remote_addr, error.message)
-
-

@@ -107,6 +107,7 @@ def _identity(digest: str) -> Identity | None:
     role = narrower(Role(row.user_role), Role(row.role) if row.role else None)
     return Identity(row.user_id, row.username, role, row.id, expires, time.monotonic())
 
+
 def cached_identity(token: str) -> Identity | None:
     """The identity ``token`` stands for (looked up again after TOKEN_CACHE_SECONDS), or None when unknown."""
     digest = hash_token(token)

@@ -11,8 +11,6 @@ from .shared import inventory_names
 from .states import ClusterStatus, GpuAssignment, JobStatus, NodeStatus, PoolStatus, ScanStatus
 
 
-
-
 class Base(DeclarativeBase):
     pass
 

@@ -104,7 +104,7 @@ def write() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gpuaas_api.settings_doc", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gpuaas_api.settings_doc", description=__doc__.split("\n", maxsplit=1)[0])
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--write", action="store_true", help="rewrite README.md's table and deploy/systemd/gpuaas-api.env")
     what.add_argument("--markdown", action="store_true", help="print the Markdown table")

@@ -270,7 +270,6 @@ SHARE_RUNS = frozenset({Operation.INIT, Operation.DEINIT, Operation.JOIN, Operat
                         Operation.REBOOT})
 
 
-
 def register_hooks() -> None:
     for operation, hooks in HOOKS.items():
         instance = hooks(operation)

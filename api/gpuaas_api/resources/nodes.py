@@ -100,7 +100,7 @@ class NodeDelete(MethodView):
         waiting = jobs_ahead({node.id})
         if waiting:
             raise Refused(f"node {node_id} has job {waiting[0].id} ({waiting[0].operation}) running or queued; "
-                           "wait for it or cancel it")
+                          "wait for it or cancel it")
         session().delete(node)
         session().commit()
         return {"success": True, "message": f"node {node_id} deleted"}

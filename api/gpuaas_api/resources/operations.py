@@ -138,7 +138,7 @@ class Enable(MethodView):
                                                    Cluster.status != ClusterStatus.INACTIVE))
         if existing is not None and existing.status is not ClusterStatus.ERROR_WHILE_ENABLING:
             raise Refused(f"region {node.region_id} already has GPUaaS cluster {existing.id} "
-                           f"({existing.status.value})")
+                          f"({existing.status.value})")
         cluster = existing or Cluster(region_id=node.region_id)
         node.is_controller_node = True
         cluster.controller_node_id, cluster.status = node.id, ClusterStatus.ENABLE_SETTING_UP
