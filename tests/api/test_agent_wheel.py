@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from api_helpers import add_node, set_status
 from gpuaas_api import agent_wheel
 from gpuaas_api.config import Config
 from gpuaas_api.jobs import worker as worker_module
 from gpuaas_api.jobs.queue import claim_next
 from gpuaas_api.jobs.runner import RunResult
 from gpuaas_api.states import COLLECTION_ROOT, NodeStatus, Operation
-from test_operations import add_node, set_status
 
 THREADS = 6
 
