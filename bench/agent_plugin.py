@@ -2,7 +2,7 @@
 """Benchmark: the gpuaas agent's device plugin, 8 GPUs x ratio 10 (80 devices in one pool).
 
 Runs the real `gpuaas-agent run` on the fake libnvidia-ml.so.1 with a kubelet double that
-speaks the device plugin API v1beta1 over the agent's Unix sockets (tests/unit/agent_harness.py)
+speaks the device plugin API v1beta1 over the agent's Unix sockets (tests/support/agent_harness.py)
 and prints:
 
 - Allocate latency, p50 and p99, over --allocations calls of one slot each (what the kubelet
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests/unit"))
+sys.path.insert(0, str(REPO / "tests/support"))
 
 from agent_harness import AgentProcess, Kubelet  # noqa: E402
 

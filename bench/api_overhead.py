@@ -27,7 +27,7 @@ from pathlib import Path
 
 from fleet_bench import BIN, FLEET, REPO, cli_env, fresh_fleet, rerun_in_hub  # bench/ is sys.path[0] when run
 
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 
 
 def main() -> int:
@@ -37,7 +37,7 @@ def main() -> int:
     status = rerun_in_hub(__file__, sys.argv[1:])
     if status is not None:
         return status
-    from conftest import Service, install_controller_key  # the e2e harness: a real `serve` process
+    from fleet_service import Service, install_controller_key  # the e2e harness: a real `serve` process
 
     state = fresh_fleet(10)
     # The service as shipped (2 processes x 2 job workers; a burst of read-only requests runs as one

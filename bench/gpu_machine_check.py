@@ -7,7 +7,7 @@ with manage_gpu_modes false.
 1. Reports what the machine has: the GPUs (NVML), nvidia-cuda-mps-control, PyTorch with CUDA,
    and GPU 0's compute mode before and after.
 2. Runs the real gpuaas agent on real NVML with one medium pool at ratio 2 on GPU 0, and the
-   kubelet double of tests/unit/agent_harness.py; asks Allocate for one slot.
+   kubelet double of tests/support/agent_harness.py; asks Allocate for one slot.
 3. Under the MPS daemon the agent started (DEFAULT mode), runs a CUDA process (PyTorch) with that
    slot's environment, allocating vRAM / 2 + 1 GiB (expected to fail) and vRAM / 2 - 2 GiB
    (expected to succeed).
@@ -30,7 +30,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests/unit"))
+sys.path.insert(0, str(REPO / "tests/support"))
 
 ALLOCATE = """
 import sys, torch

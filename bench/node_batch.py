@@ -30,7 +30,7 @@ from pathlib import Path
 
 from fleet_bench import BIN, FLEET, REPO, cli_env, fresh_fleet, rerun_in_hub  # bench/ is sys.path[0] when run
 
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 INVENTORY = "/var/lib/hostedai-gpuaas-fleet/inventory.yml"
 PACKAGES_OFF = {"node_init_manage_packages": False, "node_init_nvidia_install": False}
 
@@ -49,7 +49,7 @@ def through_cli(nodes: int) -> float:
 
 
 def through_api(nodes: int) -> tuple[float, int]:
-    from conftest import Service, fleet_vars, install_controller_key  # the e2e harness: a real `serve`
+    from fleet_service import Service, fleet_vars, install_controller_key  # the e2e harness: a real `serve`
 
     state = fresh_fleet(nodes)
     service = Service(Path(tempfile.mkdtemp()) / "var", env={

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from fleet_bench import BIN, FLEET, REPO, cli_env, fresh_fleet, rerun_in_hub  # bench/ is sys.path[0] when run
 
-sys.path.insert(0, str(REPO / "tests" / "e2e"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 POOL_NODES = ("node1", "node2", "node6", "node7")
 GPUS_PER_NODE = 4
 
@@ -39,7 +39,7 @@ def main() -> int:
     status = rerun_in_hub(__file__, sys.argv[1:])
     if status is not None:
         return status
-    from conftest import Service, install_controller_key  # the e2e harness: a real `serve` process
+    from fleet_service import Service, install_controller_key  # the e2e harness: a real `serve` process
 
     state = fresh_fleet(7)
     os.environ["GPUAAS_METRICS_INTERVAL_SECONDS"] = "0"  # nothing else runs on the nodes meanwhile

@@ -13,20 +13,16 @@ import sqlite3
 import uuid
 
 import pytest
-from sqlalchemy import create_engine, make_url, select, text
+from api_helpers import ADMIN
+from sqlalchemy import create_engine, make_url, text
 
 from gpuaas_api import create_app, credentials
 from gpuaas_api.credentials import ensure_admin
 from gpuaas_api.config import Config
 from gpuaas_api.db import session
-from gpuaas_api.jobs.finalize import finalize
-from gpuaas_api.pools import start_pool_deployment
 from gpuaas_api.migrate import upgrade
-from gpuaas_api.models import Cluster, Gpu, Job, Node
+from gpuaas_api.models import Cluster, Gpu, Node
 from gpuaas_api.states import ClusterStatus, NodeStatus
-
-ADMIN = {"username": "admin", "password": "correct horse battery staple"}
-
 
 def postgres_admin(statement: str) -> None:
     """A statement on the test PostgreSQL server, outside any database of the tests'."""
@@ -148,18 +144,6 @@ def region(client):
     return client.post("/api/regions", json={"region_name": "eu-west-1", "city": "Dublin"}).get_json()
 
 
-def assert_error(response, status, field=None):
-    """Every error has the one shape: {code, message, errors: [{field, message}]}."""
-    body = response.get_json()
-    assert response.status_code == status, body
-    assert set(body) == {"code", "message", "errors"}
-    assert body["code"] == status
-    assert isinstance(body["message"], str) and body["message"]
-    if field is not None:
-        assert field in [error["field"] for error in body["errors"]], body
-    return body
-
-
 @pytest.fixture
 def fleet_db(app, client, region):
     """An ACTIVE cluster with two workers (2 + 2 GPUs), and a second cluster's node with one GPU."""
@@ -194,29 +178,3 @@ def storage_node(app, region) -> int:
         session().add(node)
         session().commit()
         return node.id
-
-
-def create(client, fleet_db, **pool):
-    body = {"pool_name": "high-throughput-pool", "attach_gpu_ids": fleet_db["uuids"]["w1"], "sharing_ratio": 4,
-            "time_quantum_in_sec": 30, "security_level": "medium"}
-    body.update(pool)
-    return client.post("/gpuaas/pool/create", json={"gpuaas_id": fleet_db["gpuaas_id"], "pool": body})
-
-
-def settle(app, reply: dict, failed_nodes=()) -> dict:
-    """Finish the change's pool_apply job as the nodes would: all succeed, or the named ones fail."""
-    with app.app_context():
-        job = session().get(Job, reply["job_id"])
-        start_pool_deployment(job.extravars["pool_id"])
-        nodes = session().scalars(select(Node)).all()
-        names = {n.id: n.name for n in nodes}
-        display = {n.inventory_name: n.name for n in nodes}
-        outcomes = {node_id: names[node_id] not in failed_nodes for node_id in job.extravars["targets"]}
-        finalize(job.id, "failed" if failed_nodes else "successful", 2 if failed_nodes else 0, "", {},
-                 host_outcomes=outcomes)
-        # The variables are keyed by inventory name (node-<id>); shown here by display name, for reading.
-        by_display = {key: ({display[host]: value for host, value in hosts.items()} if key.endswith("_by_host")
-                            else hosts) for key, hosts in job.extravars["vars"].items()}
-        return {"targets": sorted(names[i] for i in job.extravars["targets"]), "vars": by_display,
-                "hosts": sorted(names[i] for i in job.extravars["hosts"]),
-                "raw_vars": job.extravars["vars"]}

@@ -8,11 +8,10 @@ import urllib.request
 
 import pytest
 from flask.views import MethodView
-from service import call, start_service
+from service import CLI, call, service_env, start_service
 from sqlalchemy import create_engine, func, select, text
 
-from conftest import ADMIN, assert_error
-from test_first_start import CLI, service_env
+from api_helpers import ADMIN, assert_error
 from gpuaas_api import access, users
 from gpuaas_api.access import Access, Role
 from gpuaas_api.db import session

@@ -19,7 +19,7 @@ from gpuaas_agent.gpus import GpuState
 from gpuaas_agent.status_http import serve
 from sqlalchemy import select, update
 
-from conftest import create, settle
+from api_helpers import create, settle
 from gpuaas_api import create_app
 from gpuaas_api.config import Config
 from gpuaas_api.db import session

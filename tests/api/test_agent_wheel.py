@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from api_helpers import add_node, set_status
 from gpuaas_api import agent_wheel
 from gpuaas_api.config import Config
 from gpuaas_api.jobs import worker as worker_module
@@ -24,7 +25,6 @@ from gpuaas_api.jobs.queue import claim_next
 from gpuaas_api.jobs.runner import RunResult
 from gpuaas_api.checkout import COLLECTION_ROOT
 from gpuaas_api.states import NodeStatus, Operation
-from test_operations import add_node, set_status
 
 THREADS = 6
 

@@ -9,7 +9,7 @@ import time
 import pytest
 from sqlalchemy import delete, func, select, text, update
 
-from conftest import ADMIN, assert_error, create
+from api_helpers import ADMIN, assert_error, create
 from gpuaas_api import actor, audit, users
 from gpuaas_api.access import Role
 from gpuaas_api.credentials import hash_token

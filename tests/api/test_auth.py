@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from conftest import ADMIN, assert_error
+from api_helpers import ADMIN, assert_error
 
 
 def test_login_returns_token_user_and_cookie(anonymous):

@@ -9,13 +9,12 @@ import datetime as dt
 import pytest
 from sqlalchemy import func, select
 
-from conftest import ADMIN, assert_error
+from api_helpers import ADMIN, GPU_A, GPU_B, add_node, assert_error, gpu, gpu_report, set_status
 from gpuaas_api.credentials import hash_token
 from gpuaas_api.db import session
 from gpuaas_api.jobs.finalize import finalize
 from gpuaas_api.models import ApiToken, Cluster, Node, Pool, User
 from gpuaas_api.states import ClusterStatus, NodeStatus
-from test_operations import GPU_A, GPU_B, add_node, gpu, gpu_report, set_status
 
 
 @pytest.mark.parametrize("path", ["/gpuaas/node/4242", "/api/regions/4242", "/gpuaas/4242", "/gpuaas/pool/4242",

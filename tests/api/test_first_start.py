@@ -6,31 +6,17 @@ PostgreSQL).
 """
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from service import call, free_port, start_service, wait_for_job
+from service import CLI, SYSTEM_PATH, VENV_BIN, call, free_port, service_env, start_service, wait_for_job
 from sqlalchemy import create_engine, make_url, text
 
-VENV_BIN = Path(sys.executable).parent
-CLI = VENV_BIN / "gpuaas-api"
 REPO = Path(__file__).resolve().parents[2]
-SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # systemd's, for a system service
 PASSWORD_LINE = re.compile(r"created user 'admin' with password (\S+) \(shown only now")
-
-
-def service_env(data_dir: Path, database_url: str, **settings) -> dict:
-    """The environment of a service started outside the Makefile: no venv on PATH, no GPUAAS_* of ours."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("GPUAAS_", "ANSIBLE_"))}
-    # A HOME that does not exist: nothing may be written there (a system user may have none).
-    env.update({"PATH": SYSTEM_PATH, "HOME": str(data_dir.parent / "home"), "GPUAAS_BIND": f"127.0.0.1:{free_port()}",
-                "GPUAAS_DATA_DIR": str(data_dir), "GPUAAS_DATABASE_URL": database_url,
-                "GPUAAS_METRICS_INTERVAL_SECONDS": "0", **settings})
-    return env
 
 
 def login(base: str, username: str, password: str) -> tuple[int, dict]:

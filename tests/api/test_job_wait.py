@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import assert_error
+from api_helpers import assert_error
 from gpuaas_api.jobs import finalize as finalize_module
 from gpuaas_api.jobs import waiting
 from gpuaas_api.jobs.finalize import finalize

@@ -5,6 +5,7 @@ import datetime as dt
 
 from sqlalchemy import update
 
+from api_helpers import add_node
 from gpuaas_api.db import session
 from gpuaas_api.jobs.finalize import finalize
 from gpuaas_api.jobs.lease import Lease, expire_lapsed
@@ -12,7 +13,6 @@ from gpuaas_api.jobs.claims import claimant
 from gpuaas_api.jobs.queue import claim_next
 from gpuaas_api.models import Job, Node
 from gpuaas_api.states import NodeStatus
-from test_operations import add_node
 
 
 def aware(value: dt.datetime) -> dt.datetime:

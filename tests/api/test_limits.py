@@ -25,7 +25,7 @@ from service import free_port, start_service
 from sqlalchemy import select
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from conftest import ADMIN, assert_error
+from api_helpers import ADMIN, assert_error
 from gpuaas_api import create_app, credentials, login_throttle
 from gpuaas_api.body_limit import CappedBody
 from gpuaas_api.config import Config

@@ -7,7 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from conftest import assert_error, create, settle
+from api_helpers import assert_error, create, settle
 from gpuaas_api import create_app
 from gpuaas_api.config import Config
 from gpuaas_api.db import session

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select, update
 
+from api_helpers import add_node, set_created, set_status
 from gpuaas_api.config import Config
 from gpuaas_api.db import session
 from gpuaas_api.jobs import inventory as inventory_module
@@ -19,7 +20,6 @@ from gpuaas_api.jobs.queue import claim_next
 from gpuaas_api.jobs.runner import RunResult
 from gpuaas_api.models import Job, Node
 from gpuaas_api.states import JobStatus, NodeStatus
-from test_operations import _created, add_node, set_status
 
 
 class FakeRun:
@@ -76,10 +76,10 @@ def test_inits_arriving_together_wait_out_their_burst_then_share_one_run(app, cl
     nodes = nodes_in(client, region, 3)
     inits = [client.get(f"/gpuaas/node/init?gpuaas_node_id={n['id']}").get_json()["job_id"] for n in nodes]
 
-    _created(app, {job_id: 0.0 for job_id in inits})  # the last request just now: more may follow
+    set_created(app, {job_id: 0.0 for job_id in inits})  # the last request just now: more may follow
     with app.app_context():
         assert claim_next() == []
-    _created(app, {job_id: -0.5 for job_id in inits})  # quiet for longer than 0.25 s
+    set_created(app, {job_id: -0.5 for job_id in inits})  # quiet for longer than 0.25 s
     with app.app_context():
         assert claim_next() == inits
     assert all(job.status is JobStatus.RUNNING for job in jobs(app).values())
@@ -90,7 +90,7 @@ def test_a_burst_never_holds_its_first_job_past_the_window(app, client, region):
     config.NODE_BATCH_QUIET_SECONDS, config.NODE_BATCH_WINDOW_SECONDS = 0.25, 2.0
     old, new = (client.get(f"/gpuaas/node/init?gpuaas_node_id={n['id']}").get_json()["job_id"]
                 for n in nodes_in(client, region, 2))
-    _created(app, {old: -3.0, new: 0.0})
+    set_created(app, {old: -3.0, new: 0.0})
     with app.app_context():
         assert claim_next() == [old, new]  # the old one goes, and takes the newcomer along
 

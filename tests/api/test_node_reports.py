@@ -8,11 +8,11 @@ import json
 import pytest
 from sqlalchemy import select
 
+from api_helpers import add_node, set_status
 from gpuaas_api.db import session
 from gpuaas_api.jobs.finalize import finalize
 from gpuaas_api.models import Cluster, Gpu, Job, Node, Npu
 from gpuaas_api.states import NodeStatus
-from test_operations import add_node, set_status
 
 JINJA = "{{ lookup('pipe', 'id') }}"
 UUID0 = "GPU-6b2d3c1e-9f7a-4e1b-8c3d-2a1f0e9d8c7b"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import assert_error
+from api_helpers import assert_error
 
 
 def worker(region_id, **overrides):

@@ -7,25 +7,12 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from conftest import assert_error
+from api_helpers import GPU_A, GPU_B, add_node, assert_error, gpu, gpu_report, set_created, set_status
 from gpuaas_api.db import session
 from gpuaas_api.jobs.finalize import finalize, reconcile_orphans
 from gpuaas_api.jobs.queue import claim_next
 from gpuaas_api.models import Gpu, Job, JobEvent, Node, Scan
 from gpuaas_api.states import GpuAssignment, JobStatus, NodeStatus
-
-
-def add_node(client, region, name="w1", **roles):
-    body = {"name": name, "region_id": region["id"], "node_ip": "198.18.0.12", "username": "root",
-            "is_worker_node": True}
-    body.update(roles)
-    return client.post("/gpuaas/node/add", json=body).get_json()
-
-
-def set_status(app, node_id, status):
-    with app.app_context():
-        session().get(Node, node_id).status = status
-        session().commit()
 
 
 def test_init_records_a_job_and_moves_the_node(app, client, region):
@@ -161,22 +148,6 @@ def test_run_dirs_no_running_job_owns_are_removed(app, client, region):
         assert (jobs_dir / f"job-{first}-ghi").is_dir()
 
 
-# GPU UUIDs in NVML's format: a scan stores no other (node_reports.py).
-GPU_A, GPU_B = "GPU-00000000-0000-4000-8000-00000000000a", "GPU-00000000-0000-4000-8000-00000000000b"
-
-
-def gpu_report(*gpus):
-    report = {"driver_state": "present", "driver_version": "550.54.15", "cuda_version": "12.4",
-              "gpu_count": len(gpus), "gpus": list(gpus)}
-    return {"gpuaas_gpu_scan": {"node-1": report}}  # by inventory name: add_node's first node is node-1
-
-
-def gpu(index, uuid, status="ok"):
-    return {"index": index, "uuid": uuid, "vendor": "NVIDIA", "model": "NVIDIA L40S", "memory_mb": 46068,
-            "pci_bus_id": f"00000000:{index:02X}:00.0", "compute_mode": "DEFAULT", "mig_mode": "disabled",
-            "status": status}
-
-
 def test_scans_update_the_gpu_inventory_without_deleting(app, client, region):
     node = add_node(client, region)
     set_status(app, node["id"], NodeStatus.INITIALIZED)
@@ -257,19 +228,6 @@ def test_logs_are_paginated_in_a_stable_order(app, client, region):
     assert_error(client.get(f"/gpuaas/node/{node['id']}/logs?per_page=0"), 422, field="per_page")
 
 
-def _created(app, seconds_from_now: dict[int, float]) -> None:
-    """Backdate (or postdate) jobs' submission times: the batching rules depend only on them."""
-    import datetime as dt
-
-    from sqlalchemy import update
-
-    now = dt.datetime.now(dt.timezone.utc)
-    with app.app_context():
-        for job_id, offset in seconds_from_now.items():
-            session().execute(update(Job).where(Job.id == job_id).values(created_at=now + dt.timedelta(seconds=offset)))
-        session().commit()
-
-
 def test_read_only_jobs_on_several_nodes_share_one_run(app, client, region):
     nodes = [add_node(client, region, name=f"w{i}") for i in range(3)]
     for node in nodes:
@@ -277,12 +235,12 @@ def test_read_only_jobs_on_several_nodes_share_one_run(app, client, region):
     scans = [client.get(f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}").get_json()["job_id"] for node in nodes]
     reboot = client.post(f"/gpuaas/node/reboot?node_id={nodes[0]['id']}").get_json()["job_id"]
     again = client.get(f"/gpuaas/node/test_conn?gpuaas_node_id={nodes[0]['id']}").get_json()["job_id"]
-    _created(app, {job_id: 5.0 for job_id in [*scans, again]})  # requests still arriving: a burst
+    set_created(app, {job_id: 5.0 for job_id in [*scans, again]})  # requests still arriving: a burst
 
     with app.app_context():
         assert claim_next() == [reboot]  # mutating jobs start at once, and alone
         assert claim_next() == []  # read-only ones wait while their burst goes on
-    _created(app, {job_id: -0.1 for job_id in [*scans, again]})  # burst over, well within the window
+    set_created(app, {job_id: -0.1 for job_id in [*scans, again]})  # burst over, well within the window
     with app.app_context():
         batch = claim_next()
         statuses = {job.id: job.status for job in session().scalars(select(Job))}
@@ -298,7 +256,7 @@ def test_a_burst_that_never_ends_does_not_hold_its_first_jobs_past_the_window(ap
         set_status(app, node["id"], NodeStatus.INITIALIZED)
     old, new = [client.get(f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}").get_json()["job_id"]
                 for node in nodes]
-    _created(app, {old: -2 * BATCH_WINDOW_SECONDS, new: 5.0})
+    set_created(app, {old: -2 * BATCH_WINDOW_SECONDS, new: 5.0})
 
     with app.app_context():
         assert claim_next() == [old, new]  # the old one goes, and takes the newcomer along
@@ -313,7 +271,7 @@ def test_workers_racing_for_one_burst_never_split_it(app, client, region):
     for node in nodes:
         set_status(app, node["id"], NodeStatus.INITIALIZED)
     burst = [client.get(f"/gpuaas/node/scan_gpus?gpuaas_node_id={node['id']}").get_json()["job_id"] for node in nodes]
-    _created(app, {job_id: -0.1 for job_id in burst})
+    set_created(app, {job_id: -0.1 for job_id in burst})
     start, claims = threading.Barrier(4), []
 
     def worker():

@@ -20,7 +20,7 @@ import yaml
 from sqlalchemy import select
 from werkzeug.serving import make_server
 
-from conftest import ADMIN
+from api_helpers import ADMIN
 from gpuaas_api.db import release, session
 from gpuaas_api.jobs.finalize import finalize
 from gpuaas_api.pools import start_pool_deployment

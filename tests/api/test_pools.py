@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from conftest import assert_error, create, settle
+from api_helpers import assert_error, create, settle
 from gpuaas_api.db import session
 from gpuaas_api.jobs.finalize import finalize
 from gpuaas_api.jobs.queue import claim_next

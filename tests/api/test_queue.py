@@ -4,14 +4,13 @@ No job runs here: claim_next() is what a worker does first, and finalize() is ho
 """
 from __future__ import annotations
 
-from conftest import assert_error, create, settle
+from api_helpers import add_node, assert_error, create, set_status, settle
 from gpuaas_api.config import Config
 from gpuaas_api.db import session
 from gpuaas_api.jobs.finalize import finalize
 from gpuaas_api.jobs.queue import claim_next
 from gpuaas_api.models import Job, Node
 from gpuaas_api.states import NodeStatus
-from test_operations import add_node, set_status
 
 
 def job(app, job_id) -> Job:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from conftest import assert_error
+from api_helpers import assert_error
 
 
 def test_create_list_get_update_delete(client):

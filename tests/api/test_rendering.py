@@ -15,7 +15,7 @@ from gpuaas_api.schemas import (ClusterSchema, GpuDetailsSchema, GpuSchema, JobS
                                 OperationReplySchema, PoolChangeSchema, PoolSchema, RegionSchema, ScanSchema)
 from gpuaas_api.states import ScanStatus
 
-from conftest import create
+from api_helpers import create
 
 
 def same_json(schema, reply: dict) -> None:

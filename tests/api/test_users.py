@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from conftest import ADMIN, assert_error
+from api_helpers import ADMIN, assert_error
 from gpuaas_api import credentials
 from gpuaas_api.db import session
 from gpuaas_api.models import ApiToken

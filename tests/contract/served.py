@@ -1,30 +1,16 @@
-"""A real `gpuaas-api serve` for the contract tests: a fresh SQLite database under the test's
-temporary directory, no job workers (no job may try to reach the made-up nodes), an admin, and the
-seeded region and nodes (ids 1 and 2, as schemathesis.toml's dictionary has them)."""
+"""The contract tests' service: a real `gpuaas-api serve` (tests/support/service.py) on a fresh
+SQLite database under the test's temporary directory, no job workers (no job may try to reach the
+made-up nodes), an admin, and the seeded region and nodes (ids 1 and 2, as schemathesis.toml's
+dictionary has them)."""
 from __future__ import annotations
 
-import os
-import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-from service import call, free_port, start_service
+import service
+from service import call
 
-VENV_BIN = Path(sys.executable).parent
 ADMIN = {"username": "admin", "password": "contract test password"}
-
-
-@dataclass
-class Served:
-    base: str
-    token: str
-    env: dict
-    access_log: Path
-    log: Path
-
-    def call(self, method: str, path: str, body=None):
-        return call(self.base, method, path, body, token=self.token)
 
 
 def seed_data(base: str, token: str) -> None:
@@ -42,17 +28,6 @@ def seed_data(base: str, token: str) -> None:
 @contextmanager
 def serve(tmp_path: Path):
     """Start the service, log in and seed it; yield a Served; stop the service."""
-    access_log = tmp_path / "access.log"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("GPUAAS_")}
-    env.update(GPUAAS_BIND=f"127.0.0.1:{free_port()}", GPUAAS_DATA_DIR=str(tmp_path / "data"),
-               GPUAAS_JOB_WORKERS="0", GPUAAS_METRICS_INTERVAL_SECONDS="0",
-               GPUAAS_ADMIN_USER=ADMIN["username"], GPUAAS_ADMIN_PASSWORD=ADMIN["password"],
-               GPUAAS_ACCESS_LOG=str(access_log))
-    service = start_service([str(VENV_BIN / "gpuaas-api"), "serve"], env, tmp_path / "serve.log")
-    try:
-        status, login = call(service.base, "POST", "/api/login", ADMIN)
-        assert status == 200, login
-        seed_data(service.base, login["token"])
-        yield Served(service.base, login["token"], env, access_log, tmp_path / "serve.log")
-    finally:
-        service.stop()
+    with service.serve(tmp_path, ADMIN, seed=seed_data, GPUAAS_JOB_WORKERS="0",
+                       GPUAAS_METRICS_INTERVAL_SECONDS="0") as served:
+        yield served

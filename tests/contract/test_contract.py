@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 import pytest
-from served import VENV_BIN, serve
+from served import serve
+from service import VENV_BIN
 
 HERE = Path(__file__).resolve().parent
 

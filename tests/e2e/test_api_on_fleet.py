@@ -13,7 +13,7 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
-from conftest import ADMIN, FLEET, REPO, install_controller_key
+from fleet_service import ADMIN, FLEET, REPO, install_controller_key
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import FLEET, install_controller_key
+from fleet_service import FLEET, install_controller_key
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from conftest import FLEET, Service, install_controller_key
+from fleet_service import FLEET, Service, install_controller_key
 
 EDIT_METHOD = "PUT"
 FLEET_NODES = 4  # node1 H100 (controller), node2 A100, node3 L40S, node4 Ascend NPUs: tests/fleet/profiles.yml

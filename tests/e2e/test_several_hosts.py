@@ -13,7 +13,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 
-from conftest import ADMIN, NamespacedService, install_controller_key
+from fleet_service import ADMIN, NamespacedService, install_controller_key
 
 FLEET_NODES = 2
 LEASE_SECONDS, RENEW_SECONDS = 8, 2

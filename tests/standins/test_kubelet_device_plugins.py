@@ -13,14 +13,11 @@ from __future__ import annotations
 import base64
 import json
 import os
-import queue
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import time
-from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -31,91 +28,18 @@ sys.path.insert(0, str(REPO / "tests/fleet"))
 sys.path.insert(0, str(REPO / "agent/src"))
 import package_repo  # noqa: E402
 from gpuaas_agent.deviceplugin.v1beta1 import api_pb2 as pb  # noqa: E402
-from gpuaas_agent.deviceplugin.v1beta1 import api_pb2_grpc as pb_grpc  # noqa: E402
-# The fixture: a fake kube-apiserver on loopback.
-from test_fake_apiserver import cluster  # noqa: E402,F401  pylint: disable=unused-import
+from device_plugin_double import RESOURCE, Plugin  # noqa: E402
+from waiting import wait_for  # noqa: E402
 
 KUBELET = REPO / "tests/fleet/packages/kubelet/usr/bin/kubelet"
 CLIENT_DIR = REPO / "tests/fleet/packages/kubelet/usr/lib/fake-kubernetes"
-RESOURCE = "gpuaas.hosted.ai/pool-7"
 GRACE = 2.0
-
-
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    return predicate()
 
 
 @pytest.fixture(scope="module")
 def descriptors(tmp_path_factory) -> Path:
     """api.proto's descriptor set, built as the kubelet package's build builds it."""
     return package_repo.build_device_plugin_descriptors(tmp_path_factory.mktemp("proto") / "api.binpb")
-
-
-class Plugin(pb_grpc.DevicePluginServicer):
-    """A device plugin as the agent serves one: its own socket in the kubelet's directory."""
-
-    def __init__(self, directory: Path, name: str, devices: list[tuple[str, str]], preferred: bool = True):
-        self.directory, self.name, self.devices, self.preferred = directory, name, devices, preferred
-        self.updates: queue.Queue = queue.Queue()
-        self.preferred_requests: list = []
-        self.allocate_requests: list = []
-        self.server = None
-
-    def GetDevicePluginOptions(self, request, context):
-        return pb.DevicePluginOptions(get_preferred_allocation_available=self.preferred)
-
-    def ListAndWatch(self, request, context):
-        yield pb.ListAndWatchResponse(devices=[pb.Device(ID=i, health=h) for i, h in self.devices])
-        while context.is_active():
-            try:
-                devices = self.updates.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if devices is None:
-                return
-            self.devices = devices
-            yield pb.ListAndWatchResponse(devices=[pb.Device(ID=i, health=h) for i, h in devices])
-
-    def GetPreferredAllocation(self, request, context):
-        ask = request.container_requests[0]
-        self.preferred_requests.append((sorted(ask.available_deviceIDs), list(ask.must_include_deviceIDs),
-                                        ask.allocation_size))
-        # The highest IDs first, and one the kubelet never offered: it must be ignored.
-        ids = ["made-up"] + sorted(ask.available_deviceIDs, reverse=True)[:ask.allocation_size]
-        return pb.PreferredAllocationResponse(container_responses=[pb.ContainerPreferredAllocationResponse(deviceIDs=ids)])
-
-    def Allocate(self, request, context):
-        ids = list(request.container_requests[0].devices_ids)
-        self.allocate_requests.append(ids)
-        return pb.AllocateResponse(container_responses=[pb.ContainerAllocateResponse(
-            envs={"GPUAAS_SLOTS": ",".join(ids)}, annotations={"gpuaas.hosted.ai/pool": "7"},
-            mounts=[pb.Mount(container_path="/run/gpuaas", host_path="/run/gpuaas/pool-7", read_only=True)],
-            devices=[pb.DeviceSpec(container_path="/dev/nvidia0", host_path="/dev/nvidia0", permissions="rw")],
-            cdi_devices=[pb.CDIDevice(name="nvidia.com/gpu=0")])])
-
-    def start(self) -> "Plugin":
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        pb_grpc.add_DevicePluginServicer_to_server(self, self.server)
-        self.server.add_insecure_port(f"unix://{self.directory / self.name}")
-        self.server.start()
-        return self
-
-    def register(self, version: str = "v1beta1", resource: str = RESOURCE):
-        with grpc.insecure_channel(f"unix://{self.directory / 'kubelet.sock'}") as channel:
-            return pb_grpc.RegistrationStub(channel).Register(pb.RegisterRequest(
-                version=version, endpoint=self.name, resource_name=resource,
-                options=pb.DevicePluginOptions(get_preferred_allocation_available=self.preferred)), timeout=20)
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop(0)
-            self.server = None
 
 
 class Kubelet:
@@ -163,8 +87,8 @@ class Kubelet:
              f"--kubeconfig={self.root / 'kubelet.conf'}", f"--hostname-override={self.node}"],
             stdout=self.log, stderr=self.log, env=self.env)
         # A new kubelet.sock (a former kubelet's stays when it is killed): another inode, or ctime.
-        assert wait_for(lambda: self.socket_inode() not in (None, before) or self.process.poll() is not None), \
-            self.logs()
+        assert wait_for(lambda: self.socket_inode() not in (None, before) or self.process.poll() is not None,
+                        what=lambda: f"kubelet.sock made again; the kubelet's log: {self.logs()}")
         assert self.process.poll() is None, self.logs()
         return self
 
@@ -244,7 +168,7 @@ def test_registration_refusals_health_capacity_and_the_stop_grace_period(kubelet
     kubelet.start()
     assert not (kubelet.plugins_dir / "old-plugin.sock").exists()
     assert (kubelet.plugins_dir / "notes.txt").exists()
-    assert wait_for(kubelet.node_object), kubelet.logs()
+    assert wait_for(kubelet.node_object, what=lambda: f"the Node; the kubelet's log: {kubelet.logs()}")
 
     plugin = Plugin(kubelet.plugins_dir, "gpuaas-pool-7.sock", [("slot-0", "Healthy"), ("slot-1", "Healthy"),
                                                                 ("slot-2", "Healthy")]).start()
@@ -275,12 +199,13 @@ def test_registration_refusals_health_capacity_and_the_stop_grace_period(kubelet
         assert registrations[0]["error"].startswith('requested API version "v1alpha"') and registrations[0]["time"]
 
         # The real kubectl reads the extended resource from the Node's status.
-        assert wait_for(lambda: kubelet.node_resource() == ("3", "3")), kubelet.node_object().get("status")
+        assert wait_for(lambda: kubelet.node_resource() == ("3", "3"),
+                        what=lambda: f"capacity and allocatable 3; the Node's status: {kubelet.node_object().get('status')}")
         status = kubelet.node_object()["status"]
         assert {"cpu", "memory", "pods", "ephemeral-storage"} <= set(status["capacity"]) <= set(status["allocatable"])
 
         plugin.updates.put([("slot-0", "Healthy"), ("slot-1", "Unhealthy"), ("slot-2", "Healthy")])
-        assert wait_for(lambda: kubelet.node_resource() == ("3", "2")), kubelet.node_resource()
+        assert wait_for(lambda: kubelet.node_resource() == ("3", "2"), what=lambda: f"('3', '2'), not {kubelet.node_resource()}")
         assert kubelet.resource()["list_and_watch_updates"] == 2
         assert kubelet.checkpoint()["Data"]["RegisteredDevices"] == {RESOURCE: ["slot-0", "slot-2"]}
 
@@ -288,9 +213,10 @@ def test_registration_refusals_health_capacity_and_the_stop_grace_period(kubelet
         plugin.stop()
         state = wait_for(lambda: kubelet.resource().get("connected") is False and kubelet.resource())
         assert [d["health"] for d in state["devices"]] == ["Unhealthy"] * 3
-        assert wait_for(lambda: kubelet.node_resource() == ("3", "0")), kubelet.node_resource()
+        assert wait_for(lambda: kubelet.node_resource() == ("3", "0"), what=lambda: f"('3', '0'), not {kubelet.node_resource()}")
         # setters.go: a removed resource is set to 0, not removed from the Node.
-        assert wait_for(lambda: kubelet.node_resource() == ("0", "0"), timeout=GRACE + 5), kubelet.node_resource()
+        assert wait_for(lambda: kubelet.node_resource() == ("0", "0"), timeout=GRACE + 5,
+                        what=lambda: f"('0', '0'), not {kubelet.node_resource()}")
         assert wait_for(lambda: RESOURCE not in kubelet.state()["resources"])
         assert kubelet.checkpoint()["Data"]["RegisteredDevices"] == {}
     finally:
@@ -319,11 +245,13 @@ def test_pods_get_preferred_devices_through_allocate_survive_a_restart_or_are_re
     plugin = Plugin(kubelet.plugins_dir, "gpuaas-pool-7.sock", [(f"slot-{i}", "Healthy") for i in range(3)]).start()
     try:
         plugin.register()
-        assert wait_for(lambda: kubelet.node_resource() == ("3", "3")), kubelet.logs()
+        assert wait_for(lambda: kubelet.node_resource() == ("3", "3"),
+                        what=lambda: f"capacity and allocatable 3; the kubelet's log: {kubelet.logs()}")
         created = kubelet.cluster.apply(pod("train", kubelet.node, {RESOURCE: "2"}),
                                         pod("other-cluster-resource", kubelet.node, {"example.com/licence": "1"}))
         assert created.returncode == 0, created.stderr
-        assert wait_for(lambda: pod_status(kubelet, "train").get("phase") == "Running"), kubelet.logs()
+        assert wait_for(lambda: pod_status(kubelet, "train").get("phase") == "Running",
+                        what=lambda: f"train Running; the kubelet's log: {kubelet.logs()}")
         # The preferred allocation was asked with every free healthy device, nothing to include.
         assert plugin.preferred_requests == [(["slot-0", "slot-1", "slot-2"], [], 2)]
         assert plugin.allocate_requests == [["slot-2", "slot-1"]]
@@ -356,7 +284,8 @@ def test_pods_get_preferred_devices_through_allocate_survive_a_restart_or_are_re
         # A deleted Pod's devices are freed at the next allocation; never given twice.
         assert kubelet.cluster.kubectl("delete", "pod", "train", "-n", "default", "--wait=false").returncode == 0
         assert kubelet.cluster.apply(pod("all-three", kubelet.node, {RESOURCE: "3"})).returncode == 0
-        assert wait_for(lambda: pod_status(kubelet, "all-three").get("phase") == "Running"), kubelet.logs()
+        assert wait_for(lambda: pod_status(kubelet, "all-three").get("phase") == "Running",
+                        what=lambda: f"all-three Running; the kubelet's log: {kubelet.logs()}")
         assert sorted(plugin.allocate_requests[-1]) == ["slot-0", "slot-1", "slot-2"]
         assert not (kubelet.records / "allocations/default_train_main.json").exists()
 
@@ -371,7 +300,7 @@ def test_pods_get_preferred_devices_through_allocate_survive_a_restart_or_are_re
         assert state["allocated"] == ["slot-0", "slot-1", "slot-2"]
         plugin = Plugin(kubelet.plugins_dir, "gpuaas-pool-7.sock", [(f"slot-{i}", "Healthy") for i in range(3)]).start()
         plugin.register()
-        assert wait_for(lambda: kubelet.node_resource() == ("3", "3")), kubelet.node_resource()
+        assert wait_for(lambda: kubelet.node_resource() == ("3", "3"), what=lambda: f"('3', '3'), not {kubelet.node_resource()}")
         assert kubelet.cluster.apply(pod("after-restart", kubelet.node, {RESOURCE: "1"})).returncode == 0
         assert failed(kubelet, "after-restart")["message"].endswith(f"unavailable for {RESOURCE}. Requested: 1, Available: 0, which is unexpected")
 

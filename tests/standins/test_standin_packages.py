@@ -24,6 +24,7 @@ import pytest
 CHECKOUT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(CHECKOUT / "tests/fleet"))
 import package_repo  # noqa: E402
+from waiting import wait_for  # noqa: E402
 
 IMAGE = CHECKOUT / ".build/fleet/rootfs"
 SEED_REPO = CHECKOUT / ".build/fleet/repo"
@@ -224,16 +225,6 @@ def node(installed):
     state.stop()
 
 
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    return predicate()
-
-
 # --------------------------------------------------------------------------- the repository
 
 def test_stand_in_shell_scripts_pass_shellcheck():
@@ -394,7 +385,7 @@ def init_control_plane(node: Node, port: int, *extra: str,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "FAKE_KUBEADM_CONTROL_PLANE_TIMEOUT": "30"})
     node.processes.append(init)
-    assert wait_for(lambda: node.path("var/lib/kubelet/kubeadm-flags.env").exists(), timeout=30), "no kubelet-start"
+    assert wait_for(lambda: node.path("var/lib/kubelet/kubeadm-flags.env").exists(), timeout=30, what="kubelet-start")
     kubelet = node.start_kubelet(*node.kubelet_args(), heartbeat=heartbeat)
     out, err = init.communicate(timeout=60)
     return subprocess.CompletedProcess(init.args, init.returncode, out, err), kubelet
@@ -423,7 +414,7 @@ def test_init_runs_the_api_server_as_a_static_pod_the_kubelet_registers_and_rese
     def lease() -> dict:
         return (stored(node, "leases", "cp-1", "kube-node-lease", "coordination.k8s.io") or {}).get("spec", {})
     first = wait_for(lambda: lease().get("renewTime"))
-    assert wait_for(lambda: lease().get("renewTime") != first, timeout=3), "the lease is renewed"
+    assert wait_for(lambda: lease().get("renewTime") != first, timeout=3, what="the lease to be renewed")
     node.path("etc/cni/net.d").mkdir(parents=True, exist_ok=True)
     node.path("etc/cni/net.d/10-flannel.conflist").write_text("{}\n")
     assert wait_for(lambda: ready(stored(node, "nodes", "cp-1")).get("status") == "True", timeout=5)
@@ -470,7 +461,7 @@ def test_init_runs_the_api_server_as_a_static_pod_the_kubelet_registers_and_rese
         assert not node.path(gone).exists(), gone
     assert node.path("etc/cni/net.d/10-flannel.conflist").exists(), "reset leaves the CNI configuration"
     assert wait_for(lambda: subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"], capture_output=True,
-                                           check=False).returncode != 0), "the API server's Pod was removed"
+                                           check=False).returncode != 0, what="the API server's Pod to be removed")
     # Without --force it asks, and an answer other than y stops it.
     asked = node.run("kubeadm", "reset", stdin="n\n")
     assert asked.returncode == 1 and "won't proceed" in asked.stderr
@@ -505,7 +496,7 @@ def test_join_checks_the_pin_and_the_token_and_its_kubelet_registers_the_worker(
     assert "This node has joined the cluster" in join.stdout
     assert node.path("etc/kubernetes/pki/ca.crt").read_bytes() == (aside / "ca.crt").read_bytes()
     kubelet = node.start_kubelet(*node.kubelet_args())
-    assert wait_for(lambda: stored(node, "nodes", "w1")), kubelet.stderr
+    assert wait_for(lambda: stored(node, "nodes", "w1"), what=lambda: f"the Node w1; the kubelet's stderr: {kubelet.stderr}")
     assert "node-role.kubernetes.io/control-plane" not in stored(node, "nodes", "w1")["metadata"]["labels"]
 
     again = node.run("kubeadm", "join", endpoint, "--token", token, "--discovery-token-ca-cert-hash", pin)
@@ -554,7 +545,7 @@ def test_the_kubelet_runs_a_daemonset_s_cni_copy_and_turns_ready(node):
     assert "daemonset.apps/kube-flannel-ds serverside-applied" in applied.stdout
     conflist = node.path("etc/cni/net.d/10-flannel.conflist")
     # The taint is tolerated (operator Exists, NoSchedule): its Pod comes to cp-1 as well.
-    assert wait_for(conflist.exists, timeout=5), "the install-cni init container's copy"
+    assert wait_for(conflist.exists, timeout=5, what="the install-cni init container's copy")
     assert json.loads(conflist.read_text())["plugins"][0]["type"] == "flannel"
     assert not node.path("opt/cni/bin/flannel").exists(), "a copy out of the image is not modelled"
     assert wait_for(lambda: ready(stored(node, "nodes", "cp-1")).get("status") == "True", timeout=5)
@@ -753,8 +744,7 @@ manager.stop()
 def test_the_kubelet_s_device_manager_runs_on_debian_s_grpc_and_protobuf(node):
     """The installed kubelet's device manager, on the node's python3-grpcio and python3-protobuf,
     against a plugin served on this host with the agent's stubs (the socket is in the chroot)."""
-    sys.path.insert(0, str(CHECKOUT / "agent/src"))
-    from test_kubelet_device_plugins import RESOURCE, Plugin  # pylint: disable=import-outside-toplevel
+    from device_plugin_double import RESOURCE, Plugin  # pylint: disable=import-outside-toplevel
 
     plugins = node.path("tmp/dm/device-plugins")
     shutil.rmtree(node.path("tmp/dm"), ignore_errors=True)

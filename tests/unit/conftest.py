@@ -1,37 +1,16 @@
-"""Unit tests run each module as Ansible runs it: a subprocess fed its arguments as JSON.
+"""Unit tests run each module as Ansible runs it: a subprocess fed its arguments as JSON
+(tests/support/module_runner.py).
 
 The NVML tests load the project's fake libnvidia-ml.so.1 (the same C library the
 fleet nodes use) through nvidia-ml-py, so the real code path is exercised.
 """
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-COLLECTIONS = REPO / ".build" / "collections"
-
-
-def run_module(name: str, args: dict, env: dict | None = None, tmp_path: Path | None = None) -> dict:
-    """Run plugins/modules/<name>.py with ``args``; return its JSON result."""
-    module = REPO / "plugins" / "modules" / f"{name}.py"
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("FAKE_NVML", "LD_LIBRARY_PATH"))}
-    environment["PYTHONPATH"] = str(COLLECTIONS)
-    environment.update(env or {})
-    completed = subprocess.run(
-        [sys.executable, str(module)],
-        input=json.dumps({"ANSIBLE_MODULE_ARGS": {"_ansible_check_mode": False, **args}}),
-        capture_output=True, text=True, env=environment, cwd=tmp_path, timeout=60, check=False,
-    )
-    try:
-        return json.loads(completed.stdout)
-    except json.JSONDecodeError:
-        raise AssertionError(f"{name} printed no JSON (rc {completed.returncode}): {completed.stdout!r} {completed.stderr!r}")
+from module_runner import REPO
 
 
 @pytest.fixture(scope="session")

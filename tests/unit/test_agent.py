@@ -1,5 +1,5 @@
 """The gpuaas agent as it runs on a node: the real program, the fake NVML library, and a kubelet
-double speaking the device plugin API v1beta1 (agent_harness.py)."""
+double speaking the device plugin API v1beta1 (tests/support/agent_harness.py)."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from agent_harness import MPS_CONTROL, AgentProcess, Kubelet, wait_for
+from agent_harness import MPS_CONTROL, AgentProcess, Kubelet
 from gpuaas_agent.devices import endpoint_for
+from waiting import wait_for
 
 MEMORY_MB = 81920
 

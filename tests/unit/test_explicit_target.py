@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COLLECTIONS
+from module_runner import COLLECTIONS
 
 INVENTORY = """
 all:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_module
+from module_runner import run_module
 
 H100 = ("GPU-0a1b2c3d-0000-4000-8000-000000000001", "NVIDIA H100 80GB HBM3", 81559, "00000000:18:00.0", 0)
 A100_MIG = ("GPU-0a1b2c3d-0000-4000-8000-000000000002", "NVIDIA A100-SXM4-40GB", 40960, "00000000:07:00.0", 1)

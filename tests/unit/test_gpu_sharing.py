@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import run_module
+from module_runner import run_module
 
 
 def gpu(n: int, memory: int = 81920):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COLLECTIONS
+from module_runner import COLLECTIONS
 
 HASH = "--hash=sha256:" + "ab" * 32
 AGENT = f"gpuaas-agent==0.1.0 {HASH}"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import COLLECTIONS
+from module_runner import COLLECTIONS
 
 BIN = Path(sys.executable).parent
 TOKEN = "test-token"

@@ -16,7 +16,7 @@ import ansible_runner
 import pytest
 import yaml
 
-from conftest import COLLECTIONS, REPO
+from module_runner import COLLECTIONS, REPO
 
 KEYS = {"cpu_model", "cores", "total_memory_in_mb", "total_disk_in_mb"}
 DEFAULTS = yaml.safe_load((REPO / "roles/node_facts/defaults/main.yml").read_text())

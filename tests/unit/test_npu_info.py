@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import REPO, run_module
+from module_runner import REPO, run_module
 
 NPU_SMI = REPO / "tests/fleet/node_files/npu-smi"
 

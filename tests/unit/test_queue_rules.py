@@ -1,6 +1,7 @@
 """The job engine's pure rules, table-driven, with no database: which node statuses a queued request
 may meet (statuses_after), which jobs wait in their burst (bursts), which share a run (joinable),
-where a pending job stands (turn_of), and what a host's part of a run came to (results.py)."""
+where a pending job stands (turn_of), whether a run stopped before a host, and the explanation of a failed task
+(tests/api/test_run_explanations.py has each host's outcome)."""
 from __future__ import annotations
 
 import datetime as dt
@@ -10,7 +11,7 @@ import pytest
 
 from gpuaas_api.jobs.finalize import failed_task_line
 from gpuaas_api.jobs.queue import BurstTiming, bursts, joinable, turn_of
-from gpuaas_api.jobs.results import host_artifact, host_outcome, stopped_before
+from gpuaas_api.jobs.results import host_artifact, stopped_before
 from gpuaas_api.models import Job
 from gpuaas_api.operations.nodes import refusal_whatever_happens, statuses_after
 from gpuaas_api.states import JobStatus, NodeStatus, Operation
@@ -135,19 +136,6 @@ def test_turn_of(pending, holders, in_burst, turn):
 # ------------------------------------------------------------------ a host's part of a run
 def run(status="failed", rc=2, **stats):
     return SimpleNamespace(status=status, rc=rc, stats={kind: dict.fromkeys(hosts, 1) for kind, hosts in stats.items()})
-
-
-@pytest.mark.parametrize("result, host, outcome", [
-    (run("successful", 0, processed=["a", "b"]), "a", ("successful", 0)),
-    (run(processed=["a", "b"], dark=["a"]), "a", ("failed", 4)),
-    (run(processed=["a", "b"], failures=["b"]), "b", ("failed", 2)),
-    (run(processed=["a", "b"], failures=["b"]), "a", ("successful", 0)),
-    (run(processed=["a"], failures=["a"]), "c", ("failed", 2)),  # never processed: the run's rc
-    (run("canceled", None, processed=["a"]), "a", ("canceled", None)),
-    (run("timeout", 254, processed=["a"]), "a", ("timeout", 254)),
-], ids=["ok", "unreachable", "failed", "other-failed", "not-processed", "canceled", "timeout"])
-def test_host_outcome(result, host, outcome):
-    assert host_outcome(result, host) == outcome
 
 
 @pytest.mark.parametrize("result, host, stopped", [

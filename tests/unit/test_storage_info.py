@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 
-from conftest import REPO, run_module
+from module_runner import REPO, run_module
 
 VGS = REPO / "tests/fleet/node_files/vgs"
 

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from concurrent import futures
@@ -23,19 +22,10 @@ from pathlib import Path
 import grpc
 import yaml
 from gpuaas_agent.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
+from waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 MPS_CONTROL = REPO / "tests/fleet/packages/nvidia-driver-550-server/usr/bin/nvidia-cuda-mps-control"
-
-
-def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Plugin:

@@ -23,7 +23,7 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
-from conftest import FLEET, FLEET_STATE_DIR, REPO, Service, install_controller_key
+from fleet_service import FLEET, FLEET_STATE_DIR, REPO, Service, install_controller_key
 
 FLEET_NODES = 2
 AGENT_PORT = 9460
