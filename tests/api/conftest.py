@@ -24,6 +24,7 @@ from gpuaas_api.migrate import upgrade
 from gpuaas_api.models import Cluster, Gpu, Node
 from gpuaas_api.states import ClusterStatus, NodeStatus
 
+
 def postgres_admin(statement: str) -> None:
     """A statement on the test PostgreSQL server, outside any database of the tests'."""
     admin = create_engine(os.environ["GPUAAS_TEST_DATABASE_URL"], isolation_level="AUTOCOMMIT")
