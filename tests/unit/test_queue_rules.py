@@ -1,6 +1,6 @@
 """The job engine's pure rules, table-driven, with no database: which node statuses a queued request
 may meet (statuses_after), which jobs wait in their burst (bursts), which share a run (joinable),
-where a pending job stands (turn_of), whether a run stopped before a host, and the explanation of a failed task
+where a pending job stands (standing_of), whether a run stopped before a host, and the explanation of a failed task
 (tests/api/test_run_explanations.py has each host's outcome)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from gpuaas_api.jobs.finalize import failed_task_line
-from gpuaas_api.jobs.queue import BurstTiming, bursts, joinable, turn_of
+from gpuaas_api.jobs.queue import BurstTiming, Standing, bursts, joinable, standing_of
 from gpuaas_api.jobs.results import host_artifact, stopped_before
 from gpuaas_api.models import Job
 from gpuaas_api.operations.nodes import refusal_whatever_happens, statuses_after
@@ -116,21 +116,21 @@ def test_joinable(first, candidates, batch):
     assert joinable(first, candidates) == batch
 
 
-# ------------------------------------------------------------------ turn_of
-@pytest.mark.parametrize("pending, holders, in_burst, turn", [
-    (job(1), {1: 1}, set(), "holds its nodes"),
-    (job(1), {1: 1}, {1}, "in burst"),
-    (job(1, Operation.TEST_CONN, mutating=False), {}, set(), "holds its nodes"),
-    (job(1), {1: 7}, set(), "not its turn"),
-    (job(1), {1: None}, set(), "queued"),
+# ------------------------------------------------------------------ standing_of
+@pytest.mark.parametrize("pending, holders, in_burst, standing", [
+    (job(1), {1: 1}, set(), Standing.READY),
+    (job(1), {1: 1}, {1}, Standing.IN_BURST),
+    (job(1, Operation.TEST_CONN, mutating=False), {}, set(), Standing.READY),
+    (job(1), {1: 7}, set(), Standing.BEHIND),
+    (job(1), {1: None}, set(), Standing.QUEUED),
     # Its node was deleted: nothing to hold, its turn is checked (and its operation refuses it).
-    (job(1), {}, set(), "queued"),
-    (job(1, "pool_apply", node_id=None, targets=[1, 2]), {1: 1, 2: 1}, set(), "holds its nodes"),
-    (job(1, "pool_apply", node_id=None, targets=[1, 2]), {1: None, 2: 5}, set(), "not its turn"),
+    (job(1), {}, set(), Standing.QUEUED),
+    (job(1, "pool_apply", node_id=None, targets=[1, 2]), {1: 1, 2: 1}, set(), Standing.READY),
+    (job(1, "pool_apply", node_id=None, targets=[1, 2]), {1: None, 2: 5}, set(), Standing.BEHIND),
 ], ids=["holds", "holds-in-burst", "read-only", "held-by-another", "free", "deleted-node", "pool-holds-all",
         "pool-one-held"])
-def test_turn_of(pending, holders, in_burst, turn):
-    assert turn_of(pending, holders, in_burst) == turn
+def test_standing_of(pending, holders, in_burst, standing):
+    assert standing_of(pending, holders, in_burst) is standing
 
 
 # ------------------------------------------------------------------ a host's part of a run

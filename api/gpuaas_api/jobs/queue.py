@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 
 from flask import current_app
 from sqlalchemy import select, update
@@ -61,7 +62,7 @@ def claim_next() -> list[int]:
 def claim_run() -> tuple[list[int], bool]:
     """Claim the next run: a mutating job alone, or a batch of jobs sharing a playbook run (batch_of).
 
-    The oldest pending job that may run now is chosen (may_start_now). Returns the claimed job ids,
+    The oldest pending job that may run now is chosen (standing_of). Returns the claimed job ids,
     oldest first, and whether a pending job is being held in its burst. An idle poll costs one
     query; a poll over waiting jobs, three.
     """
@@ -76,12 +77,12 @@ def claim_run() -> tuple[list[int], bool]:
     held_in_burst = False
     unfinished = None
     for job in pending:
-        verdict = turn_of(job, holders, in_burst)
-        if verdict == "in burst":
+        standing = standing_of(job, holders, in_burst)
+        if standing is Standing.IN_BURST:
             held_in_burst = True
-        elif verdict == "holds its nodes":
+        elif standing is Standing.READY:
             return _claim(batch_of(job)), False
-        elif verdict == "queued":
+        elif standing is Standing.QUEUED:
             if unfinished is None:
                 unfinished = unfinished_mutating_jobs()
             if not any(other.id < job.id and shares_work(job, other, nodes_present(job, holders)) for other in unfinished):
@@ -104,17 +105,23 @@ def nodes_present(job: Job, holders: dict[int, int | None]) -> set[int]:
     return {node_id for node_id in lock_set(job) if node_id in holders}  # a deleted node holds nothing
 
 
-def turn_of(job: Job, holders: dict[int, int | None], in_burst: set[int]) -> str:
-    """Where a pending job stands: "in burst" (waits for more of its kind), "holds its nodes" (may run
-    now: read-only, or submitted onto free nodes), "not its turn" (a node is held by another job), or
-    "queued" (its nodes are free: its turn, unless an earlier job shares a node or its pool)."""
+class Standing(enum.Enum):
+    """Where a pending job stands at a claim."""
+
+    READY = "holds its nodes"  # may run now: read-only, or submitted onto free nodes
+    IN_BURST = "in burst"  # it could run, but waits for more of its kind to share its run
+    BEHIND = "not its turn"  # a node it needs is held by another job
+    QUEUED = "queued"  # its nodes are free: its turn, unless an earlier job shares a node or its pool
+
+
+def standing_of(job: Job, holders: dict[int, int | None], in_burst: set[int]) -> Standing:
     nodes = nodes_present(job, holders)
     holds = not job.mutating or (nodes and all(holders[node_id] == job.id for node_id in nodes))
     if holds:
-        return "in burst" if job.id in in_burst else "holds its nodes"
+        return Standing.IN_BURST if job.id in in_burst else Standing.READY
     if any(holders[node_id] not in (None, job.id) for node_id in nodes):
-        return "not its turn"
-    return "queued"
+        return Standing.BEHIND
+    return Standing.QUEUED
 
 
 def batches_with_others(job: Job) -> bool:
