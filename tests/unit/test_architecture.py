@@ -97,3 +97,25 @@ def test_a_circle_is_found(service_copy, monkeypatch):
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.syspath_prepend(str(service_copy))
     assert ["gpuaas_api.jobs.finalize", "gpuaas_api.jobs.queue"] in circles("gpuaas_api")
+
+
+def shared_modules(package_dir: Path) -> dict[str, Path | None]:
+    """Each module of a package's shared/ (or the agent's linked modules): where its link points, or None."""
+    return {path.name: path.resolve() if path.is_symlink() else None
+            for path in sorted(package_dir.glob("*.py")) if path.name != "__init__.py"}
+
+
+def test_the_shared_code_is_links_to_module_utils():
+    module_utils = ROOT / "plugins" / "module_utils"
+    links = {**shared_modules(ROOT / "api" / "gpuaas_api" / "shared"),
+             **{name: target for name, target in shared_modules(ROOT / "agent" / "src" / "gpuaas_agent").items()
+                if name in ("sharing_policy.py", "nvml_access.py")}}
+    assert set(links) == {"sharing_policy.py", "inventory_names.py", "nvml_access.py"}
+    assert all(target is not None and target.parent == module_utils for target in links.values()), links
+    # No second way: nothing in the service loads a file by path.
+    assert not [path for path in (ROOT / "api" / "gpuaas_api").rglob("*.py") if "spec_from_file_location" in path.read_text()]
+
+
+def test_a_copied_shared_module_is_not_a_link(tmp_path):
+    shutil.copy(ROOT / "plugins" / "module_utils" / "sharing_policy.py", tmp_path / "sharing_policy.py")
+    assert shared_modules(tmp_path) == {"sharing_policy.py": None}
