@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import math
+import socket
 import subprocess
 import sys
 
@@ -61,6 +63,42 @@ def _bound_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
+# The app of this gunicorn worker process (load() runs in the worker, after the fork).
+served_apps: list = []
+# gunicorn's graceful timeout covers the drain and then the hand-over of what still runs.
+HAND_OVER_MARGIN_SECONDS = 15
+
+
+def gunicorn_timeouts(config: Config) -> dict:
+    """gunicorn's timeouts, agreeing with the jobs'. A worker silent for `timeout` is killed by the
+    master; were that shorter than the lease, a worker paused past it (a stalled host) would be killed
+    while its jobs' leases still held. A stop waits `graceful_timeout` for the workers: the drain,
+    then the hand-over. The unit's TimeoutStopSec is longer still (deploy/systemd/gpuaas-api.service)."""
+    return {"timeout": max(30, math.ceil(config.JOB_LEASE_SECONDS)),
+            "graceful_timeout": math.ceil(config.JOB_DRAIN_SECONDS) + HAND_OVER_MARGIN_SECONDS}
+
+
+def drain_job_workers(_arbiter, _worker) -> None:
+    """gunicorn's worker_exit, in the worker that is stopping: its job runs end, or are handed over."""
+    for app in served_apps:
+        workers = app.extensions.get("gpuaas_job_workers")
+        if workers is not None:
+            handed = workers.drain(app.config["GPUAAS"].JOB_DRAIN_SECONDS)
+            if handed:
+                logging.getLogger("gpuaas_api").warning("jobs %s were handed over: pending again, to run anew", handed)
+
+
+def end_dead_workers_runs(_arbiter, worker) -> None:
+    """gunicorn's child_exit, in the master, once a worker is gone (killed past its timeout, or crashed):
+    the Ansible processes it started die with it, before any process can take its jobs for orphans."""
+    from .jobs.identity import Claimant, namespace_scope
+    from .jobs.runner import end_processes_of_worker
+
+    killed = end_processes_of_worker(Claimant(socket.gethostname(), worker.pid, namespace_scope(), 0))
+    if killed:
+        logging.getLogger("gpuaas_api").warning("worker %s is gone: ended %d processes of its job runs", worker.pid, killed)
+
+
 def _serve(config: Config, workers: int) -> int:
     from gunicorn.app.base import BaseApplication
 
@@ -80,7 +118,10 @@ def _serve(config: Config, workers: int) -> int:
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("threads", 8)
             self.cfg.set("accesslog", config.ACCESS_LOG)
-            self.cfg.set("graceful_timeout", 10)
+            for name, value in gunicorn_timeouts(config).items():
+                self.cfg.set(name, value)
+            self.cfg.set("worker_exit", drain_job_workers)
+            self.cfg.set("child_exit", end_dead_workers_runs)
             # gunicorn's largest request line (its default is 4094): a query the OpenAPI document allows
             # (remove_gpus's gpu_uuids, up to 2,048 characters, percent-encoded) and one just beyond it
             # reach the app, which answers in the JSON error shape rather than gunicorn's HTML 414.
@@ -103,6 +144,7 @@ def _serve(config: Config, workers: int) -> int:
             app = create_app(config)
             start_listener(app)  # PostgreSQL only: cached reads without a round trip
             start_workers(app, config.JOB_WORKERS)
+            served_apps.append(app)
             return app
 
     Server().run()

@@ -205,7 +205,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("GPUAAS_JOB_LEASE_SECONDS", NUMBER, "60",
             "A running job not renewed for this long (its process stopped) is finalised by any other, in seconds.", above=0),
     Setting("GPUAAS_JOB_LEASE_RENEW_SECONDS", NUMBER, "10",
-            "How often a running job's worker renews its lease, in seconds; less than GPUAAS_JOB_LEASE_SECONDS.", above=0),
+            "How often a running job's worker renews its lease, in seconds; at most half GPUAAS_JOB_LEASE_SECONDS.", above=0),
+    # A stop (SIGTERM: systemctl stop or restart) lets running playbooks end within this grace; the
+    # runs still going are then stopped and their jobs made pending again, for any process to run.
+    # gunicorn's graceful timeout and the unit's TimeoutStopSec are longer (cli.py, the unit file).
+    Setting("GPUAAS_JOB_DRAIN_SECONDS", NUMBER, None,
+            "On a stop, how long running jobs may take to end before they are handed over (run again), in seconds; "
+            "at most GPUAAS_JOB_LEASE_SECONDS.", minimum=0, default_doc="45, or GPUAAS_JOB_LEASE_SECONDS if less"),
     # Node operations (init, deinit, join, leave, disable, reboot) for different nodes that arrive
     # together share one playbook run (jobs/queue.py): a job waits while requests for its operation
     # keep coming less than the quiet interval apart, and never longer than the window. A quiet
@@ -284,6 +290,9 @@ def _read_token_file(path: str) -> str:
     return value
 
 
+DEFAULT_DRAIN_SECONDS = 45.0
+
+
 class Config:
     """The service's settings: an attribute per SETTINGS entry (its name without GPUAAS_, unless the
     entry names another), read from `environ` (os.environ when None). Tests may change them after."""
@@ -305,8 +314,13 @@ class Config:
 
     def _check_jobs(self) -> None:
         """The job settings that bound each other."""
-        if self.JOB_LEASE_RENEW_SECONDS >= self.JOB_LEASE_SECONDS:
-            raise SettingError(f"GPUAAS_JOB_LEASE_RENEW_SECONDS ({self.JOB_LEASE_RENEW_SECONDS:g}) must be less than "
+        if self.JOB_LEASE_SECONDS < 2 * self.JOB_LEASE_RENEW_SECONDS:  # one lost renewal must not lose the lease
+            raise SettingError(f"GPUAAS_JOB_LEASE_SECONDS ({self.JOB_LEASE_SECONDS:g}) must be at least twice "
+                               f"GPUAAS_JOB_LEASE_RENEW_SECONDS ({self.JOB_LEASE_RENEW_SECONDS:g})")
+        if self.JOB_DRAIN_SECONDS is None:
+            self.JOB_DRAIN_SECONDS = min(DEFAULT_DRAIN_SECONDS, self.JOB_LEASE_SECONDS)
+        if self.JOB_DRAIN_SECONDS > self.JOB_LEASE_SECONDS:
+            raise SettingError(f"GPUAAS_JOB_DRAIN_SECONDS ({self.JOB_DRAIN_SECONDS:g}) must be no longer than "
                                f"GPUAAS_JOB_LEASE_SECONDS ({self.JOB_LEASE_SECONDS:g})")
         if self.NODE_BATCH_WINDOW_SECONDS < self.NODE_BATCH_QUIET_SECONDS:
             raise SettingError(f"GPUAAS_NODE_BATCH_WINDOW_SECONDS ({self.NODE_BATCH_WINDOW_SECONDS:g}) must be no less than "

@@ -9,7 +9,7 @@ from api_helpers import add_node
 from gpuaas_api.db import session
 from gpuaas_api.jobs.finalize import finalize
 from gpuaas_api.jobs.lease import Lease, expire_lapsed
-from gpuaas_api.jobs.claims import claimant
+from gpuaas_api.jobs.identity import claimant
 from gpuaas_api.jobs.queue import claim_next
 from gpuaas_api.models import Job, Node
 from gpuaas_api.states import NodeStatus
@@ -68,14 +68,21 @@ def test_a_lapsed_lease_is_finalised_by_any_process_and_its_old_claimant_changes
     assert retry.status_code == 200 and "started" in retry.get_json()["message"]
 
 
-def test_the_renew_interval_is_shorter_than_the_lease(database_url, tmp_path):
+def test_the_lease_outlasts_two_renewals_and_the_drain(database_url, tmp_path):
+    """Refused at start in one line: a lease one late renewal would lose, a drain longer than the lease."""
     import pytest
 
     from gpuaas_api.config import Config
 
-    with pytest.raises(ValueError, match="LEASE_RENEW"):
-        Config({"GPUAAS_JOB_LEASE_SECONDS": "10", "GPUAAS_JOB_LEASE_RENEW_SECONDS": "10"})
-    assert Config({}).JOB_LEASE_SECONDS == 60 and Config({}).JOB_LEASE_RENEW_SECONDS == 10
+    with pytest.raises(ValueError, match=r"^GPUAAS_JOB_LEASE_SECONDS \(10\) must be at least twice GPUAAS_JOB_LEASE_RENEW_SECONDS \(6\)$"):
+        Config({"GPUAAS_JOB_LEASE_SECONDS": "10", "GPUAAS_JOB_LEASE_RENEW_SECONDS": "6"})
+    assert Config({"GPUAAS_JOB_LEASE_SECONDS": "10", "GPUAAS_JOB_LEASE_RENEW_SECONDS": "5"}).JOB_LEASE_SECONDS == 10
+    with pytest.raises(ValueError, match=r"^GPUAAS_JOB_DRAIN_SECONDS \(61\) must be no longer than GPUAAS_JOB_LEASE_SECONDS \(60\)$"):
+        Config({"GPUAAS_JOB_DRAIN_SECONDS": "61"})
+    assert Config({"GPUAAS_JOB_DRAIN_SECONDS": "60"}).JOB_DRAIN_SECONDS == 60
+    # Unset, the drain follows a shorter lease rather than refusing it.
+    assert Config({"GPUAAS_JOB_LEASE_SECONDS": "8", "GPUAAS_JOB_LEASE_RENEW_SECONDS": "2"}).JOB_DRAIN_SECONDS == 8
+    assert Config({}).JOB_LEASE_SECONDS == 60 and Config({}).JOB_LEASE_RENEW_SECONDS == 10 and Config({}).JOB_DRAIN_SECONDS == 45
 
 
 def test_a_takeover_during_the_claimants_finalisation_finalises_nothing(app, client, region, monkeypatch):
@@ -142,7 +149,7 @@ def test_the_housekeeper_finalises_a_lapsed_lease_while_every_job_worker_is_busy
         session().commit()
         lapse(orphan)
     client.get(f"/gpuaas/node/init?gpuaas_node_id={busy_node['id']}")
-    threads = worker_module.start_workers(app, 1)
+    workers = worker_module.start_workers(app, 1)
     try:
         assert stuck.wait(timeout=10), "the job worker never started the long playbook"
         deadline = time.monotonic() + 10
@@ -153,7 +160,4 @@ def test_the_housekeeper_finalises_a_lapsed_lease_while_every_job_worker_is_busy
         assert not release_playbook.is_set()  # the worker was busy all along
     finally:
         release_playbook.set()
-        for thread in threads:
-            thread.stopping.set()
-        for thread in threads:
-            thread.join(timeout=30)
+        workers.stop()

@@ -107,19 +107,35 @@ def test_cancel_and_finished_jobs(app, client, region):
 
 
 def test_orphaned_jobs_are_finalised_after_a_restart(app, client, region):
-    node = add_node(client, region)
-    job_id = client.get(f"/gpuaas/node/init?gpuaas_node_id={node['id']}").get_json()["job_id"]
-    with app.app_context():
-        job = session().get(Job, job_id)
-        job.status, job.claimed_by = JobStatus.RUNNING, "this-host:999999"
-        session().commit()
-        orphans = reconcile_orphans("this-host", lambda pid: False)
-    job = client.get(f"/api/jobs/{job_id}").get_json()
+    """Only a claimant of this PID namespace that no longer runs is an orphan: not this process, and
+    not a process of another namespace (whose pids mean other processes)."""
+    import dataclasses
+    import subprocess
 
-    assert orphans == [job_id]
+    from gpuaas_api.jobs.identity import this_process
+
+    child = subprocess.Popen(["true"])
+    child.wait()  # a pid of this namespace that ran and is gone
+    dead = dataclasses.replace(this_process(), pid=child.pid, start=1)
+    claimants = {"dead": str(dead), "alive": str(this_process()),
+                 "elsewhere": str(dataclasses.replace(dead, scope="0" * 8))}
+    jobs = {}
+    for name, claimed_by in claimants.items():
+        node = add_node(client, region, name=f"orphan-{name}")
+        jobs[name] = client.get(f"/gpuaas/node/init?gpuaas_node_id={node['id']}").get_json()["job_id"]
+        with app.app_context():
+            job = session().get(Job, jobs[name])
+            job.status, job.claimed_by = JobStatus.RUNNING, claimed_by
+            session().commit()
+    with app.app_context():
+        orphans = reconcile_orphans()
+    job = client.get(f"/api/jobs/{jobs['dead']}").get_json()
+
+    assert orphans == [jobs["dead"]]
     assert job["status"] == "error" and "stopped before it finished" in job["explanation"]
-    assert client.get(f"/gpuaas/node/{node['id']}").get_json()["status"] == "error"
-    assert client.get(f"/gpuaas/node/reboot?node_id={node['id']}").status_code == 405  # POST only
+    assert client.get(f"/gpuaas/node/{job['node_id']}").get_json()["status"] == "error"
+    assert [client.get(f"/api/jobs/{jobs[name]}").get_json()["status"] for name in ("alive", "elsewhere")] == ["running"] * 2
+    assert client.get(f"/gpuaas/node/reboot?node_id={job['node_id']}").status_code == 405  # POST only
 
 
 def test_run_dirs_no_running_job_owns_are_removed(app, client, region):

@@ -23,7 +23,7 @@ COMPANIONS = {
     "GPUAAS_AGENT_PORT": {"GPUAAS_AGENT_TOKEN": "t"},
     "GPUAAS_AGENT_TOKEN": {"GPUAAS_AGENT_PORT": "9460"},
     "GPUAAS_AGENT_TOKEN_FILE": {"GPUAAS_AGENT_PORT": "9460"},
-    "GPUAAS_JOB_LEASE_SECONDS": {"GPUAAS_JOB_LEASE_RENEW_SECONDS": "1"},
+    "GPUAAS_JOB_LEASE_SECONDS": {"GPUAAS_JOB_LEASE_RENEW_SECONDS": "0.5"},
     "GPUAAS_NODE_BATCH_QUIET_SECONDS": {"GPUAAS_NODE_BATCH_WINDOW_SECONDS": "100"},
 }
 
@@ -47,6 +47,7 @@ GOOD = [
     ("GPUAAS_ANSIBLE_EXTRA_VARS", '{"a": [1]}', {"a": [1]}), ("GPUAAS_ANSIBLE_EXTRA_VARS", "", {}),
     ("GPUAAS_JOB_TIMEOUT_SECONDS", "60", 60), ("GPUAAS_JOB_WORKERS", "0", 0),
     ("GPUAAS_JOB_LEASE_SECONDS", "1.5", 1.5), ("GPUAAS_JOB_LEASE_RENEW_SECONDS", "0.5", 0.5),
+    ("GPUAAS_JOB_DRAIN_SECONDS", "0", 0.0), ("GPUAAS_JOB_DRAIN_SECONDS", "60", 60.0), ("GPUAAS_JOB_DRAIN_SECONDS", "", 45.0),
     ("GPUAAS_NODE_BATCH_QUIET_SECONDS", "0", 0.0), ("GPUAAS_NODE_BATCH_WINDOW_SECONDS", "0.25", 0.25),
     ("GPUAAS_REBOOT_SERIAL", "3", "3"), ("GPUAAS_REBOOT_SERIAL", "100%", "100%"), ("GPUAAS_REBOOT_SERIAL", "", "20%"),
     ("GPUAAS_SSH_KEY_FILE", "/etc/gpuaas/id", "/etc/gpuaas/id"), ("GPUAAS_SSH_KEY_FILE", "", None),
@@ -72,7 +73,8 @@ BAD = [
     ("GPUAAS_ANSIBLE_EXTRA_VARS", "{"), ("GPUAAS_ANSIBLE_EXTRA_VARS", "[1]"),
     ("GPUAAS_JOB_TIMEOUT_SECONDS", "0"), ("GPUAAS_JOB_WORKERS", "-1"),
     ("GPUAAS_JOB_LEASE_SECONDS", "0"), ("GPUAAS_JOB_LEASE_SECONDS", "nan"), ("GPUAAS_JOB_LEASE_RENEW_SECONDS", "-1"),
-    ("GPUAAS_JOB_LEASE_RENEW_SECONDS", "60"), ("GPUAAS_NODE_BATCH_QUIET_SECONDS", "-0.1"),
+    ("GPUAAS_JOB_LEASE_RENEW_SECONDS", "60"), ("GPUAAS_JOB_LEASE_RENEW_SECONDS", "30.5"),
+    ("GPUAAS_JOB_DRAIN_SECONDS", "-1"), ("GPUAAS_JOB_DRAIN_SECONDS", "60.5"), ("GPUAAS_NODE_BATCH_QUIET_SECONDS", "-0.1"),
     ("GPUAAS_NODE_BATCH_WINDOW_SECONDS", "0.1"), ("GPUAAS_NODE_BATCH_WINDOW_SECONDS", "inf"),
     ("GPUAAS_REBOOT_SERIAL", "0%"), ("GPUAAS_REBOOT_SERIAL", "all"),
     ("GPUAAS_SECRET_KEY", "not-a-fernet-key"),
@@ -138,7 +140,7 @@ def test_every_setting_is_documented_in_one_line():
 
 # Every GPUAAS_* name in the service's source is a setting, or one of these: the cluster statuses,
 # and the variable each job's processes carry (jobs/runner.py), which the service sets, not reads.
-NOT_SETTINGS = {status.value for status in ClusterStatus} | {"GPUAAS_JOB_MARKER"}
+NOT_SETTINGS = {status.value for status in ClusterStatus} | {"GPUAAS_JOB_MARKER", "GPUAAS_JOB_CLAIMANT"}
 NAME = re.compile(r"\bGPUAAS_[A-Z0-9_]*[A-Z0-9]\b")
 # Reading the environment by a literal name: only config.py reads it, through the table.
 DIRECT_READ = re.compile(r"(?:environ|getenv)\b[^\n]{0,20}?[\"'](GPUAAS_[A-Z0-9_]+)")

@@ -10,9 +10,11 @@ from sqlalchemy import select, update
 from ..db import session
 from ..models import Job, JobEvent, Node
 from ..states import JobStatus
-from .claims import claimant, now, wake_a_worker
+from .claims import now, wake_a_worker
 from .holds import release_nodes
 from .hooks import Outcome, hooks_for
+from .identity import claimant, claimant_is_gone
+from .runner import end_processes_of
 from .waiting import notify_finished
 
 log = logging.getLogger(__name__)
@@ -148,17 +150,17 @@ def failed_task_line(host: str, task: str, event: str, res: dict) -> str:
     return f"{host}: task '{task}' {what}{detail}"
 
 
-def reconcile_orphans(hostname: str, is_alive, owner: str | None = None) -> list[int]:
-    """Finalise jobs whose claiming process on this host is gone (after a crash or restart), at once
-    rather than when their lease expires (jobs/lease.py). Each is taken over first (a conditional
-    UPDATE of its claimant), so that two processes reconciling at once finalise it once."""
+def reconcile_orphans(is_gone=claimant_is_gone, owner: str | None = None) -> list[int]:
+    """Finalise jobs whose claiming process is gone (after a crash or restart), at once rather than
+    when their lease expires (jobs/lease.py): only this PID namespace's processes can be judged gone
+    (claims.claimant_is_gone). What is left of a job's run (Ansible's workers, their ssh, re-parented
+    when their API process died) is ended first: a job is never finalised while its playbook still
+    runs. Each is taken over first (a conditional UPDATE of its claimant), so that two processes
+    reconciling at once finalise it once."""
     owner = owner or claimant()
     db = session()
-    orphans = []
-    for job in db.scalars(select(Job).where(Job.status == JobStatus.RUNNING)).all():
-        host, _colon, pid = (job.claimed_by or "").rpartition(":")
-        if host == hostname and pid.isdigit() and not is_alive(int(pid)):
-            orphans.append((job.id, job.claimed_by))
+    orphans = [(job_id, claimed_by) for job_id, claimed_by in
+               db.execute(select(Job.id, Job.claimed_by).where(Job.status == JobStatus.RUNNING)).all() if is_gone(claimed_by)]
     db.rollback()
     finalised = []
     for job_id, claimed_by in orphans:
@@ -166,6 +168,7 @@ def reconcile_orphans(hostname: str, is_alive, owner: str | None = None) -> list
                                              Job.claimed_by == claimed_by).values(claimed_by=owner)).rowcount
         db.commit()
         if taken == 1:
+            end_processes_of(claimed_by)
             finalize(job_id, "error", None, "the API process running this job stopped before it finished; "
                      "the node was set to a consistent state", {}, owner=owner)
             finalised.append(job_id)

@@ -1,11 +1,10 @@
-"""Each API process's housekeeper: beside its job workers, it finalises what dead or stalled
-processes left running (orphans, lapsed leases), sweeps run directories, and does the periodic
+"""Each API process's housekeepers: beside its job workers, one finalises what dead or stalled
+processes left running (orphans, lapsed leases) and sweeps run directories; another does the periodic
 tasks the operations registered (hooks.register_periodic: the metrics collection, the audit's
-pruning). It never runs a playbook, so it keeps its period while every job worker is busy."""
+pruning). Neither runs a playbook, so each keeps its period while every job worker is busy."""
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 
@@ -15,11 +14,11 @@ from sqlalchemy import select
 from ..db import release, session
 from ..models import Job
 from ..states import JobStatus
-from .claims import claimant
 from .finalize import reconcile_orphans
 from .hooks import PeriodicTask, periodic_tasks
+from .identity import claimant
 from .lease import expire_lapsed
-from .runner import pid_alive, remove_stale_job_dirs
+from .runner import remove_stale_job_dirs
 
 log = logging.getLogger(__name__)
 # Besides at start-up, the housekeeper looks for jobs orphaned by a dead process this often.
@@ -28,7 +27,7 @@ RECONCILE_SECONDS = 30
 
 def recover(config) -> None:
     """A lapsed lease is finalised within a renewal interval of its expiry, by any process."""
-    reconcile_orphans(socket.gethostname(), pid_alive)
+    reconcile_orphans()
     expire_lapsed(claimant())
     sweep_job_dirs(config)
 
@@ -38,19 +37,24 @@ RECOVERY = PeriodicTask("reconciling orphaned jobs", lambda config: min(RECONCIL
 
 
 class Housekeeper(threading.Thread):
-    def __init__(self, app: Flask):
-        super().__init__(name="gpuaas-housekeeper", daemon=True)
-        self.app = app
+    """Runs ``tasks``, each every its period, until ``stopping``; ``wait_first``: the first runs wait one period."""
+
+    def __init__(self, app: Flask, tasks: list[PeriodicTask] | None = None, name: str = "gpuaas-housekeeper",
+                 wait_first: bool = False):
+        super().__init__(name=name, daemon=True)
+        self.app, self.wait_first = app, wait_first
+        self.tasks = [RECOVERY, *periodic_tasks] if tasks is None else tasks
         self.stopping = threading.Event()
 
     def run(self) -> None:
         config = self.app.config["GPUAAS"]
-        tasks = [task for task in periodic_tasks if task.every(config) > 0]
-        # Recovery waits one period (reconcile() ran at start-up); the others start at once.
-        due = {RECOVERY.name: time.monotonic() + RECOVERY.every(config), **{task.name: time.monotonic() for task in tasks}}
+        tasks = [task for task in self.tasks if task.every(config) > 0]
+        if not tasks:
+            return
+        due = {task.name: time.monotonic() + (task.every(config) if self.wait_first else 0) for task in tasks}
         with self.app.app_context():
             while not self.stopping.is_set():
-                for task in [RECOVERY, *tasks]:
+                for task in tasks:
                     if time.monotonic() >= due[task.name]:
                         due[task.name] = time.monotonic() + task.every(config)
                         self.run_task(task, config)
@@ -65,6 +69,14 @@ class Housekeeper(threading.Thread):
         release()
 
 
+def housekeepers(app: Flask) -> list[Housekeeper]:
+    """Recovery (orphans, lapsed leases) in a thread of its own, the registered periodic tasks (the
+    metrics collection, prunings) in another: an agent that hangs a collection never delays the
+    finalisation of a lapsed lease. Recovery waits one period: reconcile() ran at start-up."""
+    return [Housekeeper(app, [RECOVERY], "gpuaas-recovery", wait_first=True),
+            Housekeeper(app, list(periodic_tasks), "gpuaas-periodic")]
+
+
 def sweep_job_dirs(config) -> list[str]:
     """Remove this host's private run dirs that no running job owns (runner.remove_stale_job_dirs)."""
     removed = remove_stale_job_dirs(
@@ -77,6 +89,6 @@ def sweep_job_dirs(config) -> list[str]:
 def reconcile(app: Flask) -> list[int]:
     """At start-up: finalise what this host's dead processes left running."""
     with app.app_context():
-        finalised = reconcile_orphans(socket.gethostname(), pid_alive)
+        finalised = reconcile_orphans()
         sweep_job_dirs(app.config["GPUAAS"])
         return finalised

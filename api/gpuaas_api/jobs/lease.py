@@ -1,6 +1,7 @@
 """Leases: a running job belongs to the API process that claimed it only while that process renews it.
 
-Every claim (queue.py) sets `jobs.lease_expires_at` to now + GPUAAS_JOB_LEASE_SECONDS (60). The
+Every claim (queue.py) sets `jobs.lease_expires_at` to the database's clock (claims.database_now: every
+host reads the same one, so a host whose clock runs fast expires nothing early) + GPUAAS_JOB_LEASE_SECONDS (60). The
 worker running the job renews it every GPUAAS_JOB_LEASE_RENEW_SECONDS (10) while the playbook runs
 (Lease.still_held, called from the runner's cancel poll). Any API process, on any host, finalises
 a running job whose lease has expired (expire_lapsed, from every process's housekeeper thread in
@@ -16,38 +17,83 @@ import logging
 import time
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 
-from ..db import session
+from ..db import release, session
 from ..models import Job
 from ..states import JobStatus
-from .claims import lease_until, now
+from .claims import database_now, lease_until
 from .finalize import finalize
 
 log = logging.getLogger(__name__)
 
 
 class Lease:
-    """The leases of one run's jobs, held by ``owner`` (claims.claimant())."""
+    """The leases of one run's jobs, held by ``owner`` (claims.claimant()), renewed by the database's clock.
 
-    def __init__(self, job_ids: list[int], owner: str, renew_seconds: float):
-        self.job_ids, self.owner, self.renew_seconds = list(job_ids), owner, renew_seconds
-        self.renewed_at = time.monotonic()
-        self.lost = False
+    A database that can't be reached is no reason to stop a run: the playbook goes on while the lease
+    last confirmed still holds (by this host's monotonic clock, from before that renewal was asked),
+    and renewal is tried every second meanwhile. Past it, another process may have taken the jobs
+    over: the run stops as if the lease were lost.
+    """
+
+    RETRY_SECONDS = 1.0
+
+    def __init__(self, job_ids: list[int], owner: str, renew_seconds: float, lease_seconds: float = float("inf")):
+        self.job_ids, self.owner = list(job_ids), owner
+        self.renew_seconds, self.lease_seconds = renew_seconds, lease_seconds
+        self.confirmed_at = self.tried_at = time.monotonic()  # the claim took the lease just now
+        self.lost, self.failures = False, 0
+
+    def valid_until(self) -> float:
+        """Until when (time.monotonic()) the lease surely holds, as far as this process knows."""
+        return self.confirmed_at + self.lease_seconds
 
     def still_held(self) -> bool:
         """Renew the leases when due; False once any was lost (the run must stop). Needs an app context."""
-        if self.lost or time.monotonic() - self.renewed_at < self.renew_seconds:
+        due = self.renew_seconds if self.tried_at == self.confirmed_at else self.RETRY_SECONDS
+        if self.lost or time.monotonic() - self.tried_at < due:
             return not self.lost
-        db = session()
-        renewed = db.execute(update(Job).where(Job.id.in_(self.job_ids), Job.status == JobStatus.RUNNING,
-                                               Job.claimed_by == self.owner)
-                             .values(lease_expires_at=lease_until())).rowcount
-        db.commit()
-        self.renewed_at = time.monotonic()
+        asked_at = self.tried_at = time.monotonic()
+        try:
+            renewed = self._renew()
+        except SQLAlchemyError as error:
+            return self._unconfirmed(error)
+        self.confirmed_at, self.failures = asked_at, 0
         if renewed != len(self.job_ids):
             self.lost = True
             log.error("jobs %s: lease lost (another API process finalised them); stopping the run", self.job_ids)
         return not self.lost
+
+    def _renew(self) -> int:
+        db = session()
+        try:
+            renewed = db.execute(update(Job).where(Job.id.in_(self.job_ids), Job.status == JobStatus.RUNNING,
+                                                   Job.claimed_by == self.owner)
+                                 .values(lease_expires_at=lease_until())).rowcount
+            db.commit()
+        except SQLAlchemyError:
+            release()
+            raise
+        return renewed
+
+    def _unconfirmed(self, error: Exception) -> bool:
+        left = self.valid_until() - time.monotonic()
+        self.failures += 1
+        if left > 0:
+            if self.failures % 10 != 1:  # once, then every ten tries: an outage is not a flood of lines
+                return True
+            log.warning("jobs %s: the lease could not be renewed (%s); the run goes on, the lease holds %.0f s more",
+                        self.job_ids, first_line(error), left)
+            return True
+        self.lost = True
+        log.error("jobs %s: the lease could not be renewed for %g s and may have been taken over; stopping the run",
+                  self.job_ids, self.lease_seconds)
+        return False
+
+
+def first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def expire_lapsed(owner: str) -> list[int]:
@@ -57,13 +103,14 @@ def expire_lapsed(owner: str) -> list[int]:
     unchanged), so of several processes doing this at once one finalises it.
     """
     db = session()
+    clock = database_now()
     lapsed = db.execute(select(Job.id, Job.claimed_by, Job.lease_expires_at).where(
-        Job.status == JobStatus.RUNNING, Job.lease_expires_at.is_not(None), Job.lease_expires_at < now())).all()
+        Job.status == JobStatus.RUNNING, Job.lease_expires_at.is_not(None), Job.lease_expires_at < clock)).all()
     db.rollback()
     finalised = []
     for job_id, claimed_by, expired_at in lapsed:
         taken = db.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING,
-                                             Job.claimed_by == claimed_by, Job.lease_expires_at < now())
+                                             Job.claimed_by == claimed_by, Job.lease_expires_at < database_now())
                            .values(claimed_by=owner, lease_expires_at=lease_until())).rowcount
         db.commit()
         if taken != 1:

@@ -27,10 +27,11 @@ from sqlalchemy import select, update
 from ..db import session
 from ..models import Job, Node
 from ..states import JobStatus
-from .claims import claimant, lease_until, now
+from .claims import lease_until, now
 from .finalize import end_unstarted, finalize
 from .holds import lock_set, shares_work, unfinished_mutating_jobs
 from .hooks import Turn, TurnRefused, hooks_for
+from .identity import claimant
 
 # A burst of requests for the same operation on different nodes (one per node, as clients send
 # them) is gathered into one playbook run: a job waits while requests for its operation keep

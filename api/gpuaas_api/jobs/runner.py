@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checkout import COLLECTION_ROOT
+from .identity import Claimant, claimant
 
 MAX_EVENT_STDOUT = 64 * 1024  # per event, like AWX's cap but smaller: logs are paginated anyway
 
@@ -156,7 +157,21 @@ def _read_new_keys(known_hosts: Path, hosts: list[HostSpec]) -> dict[int, str]:
     return found
 
 
-def kill_job_processes(job_marker: str, private_dir: str | None = None, rounds: int = 100) -> int:
+CLAIMANT_VARIABLE = "GPUAAS_JOB_CLAIMANT"  # in every run's environment: the API process that ran it
+
+
+def end_processes_of(claimed_by: str) -> int:
+    """End every run process of the API process ``claimed_by`` names (it died; its runs did not)."""
+    return kill_job_processes(f"{CLAIMANT_VARIABLE}={claimed_by}")
+
+
+def end_processes_of_worker(worker: Claimant) -> int:
+    """End every run process of gunicorn's worker ``worker`` (the master's child_exit), whatever it
+    started at: its host, pid and scope alone name it once it is gone."""
+    return kill_job_processes(f"{CLAIMANT_VARIABLE}={worker.process_slot()}", exact=False)
+
+
+def kill_job_processes(job_marker: str, private_dir: str | None = None, rounds: int = 100, exact: bool = True) -> int:
     """End every process carrying this job's marker in its environment, or naming the job's
     private directory on its command line.
 
@@ -169,8 +184,9 @@ def kill_job_processes(job_marker: str, private_dir: str | None = None, rounds: 
     (a killed process, dead or a zombie, has no environment left to match).
     """
     killed: list[int] = []
+    needle = job_marker.encode() + (b"\0" if exact else b"")
     for _round in range(rounds):
-        found = _kill_marked(job_marker, private_dir)
+        found = _kill_marked(needle, private_dir)
         if not found:
             break
         killed += found
@@ -192,8 +208,7 @@ def pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def _kill_marked(job_marker: str, private_dir: str | None) -> list[int]:
-    needle = job_marker.encode() + b"\0"
+def _kill_marked(needle: bytes, private_dir: str | None) -> list[int]:
     title = private_dir.encode() + b"/" if private_dir else None
     killed = []
     for entry in Path("/proc").iterdir():
@@ -321,6 +336,7 @@ def runner_environment(bin_dir: Path, private: Path, data_dir: Path, marker_valu
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_DEPRECATION_WARNINGS": "False",
         "GPUAAS_JOB_MARKER": marker_value,
+        CLAIMANT_VARIABLE: claimant(),
     }
 
 

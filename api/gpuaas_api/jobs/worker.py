@@ -8,25 +8,29 @@ import threading
 import time
 
 from flask import Flask
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..db import release, session
-from ..models import Job, Node
+from ..models import Job, JobEvent, Node
 from ..ssh_keys import private_key_file
 from ..states import JobStatus
-from .claims import claimant, job_submitted
+from .claims import job_submitted
 from .events import EventWriter
 from .finalize import finalize
 from .hooks import OperationHooks, hooks_for
-from .housekeeper import Housekeeper
+from .housekeeper import housekeepers
+from .identity import claimant
 from .inventory import batch_hosts, host_spec
-from .lease import Lease
+from .lease import Lease, first_line
 from .queue import BATCH_QUIET_SECONDS, claim_run
 from .results import host_artifact, host_outcome, stopped_before
 from .runner import AnsibleNotFound, RunResult, run_playbook
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_SECONDS = 0.5
+# A run handed over (drain) is stopped as a cancel is: its processes are gone within seconds.
+HAND_OVER_SECONDS = 15
 
 
 @dataclasses.dataclass
@@ -66,6 +70,12 @@ class Run:
         return {node.inventory_name: node.id for node in self.nodes if node is not None}
 
 
+def counter_bases(job_ids: list[int]) -> dict[int, int]:
+    """Each job's highest event counter so far: a job put back and run again numbers its new events after them."""
+    return dict(session().execute(select(JobEvent.job_id, func.max(JobEvent.counter)).where(JobEvent.job_id.in_(job_ids))
+                                  .group_by(JobEvent.job_id)).all())
+
+
 def load_run(job_ids: list[int]) -> Run:
     db = session()
     jobs = [db.get(Job, job_id) for job_id in job_ids]
@@ -77,20 +87,29 @@ def load_run(job_ids: list[int]) -> Run:
 
 class CancelPoll:
     """Asked by the runner while the playbook runs whether to stop it: a cancel request of one of its
-    jobs, or the lease lost. The database is read at most every CANCEL_POLL_SECONDS."""
+    jobs, the lease lost, or the process handing its runs over (drain). The database is read at most
+    every CANCEL_POLL_SECONDS; while it can't be reached, no cancel is known and the lease decides."""
 
-    def __init__(self, app: Flask, job_ids: list[int], lease: Lease):
-        self.app, self.job_ids, self.lease = app, job_ids, lease
+    def __init__(self, app: Flask, job_ids: list[int], lease: Lease, handing_over: threading.Event):
+        self.app, self.job_ids, self.lease, self.handing_over = app, job_ids, lease, handing_over
         self.polled_at, self.answer = 0.0, False
 
     def __call__(self) -> bool:
+        if self.handing_over.is_set():
+            return True
         if time.monotonic() - self.polled_at >= CANCEL_POLL_SECONDS:
             self.polled_at = time.monotonic()
             with self.app.app_context():
-                asked = bool(session().scalar(select(Job.id).where(Job.id.in_(self.job_ids), Job.cancel_requested).limit(1)))
-                self.answer = not self.lease.still_held() or asked
+                self.answer = self.cancel_asked() or not self.lease.still_held()
                 release()
         return self.answer
+
+    def cancel_asked(self) -> bool:
+        try:
+            return bool(session().scalar(select(Job.id).where(Job.id.in_(self.job_ids), Job.cancel_requested).limit(1)))
+        except SQLAlchemyError:  # unknown: the run goes on while its lease holds (Lease.still_held)
+            release()
+            return False
 
 
 def event_router(writer: EventWriter, run: Run):
@@ -105,10 +124,15 @@ def event_router(writer: EventWriter, run: Run):
 
 
 class JobWorker(threading.Thread):
-    def __init__(self, app: Flask, poll_seconds: float = 0.5):
+    """Claims runs and plays them until ``stopping``; ``handing_over`` (drain) stops its run at once,
+    and the run's jobs go back to pending for any process to run again."""
+
+    def __init__(self, app: Flask, poll_seconds: float = 0.5, handing_over: threading.Event | None = None):
         super().__init__(name="gpuaas-job-worker", daemon=True)
         self.app, self.poll_seconds = app, poll_seconds
         self.stopping = threading.Event()
+        self.handing_over = handing_over or threading.Event()
+        self.current: list[int] = []  # the jobs of the run it plays
 
     def run(self) -> None:
         with self.app.app_context():
@@ -117,17 +141,20 @@ class JobWorker(threading.Thread):
                     batch, held = claim_run()
                 except Exception:  # the database may be briefly unavailable; try again
                     log.exception("claiming a job failed")
+                    release()
                     batch, held = [], False
                 if not batch:
                     release()
                     # A job held in its batch window becomes claimable soon: look again then.
                     job_submitted.acquire(timeout=BATCH_QUIET_SECONDS if held else self.poll_seconds)
                     continue
+                self.current = batch
                 try:
                     self.execute(batch)
-                except Exception:  # finalize failed (database gone?): keep the worker alive
+                except Exception:  # finalize failed past the lease (database gone?): keep the worker alive
                     log.exception("jobs %s could not be finalised", batch)
                 finally:
+                    self.current = []
                     release()
 
     def execute(self, job_ids: list[int]) -> None:
@@ -136,9 +163,10 @@ class JobWorker(threading.Thread):
         run = load_run(job_ids)
         hooks = hooks_for(run.lead.operation)
         writer = EventWriter(self.app, {job.id: job.node_id for job in run.jobs},
-                             run.node_of_host() if hooks.events_on_node_logs else {})
+                             run.node_of_host() if hooks.events_on_node_logs else {}, counter_bases(job_ids))
         owner = claimant()
-        should_cancel = CancelPoll(self.app, job_ids, Lease(job_ids, owner, config.JOB_LEASE_RENEW_SECONDS))
+        lease = Lease(job_ids, owner, config.JOB_LEASE_RENEW_SECONDS, config.JOB_LEASE_SECONDS)
+        should_cancel = CancelPoll(self.app, job_ids, lease, self.handing_over)
         log.info("running job(s) %s: %s on %s", job_ids, run.lead.operation,
                  ", ".join(node.inventory_name for node in run.nodes if node))
         result, failure = None, ""
@@ -151,9 +179,10 @@ class JobWorker(threading.Thread):
             log.exception("jobs %s failed to run", job_ids)
             failure = f"the job could not run: {error}"
         finally:
-            emitted = writer.close()
-            session().rollback()
-            finish_run(run, result, failure, emitted, owner)
+            emitted = writer.close(give_up_at=lease.valid_until())
+            release()
+            ending = Ending(result, failure, emitted, owner, self.handing_over.is_set())
+            until_landed(lambda: finish_run(run, ending), lease, f"jobs {job_ids}: finalising")
 
     def play(self, run: Run, hooks: OperationHooks, on_event, should_cancel) -> RunResult:
         config = self.app.config["GPUAAS"]
@@ -172,26 +201,63 @@ class JobWorker(threading.Thread):
         return result
 
 
-def finish_run(run: Run, result: RunResult | None, failure: str, emitted: dict, owner: str) -> None:
-    """Finalise each job of the run, as ``owner``: a job whose lease this process lost is left alone."""
+@dataclasses.dataclass
+class Ending:
+    """How a run ended, for finish_run: its result (None: it could not run, ``failure`` says why), the
+    events stored per job, the claimant, and whether the process was handing its runs over (drain)."""
+
+    result: RunResult | None
+    failure: str
+    emitted: dict
+    owner: str
+    handed_over: bool = False
+
+
+def finish_run(run: Run, ending: Ending) -> None:
+    """Finalise each job of the run, as its owner: a job whose lease this process lost is left alone.
+    Jobs already ended (a retry after a database error) are passed over."""
+    result, owner = ending.result, ending.owner
     for job, node in zip(run.jobs, run.nodes):
-        if result is None:
-            finalize(job.id, "error", None, failure, {}, emitted_events=emitted[job.id], owner=owner)
+        if session().scalar(select(Job.status).where(Job.id == job.id)) is not JobStatus.RUNNING:
+            continue
+        if ending.handed_over and (result is None or result.status == "canceled") and not cancel_requested(job):
+            put_back(job, owner)
+        elif result is None:
+            finalize(job.id, "error", None, ending.failure, {}, emitted_events=ending.emitted[job.id], owner=owner)
         elif not run.is_batch:
             outcomes = {n.id: host_outcome(result, n.inventory_name)[0] == "successful" for n in run.nodes if n is not None}
             finalize(job.id, result.status, result.rc, result.explanation, result.artifact_data,
-                     result.new_host_keys, emitted[job.id], host_outcomes=outcomes, owner=owner)
+                     result.new_host_keys, ending.emitted[job.id], host_outcomes=outcomes, owner=owner)
         elif must_run_again(job, node, result):
             put_back(job, owner)
         else:
-            finish_batch_job(job, node, result, emitted[job.id], owner)
+            finish_batch_job(job, node, result, ending.emitted[job.id], owner)
+
+
+def until_landed(step, lease: Lease, what: str) -> None:
+    """Run ``step`` until it commits: a database error is retried every second while the lease holds
+    (another process may take the jobs over after it, and then the step would change nothing)."""
+    while True:
+        try:
+            step()
+            return
+        except SQLAlchemyError as error:
+            release()
+            if time.monotonic() >= lease.valid_until():
+                raise
+            log.warning("%s: the database could not be reached (%s); retrying", what, first_line(error))
+            time.sleep(Lease.RETRY_SECONDS)
+
+
+def cancel_requested(job: Job) -> bool:
+    return bool(session().scalar(select(Job.cancel_requested).where(Job.id == job.id)))
 
 
 def must_run_again(job: Job, node: Node, result: RunResult) -> bool:
     """A batch's job that its run did not really try: canceled because another job of the batch was,
     or stopped before its node was reached."""
     if result.status == "canceled":
-        return not session().scalar(select(Job.cancel_requested).where(Job.id == job.id))
+        return not cancel_requested(job)
     return stopped_before(result, node.inventory_name)
 
 
@@ -212,10 +278,55 @@ def finish_batch_job(job: Job, node: Node, result: RunResult, emitted: int, owne
              owner=owner)
 
 
-def start_workers(app: Flask, count: int = 2) -> list[threading.Thread]:
-    """The process's ``count`` job workers and its housekeeper, started."""
-    workers: list[threading.Thread] = [JobWorker(app) for _worker in range(count)]
-    workers.append(Housekeeper(app))
-    for worker in workers:
-        worker.start()
+class JobWorkers:
+    """One process's job workers and housekeepers: started together, drained together."""
+
+    def __init__(self, app: Flask, count: int):
+        self.handing_over = threading.Event()
+        self.workers = [JobWorker(app, handing_over=self.handing_over) for _worker in range(count)]
+        self.housekeepers = housekeepers(app)
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return [*self.workers, *self.housekeepers]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def drain(self, grace: float) -> list[int]:
+        """Stop claiming, let the runs in progress end within ``grace`` seconds, then hand the rest
+        over: their playbooks are stopped and their jobs made pending again, for any process to run
+        (the roles are idempotent). Returns the ids of the jobs handed over."""
+        for thread in self.threads:
+            thread.stopping.set()
+        job_submitted.release(len(self.workers))  # idle workers see `stopping` now
+        deadline = time.monotonic() + grace
+        for worker in self.workers:
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        running = [worker for worker in self.workers if worker.is_alive()]
+        if not running:
+            return []
+        log.warning("%d job run(s) still running after the %g s grace: handing them over", len(running), grace)
+        self.handing_over.set()
+        handed = [job_id for worker in running for job_id in worker.current]
+        for worker in running:
+            worker.join(timeout=HAND_OVER_SECONDS)
+        return handed
+
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop every thread (tests): runs in progress end first."""
+        for thread in self.threads:
+            thread.stopping.set()
+        job_submitted.release(len(self.workers))
+        for thread in self.threads:
+            thread.join(timeout=timeout)
+
+
+def start_workers(app: Flask, count: int = 2) -> JobWorkers:
+    """The process's ``count`` job workers and its housekeepers, started."""
+    workers = JobWorkers(app, count)
+    workers.start()
+    app.extensions["gpuaas_job_workers"] = workers
     return workers

@@ -7,7 +7,8 @@ from .. import pools
 from ..agent_wheel import agent_source_vars
 from ..db import session
 from ..domain_errors import DomainError
-from ..jobs.claims import claimant, lease_until
+from ..jobs.claims import lease_until
+from ..jobs.identity import claimant
 from ..jobs.finalize import finalize
 from ..jobs.holds import take_nodes
 from ..jobs.hooks import OperationHooks, Outcome, Turn, TurnRefused, register
