@@ -97,3 +97,8 @@ def commit_unique(field: str, message: str) -> None:
 def release() -> None:
     """End this thread's session (worker threads live outside requests)."""
     current_app.extensions["gpuaas_session"].remove()
+
+
+def first_line(error: Exception) -> str:
+    """A database error in one line, for a log: drivers' messages run to several (the SQL, a link)."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]

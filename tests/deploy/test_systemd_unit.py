@@ -117,6 +117,21 @@ def test_the_unit_runs_a_dedicated_user_from_its_venv_and_restarts_on_failure():
     assert "Environment" not in service or not any(v.startswith("PATH=") for v in service["Environment"])
 
 
+def test_a_stop_waits_for_the_drain_and_signals_gunicorn_alone():
+    """systemd waits longer than gunicorn, which waits longer than the drain (cli.gunicorn_timeouts);
+    KillMode=mixed sends SIGTERM to the master alone, not to every running ansible-playbook."""
+    from gpuaas_api.cli import gunicorn_timeouts
+    from gpuaas_api.config import Config
+
+    service = unit_settings(UNIT.read_text())["Service"]
+    config = Config({})
+    timeouts = gunicorn_timeouts(config)
+    assert service["KillMode"] == ["mixed"]
+    assert service["TimeoutStopSec"] == [f"{config.JOB_DRAIN_SECONDS + 30:g}s"]
+    assert config.JOB_DRAIN_SECONDS < timeouts["graceful_timeout"] < config.JOB_DRAIN_SECONDS + 30
+    assert timeouts["timeout"] >= config.JOB_LEASE_SECONDS  # a paused worker keeps its jobs while their leases hold
+
+
 @pytest.fixture
 def service_user():
     """The unit's user, made as docs/production.md makes it, if this machine lacks it."""

@@ -10,7 +10,7 @@ from flask import Flask
 from sqlalchemy import insert
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..db import release, session
+from ..db import first_line, release, session
 from ..models import JobEvent
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class EventWriter:
         self.highest = dict.fromkeys(node_of_job, 0)  # each job's highest counter yet
         self.unstored: list[dict] = []  # rows not yet written, oldest first
         self.unstored_bytes = 0
+        self.failures = 0  # tries in a row that the database refused
         self.events: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
         self.give_up_at = float("inf")  # set by close(): when waiting rows are abandoned
@@ -67,7 +68,7 @@ class EventWriter:
                     break
                 self._take(self._gather())
                 if self.unstored and not self._store():
-                    self.stopping.wait(STORE_RETRY_SECONDS)
+                    time.sleep(STORE_RETRY_SECONDS)  # not stopping.wait(): once stopping, that returns at once
             release()
 
     def _gather(self) -> list[tuple[int, dict]]:
@@ -119,10 +120,12 @@ class EventWriter:
             db.commit()
         except SQLAlchemyError as error:
             release()
-            log.warning("jobs %s: %d log lines wait for the database (%s)", sorted(self.counts), len(self.unstored),
-                        str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__)
+            self.failures += 1
+            if self.failures % 10 == 1:  # once, then every ten tries
+                log.warning("jobs %s: %d log lines wait for the database (%s)", sorted(self.counts), len(self.unstored),
+                            first_line(error))
             return False
-        self.unstored, self.unstored_bytes = [], 0
+        self.unstored, self.unstored_bytes, self.failures = [], 0, 0
         return True
 
     def _drop_notes(self) -> list[dict]:

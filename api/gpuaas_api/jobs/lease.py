@@ -19,7 +19,7 @@ import time
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..db import release, session
+from ..db import first_line, release, session
 from ..models import Job
 from ..states import JobStatus
 from .claims import database_now, lease_until
@@ -90,10 +90,6 @@ class Lease:
         log.error("jobs %s: the lease could not be renewed for %g s and may have been taken over; stopping the run",
                   self.job_ids, self.lease_seconds)
         return False
-
-
-def first_line(error: Exception) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
 
 
 def expire_lapsed(owner: str) -> list[int]:

@@ -11,7 +11,7 @@ from flask import Flask
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..db import release, session
+from ..db import first_line, release, session
 from ..models import Job, JobEvent, Node
 from ..ssh_keys import private_key_file
 from ..states import JobStatus
@@ -22,13 +22,17 @@ from .hooks import OperationHooks, hooks_for
 from .housekeeper import housekeepers
 from .identity import claimant
 from .inventory import batch_hosts, host_spec
-from .lease import Lease, first_line
+from .lease import Lease
 from .queue import BATCH_QUIET_SECONDS, claim_run
 from .results import host_artifact, host_outcome, stopped_before
 from .runner import AnsibleNotFound, RunResult, run_playbook
 
 log = logging.getLogger(__name__)
 CANCEL_POLL_SECONDS = 0.5
+LEASE_LOST = ("the run was stopped: its lease could not be renewed (the database could not be reached for "
+              "longer than GPUAAS_JOB_LEASE_SECONDS, or another API process took the job over)")
+# How long a run's log is still tried once the run ended, past its lease if need be.
+LOG_AFTER_RUN_SECONDS = 30
 # A run handed over (drain) is stopped as a cancel is: its processes are gone within seconds.
 HAND_OVER_SECONDS = 15
 
@@ -179,7 +183,10 @@ class JobWorker(threading.Thread):
             log.exception("jobs %s failed to run", job_ids)
             failure = f"the job could not run: {error}"
         finally:
-            emitted = writer.close(give_up_at=lease.valid_until())
+            if lease.lost and result is not None and result.status == "canceled":
+                result = dataclasses.replace(result, status="error", explanation=LEASE_LOST)
+            # The log is the job's whoever finalises it: kept trying for a while even past the lease.
+            emitted = writer.close(give_up_at=max(lease.valid_until(), time.monotonic() + LOG_AFTER_RUN_SECONDS))
             release()
             ending = Ending(result, failure, emitted, owner, self.handing_over.is_set())
             until_landed(lambda: finish_run(run, ending), lease, f"jobs {job_ids}: finalising")
@@ -234,17 +241,20 @@ def finish_run(run: Run, ending: Ending) -> None:
             finish_batch_job(job, node, result, ending.emitted[job.id], owner)
 
 
-def until_landed(step, lease: Lease, what: str) -> None:
-    """Run ``step`` until it commits: a database error is retried every second while the lease holds
-    (another process may take the jobs over after it, and then the step would change nothing)."""
+def until_landed(step, lease: Lease, what: str) -> bool:
+    """Run ``step`` until it commits: a database error is retried every second while the lease holds.
+    Past it, the jobs are left to whichever process finds their lease lapsed (lease.expire_lapsed):
+    False."""
     while True:
         try:
             step()
-            return
+            return True
         except SQLAlchemyError as error:
             release()
             if time.monotonic() >= lease.valid_until():
-                raise
+                log.error("%s: the database could not be reached within the lease (%s); the jobs are left to the "
+                          "lapsed-lease recovery", what, first_line(error))
+                return False
             log.warning("%s: the database could not be reached (%s); retrying", what, first_line(error))
             time.sleep(Lease.RETRY_SECONDS)
 
