@@ -3,14 +3,19 @@
 claim_next() is what a worker does first; JobWorker.execute() runs the claimed batch, here with
 run_playbook replaced by a fake that records what it was asked and answers as ansible-runner's
 stats would (processed, failures, dark per host), so that each job's ending is the worker's own
-reading of its host's result. tests/e2e runs the same operations on the fleet.
+reading of its host's result. tests/e2e runs the same operations on the fleet. The last test runs
+real job workers of two API hosts (two apps over one database) instead.
 """
 from __future__ import annotations
+
+import threading
+import time
 
 import pytest
 from sqlalchemy import select, update
 
 from api_helpers import add_node, set_created, set_status
+from gpuaas_api import create_app
 from gpuaas_api.config import Config
 from gpuaas_api.db import session
 from gpuaas_api.jobs import inventory as inventory_module
@@ -260,3 +265,134 @@ def test_a_batch_window_shorter_than_its_quiet_interval_is_refused(tmp_path, qui
     with pytest.raises(ValueError, match="GPUAAS_NODE_BATCH_QUIET_SECONDS"):
         Config({"GPUAAS_DATA_DIR": str(tmp_path), "GPUAAS_NODE_BATCH_QUIET_SECONDS": quiet,
                 "GPUAAS_NODE_BATCH_WINDOW_SECONDS": window})
+
+
+def in_cluster(app, client, region, count: int) -> tuple[dict, list[dict]]:
+    """A controller with an active cluster, and ``count`` HEALTHY workers joined to it."""
+    controller = add_node(client, region, name="ctrl", is_controller_node=True, is_worker_node=False)
+    set_status(app, controller["id"], NodeStatus.INITIALIZED)
+    enabled = client.post(f"/gpuaas/enable?controller_node_id={controller['id']}").get_json()
+    with app.app_context():
+        finalize(enabled["job_id"], "successful", 0, "", {"gpuaas_cluster": {"api_server_port": 6443,
+                                                                             "api_server_address": "198.18.0.11"}})
+    workers = nodes_in(client, region, count, NodeStatus.HEALTHY, app)
+    with app.app_context():
+        session().execute(update(Node).where(Node.id.in_([w["id"] for w in workers]))
+                          .values(joined=True, cluster_id=enabled["gpuaas_id"]))
+        session().commit()
+    return controller, workers
+
+
+def node_row(app, node) -> dict:
+    with app.app_context():
+        found = session().get(Node, node["id"])
+        return {"status": found.status.value, "joined": found.joined, "cluster_id": found.cluster_id,
+                "disabled": found.disabled, "busy_job_id": found.busy_job_id}
+
+
+# Each destructive operation's burst: how its nodes are made ready for it, its request, and what a
+# node that succeeded and one that failed are left as (the others' fields unchanged).
+DESTRUCTIVE = {
+    "node_leave": (lambda client, n: client.post(f"/gpuaas/node/leave?node_id={n['id']}"),
+                   {"status": "initialized", "joined": False, "cluster_id": None}, {"status": "error", "joined": True}),
+    "node_disable": (lambda client, n: client.post(f"/gpuaas/node/{n['id']}/disable"),
+                     {"status": "initialized", "disabled": True}, {"status": "initialized", "disabled": False}),
+    "node_deinit": (lambda client, n: client.get(f"/gpuaas/node/deinit?gpuaas_node_id={n['id']}"),
+                    {"status": "uninitialized"}, {"status": "error"}),
+}
+
+
+@pytest.mark.parametrize("operation", sorted(DESTRUCTIVE))
+def test_leave_disable_and_deinit_bursts_share_one_run_and_each_node_ends_by_its_own_host(
+        app, client, region, monkeypatch, operation):
+    request, succeeded, failed = DESTRUCTIVE[operation]
+    app.config["GPUAAS"].NODE_BATCH_QUIET_SECONDS = 0.25
+    if operation == "node_leave":
+        controller, nodes = in_cluster(app, client, region, 3)
+        helpers = [f"node-{controller['id']}"]
+    else:
+        controller, nodes, helpers = None, nodes_in(client, region, 3, NodeStatus.INITIALIZED, app), []
+    names = [f"node-{n['id']}" for n in nodes]
+    before = [node_row(app, n) for n in nodes]
+    submitted = [request(client, n).get_json()["job_id"] for n in nodes]
+
+    set_created(app, {job_id: 0.0 for job_id in submitted})  # the burst goes on: nothing runs yet
+    with app.app_context():
+        assert claim_next() == []
+    set_created(app, {job_id: -0.5 for job_id in submitted})
+    # The middle node fails its part, the last is unreachable; the play went on for the first.
+    batch, fake = run_claimed(app, monkeypatch, lambda call: RunResult(
+        "failed", 4, stats(processed=[*names, *helpers], failures=[names[1]], dark=[names[2]]), {}, {}))
+
+    assert batch == submitted and len(fake.calls) == 1
+    call = fake.calls[0]
+    assert call["playbook"] == operation and call["targets"] == names  # destructive: every node named
+    assert call["hosts"] == [*names, *helpers]
+    if operation == "node_leave":
+        assert call["extravars"]["cluster_leave_controller"] == helpers[0]
+        assert call["extravars"]["cluster_leave_ungraceful"] is False
+    ended = jobs(app)
+    assert [(ended[j].status, ended[j].rc) for j in submitted] == [
+        (JobStatus.SUCCESSFUL, 0), (JobStatus.FAILED, 2), (JobStatus.FAILED, 4)]
+    rows = [node_row(app, n) for n in nodes]
+    assert rows[0] == {**before[0], **succeeded}
+    assert rows[1] == rows[2] == {**before[1], **failed} == {**before[2], **failed}
+    if controller is not None:  # the helper is no target: the controller stays as it was
+        assert node_row(app, controller)["status"] == "healthy"
+
+
+def test_a_leave_with_other_variables_runs_apart(app, client, region, monkeypatch):
+    _controller, workers = in_cluster(app, client, region, 3)
+    graceful = [client.post(f"/gpuaas/node/leave?node_id={w['id']}").get_json()["job_id"] for w in workers[:2]]
+    ungraceful = client.post(f"/gpuaas/node/leave?node_id={workers[2]['id']}&ungraceful=true").get_json()["job_id"]
+    with app.app_context():
+        assert [claim_next() for _round in range(2)] == [graceful, [ungraceful]]
+
+
+def test_a_burst_submitted_through_two_hosts_runs_once_and_each_job_ends_by_its_own_host(
+        app, client, token, migrated_database_url, tmp_path, monkeypatch):
+    """Two API hosts over one database, each with its own job workers: a burst of inits whose requests
+    arrive through both gathers into one playbook run, claimed by one worker of one host, run once."""
+    host_b = create_app(Config({"GPUAAS_DATA_DIR": str(tmp_path / "data-b"), "GPUAAS_DATABASE_URL": migrated_database_url}))
+    client_b = host_b.test_client()
+    client_b.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    for host in (app, host_b):  # a burst slower than the default, so that a slow test machine still makes one
+        host.config["GPUAAS"].NODE_BATCH_QUIET_SECONDS, host.config["GPUAAS"].NODE_BATCH_WINDOW_SECONDS = 1.0, 10.0
+    region = client.post("/api/regions", json={"region_name": "two-hosts"}).get_json()
+    nodes = nodes_in(client, region, 4)
+    names = [f"node-{n['id']}" for n in nodes]
+    lock = threading.Lock()
+    fake = FakeRun(lambda call: RunResult("failed", 2, stats(processed=names, failures=[names[2]]), {}, {}))
+
+    def run_once(*args, **kwargs):
+        with lock:
+            return fake(*args, **kwargs)
+    monkeypatch.setattr(worker_module, "run_playbook", run_once)
+    workers = [worker_module.JobWorker(host, poll_seconds=0.1) for host in (app, host_b) for _worker in range(2)]
+    for worker in workers:
+        worker.start()
+    try:
+        through = [client, client_b, client_b, client]
+        submitted = [via.get(f"/gpuaas/node/init?gpuaas_node_id={n['id']}").get_json()["job_id"]
+                     for via, n in zip(through, nodes)]
+        deadline = time.monotonic() + 30
+        while any(client.get(f"/api/jobs/{j}").get_json()["status"] in ("pending", "running") for j in submitted):
+            assert time.monotonic() < deadline, "the jobs did not finish"
+            time.sleep(0.05)
+    finally:
+        for worker in workers:
+            worker.stopping.set()
+        for worker in workers:
+            worker.join(timeout=10)
+        host_b.extensions["gpuaas_engine"].dispose()
+
+    assert len(fake.calls) == 1, [call["targets"] for call in fake.calls]
+    assert fake.calls[0]["playbook"] == "node_init" and fake.calls[0]["targets"] == names
+    ended = jobs(app)
+    assert [ended[j].status for j in submitted] == [JobStatus.SUCCESSFUL, JobStatus.SUCCESSFUL, JobStatus.FAILED,
+                                                    JobStatus.SUCCESSFUL]
+    assert len({ended[j].claimed_by for j in submitted}) == 1 and len({ended[j].started_at for j in submitted}) == 1
+    # Each host reads the same endings.
+    assert [status_of(client_b, n) for n in nodes] == [status_of(client, n) for n in nodes] == [
+        "initialized", "initialized", "error", "initialized"]
+    assert [node_row(app, n)["busy_job_id"] for n in nodes] == [None] * 4

@@ -1,8 +1,11 @@
 """The guide's node lifecycle through the API, on the fleet, in order."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -13,7 +16,7 @@ import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
-from fleet_service import ADMIN, FLEET, REPO, install_controller_key
+from fleet_service import ADMIN, CLI, FLEET, REPO, Service, install_controller_key
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +65,87 @@ def test_1_test_conn_pins_each_host_key(service, cluster):
         pinned = dict(connection.execute(text("SELECT node_ip, ssh_host_key FROM nodes")).all())
     engine.dispose()
     assert pinned == {cluster["nodes"][n]["node_ip"]: known[cluster["nodes"][n]["node_ip"]] for n in cluster["nodes"]}
+
+
+def pinned_host_keys(database: Path) -> dict[int, str]:
+    engine = create_engine(f"sqlite:///{database}")
+    with engine.connect() as connection:
+        pinned = dict(connection.execute(text("SELECT id, ssh_host_key FROM nodes")).all())
+    engine.dispose()
+    return pinned
+
+
+def job_output(data_dir: Path, job_id: int) -> str:
+    """What a job's run printed, from its service's database."""
+    engine = create_engine(f"sqlite:///{data_dir / 'gpuaas.sqlite3'}")
+    with engine.connect() as connection:
+        lines = connection.execute(text("SELECT stdout FROM job_events WHERE job_id = :id ORDER BY counter"),
+                                   {"id": job_id}).scalars()
+        output = "\n".join(line or "" for line in lines)
+    engine.dispose()
+    return output
+
+
+def shown_key(data_dir: Path) -> str:
+    """`gpuaas-api ssh-key show` of a data directory: the public key its jobs authenticate with."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("GPUAAS_")}
+    return subprocess.run([str(CLI), "ssh-key", "show"], env={**env, "GPUAAS_DATA_DIR": str(data_dir)},
+                          capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+
+def test_1b_a_backup_restored_into_a_fresh_service_reaches_the_nodes_with_the_same_identity(service, cluster,
+                                                                                           tmp_path_factory):
+    """docs/operations.md's backup and restore, SQLite: the database saved online with SQLite's backup
+    API (never `cp` of a WAL database), the SSH identity (neither GPUAAS_SECRET_KEY nor
+    GPUAAS_SSH_KEY_FILE: the data dir's ssh/ directory) copied, both put in a new data dir."""
+    database = service.data_dir / "gpuaas.sqlite3"
+    pinned = pinned_host_keys(database)
+    assert sorted(pinned) == sorted(node["id"] for node in cluster["nodes"].values()) and all(pinned.values())
+    backup = tmp_path_factory.mktemp("backup")
+    with contextlib.closing(sqlite3.connect(database)) as source, \
+            contextlib.closing(sqlite3.connect(backup / "gpuaas.sqlite3")) as copy:
+        source.backup(copy)  # what `sqlite3 DB ".backup FILE"` does, while the service runs
+    shutil.copytree(service.data_dir / "ssh", backup / "ssh")
+
+    def restored(name: str, identity: bool) -> Service:
+        # Short: ssh's ControlPath, under the data dir, is a socket path (108 bytes at most).
+        data_dir = tmp_path_factory.mktemp(name) / "var"
+        data_dir.mkdir()
+        shutil.copyfile(backup / "gpuaas.sqlite3", data_dir / "gpuaas.sqlite3")
+        if identity:
+            shutil.copytree(backup / "ssh", data_dir / "ssh")
+        fresh = Service(data_dir)
+        fresh.start()
+        return fresh
+
+    node = cluster["nodes"]["node2"]
+    host = f"node-{node['id']}"
+    fresh = restored("restored", identity=True)
+    try:
+        assert fresh.api.call("GET", "/gpuaas/node/list") == service.api.call("GET", "/gpuaas/node/list")
+        assert pinned_host_keys(fresh.data_dir / "gpuaas.sqlite3") == pinned  # kept, before any job ran
+        job = fresh.api.run("GET", f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}")
+    finally:
+        fresh.stop()
+    assert job["status"] == "successful", (job["explanation"], job_output(fresh.data_dir, job["id"]))
+    assert job["result"]["gpuaas_conn_check"][host]["failed_step"] is None
+    # The same identity, and the same pinned host keys, which its job checked strictly (a pinned key means
+    # StrictHostKeyChecking=yes): nothing was pinned anew.
+    assert shown_key(fresh.data_dir) == shown_key(service.data_dir)
+    assert pinned_host_keys(fresh.data_dir / "gpuaas.sqlite3") == pinned == pinned_host_keys(database)
+
+    # Without the identity the same database reaches nothing: the service makes a key of its own, which
+    # no node accepts. ssh checked the node's pinned key first, and it matched.
+    bare = restored("bare", identity=False)
+    try:
+        assert bare.api.call("GET", "/gpuaas/node/list") == service.api.call("GET", "/gpuaas/node/list")
+        job = bare.api.run("GET", f"/gpuaas/node/test_conn?gpuaas_node_id={node['id']}")
+    finally:
+        bare.stop()
+    logs = job_output(bare.data_dir, job["id"])
+    assert job["status"] == "failed" and job["explanation"] == f"{host}: step ssh failed", job
+    assert "Permission denied" in logs and "Host key verification failed" not in logs, logs
+    assert shown_key(bare.data_dir) != shown_key(service.data_dir)
 
 
 def test_2_init_enable_join(service, cluster):
