@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A throw-away PostgreSQL server for the API tests: `postgres.sh start DIR` prints
-# the SQLAlchemy URL; `postgres.sh stop DIR` stops it. Unix socket only, trust auth,
-# owned by the postgres system user (Debian's postgresql package).
+# the SQLAlchemy URL; `postgres.sh stop DIR` stops it; `halt DIR` then `resume DIR` make
+# an outage. Unix socket only, trust auth, owned by the postgres system user (Debian's
+# postgresql package).
 set -euo pipefail
 action=$1 dir=$2
 cd /  # the postgres user runs the commands below and may not be able to enter the caller's directory
@@ -14,6 +15,13 @@ case "$action" in
     runuser -u postgres -- "$bin/pg_ctl" -s -w -D "$dir/data" -l "$dir/server.log" \
       -o "-c listen_addresses='' -k $dir -p $port -c fsync=off" start
     echo "postgresql+psycopg://postgres@/postgres?host=$dir&port=$port"
+    ;;
+  halt)  # an outage: the server stops (its clients' connections drop), its data stays
+    runuser -u postgres -- "$bin/pg_ctl" -s -w -D "$dir/data" -m fast stop
+    ;;
+  resume)
+    runuser -u postgres -- "$bin/pg_ctl" -s -w -D "$dir/data" -l "$dir/server.log" \
+      -o "-c listen_addresses='' -k $dir -p $port -c fsync=off" start
     ;;
   stop)
     if [ -d "$dir/data" ]; then

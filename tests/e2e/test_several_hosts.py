@@ -1,7 +1,7 @@
 """Several service hosts (issue #13): two `gpuaas-api serve` hosts on one PostgreSQL, driving the fleet.
 
 Each host has its own hostname, PID namespace and data directory (conftest.NamespacedService), so
-killing a host kills its playbooks too, and `claimed_by` ("<hostname>:<pid>") tells which host ran
+killing a host kills its playbooks too, and `claimed_by` ("<hostname>:<pid>:<scope>.<start>") tells which host ran
 a job. Both share the database and GPUAAS_SECRET_KEY, with short leases.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 
 from fleet_service import ADMIN, NamespacedService, install_controller_key
+from gpuaas_api.jobs.identity import Claimant
 
 FLEET_NODES = 2
 LEASE_SECONDS, RENEW_SECONDS = 8, 2
@@ -66,9 +67,9 @@ def nodes(hosts, running_fleet):
 
 
 def host_of(hosts, claimed_by: str) -> NamespacedService:
-    hostname, _colon, pid = claimed_by.rpartition(":")
-    (host,) = [host for host in hosts if host.hostname == hostname]
-    assert int(pid) in host.local_pids(), f"{claimed_by} is no process of {hostname}"
+    claimant = Claimant.parse(claimed_by)
+    (host,) = [host for host in hosts if host.hostname == claimant.host]
+    assert claimant.pid in host.local_pids(), f"{claimed_by} is no process of {claimant.host}"
     return host
 
 

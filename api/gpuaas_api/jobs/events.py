@@ -1,6 +1,7 @@
 """A playbook run's events, stored as they arrive (off the runner's thread)."""
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import queue
 import threading
@@ -21,6 +22,16 @@ MAX_UNSTORED_BYTES = 64 * 2**20
 
 
 _WAKE = (None, None)  # put on an EventWriter's queue to end its wait at once
+
+
+def happened_at(event: dict) -> dt.datetime:
+    """When the event happened on the controller (ansible-runner's `created`, UTC), not when it was
+    stored: a line written after a database outage still shows its own time."""
+    try:
+        created = dt.datetime.fromisoformat(event["created"])
+    except (KeyError, TypeError, ValueError):
+        return dt.datetime.now(dt.timezone.utc)
+    return created if created.tzinfo else created.replace(tzinfo=dt.timezone.utc)
 
 
 class EventWriter:
@@ -104,7 +115,7 @@ class EventWriter:
         return {"job_id": job_id, "node_id": self.node_of_job[job_id] or self.node_of_host.get(data.get("host")),
                 "counter": self.counter_base.get(job_id, 0) + event.get("counter", self.counts[job_id]),
                 "event": event.get("event", "unknown"), "host": data.get("host"), "task": data.get("task"),
-                "stdout": event.get("stdout", ""),
+                "stdout": event.get("stdout", ""), "created_at": happened_at(event),
                 "data": {k: data[k] for k in ("res",) if k in data and isinstance(data[k], dict)
                          and not data[k].get("_ansible_no_log")}}
 
@@ -135,6 +146,7 @@ class EventWriter:
             if dropped:
                 log.error("job %s: %d log lines were dropped while the database could not be reached", job_id, dropped)
                 notes.append({"job_id": job_id, "node_id": self.node_of_job[job_id], "event": "gpuaas_events_dropped",
+                              "created_at": dt.datetime.now(dt.timezone.utc),
                               "counter": self.highest[job_id] + 1, "host": None, "task": None, "data": {},
                               "stdout": f"[{dropped} lines of this log were dropped: the database could not be reached "
                                         f"and more than {MAX_UNSTORED_BYTES // 2**20} MiB of output waited]"})

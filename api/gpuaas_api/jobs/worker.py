@@ -139,13 +139,19 @@ class JobWorker(threading.Thread):
         self.current: list[int] = []  # the jobs of the run it plays
 
     def run(self) -> None:
+        failures = 0  # claims in a row that failed
         with self.app.app_context():
             while not self.stopping.is_set():
                 try:
                     batch, held = claim_run()
-                except Exception:  # the database may be briefly unavailable; try again
-                    log.exception("claiming a job failed")
+                    failures = 0
+                except Exception as error:  # the database may be briefly unavailable; try again
                     release()
+                    failures += 1
+                    if failures == 1:
+                        log.exception("claiming a job failed")
+                    elif failures % 60 == 0:  # every 30 s or so: an outage is not a flood of tracebacks
+                        log.warning("claiming a job still fails (%d tries): %s", failures, first_line(error))
                     batch, held = [], False
                 if not batch:
                     release()
