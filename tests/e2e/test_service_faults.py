@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 
 from fleet_service import REPO, Service, install_controller_key
 
-FLEET_NODES = 2
+FLEET_NODES = 3
 OUTAGE_SECONDS = 20
 DRAIN_SECONDS = 3  # shorter than an init: the stop hands the run over
 
@@ -167,3 +167,34 @@ def test_a_stop_mid_init_hands_the_job_over_and_the_next_start_runs_it(service, 
     assert [row.counter for row in events] == sorted({row.counter for row in events})  # numbered on, no repeat
     first = [row for row in events if row.counter < starts[1].counter]
     assert max(row.created_at for row in first) <= first_run_ended <= starts[1].created_at
+
+
+def test_a_worker_killed_mid_init_takes_its_playbook_with_it_before_its_job_is_finalised(service, nodes, database):
+    """gunicorn's master (child_exit) ends the dead worker's Ansible processes; the worker it starts in
+    its place finds the job's claimant gone and finalises it, with nothing of the run left running."""
+    from gpuaas_api.jobs.identity import Claimant
+
+    if service.process.poll() is not None:
+        service.start()
+    api = service.api
+    node_id = nodes["node3"]
+    job_id = api.call("GET", f"/gpuaas/node/init?gpuaas_node_id={node_id}")["job_id"]
+    wait_mid_playbook(database, job_id)
+    (claimed_by,) = query(database, "SELECT claimed_by FROM jobs WHERE id = :id", id=job_id)[0]
+    worker = Claimant.parse(claimed_by).pid
+    playbooks = job_processes(job_id)
+    assert playbooks and worker not in playbooks
+
+    os.kill(worker, signal.SIGKILL)
+    killed = time.monotonic()
+    deadline = killed + 10
+    while job_processes(job_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gone_in = time.monotonic() - killed
+    assert job_processes(job_id) == [], "the dead worker's playbook ran on"
+    assert "ended" in service.log_path.read_text().split(f"worker {worker} is gone")[1].splitlines()[0]
+    job = api.wait_job(job_id, timeout=60)
+    print(f"\nworker {worker} killed: its run's processes gone in {gone_in:.2f} s, its job {job['status']} "
+          f"in {time.monotonic() - killed:.1f} s")
+    assert job["status"] == "error" and "stopped before it finished" in job["explanation"], job
+    assert api.call("GET", f"/gpuaas/node/{node_id}")["status"] == "error"
