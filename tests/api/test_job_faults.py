@@ -293,6 +293,15 @@ def test_a_run_past_the_grace_is_handed_over_and_runs_again_without_overlap(app,
     assert counters == sorted(set(counters)) and counters[-3:] == [counters[-4] + n for n in (1, 2, 3)]
 
 
+def claimed_by_a_dead_host(app, job_id: int) -> None:
+    """The job runs, claimed by a host that stopped renewing: its lease lapsed a second ago."""
+    with app.app_context():
+        assert claim_next() == [job_id]
+        session().execute(update(Job).where(Job.id == job_id).values(
+            claimed_by="gone-host:1:00000000.1", lease_expires_at=claims.database_now() - dt.timedelta(seconds=1)))
+        session().commit()
+
+
 def test_a_lapsed_lease_is_finalised_while_a_periodic_task_hangs(app, client, region, monkeypatch):
     """Recovery has a thread of its own: a metrics collection stuck on agents that never answer does
     not hold back the finalisation of a dead host's job."""
@@ -304,11 +313,7 @@ def test_a_lapsed_lease_is_finalised_while_a_periodic_task_hangs(app, client, re
         unblock.wait(30)
 
     _node, orphan = init_job(client, region, name="lapsed")
-    with app.app_context():
-        assert claim_next() == [orphan]
-        session().execute(update(Job).where(Job.id == orphan).values(
-            claimed_by="gone-host:1:00000000.1", lease_expires_at=claims.database_now() - dt.timedelta(seconds=1)))
-        session().commit()
+    claimed_by_a_dead_host(app, orphan)
     threads = [Housekeeper(app, [RECOVERY], "recovery", wait_first=True),
                Housekeeper(app, [PeriodicTask("a collection that hangs", lambda config: 0.1, hang)], "periodic")]
     for thread in threads:
@@ -332,11 +337,7 @@ def test_one_housekeeper_for_both_would_wait_for_the_hung_task(app, client, regi
     monkeypatch.setattr(app.config["GPUAAS"], "JOB_LEASE_RENEW_SECONDS", 0.2)
     hung, unblock = threading.Event(), threading.Event()
     _node, orphan = init_job(client, region, name="lapsed")
-    with app.app_context():
-        assert claim_next() == [orphan]
-        session().execute(update(Job).where(Job.id == orphan).values(
-            claimed_by="gone-host:1:00000000.1", lease_expires_at=claims.database_now() - dt.timedelta(seconds=1)))
-        session().commit()
+    claimed_by_a_dead_host(app, orphan)
     together = Housekeeper(app, [PeriodicTask("a collection that hangs", lambda config: 0.1,
                                               lambda config: (hung.set(), unblock.wait(30))), RECOVERY])
     together.start()

@@ -204,13 +204,19 @@ def test_only_the_same_operation_with_the_same_variables_on_free_nodes_shares_a_
     assert jobs(app)[behind].status is JobStatus.PENDING  # queued behind init_a: its turn has not come
 
 
-def test_joins_share_one_run_with_the_controller_as_a_helper(app, client, region, monkeypatch):
+def enabled_controller(app, client, region) -> tuple[dict, dict]:
+    """An initialized controller node, and the reply of its enable, whose job succeeded."""
     controller = add_node(client, region, name="ctrl", is_controller_node=True, is_worker_node=False)
     set_status(app, controller["id"], NodeStatus.INITIALIZED)
     enabled = client.post(f"/gpuaas/enable?controller_node_id={controller['id']}").get_json()
     with app.app_context():
         finalize(enabled["job_id"], "successful", 0, "", {"gpuaas_cluster": {"api_server_port": 6443,
                                                                              "api_server_address": "198.18.0.11"}})
+    return controller, enabled
+
+
+def test_joins_share_one_run_with_the_controller_as_a_helper(app, client, region, monkeypatch):
+    controller, enabled = enabled_controller(app, client, region)
     workers = nodes_in(client, region, 2, NodeStatus.INITIALIZED, app)
     joins = [client.post("/gpuaas/node/join", json={"gpuaas_id": enabled["gpuaas_id"], "gpuaas_node_id": w["id"]})
              .get_json()["job_id"] for w in workers]
@@ -269,12 +275,7 @@ def test_a_batch_window_shorter_than_its_quiet_interval_is_refused(tmp_path, qui
 
 def in_cluster(app, client, region, count: int) -> tuple[dict, list[dict]]:
     """A controller with an active cluster, and ``count`` HEALTHY workers joined to it."""
-    controller = add_node(client, region, name="ctrl", is_controller_node=True, is_worker_node=False)
-    set_status(app, controller["id"], NodeStatus.INITIALIZED)
-    enabled = client.post(f"/gpuaas/enable?controller_node_id={controller['id']}").get_json()
-    with app.app_context():
-        finalize(enabled["job_id"], "successful", 0, "", {"gpuaas_cluster": {"api_server_port": 6443,
-                                                                             "api_server_address": "198.18.0.11"}})
+    controller, enabled = enabled_controller(app, client, region)
     workers = nodes_in(client, region, count, NodeStatus.HEALTHY, app)
     with app.app_context():
         session().execute(update(Node).where(Node.id.in_([w["id"] for w in workers]))

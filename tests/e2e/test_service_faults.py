@@ -11,12 +11,11 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from fleet_service import REPO, Service, install_controller_key
+from fleet_service import REPO, Service, install_controller_key, job_processes
 
 FLEET_NODES = 3
 OUTAGE_SECONDS = 20
@@ -80,18 +79,6 @@ def wait_mid_playbook(database, job_id: int, tasks: int = 3, timeout: float = 12
 def events_of(database, job_id: int) -> list:
     return query(database, "SELECT counter, event, created_at FROM job_events WHERE job_id = :id ORDER BY counter",
                  id=job_id)
-
-
-def job_processes(job_id: int) -> list[int]:
-    """Every process on this machine of a job's runs (runner.py marks each with GPUAAS_JOB_MARKER)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and f"GPUAAS_JOB_MARKER={job_id}-".encode() in (entry / "environ").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 def utc_now() -> dt.datetime:

@@ -13,7 +13,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 
-from fleet_service import ADMIN, NamespacedService, install_controller_key
+from fleet_service import ADMIN, NamespacedService, install_controller_key, job_processes
 from gpuaas_api.jobs.identity import Claimant
 
 FLEET_NODES = 2
@@ -88,18 +88,6 @@ def wait_running_mid_playbook(database, hosts, job_id: int, timeout: float = 60)
         assert status in ("pending", "running"), f"job {job_id} ended before the test could interrupt it: {status}"
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} did not reach its playbook's tasks in {timeout}s")
-
-
-def job_processes(job_id: int) -> list[int]:
-    """Every process on this machine of a job's run (runner.py marks each with GPUAAS_JOB_MARKER)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and f"GPUAAS_JOB_MARKER={job_id}-".encode() in (entry / "environ").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 def job_row(database, job_id: int) -> dict:

@@ -135,6 +135,18 @@ class Service:
                 self.kill()
 
 
+def job_processes(job_id: int) -> list[int]:
+    """Every process on this machine of a job's runs (runner.py marks each with GPUAAS_JOB_MARKER)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and f"GPUAAS_JOB_MARKER={job_id}-".encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def install_controller_key(api: Api, node_id: int, fleet_node: str) -> None:
     """What an operator does with GET .../ssh_keys: add the keys to the node's authorized_keys."""
     for key in api.call("GET", f"/gpuaas/node/{node_id}/ssh_keys"):
