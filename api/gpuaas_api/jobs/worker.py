@@ -195,7 +195,7 @@ class JobWorker(threading.Thread):
             emitted = writer.close(give_up_at=max(lease.valid_until(), time.monotonic() + LOG_AFTER_RUN_SECONDS))
             release()
             ending = Ending(result, failure, emitted, owner, self.handing_over.is_set())
-            until_landed(lambda: finish_run(run, ending), lease, f"jobs {job_ids}: finalising")
+            finish_run(run, ending, lease)
 
     def play(self, run: Run, hooks: OperationHooks, on_event, should_cancel) -> RunResult:
         config = self.app.config["GPUAAS"]
@@ -226,25 +226,27 @@ class Ending:
     handed_over: bool = False
 
 
-def finish_run(run: Run, ending: Ending) -> None:
+def finish_run(run: Run, ending: Ending, lease: Lease) -> None:
     """Finalise each job of the run, as its owner: a job whose lease this process lost is left alone.
-    Jobs already ended (a retry after a database error) are passed over."""
-    result, owner = ending.result, ending.owner
+    Each job's ending is retried on its own while the database can't be reached (until_landed)."""
     for job, node in zip(run.jobs, run.nodes):
-        if session().scalar(select(Job.status).where(Job.id == job.id)) is not JobStatus.RUNNING:
-            continue
-        if ending.handed_over and (result is None or result.status == "canceled") and not cancel_requested(job):
-            put_back(job, owner)
-        elif result is None:
-            finalize(job.id, "error", None, ending.failure, {}, emitted_events=ending.emitted[job.id], owner=owner)
-        elif not run.is_batch:
-            outcomes = {n.id: host_outcome(result, n.inventory_name)[0] == "successful" for n in run.nodes if n is not None}
-            finalize(job.id, result.status, result.rc, result.explanation, result.artifact_data,
-                     result.new_host_keys, ending.emitted[job.id], host_outcomes=outcomes, owner=owner)
-        elif must_run_again(job, node, result):
-            put_back(job, owner)
-        else:
-            finish_batch_job(job, node, result, ending.emitted[job.id], owner)
+        until_landed(lambda job=job, node=node: finish_job(run, job, node, ending), lease, f"job {job.id}: finalising")
+
+
+def finish_job(run: Run, job: Job, node: Node | None, ending: Ending) -> None:
+    result, owner = ending.result, ending.owner
+    if ending.handed_over and (result is None or result.status == "canceled") and not cancel_requested(job):
+        put_back(job, owner)
+    elif result is None:
+        finalize(job.id, "error", None, ending.failure, {}, emitted_events=ending.emitted[job.id], owner=owner)
+    elif not run.is_batch:
+        outcomes = {n.id: host_outcome(result, n.inventory_name)[0] == "successful" for n in run.nodes if n is not None}
+        finalize(job.id, result.status, result.rc, result.explanation, result.artifact_data,
+                 result.new_host_keys, ending.emitted[job.id], host_outcomes=outcomes, owner=owner)
+    elif must_run_again(job, node, result):
+        put_back(job, owner)
+    else:
+        finish_batch_job(job, node, result, ending.emitted[job.id], owner)
 
 
 def until_landed(step, lease: Lease, what: str) -> bool:
