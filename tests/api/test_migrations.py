@@ -1,6 +1,7 @@
 """The Alembic migrations produce exactly the schema the models describe."""
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import subprocess
@@ -13,12 +14,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.orm import Session
 
 from alembic import command
 
 import gpuaas_api
 from gpuaas_api.migrate import MIGRATIONS, alembic_config, migration_lock, upgrade
-from gpuaas_api.models import Base
+from gpuaas_api.models import Base, Job, JobEvent, Node, Region
 
 
 def test_migrated_schema_matches_the_models(database_url):
@@ -138,3 +140,28 @@ def test_an_upgrade_waits_while_another_holds_the_lock(database_url):
     assert tables == set()  # nothing migrated while the lock was held
     assert waiting.returncode == 0, log
     assert at_head(database_url)
+
+
+def test_events_of_a_deleted_or_earlier_node_are_filed_under_none(database_url):
+    # Before 0008 a node could be given a deleted node's id (SQLite reuses the highest) and show its
+    # events: the upgrade files under no node those older than the node, and those of a node that is gone.
+    upgrade(database_url, "0007")
+    engine = create_engine(database_url)
+    added = dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc)
+    with Session(engine) as db:
+        db.add(Region(id=1, region_name="r1"))
+        db.add(Node(id=1, name="reused", region_id=1, node_ip="198.18.0.1", username="root", is_worker_node=True,
+                    created_at=added))
+        db.flush()  # no relationship tells the session the order
+        db.add(Job(id=1, operation="test_conn", node_id=1))
+        db.flush()
+        db.add_all([JobEvent(job_id=1, counter=counter, event="runner_on_ok", node_id=node_id, created_at=at)
+                    for counter, (node_id, at) in enumerate([(1, added - dt.timedelta(days=1)), (1, added + dt.timedelta(hours=1)),
+                                                             (99, added + dt.timedelta(hours=1)), (None, added)])])
+        db.commit()
+    upgrade(database_url)
+    with engine.connect() as connection:
+        filed = connection.execute(text("SELECT counter, node_id FROM job_events ORDER BY counter")).all()
+    engine.dispose()
+
+    assert [tuple(row) for row in filed] == [(0, None), (1, 1), (2, None), (3, None)]

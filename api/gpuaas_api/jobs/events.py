@@ -5,10 +5,11 @@ import queue
 import threading
 
 from flask import Flask
-from sqlalchemy import insert
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
 
 from ..db import release, session
-from ..models import JobEvent
+from ..models import JobEvent, Node
 
 EVENT_FLUSH_SECONDS = 0.2
 
@@ -71,8 +72,22 @@ class EventWriter:
             # One executemany of the table's INSERT: no ORM objects, since this thread shares
             # the GIL with the runner's.
             db = session()
-            db.execute(insert(JobEvent.__table__), rows)
-            db.commit()
+            try:
+                db.execute(insert(JobEvent.__table__), rows)
+                db.commit()
+            except IntegrityError:
+                db.rollback()
+                self._insert_without_deleted_nodes(rows)
+
+    @staticmethod
+    def _insert_without_deleted_nodes(rows: list[dict]) -> None:
+        """A node deleted during the run (a read-only job does not hold its node) fails the events' foreign key:
+        its events are stored under no node, with their job alone."""
+        db = session()
+        present = set(db.scalars(select(Node.id).where(Node.id.in_({row["node_id"] for row in rows} - {None}))))
+        db.execute(insert(JobEvent.__table__), [{**row, "node_id": row["node_id"] if row["node_id"] in present else None}
+                                                for row in rows])
+        db.commit()
 
     def close(self) -> dict[int, int]:
         """Store what is queued, stop; the number of events stored per job."""
