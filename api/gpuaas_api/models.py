@@ -247,7 +247,8 @@ class Scan(Timestamps, Base):
     request_id: Mapped[str] = mapped_column(String(36), unique=True)
     kind: Mapped[str] = mapped_column(String(16))  # gpus, npus, resources
     node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
-    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    # Indexed: a scan is found by its job when the job ends, and a pruned job sets its scans' job_id to NULL.
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
     status: Mapped[ScanStatus] = mapped_column(_enum(ScanStatus), default=ScanStatus.PENDING)
     error_msg: Mapped[str | None] = mapped_column(Text)
     resources: Mapped[dict] = mapped_column(JSON, default=dict)

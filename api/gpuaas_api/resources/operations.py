@@ -32,6 +32,9 @@ blp = Blueprint("operations", __name__, description="Node operations, scans, log
 
 
 def started(job: Job, what: str, node: Node) -> dict:
+    if getattr(job, "already_pending", False):
+        return {"success": True, "job_id": job.id,
+                "message": f"{what} of node {node.id} already pending as job {job.id} (the same request)"}
     behind = getattr(job, "queued_behind", None)
     if behind is not None:
         return {"success": True, "job_id": job.id,
@@ -191,6 +194,9 @@ class NodeLeave(MethodView):
 def _start_scan(kind: Operation, node_id: int) -> Scan:
     node = get_node(node_id)
     job = submit(kind, node)
+    pending = session().scalar(select(Scan).where(Scan.job_id == job.id))
+    if pending is not None:  # the node's pending scan of this kind answers for this request too
+        return pending
     scan = Scan(request_id=str(uuid.uuid4()), kind=SCAN_KINDS[kind], node_id=node.id, job_id=job.id,
                 status=ScanStatus.PROCESSING)
     session().add(scan)
