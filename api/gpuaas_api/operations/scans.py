@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from uuid import uuid4
 
 from sqlalchemy import delete, func, select
 
@@ -51,6 +52,15 @@ class StorageMetrics(ReportingOperation):
 
 
 class ScanOperation(ReportingOperation):
+    def accepted(self, job: Job, ahead: list[Job], holds: bool) -> str | None:
+        """Its scan is recorded with its job, in one transaction: a repeated request, answered with the
+        pending job (jobs/submit.py), finds the scan too."""
+        reason = super().accepted(job, ahead, holds)
+        if reason is None:
+            session().add(Scan(request_id=str(uuid4()), kind=SCAN_KINDS[self.operation], node_id=job.node_id,
+                               job_id=job.id, status=ScanStatus.PROCESSING))
+        return reason
+
     def move_node(self, outcome: Outcome) -> None:
         finish_scan(outcome.job, outcome.node, outcome.succeeded, outcome.artifact)
 

@@ -1,8 +1,6 @@
 """Node operations: each one records a job that runs the collection's playbook."""
 from __future__ import annotations
 
-import uuid
-
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import func, select
@@ -23,7 +21,7 @@ from ..schemas import (ClusterSchema, ControllerQuerySchema, EnableReplySchema, 
                        JobWaitQuerySchema, JoinSchema, LeaveQuerySchema, LogPageSchema, NodeIdAltQuerySchema,
                        NodeIdQuerySchema, OperationReplySchema, PageQuerySchema, ScanQuerySchema, ScanSchema,
                        StorageMetricsSchema, SuccessSchema)
-from ..states import SCAN_KINDS, ClusterStatus, JobStatus, Operation, ScanStatus
+from ..states import SCAN_KINDS, ClusterStatus, JobStatus, Operation
 from ..reply_cache import json_reply
 from .nodes import get_node
 from .regions import remove_torn_down_clusters
@@ -192,16 +190,9 @@ class NodeLeave(MethodView):
 
 
 def _start_scan(kind: Operation, node_id: int) -> Scan:
-    node = get_node(node_id)
-    job = submit(kind, node)
-    pending = session().scalar(select(Scan).where(Scan.job_id == job.id))
-    if pending is not None:  # the node's pending scan of this kind answers for this request too
-        return pending
-    scan = Scan(request_id=str(uuid.uuid4()), kind=SCAN_KINDS[kind], node_id=node.id, job_id=job.id,
-                status=ScanStatus.PROCESSING)
-    session().add(scan)
-    session().commit()
-    return scan
+    """The scan its job recorded (operations/scans.py): a new one, or the node's pending one for the same request."""
+    job = submit(kind, get_node(node_id))
+    return session().scalar(select(Scan).where(Scan.job_id == job.id))
 
 
 def _scan_status(scan_id: str, kind: str) -> Scan:
