@@ -73,8 +73,9 @@ def pending_twin(job: Job) -> Job | None:
     order: init, deinit, init are three jobs. A read-only job's is its operation's pending jobs on the
     node: they run beside anything, so a test_conn between two scans changes nothing.
 
-    The node's row is locked first (PostgreSQL; SQLite has one writer), so that two requests at once
-    see each other's job: one is recorded, the other returns it; the queue's count is exact too.
+    The node's row is locked first, so that on PostgreSQL two requests at once see each other's job: one
+    is recorded, the other returns it, and the queue's count is exact. SQLite locks no row and reads
+    outside the write transaction: two requests at the very same instant may both be recorded.
     """
     db = session()
     db.execute(select(Node.id).where(Node.id == job.node_id).with_for_update())
