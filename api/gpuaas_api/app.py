@@ -8,7 +8,9 @@ from werkzeug.routing import IntegerConverter
 
 from . import access, audit, auth, body_limit, db, docs_page, errors, security_headers, validation
 from . import operations as job_operations
+from .operations import scans
 from .config import Config
+from .jobs import retention
 from .jobs.hooks import PeriodicTask, register_periodic
 from .metrics import prometheus
 from .schemas import LINKS, SCHEMA_RULES, ErrorSchema
@@ -69,11 +71,17 @@ class PrefixAlias:
         return self.wsgi_app(environ, start_response)
 
 
-# How often the housekeeper deletes the audit records older than GPUAAS_AUDIT_RETENTION_DAYS: they
-# are kept for days, so an hour late is nothing, and a delete is not worth taking the write lock more often.
+# How often the housekeeper deletes the audit records older than GPUAAS_AUDIT_RETENTION_DAYS (and the
+# jobs and scans past theirs): they are kept for days, so an hour late is nothing, and a delete is not
+# worth taking the write lock more often.
 AUDIT_PRUNE_SECONDS = 3600.0
 AUDIT_PRUNING = PeriodicTask("pruning the audit trail", lambda config: AUDIT_PRUNE_SECONDS if config.AUDIT_RETENTION_DAYS > 0 else 0,
                              lambda config: audit.prune(config.AUDIT_RETENTION_DAYS))
+JOB_PRUNING = PeriodicTask("pruning old jobs and their events",
+                           lambda config: AUDIT_PRUNE_SECONDS if config.JOB_RETENTION_DAYS > 0 else 0,
+                           lambda config: retention.prune_jobs(config.JOB_RETENTION_DAYS))
+SCAN_PRUNING = PeriodicTask("pruning old scans", lambda config: AUDIT_PRUNE_SECONDS if config.SCAN_RETENTION_DAYS > 0 else 0,
+                            lambda config: scans.prune_scans(config.SCAN_RETENTION_DAYS))
 
 
 def create_app(config: Config | None = None) -> Flask:
@@ -85,7 +93,8 @@ def create_app(config: Config | None = None) -> Flask:
 
     db.init_app(app, config.DATABASE_URL)
     job_operations.register_all()
-    register_periodic(AUDIT_PRUNING)
+    for pruning in (AUDIT_PRUNING, JOB_PRUNING, SCAN_PRUNING):
+        register_periodic(pruning)
     auth.init_app(app, prometheus.ENDPOINTS if config.METRICS_PUBLIC else frozenset())
     audit.init_app(app)  # after auth: it reads the identity auth's hook sets
     app.url_map.converters["id"] = IdConverter

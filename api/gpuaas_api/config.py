@@ -194,6 +194,12 @@ SETTINGS: tuple[Setting, ...] = (
             "The largest request body, in bytes: a larger one (chunked ones too) is refused with 413.", minimum=1024),
     Setting("GPUAAS_AUDIT_RETENTION_DAYS", INTEGER, "365",
             "How long the audit trail (GET /api/audit) keeps each record, in days; 0: forever.", minimum=0),
+    # Jobs and scans (jobs/retention.py, operations/scans.py): a job's log is read for days after its
+    # run, rarely after a month; 90 days keeps a quarter's history. Pruned hourly, in chunks.
+    Setting("GPUAAS_JOB_RETENTION_DAYS", INTEGER, "90",
+            "How long a finished job and its events (the node logs) are kept, in days; 0: forever.", minimum=0),
+    Setting("GPUAAS_SCAN_RETENTION_DAYS", INTEGER, "90",
+            "How long a scan is kept, in days (each node's latest of each kind stays); 0: forever.", minimum=0),
     # Jobs.
     Setting("GPUAAS_ANSIBLE_EXTRA_VARS", JSON_OBJECT, "{}",
             "Site-wide variables for every playbook run, as a JSON object (the one source rendered as templates)."),
@@ -220,6 +226,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Node operations arriving less than this apart share one playbook run, in seconds; 0: no wait.", minimum=0),
     Setting("GPUAAS_NODE_BATCH_WINDOW_SECONDS", NUMBER, "2",
             "The longest a node operation waits for others to share its run, in seconds; >= the quiet interval.", minimum=0),
+    # A node's pending jobs (jobs/submit.py): a request identical to the node's latest pending one is
+    # answered with that job; past this many, a request is refused (409). 20: every node operation
+    # and scan several times over, far from what a person queues, and a script's loop stops early.
+    Setting("GPUAAS_NODE_QUEUE_MAX", INTEGER, "20",
+            "The most jobs one node may have pending; a request beyond them is refused with 409.", minimum=1),
     # 20 %, as Kubespray's rolling upgrades; the playbook run by hand defaults to 1.
     Setting("GPUAAS_REBOOT_SERIAL", SERIAL, "20%",
             "How many nodes of a reboot batch go down at once (Ansible's `serial`: a count or a percentage)."),

@@ -228,7 +228,10 @@ class JobEvent(Base):
     __table_args__ = (UniqueConstraint("job_id", "counter"),)
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    node_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    # The node whose logs show the event. A deleted node's events stay with their job (its own log),
+    # and no node that is given the same id later (SQLite reuses the highest id) shows them.
+    node_id: Mapped[int | None] = mapped_column(ForeignKey("nodes.id", ondelete="SET NULL", name="fk_job_events_node_id_nodes"),
+                                                index=True)
     counter: Mapped[int] = mapped_column(Integer)
     event: Mapped[str] = mapped_column(String(64))
     host: Mapped[str | None] = mapped_column(String(64))
@@ -244,7 +247,8 @@ class Scan(Timestamps, Base):
     request_id: Mapped[str] = mapped_column(String(36), unique=True)
     kind: Mapped[str] = mapped_column(String(16))  # gpus, npus, resources
     node_id: Mapped[int] = mapped_column(ForeignKey("nodes.id", ondelete="CASCADE"))
-    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    # Indexed: a scan is found by its job when the job ends, and a pruned job sets its scans' job_id to NULL.
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
     status: Mapped[ScanStatus] = mapped_column(_enum(ScanStatus), default=ScanStatus.PENDING)
     error_msg: Mapped[str | None] = mapped_column(Text)
     resources: Mapped[dict] = mapped_column(JSON, default=dict)

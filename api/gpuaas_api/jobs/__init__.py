@@ -14,4 +14,5 @@ finalize.py    the one place a job ends; recovering the jobs of a dead process
 lease.py       leases: a running job belongs to its process only while renewed
 housekeeper.py each process's recovery and periodic tasks, each in a thread of its own
 events.py      a run's events, stored as they arrive;  waiting.py  long polls (?wait=)
+retention.py   pruning the jobs finished long ago, with their events, a chunk at a time
 """

@@ -8,11 +8,11 @@ import threading
 import time
 
 from flask import Flask
-from sqlalchemy import insert
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..db import first_line, release, session
-from ..models import JobEvent
+from ..models import JobEvent, Node
 
 log = logging.getLogger(__name__)
 EVENT_FLUSH_SECONDS = 0.2
@@ -127,8 +127,12 @@ class EventWriter:
         try:
             # One executemany of the table's INSERT: no ORM objects, since this thread shares
             # the GIL with the runner's.
-            db.execute(insert(JobEvent.__table__), rows)
-            db.commit()
+            try:
+                db.execute(insert(JobEvent.__table__), rows)
+                db.commit()
+            except IntegrityError:
+                db.rollback()
+                self._insert_without_deleted_nodes(rows)
         except SQLAlchemyError as error:
             release()
             self.failures += 1
@@ -138,6 +142,16 @@ class EventWriter:
             return False
         self.unstored, self.unstored_bytes, self.failures = [], 0, 0
         return True
+
+    @staticmethod
+    def _insert_without_deleted_nodes(rows: list[dict]) -> None:
+        """A node deleted during the run (a read-only job does not hold its node) fails the events' foreign key:
+        its events are stored under no node, with their job alone."""
+        db = session()
+        present = set(db.scalars(select(Node.id).where(Node.id.in_({row["node_id"] for row in rows} - {None}))))
+        db.execute(insert(JobEvent.__table__), [{**row, "node_id": row["node_id"] if row["node_id"] in present else None}
+                                                for row in rows])
+        db.commit()
 
     def _drop_notes(self) -> list[dict]:
         """At the end of the run, a last line in each job's log saying how many of its events were dropped."""

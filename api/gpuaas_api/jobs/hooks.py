@@ -9,7 +9,8 @@ name, an OperationHooks for the moments of a job:
 - run: its playbook is about to run (extra variables, and what starts with the run);
 - finished: the run ended (what the job changed: nodes, pools, samples), or it ended unstarted.
 
-The housekeeper's periodic tasks (the metrics collection, the audit's pruning) plug in the same way.
+The housekeeper's periodic tasks (the metrics collection, the pruning of the audit trail, old jobs and
+old scans) plug in the same way.
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ def submit(operation: Operation, node: Node, extravars: dict | None = None, clus
     """
     job = new_job(operation.value, mutating=NODE_TRANSITIONS[operation].mutating, node_id=node.id, cluster_id=cluster_id,
                   extravars={"hosts": [node.id] + list(extra_hosts or []), "vars": extravars or {}})
-    submit_job(job, [node.id])
+    job = submit_job(job, [node.id])
     session().commit()
     wake_a_worker()
     return job

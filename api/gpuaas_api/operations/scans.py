@@ -2,7 +2,11 @@
 resources) and the storage metrics. What a node reports is stored whole or not at all."""
 from __future__ import annotations
 
-from sqlalchemy import select
+import datetime as dt
+import logging
+from uuid import uuid4
+
+from sqlalchemy import delete, func, select
 
 from .. import node_reports
 from ..db import session
@@ -11,6 +15,8 @@ from ..metrics.store import record_storage_sample
 from ..models import Gpu, Job, Node, Npu, Scan
 from ..states import SCAN_KINDS, GpuAssignment, Operation, ScanStatus
 from .nodes import NodeOperation, host_report
+
+log = logging.getLogger(__name__)
 
 
 class ReportingOperation(NodeOperation):
@@ -46,6 +52,15 @@ class StorageMetrics(ReportingOperation):
 
 
 class ScanOperation(ReportingOperation):
+    def accepted(self, job: Job, ahead: list[Job], holds: bool) -> str | None:
+        """Its scan is recorded with its job, in one transaction: a repeated request, answered with the
+        pending job (jobs/submit.py), finds the scan too."""
+        reason = super().accepted(job, ahead, holds)
+        if reason is None:
+            session().add(Scan(request_id=str(uuid4()), kind=SCAN_KINDS[self.operation], node_id=job.node_id,
+                               job_id=job.id, status=ScanStatus.PROCESSING))
+        return reason
+
     def move_node(self, outcome: Outcome) -> None:
         finish_scan(outcome.job, outcome.node, outcome.succeeded, outcome.artifact)
 
@@ -118,3 +133,27 @@ def register_hooks() -> None:
     for operation in SCAN_KINDS:
         register(operation.value, ScanOperation(operation))
     register(Operation.STORAGE_METRICS.value, StorageMetrics(Operation.STORAGE_METRICS))
+
+
+# Scans per transaction, when old ones are pruned.
+SCAN_CHUNK = 1000
+
+
+def prune_scans(retention_days: int, now: dt.datetime | None = None, chunk: int = SCAN_CHUNK) -> int:
+    """Delete the scans made more than ``retention_days`` ago (0 keeps them all), a chunk at a time; how many
+    went. Each node's latest scan of each kind stays (the one a client reads for the node's resources),
+    and so does one still processing."""
+    if retention_days <= 0:
+        return 0
+    db = session()
+    cutoff = (now or dt.datetime.now(dt.timezone.utc)) - dt.timedelta(days=retention_days)
+    latest = select(func.max(Scan.id)).group_by(Scan.node_id, Scan.kind)
+    conditions = (Scan.created_at < cutoff, Scan.status != ScanStatus.PROCESSING, Scan.id.not_in(latest))
+    removed = 0
+    while gone := db.execute(delete(Scan).where(Scan.id.in_(select(Scan.id).where(*conditions).limit(chunk)))).rowcount:
+        db.commit()
+        removed += gone
+    db.commit()
+    if removed:
+        log.info("scans: %d made more than %d days ago deleted", removed, retention_days)
+    return removed

@@ -1,8 +1,6 @@
 """Node operations: each one records a job that runs the collection's playbook."""
 from __future__ import annotations
 
-import uuid
-
 from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import func, select
@@ -23,7 +21,7 @@ from ..schemas import (ClusterSchema, ControllerQuerySchema, EnableReplySchema, 
                        JobWaitQuerySchema, JoinSchema, LeaveQuerySchema, LogPageSchema, NodeIdAltQuerySchema,
                        NodeIdQuerySchema, OperationReplySchema, PageQuerySchema, ScanQuerySchema, ScanSchema,
                        StorageMetricsSchema, SuccessSchema)
-from ..states import SCAN_KINDS, ClusterStatus, JobStatus, Operation, ScanStatus
+from ..states import SCAN_KINDS, ClusterStatus, JobStatus, Operation
 from ..reply_cache import json_reply
 from .nodes import get_node
 from .regions import remove_torn_down_clusters
@@ -32,6 +30,9 @@ blp = Blueprint("operations", __name__, description="Node operations, scans, log
 
 
 def started(job: Job, what: str, node: Node) -> dict:
+    if getattr(job, "already_pending", False):
+        return {"success": True, "job_id": job.id,
+                "message": f"{what} of node {node.id} already pending as job {job.id} (the same request)"}
     behind = getattr(job, "queued_behind", None)
     if behind is not None:
         return {"success": True, "job_id": job.id,
@@ -189,13 +190,9 @@ class NodeLeave(MethodView):
 
 
 def _start_scan(kind: Operation, node_id: int) -> Scan:
-    node = get_node(node_id)
-    job = submit(kind, node)
-    scan = Scan(request_id=str(uuid.uuid4()), kind=SCAN_KINDS[kind], node_id=node.id, job_id=job.id,
-                status=ScanStatus.PROCESSING)
-    session().add(scan)
-    session().commit()
-    return scan
+    """The scan its job recorded (operations/scans.py): a new one, or the node's pending one for the same request."""
+    job = submit(kind, get_node(node_id))
+    return session().scalar(select(Scan).where(Scan.job_id == job.id))
 
 
 def _scan_status(scan_id: str, kind: str) -> Scan:
