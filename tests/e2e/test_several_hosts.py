@@ -90,6 +90,13 @@ def wait_running_mid_playbook(database, hosts, job_id: int, timeout: float = 60)
     raise AssertionError(f"job {job_id} did not reach its playbook's tasks in {timeout}s")
 
 
+def wait_claimed(database, job_id: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while query(database, "SELECT status FROM jobs WHERE id = :id", id=job_id)[0][0] == "pending":
+        assert time.monotonic() < deadline, f"job {job_id} was not claimed in {timeout}s"
+        time.sleep(0.02)
+
+
 def job_row(database, job_id: int) -> dict:
     (row,) = query(database, "SELECT status, rc, explanation, finished_at, claimed_by, result FROM jobs "
                              "WHERE id = :id", id=job_id)
@@ -113,13 +120,18 @@ def test_ssh_keys_is_the_same_on_both_hosts(hosts, nodes, database):
 
 
 def test_jobs_submitted_to_either_host_run_on_either_exactly_once(hosts, nodes, database):
-    """A burst of connection checks on one node, through one host: same-node checks never share a
-    run, so with 4 job threads a host runs at most 4 at a time and the other host takes the rest."""
+    """Connection checks on one node, through one host, each sent once the one before it is claimed
+    (an identical request while one is still pending is answered with that job): same-node checks
+    never share a run, so with 4 job threads a host runs at most 4 at a time and the other host
+    takes the rest."""
     a, b = hosts
     submitted = {}
     for via, node in ((a, "node1"), (b, "node2")):
-        ids = [via.api.call("GET", f"/gpuaas/node/test_conn?gpuaas_node_id={nodes[node]}")["job_id"]
-               for _job in range(6)]
+        ids = []
+        for _job in range(6):
+            ids.append(via.api.call("GET", f"/gpuaas/node/test_conn?gpuaas_node_id={nodes[node]}")["job_id"])
+            wait_claimed(database, ids[-1])
+        assert len(set(ids)) == 6
         for job_id in ids:
             assert via.api.wait_job(job_id, timeout=120)["status"] == "successful"
             submitted[job_id] = via
