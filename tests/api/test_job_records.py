@@ -31,8 +31,9 @@ def log_lines(app, node_id: int, count: int, job_id: int) -> None:
 
 def events_of(app, job_id: int) -> list[tuple[int, int | None]]:
     with app.app_context():
-        return [tuple(row) for row in session().execute(select(JobEvent.counter, JobEvent.node_id)
-                                                         .where(JobEvent.job_id == job_id).order_by(JobEvent.counter))]
+        rows = session().execute(select(JobEvent.counter, JobEvent.node_id).where(JobEvent.job_id == job_id)
+                                 .order_by(JobEvent.counter))
+        return [tuple(row) for row in rows]
 
 
 def test_a_node_given_a_deleted_nodes_id_shows_none_of_its_logs(app, client, region):
@@ -125,14 +126,14 @@ def test_finished_jobs_past_retention_go_with_their_events(app, client, region):
 
 
 def test_the_newest_job_stays_so_that_sqlite_never_gives_its_id_again(app):
-    jobs = [add_job(app, 100) for _ in range(3)]
+    jobs = [add_job(app, 100) for _job in range(3)]
     with app.app_context():
         assert prune_jobs(30) == 2
     assert remaining(app, Job) == [jobs[-1]]
 
 
 def test_jobs_and_events_are_deleted_a_chunk_at_a_time(app):
-    jobs = [add_job(app, 100, events=7) for _ in range(5)]
+    jobs = [add_job(app, 100, events=7) for _job in range(5)]
     add_job(app, 0)  # the newest stays
     deleted: list[int] = []
     engine = app.extensions["gpuaas_engine"]

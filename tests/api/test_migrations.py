@@ -115,7 +115,7 @@ def at_head(database_url: str) -> bool:
 
 def test_two_hosts_starting_together_migrate_once(database_url):
     start = time.time() + 1.5  # both have imported everything by then, and start at the same moment
-    hosts = [migrating(database_url, start) for _ in range(2)]
+    hosts = [migrating(database_url, start) for _host in range(2)]
     logs = [host.communicate(timeout=120)[1] for host in hosts]
 
     assert [host.returncode for host in hosts] == [0, 0], logs

@@ -93,8 +93,8 @@ def shown_key(data_dir: Path) -> str:
                           capture_output=True, text=True, check=True, timeout=60).stdout.strip()
 
 
-def test_1b_a_backup_restored_into_a_fresh_service_reaches_the_nodes_with_the_same_identity(service, cluster,
-                                                                                           tmp_path_factory):
+def test_1b_a_backup_restored_into_a_fresh_service_reaches_the_nodes_with_the_same_identity(
+        service, cluster, tmp_path_factory):
     """docs/operations.md's backup and restore, SQLite: the database saved online with SQLite's backup
     API (never `cp` of a WAL database), the SSH identity (neither GPUAAS_SECRET_KEY nor
     GPUAAS_SSH_KEY_FILE: the data dir's ssh/ directory) copied, both put in a new data dir."""

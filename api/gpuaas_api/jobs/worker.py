@@ -332,7 +332,6 @@ class JobWorkers:
             worker.join(timeout=HAND_OVER_SECONDS)
         return handed
 
-
     def stop(self, timeout: float = 30) -> None:
         """Stop every thread (tests): runs in progress end first."""
         for thread in self.threads:
