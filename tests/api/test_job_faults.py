@@ -92,6 +92,8 @@ def test_an_outage_within_the_lease_loses_no_event_and_the_job_ends_as_it_ran(ap
             if counter == 6:
                 database_down.set()
                 timeline["down"] = time.monotonic()
+                with app.app_context(), pytest.raises(OperationalError):  # down indeed, for every statement
+                    session().execute(select(Job.id).limit(1))
             if counter == 11:
                 database_down.clear()
                 timeline["up"] = time.monotonic()
