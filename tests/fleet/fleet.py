@@ -836,6 +836,9 @@ def write_inventory(state: dict) -> None:
                 "gpu_sharing_agent_pip_environment": {"PIP_INDEX_URL": f"{repo['url']}simple/",
                                                       "PIP_TRUSTED_HOST": str(HUB_ADDRESS)},
                 "cluster_controller_cni_manifest_url": f"{repo['url']}cni/{CNI_MANIFEST}",
+                # The fake API server keeps its objects in etcd's data directory; the fleet's is the
+                # directory every node shares (the cluster CA's key is there too), where tests read them.
+                "cluster_controller_etcd_data_dir": "/var/lib/fake-kube-apiserver/etcd",
                 # No kernel headers package matches this host's kernel (the stand-in driver needs none).
                 "node_init_nvidia_driver_prerequisites": [],
             },

@@ -8,9 +8,11 @@ with the arguments their units give them.  Needs root and the node image (make f
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -34,6 +36,7 @@ STANDINS = ["kubeadm", "kubelet", "kubectl", "containerd", "nvidia-driver-550-se
 KUBELET_UNIT_ARGS = ("--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf",
                      "--kubeconfig=/etc/kubernetes/kubelet.conf", "--config=/var/lib/kubelet/config.yaml")
 API = "var/lib/fake-kube-apiserver"
+ETCD = "var/lib/etcd"  # kubeadm's etcd.local.dataDir by default
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="chroot and apt in a copy of the node image need root"),
@@ -127,7 +130,7 @@ class Node:
 
     def reset(self) -> None:
         self.stop_static_pods()
-        for inside in (API, "var/lib/kubelet", "run/fake-nvidia", "run/nvidia-persistenced",
+        for inside in (API, ETCD, "var/lib/custom-etcd", "var/log/fake-k8s", "var/lib/kubelet", "run/fake-nvidia", "run/nvidia-persistenced",
                        "run/nvidia-fabricmanager", "etc/fake-nvml", "run/containerd", "etc/containerd", "sys/bus",
                        "etc/kubernetes/manifests", "etc/kubernetes/pki", "etc/cni", "root/cp-1", "var/log/kubernetes"):
             shutil.rmtree(self.path(inside), ignore_errors=True)
@@ -317,7 +320,7 @@ def test_kubelet_before_kubeadm_exits_1_on_the_missing_config(node):
             'error: failed to load Kubelet config file /var/lib/kubelet/config.yaml, error failed to read kubelet '
             'config file \\"/var/lib/kubelet/config.yaml\\", error: open /var/lib/kubelet/config.yaml: no such file '
             'or directory"') in err
-    assert not node.path(f"{API}/etcd").exists(), "no API server, nothing registered"
+    assert not node.path(ETCD).exists(), "no API server, nothing registered"
 
 
 def write_kubelet_files(node: Node, config_extra: str = "") -> None:
@@ -358,8 +361,8 @@ def free_port() -> int:
 
 
 def stored(node: Node, resource: str, name: str, namespace: str = "_cluster", group: str = "core") -> dict | None:
-    """An object of the fake API server's store (etcd/ in the shared directory)."""
-    path = node.path(f"{API}/etcd/{group}/{resource}/{namespace}/{name}.json")
+    """An object of the fake API server's store (etcd's data directory, kubeadm's default)."""
+    path = node.path(f"{ETCD}/{group}/{resource}/{namespace}/{name}.json")
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -373,6 +376,25 @@ def kubectl(node: Node, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(package_repo.kubectl_binary()), f"--kubeconfig={node.path('etc/kubernetes/admin.conf')}",
                            f"--cache-dir={node.path('tmp/kubectl-cache')}", *args],
                           capture_output=True, text=True, timeout=60, check=False)
+
+
+def admin_conf_with_certificate(node: Node, days: str) -> Path:
+    """admin.conf with a new client certificate for kubernetes-admin, signed by the cluster CA and
+    valid for DAYS (-1: it expired yesterday)."""
+    pki, work = node.path("etc/kubernetes/pki"), node.path("tmp/admin-cert")
+    work.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(work / "a.key"), "-out",
+                    str(work / "a.csr"), "-subj", "/O=kubeadm:cluster-admins/CN=kubernetes-admin"],
+                   capture_output=True, check=True)
+    subprocess.run(["openssl", "x509", "-req", "-in", str(work / "a.csr"), "-CA", str(pki / "ca.crt"), "-CAkey",
+                    str(pki / "ca.key"), "-CAcreateserial", "-days", days, "-out", str(work / "a.crt")],
+                   capture_output=True, check=True)
+    conf = node.path("etc/kubernetes/admin.conf").read_text()
+    for key, name in (("client-certificate-data", "a.crt"), ("client-key-data", "a.key")):
+        encoded = base64.b64encode((work / name).read_bytes()).decode()
+        conf = re.sub(rf"{key}: \S+", f"{key}: {encoded}", conf)
+    (work / f"admin-{days}.conf").write_text(conf)
+    return work / f"admin-{days}.conf"
 
 
 def init_control_plane(node: Node, port: int, *extra: str,
@@ -422,6 +444,15 @@ def test_init_runs_the_api_server_as_a_static_pod_the_kubelet_registers_and_rese
     # The real kubectl gets in with admin.conf's client certificate.
     looked_up = kubectl(node, "get", "node", "cp-1", "-o", "name")
     assert looked_up.stdout == "node/cp-1\n", looked_up.stderr
+    # An expired client certificate from the cluster's own CA gets 401, as kube-apiserver's x509
+    # authenticator answers (not a failed handshake); one from the same CA that is valid gets in.
+    # kubectl's last line is its verdict; the lines before are its discovery client's retries.
+    unauthorized = "error: You must be logged in to the server (the server has asked for the client to provide credentials)"
+    for days, answer in (("-1", unauthorized), ("1", "node/cp-1")):
+        conf = admin_conf_with_certificate(node, days)
+        looked_up = subprocess.run([str(package_repo.kubectl_binary()), f"--kubeconfig={conf}", "get", "node", "cp-1",
+                                    "-o", "name"], capture_output=True, text=True, timeout=60, check=False)
+        assert (looked_up.stdout + looked_up.stderr).splitlines()[-1] == answer, days
 
     # The join line is the real one: single spaces, the CA's public-key pin, a space at the end;
     # its token is a bootstrap-token Secret the server accepts.
@@ -457,8 +488,9 @@ def test_init_runs_the_api_server_as_a_static_pod_the_kubelet_registers_and_rese
             "network filtering rules and kubeconfig files.\n") in reset.stdout
     for gone in ("var/lib/kubelet/config.yaml", "var/lib/kubelet/kubeadm-flags.env", "etc/kubernetes/kubelet.conf",
                  "etc/kubernetes/admin.conf", "etc/kubernetes/pki/ca.crt", "etc/kubernetes/manifests/etcd.yaml",
-                 f"{API}/etcd"):
+                 f"{API}/pki"):
         assert not node.path(gone).exists(), gone
+    assert list(node.path(ETCD).iterdir()) == [], "reset empties etcd's data directory"
     assert node.path("etc/cni/net.d/10-flannel.conflist").exists(), "reset leaves the CNI configuration"
     assert wait_for(lambda: subprocess.run(["bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"], capture_output=True,
                                            check=False).returncode != 0, what="the API server's Pod to be removed")
@@ -530,6 +562,72 @@ def test_init_from_a_config_file_takes_its_node_name_and_kubelet_configuration(n
     assert "\ncgroupDriver: cgroupfs\n" in config and "\nfailSwapOn: false\n" in config
     assert "--hostname-override=acc-cp" in node.path("var/lib/kubelet/kubeadm-flags.env").read_text()
     assert f"server: https://127.0.0.1:{port}" in node.path("etc/kubernetes/admin.conf").read_text()
+    # What a failed init leaves of etcd: the data directory the etcd phase made, 0700, and empty,
+    # since no etcd (here: no API server) ever ran to fill it.
+    assert oct(node.path(ETCD).stat().st_mode & 0o777) == "0o700" and list(node.path(ETCD).iterdir()) == []
+    # No kubernetesVersion: kubeadm looks the default label up online, which fails offline, and
+    # falls back to its own version.
+    assert fetches(node) == ["https://dl.k8s.io/release/stable-1.txt"]
+    assert "falling back to the local client version: v" in init.stderr
+
+
+def fetches(node: Node) -> list[str]:
+    """The URLs kubeadm tried to fetch (calls.log)."""
+    log = node.path("var/log/fake-k8s/calls.log")
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [line.split()[-1] for line in lines if line.split()[1:2] == ["kubeadm-fetch"]]
+
+
+def write_init_config(node: Node, cluster: str) -> None:
+    node.path("etc/gpuaas").mkdir(parents=True, exist_ok=True)
+    node.path("etc/gpuaas/kubeadm-config.yaml").write_text(
+        "apiVersion: kubeadm.k8s.io/v1beta4\nkind: InitConfiguration\nlocalAPIEndpoint:\n"
+        f"  advertiseAddress: 127.0.0.1\n  bindPort: {free_port()}\nnodeRegistration:\n  name: acc-cp\n---\n"
+        f"apiVersion: kubeadm.k8s.io/v1beta4\nkind: ClusterConfiguration\n{cluster}")
+
+
+def test_init_deploys_the_pinned_version_only_within_kubeadm_s_range(node):
+    own = node.run("kubeadm", "version", "-o", "short").stdout.strip()
+    major, minor, patch = (int(part) for part in own.lstrip("v").split("."))
+    too_new = (f"the specified version to deploy (v{major}.{minor + 1}.0) is at least one minor release higher "
+               f"than the kubeadm minor release ({minor + 1} > {minor})")
+    too_old = (f"this version of kubeadm only supports deploying clusters with the control plane version >= "
+               f"{major}.{minor - 1}.0. Current version: v{major}.{minor - 2}.9")
+    refusals = {
+        f"v{major}.{minor + 1}.0": too_new,
+        f"v{major}.{minor - 2}.9": too_old,
+        f"{major}.{minor}": f"couldn't parse kubernetes version \"{major}.{minor}\"",
+    }
+    for version, refusal in refusals.items():
+        write_init_config(node, f"kubernetesVersion: {version}\n")
+        init = node.run("kubeadm", "init", "--config=/etc/gpuaas/kubeadm-config.yaml")
+        assert init.returncode == 1 and refusal in init.stderr, (version, init.stderr)
+        assert not node.path("etc/kubernetes/admin.conf").exists(), "refused before every phase"
+    node.start_cri()
+    for version in (own, f"{major}.{minor - 1}.{patch}"):
+        write_init_config(node, f"kubernetesVersion: {version}\n")
+        init = node.run("kubeadm", "init", "--config=/etc/gpuaas/kubeadm-config.yaml",
+                        env={"FAKE_KUBEADM_CONTROL_PLANE_TIMEOUT": "1"})
+        assert f"[init] Using Kubernetes version: v{version.lstrip('v')}\n" in init.stdout, init.stderr
+        assert "kube-apiserver:v" + version.lstrip("v") in node.path("etc/kubernetes/manifests/kube-apiserver.yaml").read_text()
+        node.run("kubeadm", "reset", "--force")
+    assert fetches(node) == [], "a pinned version is looked up nowhere"
+
+
+def test_reset_empties_the_data_directory_the_etcd_manifest_names_and_no_other(node):
+    node.start_cri()
+    write_init_config(node, "etcd:\n  local:\n    dataDir: /var/lib/custom-etcd\n")
+    init = node.run("kubeadm", "init", "--config=/etc/gpuaas/kubeadm-config.yaml",
+                    env={"FAKE_KUBEADM_CONTROL_PLANE_TIMEOUT": "1"})
+    assert init.returncode == 1 and "wait-control-plane" in init.stderr
+    assert "      path: /var/lib/custom-etcd\n" in node.path("etc/kubernetes/manifests/etcd.yaml").read_text()
+    node.path("var/lib/custom-etcd/member").mkdir()
+    node.path(ETCD).mkdir(parents=True, exist_ok=True)
+    node.path(f"{ETCD}/other").write_text("not this cluster's\n")
+    reset = node.run("kubeadm", "reset", "--force")
+    assert "[reset] Deleting contents of the etcd data directory: [/var/lib/custom-etcd]" in reset.stdout
+    assert list(node.path("var/lib/custom-etcd").iterdir()) == []
+    assert node.path(f"{ETCD}/other").exists()
 
 
 def test_the_kubelet_runs_a_daemonset_s_cni_copy_and_turns_ready(node):
