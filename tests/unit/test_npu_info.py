@@ -7,6 +7,7 @@ refuses any other, so the module is proven to ask for each field where npu-smi p
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -50,12 +51,18 @@ def captured(layout: str, health: dict | None = None, memory: dict | None = None
     return answers
 
 
-def replayer(tmp_path: Path, answers: dict) -> tuple[Path, Path]:
+def replayer(tmp_path: Path, answers: dict) -> Path:
+    """An npu-smi that answers ``answers`` and writes each invocation to tmp_path/calls.log."""
     (tmp_path / "answers.json").write_text(json.dumps(answers))
-    tool, log = tmp_path / "npu-smi", tmp_path / "calls.log"
-    tool.write_text(REPLAY.format(python=sys.executable, answers=str(tmp_path / "answers.json"), log=str(log)))
+    tool = tmp_path / "npu-smi"
+    tool.write_text(REPLAY.format(python=sys.executable, answers=str(tmp_path / "answers.json"),
+                                  log=str(tmp_path / "calls.log")))
     tool.chmod(0o755)
-    return tool, log
+    return tool
+
+
+def calls(tmp_path: Path) -> list[str]:
+    return (tmp_path / "calls.log").read_text().splitlines()
 
 
 def standin(tmp_path: Path, profile: str) -> Path:
@@ -101,7 +108,7 @@ def wrong_with(result: dict, layout: str) -> list[str]:
 
 @pytest.mark.parametrize("layout", ["A2", "A3"])
 def test_every_chip_of_the_published_samples_is_counted_named_sized_and_its_health_read(tmp_path, layout):
-    tool, log = replayer(tmp_path, captured(layout))
+    tool = replayer(tmp_path, captured(layout))
 
     result = run_module("npu_info", {"npu_smi_path": str(tool)})
 
@@ -111,12 +118,12 @@ def test_every_chip_of_the_published_samples_is_counted_named_sized_and_its_heal
     assert result["msg"] == "%d Ascend NPU chip(s) on 8 card(s) found with npu-smi" % (8 * HOSTS[layout]["chips"])
     # Each field from the view that prints it, and nothing else asked (the replay refuses the rest).
     chips = [(card, chip) for card in range(8) for chip in range(HOSTS[layout]["chips"])]
-    assert log.read_text().splitlines() == ["info -l", "info -m"] + [
+    assert calls(tmp_path) == ["info -l", "info -m"] + [
         f"info -t {view} -i {card} -c {chip}" for card, chip in chips for view in ("board", "usages", "health")]
 
 
 def test_an_a3_card_is_two_chips_with_their_physical_ids(tmp_path):
-    tool, _ = replayer(tmp_path, captured("A3"))
+    tool = replayer(tmp_path, captured("A3"))
 
     npus = run_module("npu_info", {"npu_smi_path": str(tool)})["npus"]
 
@@ -131,7 +138,7 @@ def test_an_a3_card_is_two_chips_with_their_physical_ids(tmp_path):
 
 
 def test_a_910b_chip_has_its_board_name_and_bus_address(tmp_path):
-    tool, _ = replayer(tmp_path, captured("A2"))
+    tool = replayer(tmp_path, captured("A2"))
 
     npus = run_module("npu_info", {"npu_smi_path": str(tool)})["npus"]
 
@@ -140,7 +147,7 @@ def test_a_910b_chip_has_its_board_name_and_bus_address(tmp_path):
 
 
 def test_each_chip_has_its_own_health_and_memory(tmp_path):
-    tool, _ = replayer(tmp_path, captured("A3", health={(3, 1): "Alarm", (5, 0): "Warning"}, memory={(6, 1): 32768}))
+    tool = replayer(tmp_path, captured("A3", health={(3, 1): "Alarm", (5, 0): "Warning"}, memory={(6, 1): 32768}))
 
     npus = run_module("npu_info", {"npu_smi_path": str(tool)})["npus"]
 
@@ -153,21 +160,22 @@ def test_a_chip_whose_views_fail_is_still_listed_with_a_warning(tmp_path):
     answers["info -t health -i 2 -c 0"] = [1, "", "query failed"]
     answers["info -t usages -i 2 -c 0"] = [1, "", "query failed"]
     answers["info -t board -i 2 -c 0"] = [1, "", "query failed"]
-    tool, _ = replayer(tmp_path, answers)
+    tool = replayer(tmp_path, answers)
 
     result = run_module("npu_info", {"npu_smi_path": str(tool)})
 
     assert result["npu_count"] == 8
     assert result["npus"][2] == {"id": 2, "card_id": 2, "chip_id": 0, "phy_id": None, "chip_name": "Ascend 910B3",
                                  "npu_name": None, "memory_mb": None, "health": "unknown", "pci_address": None}
-    assert warnings_of(result) == [f"npu-smi info -t {view} -i 2 -c 0 failed (rc 1): query failed"
-                                  for view in ("board", "usages", "health")]
+    expected = [f"npu-smi info -t {view} -i 2 -c 0 failed (rc 1): query failed" for view in ("board", "usages", "health")]
+    assert warnings_of(result) == expected
 
 
 def test_a_card_that_the_map_misses_is_named(tmp_path):
     answers = captured("A3")
-    answers["info -m"][1] = "\n".join(line for line in SAMPLES["map_a3"].splitlines() if not line.split()[:2] == ["7", "1"])
-    tool, _ = replayer(tmp_path, answers)
+    kept = [line for line in SAMPLES["map_a3"].splitlines() if line.split()[:2] != ["7", "1"]]
+    answers["info -m"][1] = "\n".join(kept)
+    tool = replayer(tmp_path, answers)
 
     result = run_module("npu_info", {"npu_smi_path": str(tool)})
 
@@ -179,7 +187,7 @@ def test_a_card_that_the_map_misses_is_named(tmp_path):
 def test_a_failed_listing_fails_in_one_sentence(tmp_path, listing):
     answers = captured("A2")
     answers[listing] = [8, "", "dcmi module initialize failed. ret is -8005"]
-    tool, _ = replayer(tmp_path, answers)
+    tool = replayer(tmp_path, answers)
 
     result = run_module("npu_info", {"npu_smi_path": str(tool)})
 
@@ -188,12 +196,12 @@ def test_a_failed_listing_fails_in_one_sentence(tmp_path, listing):
 
 
 def test_no_card_listed_is_no_npu_and_no_further_query(tmp_path):
-    tool, log = replayer(tmp_path, {"info -l": [0, "        Total Count                    : 0\n", ""]})
+    tool = replayer(tmp_path, {"info -l": [0, "        Total Count                    : 0\n", ""]})
 
     result = run_module("npu_info", {"npu_smi_path": str(tool)})
 
     assert (result["source"], result["npu_count"], result["card_count"], result["npus"]) == ("npu-smi", 0, 0, [])
-    assert log.read_text().splitlines() == ["info -l"]
+    assert calls(tmp_path) == ["info -l"]
 
 
 def read_info_l_only(text: str) -> dict:
@@ -232,7 +240,6 @@ def test_the_standin_prints_the_published_samples(tmp_path, layout):
     tool, low = standin(tmp_path, profile_of(layout)), layout.lower()
 
     def run(*args):
-        import subprocess
         done = subprocess.run([str(tool), *args], capture_output=True, text=True, check=True)
         return done.stdout
 
@@ -265,7 +272,6 @@ def test_the_module_reads_the_standin_as_it_reads_the_samples(tmp_path, layout):
     (["info", "-t", "usages", "-i", "0", "-c", "1"], "usages of the MCU"),
 ], ids=["bare-info", "board-without-chip", "other-view", "unknown-card", "bad-card", "unknown-chip", "mcu-usages"])
 def test_the_standin_refuses_what_it_does_not_model_and_ids_the_board_lacks(tmp_path, args, word):
-    import subprocess
     tool = standin(tmp_path, profile_of("A2"))
 
     done = subprocess.run([str(tool), *args], capture_output=True, text=True, check=False)
