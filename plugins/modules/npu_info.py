@@ -152,7 +152,7 @@ def key_values(text):
     """'Key : Value' lines, as npu-smi prints every 'info -l' and 'info -t TYPE' view, in order.
 
     Split on the first ':' only: values such as 'PCIe Bus Info : 0000:C1:00.0' hold colons
-    (gpustack/gpustack gpustack/detectors/npu_smi/npu_smi.py, _parse_line_to_dict, splits the same way).
+    (gpustack/gpustack gpustack/detectors/npu_smi/npu_smi.py, _parse_line_to_dict, also splits on the first ':').
     """
     pairs = []
     for line in text.splitlines():
