@@ -2,7 +2,7 @@
 """Benchmark: one metrics collection over 10 and 30 fleet nodes, the agents' HTTP path against
 the Ansible path (issue #13, section 4), in one run on one fleet.
 
-A fresh fleet of 30 nodes (the fleet's profiles give GPUs to three slots of five: 18 of the 30
+A fresh fleet of 30 nodes (the fleet's profiles give GPUs to three slots of six: 15 of the 30
 hold GPUs; the others answer with none); on each, the gpuaas agent installed and started by the role
 (gpu_sharing's agent tasks: its virtual environment from the hub's package index, its
 settings, the token, its unit), its HTTP status on the node's address. Then, for 10 and 30

@@ -176,7 +176,8 @@ def test_2_what_nodes_report_is_refused_and_never_run(service, region, fleet_nod
              f"gpu={profile[1]['uuid']}|NVIDIA {payload('model')}|{profile[1]['memory_mib']}|{profile[1]['pci_bus_id']}|0"]
     node_exec("node2", "sed -i '/^gpu=/d' /etc/fake-nvml/profile && cat >> /etc/fake-nvml/profile <<'EOF'\n"
               + "\n".join(lines) + "\nEOF")
-    node_exec("node4", f"echo '9|910B{payload('npu')}|65536|OK' >> /etc/fake-npu/profile")
+    # A 9th card for the npu-smi stand-in (card|chip|name|HBM MB|health): its board query names the chip.
+    node_exec("node4", f"echo '9|0|910B{payload('npu')}|65536|OK' >> /etc/fake-npu/profile")
     set_hostname("node1", payload("hostname"))
     try:
         scan = api.call("GET", f"/gpuaas/node/scan_gpus?gpuaas_node_id={gpu_node['id']}")

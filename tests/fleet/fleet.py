@@ -152,7 +152,7 @@ def node_hardware(number: int, driver: bool = True) -> dict:
     slot = slots[(number - 1) % len(slots)]
     name = node_name(number)
     hardware: dict = {"groups": slot["groups"], "nvml": None, "gpus": [], "nvswitches": 0, "driver": False,
-                      "npus": [], "volume_group": None}
+                      "npus": [], "npu_board": None, "volume_group": None}
     if "nvml" in slot:
         nvml = slot["nvml"]
         spec = nvml["gpus"]
@@ -166,8 +166,11 @@ def node_hardware(number: int, driver: bool = True) -> dict:
         ]
     if "npus" in slot:
         spec = slot["npus"]
-        hardware["npus"] = [{"id": i, "chip": spec["chip"], "memory_mb": spec["memory_mb"], "health": "OK"}
-                            for i in range(spec["count"])]
+        # One entry per compute chip, card by card: an Atlas A2 (910B) card holds one, an A3 card two.
+        hardware["npu_board"] = {"layout": spec["layout"], "npu_name": spec.get("npu_name")}
+        hardware["npus"] = [{"card": card, "chip": chip, "name": spec["chip"], "memory_mb": spec["memory_mb"],
+                             "health": "OK"}
+                            for card in range(spec["cards"]) for chip in range(spec.get("chips_per_card", 1))]
     if "volume_group" in slot:
         hardware["volume_group"] = slot["volume_group"]
     return hardware
@@ -549,8 +552,11 @@ def write_node_files(name: str, number: int, upper: Path, client_pubkey: str, ha
         shutil.copy2(HERE / "node_files/npu-smi", upper / "usr/local/sbin/npu-smi")
         profile = upper / "etc/fake-npu/profile"
         profile.parent.mkdir(parents=True, exist_ok=True)
-        profile.write_text("".join(f"{n['id']}|{n['chip']}|{n['memory_mb']}|{n['health']}\n"
-                                   for n in hardware["npus"]))
+        # The stand-in's profile format is described in its header (node_files/npu-smi).
+        npu_board = hardware["npu_board"]
+        lines = [f"layout={npu_board['layout']}"] + ([f"npu_name={npu_board['npu_name']}"] if npu_board["npu_name"] else [])
+        lines += [f"{n['card']}|{n['chip']}|{n['name']}|{n['memory_mb']}|{n['health']}" for n in hardware["npus"]]
+        profile.write_text("\n".join(lines) + "\n")
     if hardware["volume_group"]:
         vg = hardware["volume_group"]
         shutil.copy2(HERE / "node_files/vgs", upper / "usr/local/sbin/vgs")
