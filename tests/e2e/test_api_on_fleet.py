@@ -8,7 +8,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from fleet_service import ADMIN, CLI, FLEET, REPO, Service, install_controller_key
+from waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -438,29 +438,24 @@ def test_4_reboot_a_worker(service, cluster, running_fleet):
 
 
 def test_5_two_concurrent_operations_on_one_node(service, cluster, running_fleet):
+    """A reboot while another runs waits behind it; the same request again while that one waits is
+    that job (two identical requests sent at the very same instant may be either: which depends on
+    whether a worker took the first before the second arrived, so the test orders them)."""
     api, node_id = service.api, cluster["nodes"]["node3"]["id"]
-    results = []
-
-    def reboot():
-        results.append(api.call("POST", f"/gpuaas/node/reboot?node_id={node_id}", expect=None))
-
-    threads = [threading.Thread(target=reboot), threading.Thread(target=reboot)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    # Both are accepted: the one that lost the race for the node is queued behind the other (the
-    # clients send their calls without waiting). Canceled while it waits, it never runs.
-    assert sorted(status for status, _body in results) == [200, 200], results
-    queued = [body for _status, body in results if "queued behind" in body["message"]]
-    started = [body for _status, body in results if "queued behind" not in body["message"]]
-    assert len(queued) == len(started) == 1, results
-    assert f"queued behind job {started[0]['job_id']}" in queued[0]["message"]
+    reboot = f"/gpuaas/node/reboot?node_id={node_id}"
     reboots_before = reboots(running_fleet, "node3")
-    assert api.call("POST", f"/api/jobs/{queued[0]['job_id']}/cancel", expect=202)["cancel_requested"] is True
-    assert_rebooted(api.wait_job(started[0]["job_id"]), running_fleet, "node3")
-    canceled = api.wait_job(queued[0]["job_id"])
+    first = api.call("POST", reboot)
+    assert wait_for(lambda: api.call("GET", f"/api/jobs/{first['job_id']}")["status"] == "running", timeout=30,
+                    what="the first reboot to run")
+    queued = api.call("POST", reboot)
+    assert queued["message"] == f"reboot of node {node_id} queued behind job {first['job_id']} (job {queued['job_id']})"
+    again = api.call("POST", reboot)
+    assert again == {"success": True, "job_id": queued["job_id"],
+                     "message": f"reboot of node {node_id} already pending as job {queued['job_id']} (the same request)"}
+    # Canceled while it waits, the queued reboot never runs.
+    assert api.call("POST", f"/api/jobs/{queued['job_id']}/cancel", expect=202)["cancel_requested"] is True
+    assert_rebooted(api.wait_job(first["job_id"]), running_fleet, "node3")
+    canceled = api.wait_job(queued["job_id"])
     assert (canceled["status"], canceled["explanation"], canceled["started_at"]) == (
         "canceled", "canceled before it ran", None)
     assert reboots(running_fleet, "node3") == reboots_before + 1  # once: the queued reboot never ran
