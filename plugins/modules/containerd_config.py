@@ -12,7 +12,7 @@ version_added: "0.1.0"
 description:
   - Edits an existing C(/etc/containerd/config.toml) in place, with a TOML parser that keeps its comments,
     order and every setting it does not own (C(root), C(state), registry mirrors, CNI directories, other runtimes).
-  - It owns these things only, per containerd's CRI config guide (docs/cri/config.md):
+  - It owns these things only, per containerd's CRI config guide (docs/cri/config.md);
     C(SystemdCgroup = true) in the runc runtime's options, the CRI plugin not in C(disabled_plugins),
     the sandbox (pause) image, with O(cni_bin_dir) the directory CRI finds CNI plugins in, and, with
     O(nvidia_runtime), the NVIDIA runtime that C(nvidia-ctk runtime configure) adds.
@@ -23,8 +23,8 @@ description:
     C(plugins."io.containerd.cri.v1.images") (C(pinned_images.sandbox)).
   - A file without C(version) is version 1. Docker's C(containerd.io) ships one (only C(disabled_plugins = ["cri"])
     and comments); such a file, with no C(plugins) table, is raised to the version C(containerd config default)
-    prints, keeping its other top-level settings. A version 1 file with plugin tables is refused: its plugins are
-    keyed by short ID, and moving them is the operator's call.
+    prints, keeping its other top-level settings. A version 1 file with plugin tables is refused (its plugins are
+    keyed by short ID, and moving them is the operator's call).
   - The result is checked with C(containerd --config FILE config dump) before it replaces the file.
   - Needs the C(tomlkit) Python library on the node (Debian and Ubuntu C(python3-tomlkit)).
 author:
