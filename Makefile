@@ -10,7 +10,7 @@ VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
 BUILD := $(CURDIR)/.build
 N ?= 5
-SCENARIOS := gpu_scan gpu_sharing node_lifecycle unreachable
+SCENARIOS := gpu_scan gpu_sharing node_lifecycle containerd_existing unreachable
 
 # Keep every Ansible run out of the home directory, and find this checkout as
 # the hostedai.gpuaas collection.

@@ -48,8 +48,9 @@ from pathlib import Path
 SUITE = "fleet"  # what the roles add: kubectl, kubeadm, kubelet and NVIDIA's packages
 # Production nodes add one repository per vendor, each at its own URI with its own key; apt
 # refuses two sources at one URI and suite with different Signed-By files.  So the repository
-# is also served under one path per vendor (links to itself), one for each source a role adds.
-VENDOR_PATHS = ("kubernetes", "cuda", "nvidia-container-toolkit")
+# is also served under one path per vendor (links to itself), one for each source a role adds
+# (and docker, Docker's repository, for a node that ran Docker before it became one).
+VENDOR_PATHS = ("kubernetes", "cuda", "nvidia-container-toolkit", "docker")
 # The node's distribution mirror (the image's sources.list names it): Debian's own packages.
 DISTRO_SUITE = "bookworm"
 COMPONENT = "main"
@@ -69,15 +70,22 @@ DEVICE_PLUGIN_PROTO = "gpuaas_agent/deviceplugin/v1beta1/api.proto"
 # venv, which the gpu_sharing role makes with `python3 -m venv`), and what the Python stand-ins
 # depend on: python3-tomli-w (nvidia-ctk), python3-grpcio and python3-protobuf (the kubelet's device
 # manager) and python-is-python3 (their shebang is `#!/usr/bin/env python`, the form ansible-test's
-# shebang check accepts).  With what apt would add to the image for them (computed).
+# shebang check accepts); python3-tomlkit, which node_init's containerd_config module edits with.
+# With what apt would add to the image for them (computed).
 DEBIAN_PACKAGES = ("containerd", "ca-certificates", "curl", "gnupg", "conntrack", "socat", "ebtables", "iptables",
                    "python3-apt", "python3-debian", "python3-pip", "python3-venv", "python3-tomli-w", "python-is-python3",
-                   "python3-grpcio", "python3-protobuf")
+                   "python3-grpcio", "python3-protobuf", "python3-tomlkit")
 PYTHON = "python3, python-is-python3"  # what a stand-in written in Python depends on
 # pkgs.k8s.io's Debian revision: kubeadm, kubelet and kubectl are all <kubectl's version>-1.1.
 KUBE_DEB_REVISION = "1.1"
 NVIDIA_DRIVER_VERSION = "550.54.15"  # the 550 server branch, as NVIDIA's role installs it on Ubuntu
 NVIDIA_CTK_VERSION = "1.17.8"
+# Docker's packages, for a node that had Docker before node_init (tests/fleet/packages/containerd.io):
+# containerd.io at the version of the Debian containerd it repackages, docker-ce as Docker's bookworm
+# repository writes its versions.
+CONTAINERD_IO_VERSION = "1.6.20-1"
+DOCKER_CE_VERSION = "5:24.0.7-1~debian.12~bookworm"
+CONTAINERD_BINARIES = ("containerd", "containerd-shim", "containerd-shim-runc-v1", "containerd-shim-runc-v2", "ctr")
 # The gcc line fleet.py's build_fake_nvml uses.
 FAKE_NVML_GCC = ("gcc", "-O2", "-Wall", "-Wno-format-truncation", "-shared", "-fPIC", "-Wl,-soname,libnvidia-ml.so.1")
 
@@ -243,16 +251,24 @@ class StandIn:
     substitutions: dict[str, str] = dataclasses.field(default_factory=dict)
     # Files made at build time: path in the package -> (builder, the inputs it reads).
     built: dict[str, tuple] = dataclasses.field(default_factory=dict)
+    # Files taken from a Debian package of the repository: path in the package -> (package, its path).
+    from_debian: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    # Further control fields (Provides, Conflicts, Replaces).
+    fields: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def source_tree(self) -> Path:
         return PACKAGES_DIR / (self.tree or self.name)
 
-    def digest(self) -> str:
+    def digest(self, debs: Path | None = None) -> str:
         """Everything the deb is made of: the tree (paths, modes, contents), the control fields,
-        the substitutions, and the inputs of the files built for it."""
+        the substitutions, the inputs of the files built for it, and the Debian packages (under
+        ``debs``) its other files come from."""
         h = hashlib.sha256()
         h.update(json.dumps([self.name, self.version, self.description, self.depends, self.recommends,
-                             sorted(self.substitutions.items())]).encode())
+                             sorted(self.substitutions.items()), sorted(self.fields.items()),
+                             sorted(self.from_debian.items())]).encode())
+        if debs is not None:
+            h.update(" ".join(debian_deb(debs, package).name for package, _path in self.from_debian.values()).encode())
         root = self.source_tree()
         for path in _tree_files(root):
             h.update(str(path.relative_to(root)).encode() + b"\0")
@@ -321,6 +337,20 @@ def standins(kube: dict) -> list[StandIn]:
                 substitutions=nvidia),
         StandIn("nvidia-container-toolkit", ctk_deb, "NVIDIA Container toolkit (fleet stand-in)",
                 depends=f"nvidia-container-toolkit-base (= {ctk_deb})", substitutions=nvidia),
+        # Docker's containerd.io: the real containerd and runc (Debian's binaries, run as they are), its
+        # own /etc/containerd/config.toml (disabled_plugins = ["cri"]) and its relations to Debian's
+        # packages (containerd-packaging, debian/control: Provides, Conflicts and Replaces containerd
+        # and runc), so that apt installing Debian's containerd removes it, and docker-ce with it.
+        StandIn("containerd.io", CONTAINERD_IO_VERSION, "An open and reliable container runtime (fleet stand-in: "
+                "Debian's containerd and runc binaries)", depends="libc6 (>= 2.34), libseccomp2 (>= 2.5.0)",
+                fields={"Provides": "containerd, runc", "Conflicts": "containerd, runc", "Replaces": "containerd, runc"},
+                from_debian={**{f"/usr/bin/{binary}": ("containerd", f"/usr/bin/{binary}") for binary in CONTAINERD_BINARIES},
+                             "/usr/bin/runc": ("runc", "/usr/sbin/runc"),
+                             "/lib/systemd/system/containerd.service": ("containerd", "/lib/systemd/system/containerd.service")}),
+        # docker-ce needs containerd.io (docker-ce-packaging, deb/common/control: Depends containerd.io
+        # (>= 1.7.27) today, (>= 1.6.4) in the 24.0 packages this version stands for).
+        StandIn("docker-ce", DOCKER_CE_VERSION, "Docker: the open-source application container engine (fleet "
+                "stand-in: dockerd refuses to run)", depends="containerd.io (>= 1.6.4)"),
     ]
 
 
@@ -338,9 +368,29 @@ def deb_field(deb: Path, field: str) -> str:
     return _run("dpkg-deb", "--field", str(deb), field).strip()
 
 
+def debian_deb(debs: Path, package: str) -> Path:
+    """The downloaded deb of a Debian package (DEBIAN_PACKAGES' closure)."""
+    found = sorted(debs.glob(f"{package}_*_{ARCH}.deb"))
+    if len(found) != 1:
+        raise RepoError(f"expected one {package} deb in {debs}, found {len(found)}: add it to DEBIAN_PACKAGES")
+    return found[0]
+
+
+def unpack_debian(debs: Path, standin: StandIn, scratch: Path) -> dict[str, Path]:
+    """The files ``standin`` takes from Debian packages, unpacked (dpkg-deb -x) under ``scratch``."""
+    files = {}
+    for target, (package, path) in standin.from_debian.items():
+        unpacked = scratch / f".debian-{package}"
+        if not unpacked.is_dir():
+            unpacked.mkdir(parents=True)
+            _run("dpkg-deb", "-x", str(debian_deb(debs, package)), str(unpacked))
+        files[target] = unpacked / path.lstrip("/")
+    return files
+
+
 def build_standin(debs: Path, standin: StandIn) -> Path:
     """The stand-in's deb, rebuilt when its digest differs from the one the deb records."""
-    digest = standin.digest()
+    digest = standin.digest(debs)
     deb = debs / f"{standin.name}_{standin.version}_{ARCH}.deb"
     if deb.exists() and deb_field(deb, "X-Fleet-Source-Digest") == digest:
         return deb
@@ -350,10 +400,12 @@ def build_standin(debs: Path, standin: StandIn) -> Path:
     scratch = debs / f".built-{standin.name}"
     shutil.rmtree(scratch, ignore_errors=True)
     files = {target: builder(scratch / target.lstrip("/")) for target, (builder, _inputs) in standin.built.items()}
+    files.update(unpack_debian(debs, standin, scratch))
     try:
         return build_deb(debs, standin.name, standin.version, files, standin.description, depends=standin.depends,
                          tree=standin.source_tree(), substitutions=standin.substitutions,
                          control_fields={**({"Recommends": standin.recommends} if standin.recommends else {}),
+                                         **standin.fields,
                                          "X-Fleet-Source-Digest": digest})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -311,6 +311,47 @@ def test_kubeadm_version_prints_the_pinned_version_in_the_real_format(node):
     assert node.run("kubelet", "--version").stdout == f"Kubernetes {kube['gitVersion']}\n"
 
 
+def test_kubeadm_config_images_list_prints_the_release_s_images_with_its_pause(node):
+    version = package_repo.kubectl_info(package_repo.kubectl_binary())["gitVersion"]
+    minor = int(version.split(".")[1])
+    listed = node.run("kubeadm", "config", "images", "list", "--kubernetes-version", version)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines() == [
+        f"registry.k8s.io/kube-apiserver:{version}", f"registry.k8s.io/kube-controller-manager:{version}",
+        f"registry.k8s.io/kube-scheduler:{version}", f"registry.k8s.io/kube-proxy:{version}",
+        "registry.k8s.io/coredns/coredns:v1.13.1", "registry.k8s.io/pause:3.10.2", "registry.k8s.io/etcd:3.6.6-0"]
+    mirrored = node.run("kubeadm", "config", "images", "list", f"--kubernetes-version={version}",
+                        "--image-repository", "mirror.gpuaas.invalid/k8s")
+    assert "mirror.gpuaas.invalid/k8s/pause:3.10.2\n" in mirrored.stdout
+    # Offline, without a version: the warning about stable-1, then its own version.
+    offline = node.run("kubeadm", "config", "images", "list")
+    assert offline.returncode == 0
+    assert f"falling back to the local client version: {version}" in offline.stderr
+    assert offline.stdout == listed.stdout
+    too_old = node.run("kubeadm", "config", "images", "list", "--kubernetes-version", f"v1.{minor - 2}.0")
+    assert too_old.returncode == 1
+    assert f"control plane version >= 1.{minor - 1}.0" in too_old.stderr
+    assert node.run("kubeadm", "config", "print", "init-defaults").returncode == 2, "not modelled: refused"
+
+
+def test_docker_s_packages_conflict_with_debian_s_containerd_as_the_real_ones_do(node):
+    """containerd.io Provides, Conflicts with and Replaces containerd and runc; docker-ce needs it."""
+    docker = node.run("apt-get", "install", "--simulate", "docker-ce")
+    assert docker.returncode == 0, docker.stderr
+    lines = docker.stdout.splitlines()
+    assert any(line.startswith("Remv containerd ") for line in lines), docker.stdout
+    assert any(line.startswith("Remv runc ") for line in lines), docker.stdout
+    assert any(line.startswith("Inst containerd.io ") for line in lines), docker.stdout
+    assert any(line.startswith("Inst docker-ce ") for line in lines), docker.stdout
+    # Its config.toml (version 1: plugins named by ID) disables CRI, and containerd reads it so.
+    shipped = PACKAGES / "containerd.io/etc/containerd/config.toml"
+    node.path("tmp/containerd.io").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(shipped, node.path("tmp/containerd.io/config.toml"))
+    dump = node.run("containerd", "--config", "/tmp/containerd.io/config.toml", "config", "dump")
+    assert dump.returncode == 0, dump.stderr
+    assert 'disabled_plugins = ["cri"]' in dump.stdout
+
+
 def test_kubelet_before_kubeadm_exits_1_on_the_missing_config(node):
     node.start_cri()
     kubelet = node.start_kubelet(*node.kubelet_args())

@@ -1,0 +1,366 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: hosted·ai GPUaaS infrastructure developers
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: containerd_config
+short_description: Set what the kubelet needs in containerd's configuration, keeping everything else
+version_added: "0.1.0"
+description:
+  - Edits an existing C(/etc/containerd/config.toml) in place, with a TOML parser that keeps its comments,
+    order and every setting it does not own (C(root), C(state), registry mirrors, CNI directories, other runtimes).
+  - It owns these things only, per containerd's CRI config guide (docs/cri/config.md);
+    C(SystemdCgroup = true) in the runc runtime's options, the CRI plugin not in C(disabled_plugins),
+    the sandbox (pause) image, with O(cni_bin_dir) the directory CRI finds CNI plugins in, and, with
+    O(nvidia_runtime), the NVIDIA runtime that C(nvidia-ctk runtime configure) adds.
+  - A missing or empty file (comments only) starts from C(containerd config default).
+  - Config version 2 (containerd 1.x) keeps the CRI plugin under C(plugins."io.containerd.grpc.v1.cri")
+    (C(containerd.runtimes.runc.options), C(sandbox_image)); version 3 (containerd 2.x) splits it into
+    C(plugins."io.containerd.cri.v1.runtime") (C(containerd.runtimes.runc.options)) and
+    C(plugins."io.containerd.cri.v1.images") (C(pinned_images.sandbox)).
+  - A file without C(version) is version 1. Docker's C(containerd.io) ships one (only C(disabled_plugins = ["cri"])
+    and comments); such a file, with no C(plugins) table, is raised to the version C(containerd config default)
+    prints, keeping its other top-level settings. A version 1 file with plugin tables is refused (its plugins are
+    keyed by short ID, and moving them is the operator's call).
+  - The result is checked with C(containerd --config FILE config dump) before it replaces the file.
+  - Needs the C(tomlkit) Python library on the node (Debian and Ubuntu C(python3-tomlkit)).
+author:
+  - hosted·ai GPUaaS developers (@hostedai)
+options:
+  path:
+    description: containerd's configuration file.
+    type: path
+    default: /etc/containerd/config.toml
+  sandbox_image:
+    description:
+      - The sandbox (pause) image, which should be the one kubeadm uses (C(kubeadm config images list)).
+      - kubeadm's preflight warns when the runtime's sandbox image differs from its own.
+    type: str
+    required: true
+  cni_bin_dir:
+    description:
+      - The directory the CRI plugin looks for CNI plugins in (C(cni.bin_dir); in version 3, added to
+        C(cni.bin_dirs) where the file has that list).
+      - Debian's containerd package ships a config with C(/usr/lib/cni), while CNIs such as flannel install their
+        plugin in C(/opt/cni/bin).
+      - Empty leaves the file's own setting (or containerd's default, C(/opt/cni/bin)) alone.
+    type: str
+    default: ""
+  nvidia_runtime:
+    description:
+      - Add the NVIDIA runtime with C(nvidia-ctk runtime configure --runtime=containerd), run on a draft of the file.
+    type: bool
+    default: false
+  nvidia_runtime_default:
+    description: Make the NVIDIA runtime containerd's default (C(nvidia-ctk --set-as-default)).
+    type: bool
+    default: false
+  containerd_path:
+    description: The containerd binary (for C(config default) and the check of the result).
+    type: path
+    default: containerd
+  nvidia_ctk_path:
+    description: The C(nvidia-ctk) binary.
+    type: path
+    default: nvidia-ctk
+attributes:
+  check_mode:
+    support: full
+    description: Reports whether the file would change and shows how, and writes nothing.
+  diff_mode:
+    support: full
+    description: Shows the file before and after.
+  idempotent:
+    support: full
+    description: A second run with the same options changes nothing.
+notes:
+  - C(nvidia-ctk) rewrites the whole file it is given, so where O(nvidia_runtime) is set the file's comments are lost;
+    its settings are kept.
+requirements:
+  - tomlkit (Debian 12 C(python3-tomlkit) 0.11.7 or newer)
+"""
+
+EXAMPLES = r"""
+- name: Configure containerd for the kubelet, with kubeadm's pause image
+  hostedai.gpuaas.containerd_config:
+    sandbox_image: registry.k8s.io/pause:3.10.2
+    cni_bin_dir: /opt/cni/bin
+  notify: Restart containerd
+
+- name: The same, with the NVIDIA runtime as the default runtime
+  hostedai.gpuaas.containerd_config:
+    sandbox_image: registry.k8s.io/pause:3.10.2
+    nvidia_runtime: true
+    nvidia_runtime_default: true
+"""
+
+RETURN = r"""
+path:
+  description: The configuration file.
+  returned: always
+  type: str
+  sample: /etc/containerd/config.toml
+version:
+  description: The file's config version after the edit.
+  returned: always
+  type: int
+  sample: 2
+started_from_default:
+  description: Whether the file was missing or empty, so the edit started from C(containerd config default).
+  returned: always
+  type: bool
+  sample: false
+sandbox_image:
+  description: The sandbox image now configured.
+  returned: always
+  type: str
+  sample: registry.k8s.io/pause:3.10.2
+"""
+
+import copy
+import os
+import tempfile
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    import tomlkit
+    from tomlkit.exceptions import TOMLKitError
+except ImportError:
+    tomlkit = None
+    TOMLKIT_IMPORT_ERROR = traceback.format_exc()
+else:
+    TOMLKIT_IMPORT_ERROR = None
+
+# The CRI plugin's tables by config version (containerd docs/cri/config.md: version 2 for 1.x,
+# version 3 for 2.x).
+CRI_LAYOUT = {
+    2: {"runtimes": ("plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes"),
+        "sandbox": ("plugins", "io.containerd.grpc.v1.cri", "sandbox_image"),
+        "cni": ("plugins", "io.containerd.grpc.v1.cri", "cni")},
+    3: {"runtimes": ("plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes"),
+        "sandbox": ("plugins", "io.containerd.cri.v1.images", "pinned_images", "sandbox"),
+        "cni": ("plugins", "io.containerd.cri.v1.runtime", "cni")},
+}
+# The names disabled_plugins may give the CRI plugin: its short ID (version 1 matches plugins by ID)
+# and its full IDs (version 2 and 3 match type.id, and refuse a short ID: "invalid disabled plugin
+# URI").  containerd.io's own file disables "cri".
+CRI_PLUGIN_NAMES = frozenset(("cri", "io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime",
+                              "io.containerd.cri.v1.images"))
+RUNC_RUNTIME_TYPE = "io.containerd.runc.v2"
+
+
+class ConfigError(Exception):
+    """A configuration the module will not edit; its message is the module's failure."""
+
+
+def get_path(tree, keys):
+    for key in keys:
+        if not hasattr(tree, "get") or key not in tree:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def table_at(doc, keys):
+    """The table at ``keys``, made (with any missing parents) where absent."""
+    node = doc
+    for key in keys:
+        if key not in node:
+            node[key] = tomlkit.table()
+        node = node[key]
+        if not hasattr(node, "get"):
+            raise ConfigError("%s is not a table" % ".".join(keys))
+    return node
+
+
+def parse(text, source):
+    try:
+        return tomlkit.parse(text)
+    except TOMLKitError as exc:
+        raise ConfigError("%s is not valid TOML: %s" % (source, exc))
+
+
+class Containerd:
+    """The installed containerd: its default configuration (read once) and its check of a file."""
+
+    def __init__(self, module, binary):
+        self.module = module
+        self.binary = binary
+        self._default = None
+
+    def run(self, *args):
+        rc, out, err = self.module.run_command([self.binary] + list(args), environ_update={"LC_ALL": "C"})
+        if rc != 0:
+            raise ConfigError("%s %s failed (rc %d): %s" % (self.binary, " ".join(args), rc, (err or out).strip()))
+        return out
+
+    def default(self):
+        if self._default is None:
+            self._default = parse(self.run("config", "default"), "containerd config default")
+        return self._default
+
+    def check(self, path):
+        self.run("--config", path, "config", "dump")
+
+
+def raise_version_1(doc, containerd):
+    """A version 1 file with top-level settings only (containerd.io's), at the default's version.
+
+    The top-level keys (root, state, grpc, disabled_plugins ...) mean the same in every version."""
+    if "plugins" in doc:
+        raise ConfigError("the file is config version 1 (no `version`) and has plugin tables, keyed by short plugin ID; "
+                          "move them to version 2 (containerd docs/PLUGINS.md, version header) and run again")
+    short = [name for name in doc.get("disabled_plugins", []) if name not in CRI_PLUGIN_NAMES and "." not in name]
+    if short:
+        raise ConfigError("disabled_plugins names %s by short ID, which version 2 refuses; give the full ID "
+                          "(io.containerd.TYPE.ID)" % ", ".join(short))
+    version = containerd.default().get("version", 2)
+    doc.add("version", version)
+    return version
+
+
+def enable_cri(doc):
+    disabled = doc.get("disabled_plugins")
+    if disabled is None:
+        return
+    for index in reversed(range(len(disabled))):
+        if disabled[index] in CRI_PLUGIN_NAMES:
+            del disabled[index]
+
+
+def set_systemd_cgroup(doc, layout, containerd):
+    """SystemdCgroup = true on runc; a file with no runc table gets containerd's default one, whose
+    runtime_type the CRI plugin needs."""
+    runtimes = table_at(doc, layout["runtimes"])
+    if "runc" not in runtimes:
+        default_runc = get_path(containerd.default(), layout["runtimes"] + ("runc",))
+        runtimes["runc"] = copy.deepcopy(default_runc) if default_runc is not None else {"runtime_type": RUNC_RUNTIME_TYPE}
+    options = table_at(doc, layout["runtimes"] + ("runc", "options"))
+    if options.get("SystemdCgroup") is not True:
+        options["SystemdCgroup"] = True
+
+
+def set_value(doc, keys, value):
+    parent = table_at(doc, keys[:-1])
+    if parent.get(keys[-1]) != value:
+        parent[keys[-1]] = value
+
+
+def set_cni_bin_dir(doc, layout, directory):
+    """containerd 2.1 reads a list, bin_dirs, beside 2.0's bin_dir: where the file has the list, the
+    directory joins it."""
+    cni = table_at(doc, layout["cni"])
+    dirs = cni.get("bin_dirs")
+    if dirs is not None:
+        if directory not in dirs:
+            dirs.append(directory)
+    elif cni.get("bin_dir") != directory:
+        cni["bin_dir"] = directory
+
+
+def merge(text, sandbox_image, containerd, cni_bin_dir=""):
+    """The file's text with the module's settings in; returns (text, version, started_from_default)."""
+    doc = parse(text, "the existing file")
+    started_from_default = not doc
+    if started_from_default:
+        doc = copy.deepcopy(containerd.default())
+    version = doc.get("version", 1)
+    if version == 1:
+        version = raise_version_1(doc, containerd)
+    if version not in CRI_LAYOUT:
+        raise ConfigError("config version %r is not one this module knows (2: containerd 1.x, 3: containerd 2.x)" % version)
+    layout = CRI_LAYOUT[version]
+    enable_cri(doc)
+    set_systemd_cgroup(doc, layout, containerd)
+    set_value(doc, layout["sandbox"], sandbox_image)
+    if cni_bin_dir:
+        set_cni_bin_dir(doc, layout, cni_bin_dir)
+    return tomlkit.dumps(doc), version, started_from_default
+
+
+def add_nvidia_runtime(module, text, set_as_default):
+    """The text after `nvidia-ctk runtime configure` on a draft of it (the real file stays as it is).
+
+    From 1.18 nvidia-ctk writes its runtime to a drop-in file by default; --drop-in-config="" keeps
+    it in the file it is given (nvidia-container-toolkit configure.go)."""
+    ctk = module.get_bin_path(module.params["nvidia_ctk_path"], required=True)
+    rc, out, err = module.run_command([ctk, "runtime", "configure", "--help"])
+    drop_in = ["--drop-in-config="] if "drop-in-config" in (out + err) else []
+    handle, draft = tempfile.mkstemp(prefix="containerd-config-", suffix=".toml")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        argv = [ctk, "runtime", "configure", "--runtime=containerd", "--config=" + draft] + drop_in
+        if set_as_default:
+            argv.append("--set-as-default")
+        rc, out, err = module.run_command(argv)
+        if rc != 0:
+            raise ConfigError("nvidia-ctk runtime configure failed (rc %d): %s" % (rc, (err or out).strip()))
+        with open(draft) as stream:
+            return stream.read()
+    finally:
+        os.unlink(draft)
+
+
+def write(module, path, text, containerd):
+    """Replace the file atomically, once containerd has read the new text without error."""
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        os.makedirs(directory, 0o755)
+    handle, staged = tempfile.mkstemp(prefix=".config-", suffix=".toml", dir=directory)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(text)
+        os.chmod(staged, 0o644)
+        containerd.check(staged)
+        module.atomic_move(staged, path)
+    finally:
+        if os.path.exists(staged):
+            os.unlink(staged)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path", default="/etc/containerd/config.toml"),
+            sandbox_image=dict(type="str", required=True),
+            cni_bin_dir=dict(type="str", default=""),
+            nvidia_runtime=dict(type="bool", default=False),
+            nvidia_runtime_default=dict(type="bool", default=False),
+            containerd_path=dict(type="path", default="containerd"),
+            nvidia_ctk_path=dict(type="path", default="nvidia-ctk"),
+        ),
+        supports_check_mode=True,
+    )
+    if tomlkit is None:
+        module.fail_json(msg=missing_required_lib("tomlkit (python3-tomlkit)"), exception=TOMLKIT_IMPORT_ERROR)
+    params = module.params
+    path = params["path"]
+    if params["nvidia_runtime_default"] and not params["nvidia_runtime"]:
+        module.fail_json(msg="nvidia_runtime_default needs nvidia_runtime")
+    containerd = Containerd(module, module.get_bin_path(params["containerd_path"], required=True))
+    before = ""
+    if os.path.exists(path):
+        with open(path) as stream:
+            before = stream.read()
+    try:
+        after, version, started_from_default = merge(before, params["sandbox_image"], containerd, params["cni_bin_dir"])
+        if params["nvidia_runtime"]:
+            after = add_nvidia_runtime(module, after, params["nvidia_runtime_default"])
+        changed = after != before
+        if changed and not module.check_mode:
+            write(module, path, after, containerd)
+    except ConfigError as exc:
+        module.fail_json(msg="%s: %s" % (path, exc))
+    module.exit_json(changed=changed, path=path, version=version, started_from_default=started_from_default,
+                     sandbox_image=params["sandbox_image"],
+                     diff={"before": before, "after": after, "before_header": path, "after_header": path})
+
+
+if __name__ == "__main__":
+    main()
