@@ -341,10 +341,8 @@ def build_image(force: bool = False) -> None:
     (units / "fleet-boot.service").write_text(FLEET_BOOT_UNIT)
     (units / "sysinit.target.wants").mkdir(exist_ok=True)
     (units / "sysinit.target.wants/fleet-boot.service").symlink_to("../fleet-boot.service")
-    # The user NVIDIA's driver packages run nvidia-persistenced as: GPU servers whose driver came
-    # with the machine (preinstall_driver) have it too.
-    run("chroot", str(partial), "useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--user-group",
-        "--shell", "/usr/sbin/nologin", "nvidia-persistenced")
+    # No nvidia-persistenced user: a GPU server whose driver came with the machine (NVIDIA's .run
+    # installer, preinstall_driver) has none, and the packages create their own (Debian's nvpd).
     # No one logs in on the console (nspawn's --console=read-only only records it).
     (units / "console-getty.service").symlink_to("/dev/null")
     # Swap is machine-wide here: each node keeps its own in a view of /proc/swaps (bound per
@@ -503,6 +501,10 @@ def preinstall_driver(upper: Path, version: str) -> None:
     staging = upper.parent / "driver"
     shutil.rmtree(staging, ignore_errors=True)
     run("dpkg-deb", "-x", str(package_repo.driver_package(REPO_DIR)), str(staging))
+    # NVIDIA's .run installer installs no systemd unit for nvidia-persistenced (only a sample
+    # under /usr/share/doc) and creates no user for it: the package's unit stays out too.
+    for top in ("lib", "usr/lib"):
+        (staging / top / "systemd/system/nvidia-persistenced.service").unlink(missing_ok=True)
     # The image is merged-/usr (/lib is a symlink to usr/lib): a real lib/ in the upper dir would
     # hide that link, and with it /lib/systemd/systemd.  Put files where the links lead.
     for top in ("bin", "sbin", "lib", "lib64"):

@@ -78,7 +78,11 @@ DEBIAN_PACKAGES = ("containerd", "ca-certificates", "curl", "gnupg", "conntrack"
 PYTHON = "python3, python-is-python3"  # what a stand-in written in Python depends on
 # pkgs.k8s.io's Debian revision: kubeadm, kubelet and kubectl are all <kubectl's version>-1.1.
 KUBE_DEB_REVISION = "1.1"
-NVIDIA_DRIVER_VERSION = "550.54.15"  # the 550 server branch, as NVIDIA's role installs it on Ubuntu
+# R580, the collection's default branch (a production branch of NVIDIA's data-center matrix), as
+# NVIDIA's debian12 CUDA repository names it: cuda-drivers-<branch>, nvidia-fabricmanager-<branch>
+# and cuda-drivers-fabricmanager-<branch>, all at <version>-1.
+NVIDIA_DRIVER_BRANCH = "580"
+NVIDIA_DRIVER_VERSION = "580.95.05"
 NVIDIA_CTK_VERSION = "1.17.8"
 # Docker's packages, for a node that had Docker before node_init (tests/fleet/packages/containerd.io):
 # containerd.io at the version of the Debian containerd it repackages, docker-ce as Docker's bookworm
@@ -307,8 +311,7 @@ def standins(kube: dict) -> list[StandIn]:
     k8s = {"KUBE_VERSION": version, "KUBE_MAJOR": major, "KUBE_MINOR": minor,
            "KUBE_GIT_COMMIT": kube.get("gitCommit", ""), "KUBE_BUILD_DATE": kube.get("buildDate", ""),
            "KUBE_GO_VERSION": kube.get("goVersion", "")}
-    driver_deb = f"{NVIDIA_DRIVER_VERSION}-0ubuntu1"
-    fm_deb = f"{NVIDIA_DRIVER_VERSION}-1"
+    driver_deb = fm_deb = f"{NVIDIA_DRIVER_VERSION}-1"
     ctk_deb = f"{NVIDIA_CTK_VERSION}-1"
     nvidia = {"NVIDIA_VERSION": NVIDIA_DRIVER_VERSION, "FM_VERSION": fm_deb, "CTK_VERSION": NVIDIA_CTK_VERSION}
     return [
@@ -325,13 +328,20 @@ def standins(kube: dict) -> list[StandIn]:
                 built={"/usr/lib/fake-kubernetes/deviceplugin-v1beta1.binpb": (
                     build_device_plugin_descriptors, (AGENT_DIR / "src" / DEVICE_PLUGIN_PROTO,
                                                       "protoc --descriptor_set_out --include_imports"))}),
-        StandIn("nvidia-driver-550-server", driver_deb, "NVIDIA driver metapackage, 550 server branch "
+        # The driver as one package: the real cuda-drivers-<branch> is a metapackage whose
+        # dependencies (nvidia-driver, nvidia-kernel-dkms, nvidia-persistenced, libnvidia-ml1, ...)
+        # carry these files.
+        StandIn(f"cuda-drivers-{NVIDIA_DRIVER_BRANCH}", driver_deb, f"NVIDIA driver, {NVIDIA_DRIVER_BRANCH} branch "
                 "(fleet stand-in: fake NVML, nvidia-smi, nvidia-persistenced)", depends=PYTHON,
                 substitutions=nvidia,
                 built={"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1": (build_fake_nvml,
                                                                        (FAKE_NVML_SOURCE, " ".join(FAKE_NVML_GCC)))}),
-        StandIn("nvidia-fabricmanager-550", fm_deb, "Fabric Manager for NVSwitch based systems (fleet stand-in)",
-                depends=PYTHON, substitutions=nvidia),
+        StandIn(f"nvidia-fabricmanager-{NVIDIA_DRIVER_BRANCH}", fm_deb,
+                "Fabric Manager for NVSwitch based systems (fleet stand-in)", depends=PYTHON, substitutions=nvidia),
+        # "Meta-package for FM and Driver": both at its own version (NVIDIA/apt-packaging-fabric-manager).
+        StandIn(f"cuda-drivers-fabricmanager-{NVIDIA_DRIVER_BRANCH}", fm_deb, "Meta-package for FM and Driver "
+                "(fleet stand-in)", depends=f"cuda-drivers-{NVIDIA_DRIVER_BRANCH} (= {driver_deb}), "
+                f"nvidia-fabricmanager-{NVIDIA_DRIVER_BRANCH} (= {fm_deb})"),
         StandIn("nvidia-container-toolkit-base", ctk_deb, "NVIDIA Container Toolkit Base (fleet stand-in: "
                 "nvidia-ctk, nvidia-container-runtime)", depends=f"{PYTHON}, python3-tomli-w",
                 substitutions=nvidia),
@@ -356,7 +366,7 @@ def standins(kube: dict) -> list[StandIn]:
 
 def driver_package(root: Path) -> Path:
     """The NVIDIA driver stand-in's deb in the repository under ``root`` (built by build_repo)."""
-    name = "nvidia-driver-550-server"
+    name = f"cuda-drivers-{NVIDIA_DRIVER_BRANCH}"
     standin = next(s for s in standins({"gitVersion": "v0.0.0"}) if s.name == name)
     deb = root / "debs" / f"{name}_{standin.version}_{ARCH}.deb"
     if not deb.exists():

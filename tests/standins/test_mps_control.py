@@ -1,4 +1,4 @@
-"""The nvidia-cuda-mps-control stand-in (package nvidia-driver-550-server), run on this host with its
+"""The nvidia-cuda-mps-control stand-in (package cuda-drivers-580), run on this host with its
 pipe and log directories in a scratch directory (CUDA_MPS_PIPE_DIRECTORY, CUDA_MPS_LOG_DIRECTORY)."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-MPS = Path(__file__).resolve().parents[2] / "tests/fleet/packages/nvidia-driver-550-server/usr/bin/nvidia-cuda-mps-control"
+MPS = Path(__file__).resolve().parents[2] / "tests/fleet/packages/cuda-drivers-580/usr/bin/nvidia-cuda-mps-control"
 
 
 @pytest.fixture

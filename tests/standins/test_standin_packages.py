@@ -31,8 +31,8 @@ from waiting import wait_for  # noqa: E402
 IMAGE = CHECKOUT / ".build/fleet/rootfs"
 SEED_REPO = CHECKOUT / ".build/fleet/repo"
 PACKAGES = CHECKOUT / "tests/fleet/packages"
-STANDINS = ["kubeadm", "kubelet", "kubectl", "containerd", "nvidia-driver-550-server", "nvidia-fabricmanager-550",
-            "nvidia-container-toolkit"]
+STANDINS = ["kubeadm", "kubelet", "kubectl", "containerd", "cuda-drivers-580", "nvidia-fabricmanager-580",
+            "cuda-drivers-fabricmanager-580", "nvidia-container-toolkit"]
 KUBELET_UNIT_ARGS = ("--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf",
                      "--kubeconfig=/etc/kubernetes/kubelet.conf", "--config=/var/lib/kubelet/config.yaml")
 API = "var/lib/fake-kube-apiserver"
@@ -137,7 +137,7 @@ class Node:
         for conf in self.path("etc/kubernetes").glob("*.conf"):
             conf.unlink()
         self.path(API).mkdir(parents=True)
-        self.path("usr/lib/fake-nvidia/version").write_text("550.54.15\n")
+        self.path("usr/lib/fake-nvidia/version").write_text("580.95.05\n")
         self.path("tmp/swaps").write_text("Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n")
 
     def start_cri(self) -> None:
@@ -181,8 +181,8 @@ class Node:
         self.processes.append(process)
         return process
 
-    def profile(self, model: str, count: int, driver: str = "550.54.15") -> None:
-        lines = [f"driver_version={driver}", "cuda_version=12040"]
+    def profile(self, model: str, count: int, driver: str = "580.95.05") -> None:
+        lines = [f"driver_version={driver}", "cuda_version=13000"]
         lines += [f"gpu=GPU-{i:08x}-0000-0000-0000-000000000000|{model}|81559|00000000:{0x18 + 0x10 * i:02X}:00.0|0"
                   for i in range(count)]
         self.path("etc/fake-nvml").mkdir(parents=True, exist_ok=True)
@@ -255,13 +255,14 @@ def test_the_repository_has_each_stand_in_at_its_pinned_version(repo):
     debian = suite_versions(repo, package_repo.DISTRO_SUITE)
     kube = package_repo.kubectl_version(package_repo.kubectl_binary())
     assert versions["kubectl"] == versions["kubeadm"] == versions["kubelet"] == f"{kube}-1.1"
-    assert versions["nvidia-driver-550-server"] == "550.54.15-0ubuntu1"
-    assert versions["nvidia-fabricmanager-550"] == "550.54.15-1"
+    # NVIDIA's debian12 repository's names and versions: driver and fabric manager at one version.
+    assert versions["cuda-drivers-580"] == versions["nvidia-fabricmanager-580"] == "580.95.05-1"
+    assert versions["cuda-drivers-fabricmanager-580"] == "580.95.05-1"
     assert versions["nvidia-container-toolkit"] == versions["nvidia-container-toolkit-base"] == "1.17.8-1"
     in_image = package_repo.image_packages(IMAGE)
     for name in package_repo.DEBIAN_PACKAGES:  # in the nodes' Debian suite (or the image), not the roles' suite
         assert (name in debian or name in in_image) and name not in versions, f"{name} (DEBIAN_PACKAGES) is missing"
-    assert package_repo.driver_package(repo.parent).name == "nvidia-driver-550-server_550.54.15-0ubuntu1_amd64.deb"
+    assert package_repo.driver_package(repo.parent).name == "cuda-drivers-580_580.95.05-1_amd64.deb"
 
 
 def test_a_changed_source_rebuilds_that_stand_in_and_downloads_nothing(repo, tmp_path, monkeypatch, request):
@@ -719,14 +720,14 @@ def test_nvidia_smi_answers_9_until_the_driver_is_loaded(node):
     assert nvml.stdout.strip() == "9", nvml.stderr  # NVML_ERROR_DRIVER_NOT_LOADED
     node.load_driver()
     smi = node.run("nvidia-smi")
-    assert smi.returncode == 0 and "Driver Version: 550.54.15" in smi.stdout and "CUDA Version: 12.4" in smi.stdout
+    assert smi.returncode == 0 and "Driver Version: 580.95.05" in smi.stdout and "CUDA Version: 13.0" in smi.stdout
 
 
 def test_the_driver_version_is_the_installed_package_s(node):
     node.profile("NVIDIA A100-SXM4-40GB", 4, driver="535.161.08")
     node.load_driver()
     query = node.run("nvidia-smi", "--query-gpu=index,driver_version,persistence_mode", "--format=csv,noheader")
-    assert query.stdout.splitlines() == [f"{i}, 550.54.15, Disabled" for i in range(4)]
+    assert query.stdout.splitlines() == [f"{i}, 580.95.05, Disabled" for i in range(4)]
     node.path("usr/lib/fake-nvidia/version").unlink()
     query = node.run("nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", "-i", "0")
     assert query.stdout == "535.161.08\n", "without the package's version file, the profile's"
@@ -745,7 +746,7 @@ def test_a_driver_installed_over_the_loaded_one_answers_only_after_a_reboot(node
     assert smi.returncode == 18 and smi.stdout.strip() == "Failed to initialize NVML: Driver/library version mismatch"
     fm = node.run("nv-fabricmanager")
     assert fm.returncode == 1 and "don't match with driver version 535.161.08" in fm.stderr
-    node.path("run/fake-nvidia/loaded").write_text("550.54.15\n")  # after the reboot
+    node.path("run/fake-nvidia/loaded").write_text("580.95.05\n")  # after the reboot
     assert node.run("nvidia-smi", "-L").returncode == 0
 
 
@@ -769,10 +770,14 @@ def test_nvidia_smi_pm_sets_legacy_persistence_without_the_daemon(node):
 
 def test_persistenced_keeps_persistence_on_while_it_runs_and_off_when_it_stops(node):
     node.profile("NVIDIA H100 80GB HBM3", 8)
-    assert node.run("nvidia-persistenced", "--user", "nvidia-persistenced").returncode == 1, "no driver loaded"
+    assert node.run("nvidia-persistenced", "--user", "root").returncode == 1, "no driver loaded"
     node.load_driver()
-    assert node.run("nvidia-persistenced", "--user", "no-such-user").returncode == 1
-    start = node.run("nvidia-persistenced", "--user", "nvidia-persistenced", "--persistence-mode", "--verbose")
+    # An unknown user ends it while it reads its options (options.c), as Ubuntu's user does on Debian.
+    for user in ("no-such-user", "nvidia-persistenced"):
+        unknown = node.run("nvidia-persistenced", "--user", user, "--persistence-mode")
+        assert unknown.returncode == 1
+        assert unknown.stderr == f"\nERROR: Failed to find user ID of user '{user}': Success\n\n"
+    start = node.run("nvidia-persistenced", "--user", "root", "--persistence-mode", "--verbose")
     assert start.returncode == 0, start.stderr  # it forked: Type=forking
     pid = int(node.path("run/nvidia-persistenced/nvidia-persistenced.pid").read_text())
     query = node.run("nvidia-smi", "--query-gpu=persistence_mode", "--format=csv,noheader")
@@ -783,10 +788,10 @@ def test_persistenced_keeps_persistence_on_while_it_runs_and_off_when_it_stops(n
     assert wait_for(lambda: not node.path("run/nvidia-persistenced/nvidia-persistenced.pid").exists())
     query = node.run("nvidia-smi", "--query-gpu=persistence_mode", "--format=csv,noheader")
     assert query.stdout.splitlines() == ["Disabled"] * 8
-    # The unit Ubuntu ships starts it with --no-persistence-mode: running, but persistence off.
+    # The packaged unit runs it as Debian's nvpd with --no-persistence-mode: running, but persistence off.
     unit = node.path("lib/systemd/system/nvidia-persistenced.service").read_text()
-    assert "ExecStart=/usr/bin/nvidia-persistenced --user nvidia-persistenced --no-persistence-mode --verbose" in unit
-    assert node.run("nvidia-persistenced", "--user", "nvidia-persistenced", "--no-persistence-mode").returncode == 0
+    assert "ExecStart=/usr/bin/nvidia-persistenced --user nvpd --no-persistence-mode --verbose" in unit
+    assert node.run("nvidia-persistenced", "--user", "root", "--no-persistence-mode").returncode == 0
     query = node.run("nvidia-smi", "--query-gpu=persistence_mode", "--format=csv,noheader")
     assert query.stdout.splitlines() == ["Disabled"] * 8
 
@@ -798,12 +803,12 @@ def test_fabric_manager_starts_only_with_its_own_driver_version_loaded_on_an_nvs
     unloaded = node.run(*fm)
     assert unloaded.returncode == 1 and "NVIDIA driver is not loaded" in unloaded.stderr
     node.load_driver()
-    node.path("usr/lib/fake-nvidia/version").write_text("550.90.07\n")
+    node.path("usr/lib/fake-nvidia/version").write_text("580.82.07\n")
     mismatch = node.run(*fm)
     assert mismatch.returncode == 1
-    assert mismatch.stderr.strip() == ("fabric manager NVIDIA GPU driver interface version 550.54.15 don't match with "
-                                       "driver version 550.90.07. Please update with matching NVIDIA driver package.")
-    node.path("usr/lib/fake-nvidia/version").write_text("550.54.15\n")
+    assert mismatch.stderr.strip() == ("fabric manager NVIDIA GPU driver interface version 580.95.05 don't match with "
+                                       "driver version 580.82.07. Please update with matching NVIDIA driver package.")
+    node.path("usr/lib/fake-nvidia/version").write_text("580.95.05\n")
     started = node.run(*fm)
     assert started.returncode == 0, started.stderr
     assert node.path("run/nvidia-fabricmanager/nv-fabricmanager.pid").exists()

@@ -25,7 +25,7 @@ from gpuaas_agent.deviceplugin.v1beta1 import api_pb2, api_pb2_grpc
 from waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-MPS_CONTROL = REPO / "tests/fleet/packages/nvidia-driver-550-server/usr/bin/nvidia-cuda-mps-control"
+MPS_CONTROL = REPO / "tests/fleet/packages/cuda-drivers-580/usr/bin/nvidia-cuda-mps-control"
 
 
 class Plugin:

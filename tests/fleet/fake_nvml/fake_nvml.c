@@ -7,8 +7,8 @@
  * Each node describes its GPUs in a profile file (default
  * /etc/fake-nvml/profile, overridable with FAKE_NVML_PROFILE):
  *
- *   driver_version=550.54.15
- *   cuda_version=12040
+ *   driver_version=580.95.05
+ *   cuda_version=13000
  *   gpu=<uuid>|<name>|<memory MiB>|<pci bus id>|<mig 0/1>
  *
  * The driver is "loaded" only while the marker /run/fake-nvidia/loaded exists
@@ -82,8 +82,8 @@ typedef struct { unsigned int gpu, memory; } nvmlUtilization_t;
 
 static struct fake_gpu gpus[MAX_GPUS];
 static unsigned gpu_count;
-static char driver_version[FIELD] = "550.54.15";
-static int cuda_version = 12040;
+static char driver_version[FIELD] = "580.95.05";
+static int cuda_version = 13000;
 static int initialised;
 
 static const char *profile_path(void) {
@@ -168,13 +168,15 @@ static nvmlReturn_t load_profile(void) {
     fclose(f);
     /* The installed driver package's version wins over the profile's.  Its CUDA
      * version follows the branch (CUDA Toolkit release notes, "CUDA Toolkit and
-     * Corresponding Driver Versions": 12.4 from 550.54.14, 12.2 from 535.54.03). */
+     * Corresponding Driver Versions": 13.0 from 580.65.06, 12.4 from 550.54.14,
+     * 12.2 from 535.54.03). */
     if ((f = fopen(version_file(), "r"))) {
         if (fgets(line, sizeof line, f)) {
             line[strcspn(line, "\r\n")] = 0;
             if (*line) {
                 copy_field(driver_version, sizeof driver_version, line);
-                if (!strncmp(line, "550.", 4)) cuda_version = 12040;
+                if (!strncmp(line, "580.", 4)) cuda_version = 13000;
+                else if (!strncmp(line, "550.", 4)) cuda_version = 12040;
                 else if (!strncmp(line, "535.", 4)) cuda_version = 12020;
             }
         }
