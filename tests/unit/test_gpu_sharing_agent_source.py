@@ -6,15 +6,11 @@ task that changes the node, so a refused source fails there and nothing else run
 """
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from module_runner import COLLECTIONS
+from module_runner import run_local_play
 
 HASH = "--hash=sha256:" + "ab" * 32
 AGENT = f"gpuaas-agent==0.1.0 {HASH}"
@@ -40,17 +36,7 @@ PLAYBOOK = """
 
 
 def run_role(tmp_path: Path, entry: str, source: dict) -> tuple[int, str]:
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
-    (tmp_path / "vars.json").write_text(json.dumps({"entry": entry, "gpu_sharing_gpus": [], **source}))
-    home = tmp_path / "ansible-home"
-    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS), "ANSIBLE_HOME": str(home),
-           "ANSIBLE_LOCAL_TEMP": str(home / "tmp"), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
-           "ANSIBLE_PYTHON_INTERPRETER": sys.executable, "ANSIBLE_LOCALHOST_WARNING": "0"}
-    done = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "--check",
-                           "-e", "@vars.json", "play.yml"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
-    return done.returncode, done.stdout + done.stderr
-
+    return run_local_play(tmp_path, PLAYBOOK, {"entry": entry, "gpu_sharing_gpus": [], **source})
 
 @pytest.mark.parametrize("source, refusal", [
     ({}, NO_SOURCE),

@@ -8,16 +8,13 @@ host under test given as extra variables (so nothing is gathered from this machi
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from module_runner import COLLECTIONS
+from module_runner import run_local_play
 
 ROLE = Path(__file__).resolve().parents[2] / "roles/node_init"
 PLAYBOOK = """
@@ -47,17 +44,7 @@ SUPPORTED_BRANCHES = "supported: 535, 580, 595, 610, 620"
 
 
 def run_checks(tmp_path: Path, facts: dict, **variables) -> tuple[int, str]:
-    (tmp_path / "play.yml").write_text(PLAYBOOK)
-    (tmp_path / "vars.json").write_text(json.dumps({"ansible_facts": facts, **variables}))
-    home = tmp_path / "ansible-home"
-    env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS), "ANSIBLE_HOME": str(home),
-           "ANSIBLE_LOCAL_TEMP": str(home / "tmp"), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
-           "ANSIBLE_PYTHON_INTERPRETER": sys.executable, "ANSIBLE_LOCALHOST_WARNING": "0"}
-    done = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "--check",
-                           "-e", "@vars.json", "play.yml"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
-    return done.returncode, done.stdout + done.stderr
-
+    return run_local_play(tmp_path, PLAYBOOK, {"ansible_facts": facts, **variables})
 
 def refusal(output: str) -> str:
     """The failed assertion's message."""
