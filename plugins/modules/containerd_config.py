@@ -77,8 +77,8 @@ attributes:
     support: full
     description: A second run with the same options changes nothing.
 notes:
-  - C(nvidia-ctk) rewrites the whole file it is given, so where O(nvidia_runtime) is set the file's comments are lost;
-    its settings are kept.
+  - C(nvidia-ctk) rewrites the whole file it is given, so it is given a draft, and only the runtime it adds (and, as the
+    default, C(default_runtime_name)) is taken into the file, whose comments and other settings stay.
 requirements:
   - tomlkit (Debian 12 C(python3-tomlkit) 0.11.7 or newer)
 """
@@ -283,7 +283,7 @@ def merge(text, sandbox_image, containerd, cni_bin_dir=""):
     return tomlkit.dumps(doc), version, started_from_default
 
 
-def add_nvidia_runtime(module, text, set_as_default):
+def run_nvidia_ctk(module, text, set_as_default):
     """The text after `nvidia-ctk runtime configure` on a draft of it (the real file stays as it is).
 
     From 1.18 nvidia-ctk writes its runtime to a drop-in file by default; --drop-in-config="" keeps
@@ -305,6 +305,25 @@ def add_nvidia_runtime(module, text, set_as_default):
             return stream.read()
     finally:
         os.unlink(draft)
+
+
+def add_nvidia_runtime(module, text, layout, set_as_default):
+    """The text with the runtime nvidia-ctk configures: its `nvidia` runtime table (and, as the
+    default, default_runtime_name) taken from nvidia-ctk's draft into the file's own document.
+    nvidia-ctk rewrites the whole file it is given, dropping its comments; the file keeps them."""
+    configured = parse(run_nvidia_ctk(module, text, set_as_default), "nvidia-ctk's output")
+    doc = parse(text, "the merged file")
+    runtime = get_path(configured, layout["runtimes"] + ("nvidia",))
+    if runtime is None:
+        raise ConfigError("nvidia-ctk runtime configure added no nvidia runtime under %s" % ".".join(layout["runtimes"]))
+    runtimes = table_at(doc, layout["runtimes"])
+    if runtimes.get("nvidia") != runtime:
+        runtimes["nvidia"] = copy.deepcopy(runtime)
+    default_keys = layout["runtimes"][:-1] + ("default_runtime_name",)
+    default = get_path(configured, default_keys)
+    if set_as_default and default is not None:
+        set_value(doc, default_keys, default)
+    return tomlkit.dumps(doc)
 
 
 def write(module, path, text, containerd):
@@ -351,7 +370,7 @@ def main():
     try:
         after, version, started_from_default = merge(before, params["sandbox_image"], containerd, params["cni_bin_dir"])
         if params["nvidia_runtime"]:
-            after = add_nvidia_runtime(module, after, params["nvidia_runtime_default"])
+            after = add_nvidia_runtime(module, after, CRI_LAYOUT[version], params["nvidia_runtime_default"])
         changed = after != before
         if changed and not module.check_mode:
             write(module, path, after, containerd)

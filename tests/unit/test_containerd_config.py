@@ -264,12 +264,14 @@ def test_invalid_toml_fails_in_one_sentence(host):
 def test_the_nvidia_runtime_is_added_on_a_draft_by_nvidia_ctk(host, tmp_path):
     ctk_log = tmp_path / "nvidia-ctk.log"
     ctk = tmp_path / "nvidia-ctk"
-    # Records its arguments and appends a runtime table to the file it is given, as the real one adds
-    # plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.
+    # Records its arguments, drops the file's comments (the real one writes the whole file back from
+    # its parsed tree, pkg/config/engine/containerd) and appends a runtime table to the file it is
+    # given, as the real one adds plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.
     ctk.write_text(f'''#!/bin/sh
 echo "$*" >> {ctk_log}
 [ "$2" = --help ] && exit 0
 for a; do case $a in --config=*) f=${{a#--config=}};; esac; done
+sed -i '/^ *#/d' "$f"
 grep -q runtimes.nvidia "$f" || printf '\\n[plugins."{V2_CRI}".containerd.runtimes.nvidia.options]\\n%s\\n' \\
   '  BinaryName = "/usr/bin/nvidia-container-runtime"' >> "$f"
 ''')
@@ -286,6 +288,7 @@ grep -q runtimes.nvidia "$f" || printf '\\n[plugins."{V2_CRI}".containerd.runtim
     runtimes = written["plugins"][V2_CRI]["containerd"]["runtimes"]
     assert runtimes["nvidia"]["options"]["BinaryName"] == "/usr/bin/nvidia-container-runtime"
     assert written["root"] == "/data/containerd"
+    assert "# our pause image comes from the mirror below" in host.config.read_text(), "nvidia-ctk's rewrite kept out"
     configure = [line for line in ctk_log.read_text().splitlines() if "--help" not in line]
     assert str(host.config) not in " ".join(configure)
     assert configure[-1].endswith("--set-as-default")
