@@ -317,8 +317,12 @@ def add_nvidia_runtime(module, text, layout, set_as_default):
     if runtime is None:
         raise ConfigError("nvidia-ctk runtime configure added no nvidia runtime under %s" % ".".join(layout["runtimes"]))
     runtimes = table_at(doc, layout["runtimes"])
-    if runtimes.get("nvidia") != runtime:
-        runtimes["nvidia"] = copy.deepcopy(runtime)
+    # Compared and copied as plain values: a table moved between documents keeps its indentation
+    # trivia, which grows at each run, and tomlkit's own comparison sees that as a difference.
+    wanted = runtime.unwrap()
+    present = runtimes.get("nvidia")
+    if present is None or present.unwrap() != wanted:
+        runtimes["nvidia"] = wanted
     default_keys = layout["runtimes"][:-1] + ("default_runtime_name",)
     default = get_path(configured, default_keys)
     if set_as_default and default is not None:
@@ -371,6 +375,10 @@ def main():
         after, version, started_from_default = merge(before, params["sandbox_image"], containerd, params["cni_bin_dir"])
         if params["nvidia_runtime"]:
             after = add_nvidia_runtime(module, after, CRI_LAYOUT[version], params["nvidia_runtime_default"])
+        # Written only when a setting differs: tomlkit's dump of a document it parsed may move a
+        # nested table's indentation, which containerd does not read and which is not a change.
+        if before and parse(after, "the new file").unwrap() == parse(before, "the existing file").unwrap():
+            after = before
         changed = after != before
         if changed and not module.check_mode:
             write(module, path, after, containerd)
