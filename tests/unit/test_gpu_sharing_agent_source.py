@@ -38,6 +38,7 @@ PLAYBOOK = """
 def run_role(tmp_path: Path, entry: str, source: dict) -> tuple[int, str]:
     return run_local_play(tmp_path, PLAYBOOK, {"entry": entry, "gpu_sharing_gpus": [], **source})
 
+
 @pytest.mark.parametrize("source, refusal", [
     ({}, NO_SOURCE),
     # An index alone, or requirements alone, is no source: pip would take the newest of that name.

@@ -46,6 +46,7 @@ SUPPORTED_BRANCHES = "supported: 535, 580, 595, 610, 620"
 def run_checks(tmp_path: Path, facts: dict, **variables) -> tuple[int, str]:
     return run_local_play(tmp_path, PLAYBOOK, {"ansible_facts": facts, **variables})
 
+
 def refusal(output: str) -> str:
     """The failed assertion's message."""
     quoted = re.search(r'"msg": ("(?:[^"\\]|\\.)*")', output.split("fatal: [localhost]: FAILED!", 1)[1]).group(1)
