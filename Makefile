@@ -195,8 +195,9 @@ test-fleet: fleet-image collection ## the fleet harness, molecule scenarios and 
 	if [ $$status = 0 ]; then \
 	  $(FLEET) hub && \
 	  for s in $(SCENARIOS); do \
-	    echo "=== molecule test -s $$s"; \
+	    echo "=== molecule test -s $$s"; started=$$(date +%s); \
 	    $(FLEET) exec -- env PATH="$$PATH" $(BIN)/molecule test -s $$s || { status=1; break; }; \
+	    echo "=== molecule test -s $$s took $$(( $$(date +%s) - started )) s"; \
 	  done; \
 	fi; \
 	if [ $$status = 0 ]; then \
