@@ -25,7 +25,7 @@ ROOT = "/var/run/nvidia-container-devices"
 # What node_init writes; and the toolkit's defaults (internal/config/config.go GetDefault).
 LOCKED = "accept-nvidia-visible-devices-as-volume-mounts = true\naccept-nvidia-visible-devices-envvar-when-unprivileged = false\n"
 DEFAULTS = None  # no config.toml
-DEFAULT_CAPS = ["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
+DEFAULT_CAPS = ("CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE")
 
 
 def spec(env=(), mounts=(), caps=DEFAULT_CAPS, annotations=None):
@@ -46,13 +46,13 @@ CASES = {
     "env-all-without-mounts-refused": (LOCKED, spec(["NVIDIA_VISIBLE_DEVICES=all"]), "legacy", [],
                                        "getDevices: the variable only if privileged or accept-...-when-unprivileged"),
     # Positive controls: the variable IS honoured when the container is privileged or the toolkit accepts it.
-    "env-all-privileged": (LOCKED, spec(["NVIDIA_VISIBLE_DEVICES=all"], caps=DEFAULT_CAPS + ["CAP_SYS_ADMIN"]),
+    "env-all-privileged": (LOCKED, spec(["NVIDIA_VISIBLE_DEVICES=all"], caps=DEFAULT_CAPS + ("CAP_SYS_ADMIN",)),
                            "legacy", ["all"], "privileged.go IsPrivileged: CAP_SYS_ADMIN in the bounding set"),
     "env-all-toolkit-defaults": (DEFAULTS, spec(["NVIDIA_VISIBLE_DEVICES=all"], [MOUNT_A]), "legacy", ["all"],
                                  "GetDefault: envvar accepted, mounts not (so the mounts are ignored)"),
     "sys-admin-in-effective-only": (LOCKED, spec(["NVIDIA_VISIBLE_DEVICES=all"], caps=DEFAULT_CAPS) | {
         "process": {"env": ["NVIDIA_VISIBLE_DEVICES=all"], "capabilities": {"effective": ["CAP_SYS_ADMIN"],
-                                                                            "bounding": DEFAULT_CAPS}}},
+                                                                            "bounding": list(DEFAULT_CAPS)}}},
         "legacy", [], "IsPrivileged reads the bounding set only"),
     "mount-of-another-file-ignored": (LOCKED, spec([ALL], [(f"{ROOT}/{B}", "/etc/hostname"), MOUNT_A]), "legacy", [A],
                                       "cuda_image.go DevicesFromMounts: only mounts whose source is /dev/null"),
