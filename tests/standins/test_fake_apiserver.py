@@ -185,3 +185,23 @@ def test_wait_for_ready_follows_the_kubelet_lease(cluster):
     met = cluster.kubectl("wait", "--for=condition=Ready", "node/ready-1", "--timeout=20s")
     assert met.returncode == 0, met.stderr
     assert met.stdout.strip() == "node/ready-1 condition met"
+
+
+def test_runtimeclasses_are_served_cluster_wide_with_an_immutable_handler(cluster):
+    runtime_class = {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "nvidia"},
+                     "handler": "nvidia"}
+    created = cluster.kubectl("create", "-f", "-", stdin=json.dumps(runtime_class))
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip() == "runtimeclass.node.k8s.io/nvidia created"
+    got = cluster.kubectl("get", "runtimeclass", "nvidia", "-o", "jsonpath={.handler}")
+    assert got.returncode == 0 and got.stdout == "nvidia", got.stderr
+    assert "runtimeclasses.node.k8s.io" in cluster.kubectl("api-resources", "-o", "name").stdout.split()
+    again = cluster.kubectl("create", "-f", "-", stdin=json.dumps(runtime_class))
+    assert again.returncode == 1 and 'runtimeclasses.node.k8s.io "nvidia" already exists' in again.stderr
+    # The handler is immutable and a DNS label (pkg/apis/node/validation, ValidateRuntimeClassUpdate).
+    changed = cluster.kubectl("patch", "runtimeclass", "nvidia", "--type=merge", "-p", '{"handler": "runc"}')
+    assert changed.returncode == 1
+    assert 'RuntimeClass.node.k8s.io "nvidia" is invalid: handler: Invalid value: "runc": field is immutable' in changed.stderr
+    bad = cluster.kubectl("create", "-f", "-", stdin=json.dumps({**runtime_class, "metadata": {"name": "bad"},
+                                                                 "handler": "Not_A_Label"}))
+    assert bad.returncode == 1 and "a lowercase RFC 1123 label" in bad.stderr

@@ -323,3 +323,117 @@ def test_a_corrupted_checkpoint_is_ignored_and_rewritten(kubelet):
     kubelet.start()
     assert "Continue after failing to read checkpoint file" in wait_for(kubelet.logs)
     assert kubelet.state()["resources"] == {}
+
+
+# --------------------------------------------------------------------------- containers' inputs
+GPU_A, GPU_B = "GPU-aaaa", "GPU-bbbb"
+DEVICE_ROOT = "/var/run/nvidia-container-devices"
+RUNTIME = REPO / "tests/fleet/packages/nvidia-container-toolkit-base/usr/bin/nvidia-container-runtime"
+
+
+class VolumeMountsPlugin(Plugin):
+    """Allocate as the gpuaas agent answers by default (NVIDIA's volume-mounts strategy)."""
+
+    def Allocate(self, request, context):
+        ids = list(request.container_requests[0].devices_ids)
+        self.allocate_requests.append(ids)
+        gpus = sorted({device.split("::")[0] for device in ids})
+        return pb.AllocateResponse(container_responses=[pb.ContainerAllocateResponse(
+            envs={"NVIDIA_VISIBLE_DEVICES": DEVICE_ROOT},
+            mounts=[pb.Mount(container_path=f"{DEVICE_ROOT}/{gpu}", host_path="/dev/null") for gpu in gpus])])
+
+
+def node_tools(root: Path) -> Path:
+    """A `containerd` whose `config dump` has the NVIDIA runtime (runc the default), a node's
+    `nvidia-smi` with two GPUs, and an image whose config sets NVIDIA_VISIBLE_DEVICES=all."""
+    tools = root / "bin"
+    tools.mkdir()
+    dump = ('version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd]\n  default_runtime_name = "runc"\n'
+            '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]\n  runtime_type = "io.containerd.runc.v2"\n'
+            '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]\n  runtime_type = "io.containerd.runc.v2"\n'
+            f'[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]\n  BinaryName = "{RUNTIME}"\n')
+    (tools / "containerd").write_text(f"#!/bin/sh\ncat <<'EOF'\n{dump}EOF\n")
+    (tools / "nvidia-smi").write_text(f"#!/bin/sh\necho '0, {GPU_A}'\necho '1, {GPU_B}'\n")
+    for tool in ("containerd", "nvidia-smi"):
+        (tools / tool).chmod(0o755)
+    images = root / "images"
+    images.mkdir()
+    (images / "example.com%2Fcuda-all%3A1.json").write_text(json.dumps({"config": {"Env": [
+        "PATH=/usr/bin", "NVIDIA_VISIBLE_DEVICES=all"]}}))
+    (root / "toolkit.toml").write_text("accept-nvidia-visible-devices-as-volume-mounts = true\n"
+                                       "accept-nvidia-visible-devices-envvar-when-unprivileged = false\n")
+    return tools
+
+
+def gpu_pod(name: str, node: str, slots: int = 0, env_all: bool = False, image: str = "pause",
+            runtime_class: str | None = "nvidia", privileged: bool = False, host_dev_null: str = "") -> dict:
+    container = {"name": "main", "image": image}
+    if slots:
+        container["resources"] = {"limits": {RESOURCE: str(slots)}}
+    if env_all:
+        container["env"] = [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}]
+    if privileged:
+        container["securityContext"] = {"privileged": True}
+    spec = {"nodeName": node, "containers": [container]}
+    if host_dev_null:
+        spec["volumes"] = [{"name": "grab", "hostPath": {"path": "/dev/null"}}]
+        container["volumeMounts"] = [{"name": "grab", "mountPath": f"{DEVICE_ROOT}/{host_dev_null}"}]
+    if runtime_class:
+        spec["runtimeClassName"] = runtime_class
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"}, "spec": spec}
+
+
+def test_each_container_sees_the_gpus_the_toolkit_would_give_it(kubelet):
+    tools = node_tools(kubelet.root)
+    kubelet.env.update(PATH=f"{tools}:{kubelet.env['PATH']}", FAKE_KUBELET_IMAGE_CONFIG_DIR=str(kubelet.root / "images"),
+                       FAKE_NVIDIA_RUNTIME_CONFIG=str(kubelet.root / "toolkit.toml"))
+    runtime_class = {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "nvidia"}, "handler": "nvidia"}
+    kata = {**runtime_class, "metadata": {"name": "kata"}, "handler": "kata"}
+    assert kubelet.cluster.apply(runtime_class, kata).returncode == 0
+    kubelet.start()
+    plugin = VolumeMountsPlugin(kubelet.plugins_dir, "gpuaas-pool-7.sock",
+                                [(f"{gpu}::{slot}", "Healthy") for gpu in (GPU_A, GPU_B) for slot in (1, 2)]).start()
+    pods = {  # name: (the Pod, the GPUs its container sees)
+        # The Pod's own NVIDIA_VISIBLE_DEVICES=all wins over Allocate's in the env, but the toolkit reads the mounts.
+        "tenant": (gpu_pod("tenant", kubelet.node, slots=1, env_all=True), "its own"),
+        # An image whose ENV asks for all, and no GPU request: nothing.
+        "image-env": (gpu_pod("image-env", kubelet.node, image="example.com/cuda-all:1"), []),
+        # Positive control: a privileged container is given what its variable names.
+        "privileged": (gpu_pod("privileged", kubelet.node, env_all=True, privileged=True), [GPU_A, GPU_B]),
+        # runc reads no NVIDIA variable at all.
+        "on-runc": (gpu_pod("on-runc", kubelet.node, env_all=True, privileged=True, runtime_class=None), []),
+        # The bypass docs/gpu-sharing.md names: a hostPath /dev/null under the devices directory.
+        "host-path": (gpu_pod("host-path", kubelet.node, host_dev_null=GPU_B), [GPU_B]),
+    }
+    try:
+        plugin.register()
+        assert wait_for(lambda: kubelet.node_resource() == ("4", "4"), what=lambda: f"4 devices; {kubelet.logs()}")
+        assert kubelet.cluster.apply(*[entry[0] for entry in pods.values()]).returncode == 0
+        for name, (_pod, gpus) in pods.items():
+            record = kubelet.records / f"containers/default_{name}_main.json"
+            assert wait_for(record.exists, what=lambda: f"{record}; the kubelet's log: {kubelet.logs()[-3000:]}")
+            if gpus == "its own":
+                allocated = json.loads((kubelet.records / f"allocations/default_{name}_main.json").read_text())
+                gpus = [allocated["device_ids"][0].split("::")[0]]
+            assert json.loads(record.read_text())["gpus"] == gpus, (name, record.read_text())
+        bundle = json.loads((kubelet.records / "containers/bundles/default_tenant_main/config.json").read_text())
+        # env: the image's, Allocate's, then the Pod's (the Pod's value wins); mounts: Allocate's.
+        assert "NVIDIA_VISIBLE_DEVICES=all" in bundle["process"]["env"]
+        assert [m["source"] for m in bundle["mounts"]] == ["/dev/null"]
+        assert bundle["mounts"][0]["destination"].startswith(f"{DEVICE_ROOT}/GPU-")
+        assert "CAP_SYS_ADMIN" not in bundle["process"]["capabilities"]["bounding"]
+        image_env = json.loads((kubelet.records / "containers/bundles/default_image-env_main/config.json").read_text())
+        assert "NVIDIA_VISIBLE_DEVICES=all" in image_env["process"]["env"]  # the image's ENV reached the runtime
+        assert pod_status(kubelet, "tenant")["phase"] == "Running"
+
+        # A RuntimeClass that does not exist: the API server's RuntimeClass admission refuses the Pod.
+        refused = kubelet.cluster.apply(gpu_pod("no-class", kubelet.node, runtime_class="missing"))
+        assert refused.returncode != 0
+        assert 'pods "no-class" is forbidden: pod rejected: RuntimeClass "missing" not found' in refused.stderr
+        # A handler containerd does not have: the sandbox fails and the Pod stays Pending.
+        assert kubelet.cluster.apply(gpu_pod("on-kata", kubelet.node, runtime_class="kata")).returncode == 0
+        assert wait_for(lambda: 'no runtime for \\"kata\\" is configured' in kubelet.logs(), what=kubelet.logs)
+        assert pod_status(kubelet, "on-kata")["phase"] == "Pending"
+        assert not (kubelet.records / "containers/default_on-kata_main.json").exists()
+    finally:
+        plugin.stop()

@@ -130,7 +130,8 @@ def test_allocate_gives_each_level_its_isolation(node, mps_root):
     node, kubelet = node
     gpus = {A: share(1, 4, "low", "DEFAULT"), B: share(3, 2, "medium", "EXCLUSIVE_PROCESS"),
             C: share(2, 2, "high", "EXCLUSIVE_PROCESS")}
-    agent = node.agent(gpus=gpus)
+    # The variable spells each level's GPU plainly; the default volume-mounts is the next test's.
+    agent = node.agent(gpus=gpus, device_list_strategy=["envvar"])
 
     low = kubelet.plugin(POOL1, 4).allocate([f"{A}::1"])
     assert low == {"envs": {"NVIDIA_VISIBLE_DEVICES": A, "GPUAAS_POOL_ID": "1", "GPUAAS_SECURITY_LEVEL": "low"},
@@ -208,6 +209,19 @@ def test_cdi_device_names_when_configured(node):
 
     assert given["cdi_devices"] == [f"nvidia.com/gpu={A}", f"nvidia.com/gpu={B}"]
     assert given["envs"]["NVIDIA_VISIBLE_DEVICES"] == f"{A},{B}"
+
+
+def test_allocate_mounts_each_gpu_by_default(node):
+    node, kubelet = node
+    node.agent()
+
+    given = kubelet.plugin(POOL1, 8).allocate([f"{A}::3", f"{B}::1"])
+
+    # NVIDIA's volume-mounts form (k8s-device-plugin server.go, updateResponseForDeviceMounts).
+    assert given["mounts"] == [(f"/var/run/nvidia-container-devices/{A}", "/dev/null", False),
+                               (f"/var/run/nvidia-container-devices/{B}", "/dev/null", False)]
+    assert given["envs"]["NVIDIA_VISIBLE_DEVICES"] == "/var/run/nvidia-container-devices"
+    assert given["cdi_devices"] == []
 
 
 def test_preferred_allocation_binpacks_by_default_and_spreads_when_asked(node):

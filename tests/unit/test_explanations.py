@@ -74,5 +74,5 @@ def test_allocate_says_why_it_refuses(level, devices, explanation):
                                             ("medium", ["A::1", "A::2"])],
                          ids=["low-on-two-gpus", "high-on-two-gpus", "medium-on-one-gpu"])
 def test_allocate_gives_what_it_does_not_refuse(level, devices):
-    assert container_allocation(pool(level), devices, Settings())["envs"]["NVIDIA_VISIBLE_DEVICES"] == \
+    assert container_allocation(pool(level), devices, Settings(device_list_strategy=("envvar",)))["envs"]["NVIDIA_VISIBLE_DEVICES"] == \
         ",".join(sorted({device.split("::")[0] for device in devices}))

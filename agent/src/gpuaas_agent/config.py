@@ -21,9 +21,11 @@ from .sharing_policy import SECURITY_LEVELS, SHARING_RATIO_RANGE
 
 ALLOCATION_POLICIES = ("binpack", "spread")
 # How Allocate hands a container its GPUs, named as NVIDIA's device plugin names them
-# (deviceListStrategy): the NVIDIA container runtime's variable, or CDI device names for
-# runtimes with CDI enabled (containerd >= 1.7, CRI-O).
-DEVICE_LIST_STRATEGIES = ("envvar", "cdi-cri")
+# (deviceListStrategy): /dev/null mounts under /var/run/nvidia-container-devices, which only the
+# kubelet can set, so a Pod cannot widen them (the default); the NVIDIA container runtime's
+# variable, which a Pod's own env overrides; or CDI device names for runtimes with CDI enabled
+# (containerd >= 1.7, CRI-O).
+DEVICE_LIST_STRATEGIES = ("volume-mounts", "envvar", "cdi-cri")
 
 
 class ConfigError(Exception):
@@ -38,7 +40,7 @@ class Settings:
     # GPUs in no pool are advertised whole under this name; empty to leave them to another plugin.
     whole_gpu_resource: str = "nvidia.com/gpu"
     allocation_policy: str = "binpack"
-    device_list_strategy: tuple = ("envvar",)
+    device_list_strategy: tuple = ("volume-mounts",)
     cdi_kind: str = "nvidia.com/gpu"
     # Set compute modes and persistence mode; off on machines whose GPU settings must not change.
     manage_gpu_modes: bool = True
@@ -82,7 +84,8 @@ def load_settings(path: str | None) -> Settings:
         raise ConfigError(f"{path}: allocation_policy must be one of {', '.join(ALLOCATION_POLICIES)}")
     unknown = [item for item in settings.device_list_strategy if item not in DEVICE_LIST_STRATEGIES]
     if unknown or not settings.device_list_strategy:
-        raise ConfigError(f"{path}: device_list_strategy takes {', '.join(DEVICE_LIST_STRATEGIES)}")
+        named = f" {', '.join(map(repr, unknown))} is unknown;" if unknown else ""
+        raise ConfigError(f"{path}: device_list_strategy{named} it takes one or more of {', '.join(DEVICE_LIST_STRATEGIES)}")
     if settings.http_listen and not re.fullmatch(r"\[?[0-9A-Za-z.:-]+\]?:\d{1,5}", settings.http_listen):
         raise ConfigError(f"{path}: http_listen must be host:port")
     return settings

@@ -17,6 +17,12 @@ from .sharing_policy import MPS_SECURITY_LEVELS
 
 HEALTHY, UNHEALTHY = "Healthy", "Unhealthy"  # the API's two health values (constants.go)
 SLOT_SEPARATOR = "::"
+# NVIDIA's volume-mounts hand-off (k8s-device-plugin internal/plugin/server.go,
+# deviceListAsVolumeMountsHostPath / deviceListAsVolumeMountsContainerPathRoot): the toolkit reads
+# a GPU from each /dev/null mount under this directory (cuda_image.go, DevicesFromMounts).
+VISIBLE_DEVICES_VAR = "NVIDIA_VISIBLE_DEVICES"
+DEVICE_MOUNT_HOST_PATH = "/dev/null"
+DEVICE_MOUNT_ROOT = "/var/run/nvidia-container-devices"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,11 +110,7 @@ def container_allocation(plan_: ResourcePlan, device_ids: list[str], settings: S
             raise AllocationRefused(f"unknown device {device} for {plan_.name}")
         per_gpu[gpu] = per_gpu.get(gpu, 0) + 1
     uuids = sorted(per_gpu)
-    envs, mounts, cdi = {}, [], []
-    if "envvar" in settings.device_list_strategy:
-        envs["NVIDIA_VISIBLE_DEVICES"] = ",".join(uuids)
-    if "cdi-cri" in settings.device_list_strategy:
-        cdi = [f"{settings.cdi_kind}={uuid}" for uuid in uuids]
+    envs, mounts, cdi = device_list(uuids, settings)
     shares: list[GpuShare] = [plan_.shares[uuid] for uuid in uuids if uuid in plan_.shares]
     if shares:
         envs["GPUAAS_POOL_ID"] = str(shares[0].pool_id)
@@ -131,6 +133,25 @@ def container_allocation(plan_: ResourcePlan, device_ids: list[str], settings: S
         envs["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(
             min(100, max(share.compute_share_percent * per_gpu[share.uuid] for share in mps)))
     return {"envs": envs, "mounts": mounts, "cdi_devices": cdi}
+
+
+def device_list(uuids: list[str], settings: Settings) -> tuple[dict, list, list]:
+    """The GPUs as each configured strategy hands them over: (envs, mounts, cdi_devices).
+
+    As NVIDIA's getAllocateResponse does (k8s-device-plugin internal/plugin/server.go): envvar
+    sets NVIDIA_VISIBLE_DEVICES to the UUIDs; volume-mounts (applied after it, so it wins) sets
+    the variable to the mount directory and mounts /dev/null at <root>/<uuid> for each GPU
+    (updateResponseForDeviceMounts, read-write as NVIDIA's); cdi-cri names CDI devices."""
+    strategies = settings.device_list_strategy
+    envs, mounts, cdi = {}, [], []
+    if "envvar" in strategies:
+        envs[VISIBLE_DEVICES_VAR] = ",".join(uuids)
+    if "volume-mounts" in strategies:
+        envs[VISIBLE_DEVICES_VAR] = DEVICE_MOUNT_ROOT
+        mounts = [(f"{DEVICE_MOUNT_ROOT}/{uuid}", DEVICE_MOUNT_HOST_PATH, False) for uuid in uuids]
+    if "cdi-cri" in strategies:
+        cdi = [f"{settings.cdi_kind}={uuid}" for uuid in uuids]
+    return envs, mounts, cdi
 
 
 def mps_pipe_dir(settings: Settings, uuid: str) -> str:
