@@ -245,7 +245,8 @@ def test_the_daemon_has_a_tmpfs_of_its_own_as_dev_shm_and_a_client_in_its_own_na
     # /dev/shm and the pipe directory at /run/nvidia-mps (a real CUDA client: bench/gpu_machine_check.py).
     client = subprocess.run(
         ["unshare", "--ipc", "--mount", "--propagation", "private", "--", "sh", "-c",
-         'mount --bind "$1" /dev/shm && mkdir -p /run/nvidia-mps && mount --bind "$2" /run/nvidia-mps && '
+         # (a tmpfs on /run first, so that the mount point is not made on the host)
+         'mount --bind "$1" /dev/shm && mount -t tmpfs none /run && mkdir /run/nvidia-mps && mount --bind "$2" /run/nvidia-mps && '
          'ls /dev/shm && echo get_default_active_thread_percentage | CUDA_MPS_PIPE_DIRECTORY=/run/nvidia-mps "$3" "$4"',
          "sh", str(shm), str(pipe), sys.executable, str(MPS_CONTROL)], capture_output=True, text=True, check=False)
     assert client.returncode == 0, client.stderr
