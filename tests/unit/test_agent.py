@@ -211,13 +211,15 @@ def test_a_tenant_that_stops_the_daemon_or_changes_its_defaults_is_undone_within
     pipe = f"{mps_root}/{B}/pipe"
     assert agent.status()["gpus"][B]["mps"]["repairs"] == {"stopped": 0, "defaults_changed": 0}
 
+    polls_before = agent.status()["polls"]  # the status of the poll before the tampering, or an earlier one
     assert mps_control(pipe, tampering).returncode == 0
-    # Stated: within one poll (0.2 s here) plus the check's own commands; the stand-in is Python,
-    # each of its commands a process of ~50 ms, so 1.5 s holds with room.
-    assert pool_limits_back(pipe, time.monotonic(), within=5) < 1.5
+    # Stated: within one poll (0.2 s here) plus the check's own commands (the stand-in's are Python
+    # processes: seconds on a loaded machine). In polls: the one under way when the tenant struck, or the next.
+    seconds = pool_limits_back(pipe, time.monotonic(), within=15)
 
     wait_for(lambda: agent.status()["gpus"][B]["mps"]["repairs"][reason] == 1, what="the repair in the status")
     mps = agent.status()["gpus"][B]["mps"]
+    assert mps["last_repair"]["poll"] - polls_before <= 2, (mps["last_repair"], polls_before, seconds)
     assert mps["repairs"] == {"stopped": 0, "defaults_changed": 0, reason: 1} and mps["error"] == ""
     assert mps["last_repair"]["reason"] == reason and mps["default_active_thread_percentage"] == 50
     metrics = agent.http("/metrics", "t0ken")[2]

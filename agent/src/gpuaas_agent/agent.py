@@ -60,6 +60,7 @@ class Agent:
         self.stopping = threading.Event()
         self.wake = threading.Event()  # a signal ends the wait between two steps
         self.started_at = time.time()
+        self.polls = 0  # steps taken: a repair's poll number says how soon it came
         self.next_repair = 0.0
         self.apply_pending = False  # apply() failed or is due: the next step runs it
 
@@ -181,6 +182,8 @@ class Agent:
     def step(self) -> None:
         """One look at the configuration, the kubelet and the GPUs. Nothing it meets stops the
         agent: an error is logged and the next step tries again."""
+        self.polls += 1
+        self.mps.poll = self.polls
         try:
             self._step()
         except Exception:  # pylint: disable=broad-exception-caught
@@ -281,7 +284,7 @@ class Agent:
                                "device_ids": [device["id"] for device in devices],
                                "allocations": server.allocations}
         return {"agent_version": __version__, "pid": os.getpid(), "started_at": self.started_at,
-                "updated_at": time.time(), "nvml": self.gpus.unavailable or "ok",
+                "updated_at": time.time(), "polls": self.polls, "nvml": self.gpus.unavailable or "ok",
                 "manage_gpu_modes": self.settings.manage_gpu_modes,
                 "config": {"path": self.settings.sharing_config, "version": self.sharing.version,
                            "error": self.config_error},

@@ -56,6 +56,10 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def what_it_said(done: subprocess.CompletedProcess) -> str:
+    return one_line(done.stderr + done.stdout) or f"exit status {done.returncode}"
+
+
 def same_megabytes(answer: str, megabytes: int) -> bool:
     match = _MEMORY_ANSWER.fullmatch(answer.strip())
     if not match:
@@ -79,7 +83,8 @@ class MpsDaemons:
         self.errors: dict = {}  # uuid -> why its daemon is not running with its limits
         self.limits: dict = {}  # uuid -> (memory MB, thread percent) the daemon runs with
         self.repairs: dict = {}  # uuid -> {reason: count}
-        self.last_repair: dict = {}  # uuid -> {"reason", "time", "detail"}
+        self.last_repair: dict = {}  # uuid -> {"reason", "time", "poll", "detail"}
+        self.poll = 0  # the agent's poll number, for the record of a repair
 
     # ------------------------------------------------------------ talking to a daemon
     def _env(self, uuid: str) -> dict:
@@ -169,31 +174,35 @@ class MpsDaemons:
         shm = mps_shm_dir(self.settings, uuid)
         for directory in (mps_pipe_dir(self.settings, uuid), mps_log_dir(self.settings, uuid), shm):
             os.makedirs(directory, mode=0o755, exist_ok=True)
-        try:
-            trouble = self.mount_shm(shm)
-            started = None if trouble else subprocess.run(
-                ["unshare", "--mount", "--propagation", "slave", "--", "sh", "-c", STARTER, "sh", shm,
-                 self.settings.mps_control], env=self._env(uuid), capture_output=True, text=True,
-                timeout=CONTROL_TIMEOUT_SECONDS, check=False)
-        except (OSError, subprocess.TimeoutExpired) as error:
-            trouble = f"cannot run {self.settings.mps_control} in a mount namespace of its own: {error}"
-        if not trouble and started.returncode == 0 and self.running(uuid):
+        trouble = self.mount_shm(shm) or self.launch(uuid, shm)
+        if not trouble:
             log.info("GPU %s: MPS control daemon started (pipe %s, /dev/shm %s)", uuid, mps_pipe_dir(self.settings, uuid), shm)
             return True
-        if not trouble:
-            trouble = "MPS control daemon did not start: " + (one_line(started.stderr + started.stdout)
-                                                               or f"exit status {started.returncode}")
         self.fail(uuid, trouble)
         return False
+
+    def launch(self, uuid: str, shm: str) -> str:
+        """The daemon, in a mount namespace of its own with ``shm`` on /dev/shm; returns what failed."""
+        argv = ["unshare", "--mount", "--propagation", "slave", "--", "sh", "-c", STARTER, "sh", shm, self.settings.mps_control]
+        try:
+            started = subprocess.run(argv, env=self._env(uuid), capture_output=True, text=True,
+                                     timeout=CONTROL_TIMEOUT_SECONDS, check=False)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"cannot run {self.settings.mps_control} in a mount namespace of its own: {error}"
+        if started.returncode == 0 and self.running(uuid):
+            return ""
+        return f"MPS control daemon did not start: {what_it_said(started)}"
 
     def mount_shm(self, shm: str) -> str:
         """The GPU's tmpfs, mounted once and kept while the GPU is medium: running containers hold
         it at their /dev/shm, so a restarted daemon must find the same one. Returns what failed."""
         if os.path.ismount(shm):
             return ""
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"rw,nosuid,nodev,noexec,size={self.settings.mps_shm_size}",
-                               "gpuaas-mps-shm", shm], capture_output=True, text=True, timeout=CONTROL_TIMEOUT_SECONDS,
-                              check=False)
+        argv = ["mount", "-t", "tmpfs", "-o", f"rw,nosuid,nodev,noexec,size={self.settings.mps_shm_size}", "gpuaas-mps-shm", shm]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=CONTROL_TIMEOUT_SECONDS, check=False)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"cannot mount a tmpfs on {shm}: {error}"
         return "" if done.returncode == 0 else f"cannot mount a tmpfs on {shm}: {one_line(done.stderr) or done.returncode}"
 
     def set_limits(self, uuid: str, share) -> None:
@@ -212,8 +221,7 @@ class MpsDaemons:
             self.fail(uuid, f"cannot set the MPS daemon's limits: {error}")
             return
         if answer.returncode != 0:
-            self.fail(uuid, "cannot set the MPS daemon's limits: " + (one_line(answer.stderr + answer.stdout)
-                                                                       or f"exit status {answer.returncode}"))
+            self.fail(uuid, f"cannot set the MPS daemon's limits: {what_it_said(answer)}")
         elif answers is None or not self.hold(answers, wanted):
             self.fail(uuid, f"the MPS daemon does not answer the limits it was given: {answers}")
         else:
@@ -230,7 +238,7 @@ class MpsDaemons:
     def note_repair(self, uuid: str, reason: str, detail: str) -> None:
         counts = self.repairs.setdefault(uuid, dict.fromkeys(REPAIR_REASONS, 0))
         counts[reason] += 1
-        self.last_repair[uuid] = {"reason": reason, "time": time.time(), "detail": detail}
+        self.last_repair[uuid] = {"reason": reason, "time": time.time(), "poll": self.poll, "detail": detail}
         log.warning("GPU %s: MPS control daemon %s (%s): putting back the pool's daemon and limits", uuid,
                     reason.replace("_", " "), detail)
 
