@@ -214,19 +214,28 @@ class MpsDaemons:
         commands = "".join(f"set_default_device_pinned_mem_limit {device} {share.memory_limit_mb}M\n" for device in ("0", uuid))
         commands += f"set_default_active_thread_percentage {share.compute_share_percent}\n"
         wanted = (share.memory_limit_mb, share.compute_share_percent)
-        try:
-            answer = self._control(uuid, command=commands)
-            answers = self.defaults(uuid) if answer.returncode == 0 else None
-        except (OSError, subprocess.TimeoutExpired) as error:
-            self.fail(uuid, f"cannot set the MPS daemon's limits: {error}")
-            return
-        if answer.returncode != 0:
-            self.fail(uuid, f"cannot set the MPS daemon's limits: {what_it_said(answer)}")
-        elif answers is None or not self.hold(answers, wanted):
-            self.fail(uuid, f"the MPS daemon does not answer the limits it was given: {answers}")
-        else:
-            self.limits[uuid] = wanted
-            self.errors.pop(uuid, None)
+        # Read back: a second try when the answers differ, since a tenant may have changed them in
+        # between (then counted); answers that differ twice are ones the agent cannot read.
+        first = None
+        for unused_attempt in range(2):
+            try:
+                answer = self._control(uuid, command=commands)
+                answers = self.defaults(uuid) if answer.returncode == 0 else None
+            except (OSError, subprocess.TimeoutExpired) as error:
+                self.fail(uuid, f"cannot set the MPS daemon's limits: {error}")
+                return
+            if answer.returncode != 0:
+                self.fail(uuid, f"cannot set the MPS daemon's limits: {what_it_said(answer)}")
+                return
+            if answers is not None and self.hold(answers, wanted):
+                if first:
+                    self.note_repair(uuid, "defaults_changed", "while the agent set them: " + "; ".join(
+                        f"{query}: {value!r}" for query, value in first.items()))
+                self.limits[uuid] = wanted
+                self.errors.pop(uuid, None)
+                return
+            first = answers
+        self.fail(uuid, f"the MPS daemon does not answer the limits it was given: {answers}")
 
     def fail(self, uuid: str, reason: str) -> None:
         """Record why the GPU's daemon is not usable (its slots turn Unhealthy); logged once per reason."""
