@@ -1,16 +1,23 @@
 #!/usr/bin/env python3
-"""Issue #12's check on a real GPU machine (prepared; it has not run on one yet: no GPU machine
-has been lent to this work; on this machine, with the fake NVML and the MPS stand-in on PATH and
-no PyTorch, its flow ran through to "NOT as expected"). It changes no GPU setting: the agent runs
-with manage_gpu_modes false.
+"""Issues #12 and #32's check on a real GPU machine (prepared; it has not run on one yet: no GPU
+machine has been lent to this work; on this machine, with the fake NVML and the MPS stand-in on
+PATH and no PyTorch, its flow ran through to "NOT as expected"). It changes no GPU setting: the
+agent runs with manage_gpu_modes false. Without an NVIDIA GPU (NVML does not answer), or not as
+root (the client's namespaces need it), it says "skipped: ..." and exits 0.
 
 1. Reports what the machine has: the GPUs (NVML), nvidia-cuda-mps-control, PyTorch with CUDA,
    and GPU 0's compute mode before and after.
 2. Runs the real gpuaas agent on real NVML with one medium pool at ratio 2 on GPU 0, and the
-   kubelet double of tests/support/agent_harness.py; asks Allocate for one slot.
-3. Under the MPS daemon the agent started (DEFAULT mode), runs a CUDA process (PyTorch) with that
-   slot's environment, allocating vRAM / 2 + 1 GiB (expected to fail) and vRAM / 2 - 2 GiB
-   (expected to succeed).
+   kubelet double of tests/support/agent_harness.py; asks Allocate for one slot. The agent starts
+   the GPU's MPS control daemon in a mount namespace of its own, with a private tmpfs as /dev/shm.
+3. Every CUDA process below runs as a container would: in an IPC and a mount namespace of its own
+   (unshare --ipc --mount), with only Allocate's mounts (the daemon's pipe directory and its
+   tmpfs at /dev/shm) and Allocate's environment.
+   - attach (issue #32): a CUDA process holds a context while the daemon is asked for its servers
+     and their clients; it attached through MPS if it is one of them (a CUDA process that cannot
+     reach the daemon runs without MPS, silently: nvidia-cuda-mps-control(1)).
+   - limits (issue #12): allocating vRAM / 2 + 1 GiB (expected to fail) and vRAM / 2 - 2 GiB
+     (expected to succeed).
 
 Run from the repository root with the agent's dependencies importable, for example:
   python3 -m venv --system-site-packages /tmp/v && /tmp/v/bin/pip install --no-index --find-links WHEELS \\
@@ -59,10 +66,69 @@ def gpu0() -> dict:
         pynvml.nvmlShutdown()
 
 
+ATTACH = """
+import sys, torch
+block = torch.ones(1024, device="cuda")
+torch.cuda.synchronize()
+print("ready", flush=True)
+sys.stdin.read()
+"""
+# The container's view: each of Allocate's mounts bound at its container path (made if missing:
+# this leaves an empty /run/nvidia-mps on the host), then the program (exec: it keeps the PID the
+# caller sees, which the daemon reports as its client).
+AS_A_CONTAINER = 'while [ $# -gt 0 ] && [ "$1" != -- ]; do mkdir -p "$2" && mount --bind "$1" "$2" || exit 97; shift 2; done; ' \
+                 'shift; exec "$@"'
+
+
+def as_a_container(mounts: list, argv: list) -> list:
+    """``argv`` in an IPC and a mount namespace of its own, with only Allocate's mounts."""
+    pairs = [path for container_path, host_path, unused_read_only in mounts for path in (host_path, container_path)]
+    return ["unshare", "--ipc", "--mount", "--propagation", "private", "--", "sh", "-c", AS_A_CONTAINER, "sh",
+            *pairs, "--", *argv]
+
+
+def control(mps_control: str, pipe: str, command: str) -> str:
+    done = subprocess.run([mps_control], input=command + "\n", text=True, capture_output=True, check=False, timeout=30,
+                          env={**os.environ, "CUDA_MPS_PIPE_DIRECTORY": pipe})
+    return (done.stdout + done.stderr).strip()
+
+
+def attach(report: dict, env: dict, mounts: list, pipe: str) -> dict:
+    """Issue #32: a client in its own namespaces attaches to the daemon through the mounts."""
+    client = subprocess.Popen(as_a_container(mounts, [sys.executable, "-c", ATTACH]), env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        ready = client.stdout.readline().strip()  # "" when it failed before (no PyTorch, no CUDA)
+        servers = control(report["mps_control"], pipe, "get_server_list").split()
+        clients = {pid: control(report["mps_control"], pipe, f"get_client_list {pid}").split() for pid in servers
+                   if pid.isdigit()}
+    finally:
+        client.stdin.close()
+        rc = client.wait(timeout=120)
+    attached = any(str(client.pid) in pids for pids in clients.values())
+    return {"ready": ready, "rc": rc, "client_pid": client.pid, "servers": servers, "clients": clients,
+            "stderr": client.stderr.read()[-600:], "attached": attached}
+
+
+def skip_reason() -> str:
+    if os.geteuid() != 0:
+        return "not root: the client's IPC and mount namespaces need root"
+    if not shutil.which("unshare"):
+        return "no unshare (util-linux) on this machine"
+    try:
+        gpu0()
+    except Exception as error:  # pylint: disable=broad-exception-caught  # any NVML failure: no GPU here
+        return f"no NVIDIA GPU answers through NVML: {error}"
+    return ""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     args = parser.parse_args()
+    skipped = skip_reason()
+    if skipped:
+        return finish({"result": f"skipped: {skipped}"}, args.out)
     report: dict = {"mps_control": shutil.which("nvidia-cuda-mps-control")}
     try:
         import torch  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
@@ -94,26 +160,30 @@ def main() -> int:
             given = plugin.allocate([f"{gpu['uuid']}::1"])
             report["allocate"] = given
             report["agent_status_gpu0"] = agent.status()["gpus"][gpu["uuid"]]
-            env = {**os.environ, **given["envs"], "CUDA_VISIBLE_DEVICES": gpu["uuid"],
-                   # No container here: the client reaches the daemon's pipe where it is on the host.
-                   "CUDA_MPS_PIPE_DIRECTORY": given["mounts"][0][1]}
+            # Allocate's environment, and Allocate's mounts in namespaces of its own (as_a_container).
+            env = {**os.environ, **given["envs"], "CUDA_VISIBLE_DEVICES": gpu["uuid"]}
+            pipe = str(root / "mps" / gpu["uuid"] / "pipe")
+            report["attach"] = attach(report, env, given["mounts"], pipe)
             for name, megabytes in (("over_the_slot", limit + 1024), ("within_the_slot", limit - 2048)):
-                done = subprocess.run([sys.executable, "-c", ALLOCATE, str(megabytes)], env=env, capture_output=True,
-                                      text=True, timeout=300, check=False)
+                done = subprocess.run(as_a_container(given["mounts"], [sys.executable, "-c", ALLOCATE, str(megabytes)]),
+                                      env=env, capture_output=True, text=True, timeout=300, check=False)
                 report[name] = {"megabytes": megabytes, "rc": done.returncode,
                                 "output": (done.stdout + done.stderr).strip()[-600:]}
             # 3: CUDA refused the allocation (any other failure is not the limit at work).
-            report["result"] = ("limit enforced" if report["over_the_slot"]["rc"] == 3
-                                and report["within_the_slot"]["rc"] == 0 else "NOT as expected")
+            limits = report["over_the_slot"]["rc"] == 3 and report["within_the_slot"]["rc"] == 0
+            report["result"] = ("attached through the mounted /dev/shm and pipe, limit enforced"
+                                if limits and report["attach"]["attached"] else "NOT as expected")
         except (AssertionError, OSError, subprocess.SubprocessError) as error:
             report["result"] = f"the check could not finish: {error}"
         finally:
             report["agent_log"] = agent.log.read_text()[-4000:] if agent.log.exists() else ""
             agent.stop()
             kubelet.stop()
-            pipe = root / "mps" / gpu["uuid"] / "pipe"
             subprocess.run([report["mps_control"]], input="quit\n", text=True, capture_output=True, check=False,
-                           env={**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(pipe)}, timeout=60)
+                           env={**os.environ, "CUDA_MPS_PIPE_DIRECTORY": str(root / "mps" / gpu["uuid"] / "pipe")},
+                           timeout=60)
+            # The agent's tmpfs for the daemon's /dev/shm, before the directory goes.
+            subprocess.run(["umount", "--lazy", str(root / "mps" / gpu["uuid"] / "shm")], capture_output=True, check=False)
     report["gpu0_after"] = gpu0()
     return finish(report, args.out)
 

@@ -79,3 +79,53 @@ def test_an_unknown_flag_is_refused(dirs):
     _root, env = dirs
     done = mps(env, "--daemon")
     assert done.returncode == 1 and done.stderr.startswith("Usage: nvidia-cuda-mps-control")
+
+
+def test_the_daemon_records_its_pid_and_keeps_a_file_in_its_dev_shm(dirs):
+    root, env = dirs
+    assert mps(env, "-d").returncode == 0
+    pid = (root / "pipe/nvidia-cuda-mps-control.pid").read_text().strip()
+    assert Path(f"/proc/{pid}").exists()
+    mark = Path(f"/dev/shm/gpuaas-standin-mps.{pid}")
+    assert mark.exists()
+    assert mps(env, stdin="quit\n").returncode == 0
+    deadline = time.monotonic() + 5
+    while mark.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not mark.exists() and not (root / "pipe/nvidia-cuda-mps-control.pid").exists()
+
+
+def test_memory_limits_are_kept_per_identifier_and_answered_as_the_daemon_answers(dirs):
+    _root, env = dirs
+    assert mps(env, "-d").returncode == 0
+    answers = mps(env, stdin="get_default_device_pinned_mem_limit 0\n"
+                             "set_default_device_pinned_mem_limit 0 3840M\n"
+                             "set_default_device_pinned_mem_limit GPU-0001 512M\n"
+                             "get_default_device_pinned_mem_limit 0\n"
+                             "get_default_device_pinned_mem_limit GPU-0001\n"
+                             "set_default_device_pinned_mem_limit 0 10G\n"
+                             "get_default_device_pinned_mem_limit 0\n"
+                             "set_default_device_pinned_mem_limit 0 3.5G\n"
+                             "get_default_device_pinned_mem_limit 0\n")
+    assert answers.returncode == 0, answers.stderr
+    # Unset; 3840M as whole G, truncated (NVIDIA's GPU Operator guide); the UUID's own limit,
+    # not translated to the ordinal's; a value not "integer then G or M" refused, the limit kept.
+    assert answers.stdout.splitlines() == ["0", "3G", "512M", "10G", "Invalid device pinned memory limit: 3.5G", "10G"]
+
+
+def test_any_client_may_stop_the_daemon_or_change_its_defaults(dirs):
+    """The control socket serves clients of every UID (the daemon starts a server per client UID),
+    and nothing narrows which commands a client sends: a tenant can quit the daemon."""
+    root, env = dirs
+    assert mps(env, "-d").returncode == 0
+    os.chmod(root, 0o755)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", str(MPS)]
+    changed = subprocess.run(nobody, input="set_default_active_thread_percentage 5\nget_default_active_thread_percentage\n",
+                             env=env, capture_output=True, text=True, timeout=15, check=False)
+    assert (changed.returncode, changed.stdout) == (0, "5.0\n5.0\n"), changed.stderr
+    stopped = subprocess.run(nobody, input="quit\n", env=env, capture_output=True, text=True, timeout=15, check=False)
+    assert stopped.returncode == 0, stopped.stderr
+    deadline = time.monotonic() + 5
+    while (root / "pipe/control").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert mps(env, stdin="get_server_list\n").returncode == 1

@@ -3,6 +3,7 @@ double speaking the device plugin API v1beta1 (tests/support/agent_harness.py)."
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -53,10 +54,13 @@ def free_port() -> int:
 def mps_root():
     with tempfile.TemporaryDirectory(prefix="mps", dir="/tmp") as directory:
         yield Path(directory)
-        # The daemons outlive the agent by design (KillMode=process); the test stops them.
+        # The daemons outlive the agent by design (KillMode=process); the test stops them, and
+        # unmounts the tmpfs the agent gave each as its /dev/shm.
         for pipe in Path(directory).glob("*/pipe"):
             subprocess.run([sys.executable, str(MPS_CONTROL)], input="quit\n", text=True, env={"CUDA_MPS_PIPE_DIRECTORY": str(pipe)},
                            capture_output=True, check=False, timeout=30)
+        for shm in Path(directory).glob("*/shm"):
+            subprocess.run(["umount", "--lazy", str(shm)], capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -146,7 +150,8 @@ def test_allocate_gives_each_level_its_isolation(node, mps_root):
                               "CUDA_MPS_PIPE_DIRECTORY": "/run/nvidia-mps",
                               "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT": f"{B}={MEMORY_MB // 2}M",
                               "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": "50"}
-    assert medium["mounts"] == [("/run/nvidia-mps", pipe, False)]
+    # The daemon's pipe directory and its own tmpfs as /dev/shm, nothing else of the host.
+    assert medium["mounts"] == [("/run/nvidia-mps", pipe, False), ("/dev/shm", f"{mps_root}/{B}/shm", False)]
     # Both slots of the GPU: twice the memory and the threads.
     both = kubelet.plugin(POOL3, 2).allocate([f"{B}::1", f"{B}::2"])
     assert both["envs"]["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == f"{B}={MEMORY_MB}M"
@@ -154,16 +159,19 @@ def test_allocate_gives_each_level_its_isolation(node, mps_root):
     # The GPU's MPS control daemon runs, on its own pipe directory, limited to its GPU.
     status = agent.status()["gpus"][B]
     # The slot's share is also the daemon's default for clients that set no limit of their own.
-    assert status["mps"] == {"pipe_directory": pipe, "error": "", "default_pinned_mem_limit_mb": MEMORY_MB // 2,
-                             "default_active_thread_percentage": 50}
+    assert status["mps"] == {"pipe_directory": pipe, "shm_directory": f"{mps_root}/{B}/shm", "error": "",
+                             "default_pinned_mem_limit_mb": MEMORY_MB // 2, "default_active_thread_percentage": 50,
+                             "repairs": {"stopped": 0, "defaults_changed": 0}, "last_repair": None}
     answer = subprocess.run([sys.executable, str(MPS_CONTROL)], input="get_server_list\n", capture_output=True, text=True,
                             env={"CUDA_MPS_PIPE_DIRECTORY": pipe, "CUDA_MPS_LOG_DIRECTORY": f"{mps_root}/{B}/log"},
                             check=False)
     assert answer.returncode == 0, answer.stderr
     defaults = subprocess.run([sys.executable, str(MPS_CONTROL)], capture_output=True, text=True, check=False,
-                              input="get_default_active_thread_percentage\nget_default_device_pinned_mem_limit 0\n",
+                              input=f"get_default_active_thread_percentage\nget_default_device_pinned_mem_limit 0\n"
+                                    f"get_default_device_pinned_mem_limit {B}\n",
                               env={"CUDA_MPS_PIPE_DIRECTORY": pipe})
-    assert defaults.stdout.split() == ["50.0", f"{MEMORY_MB // 2}M"]
+    # The memory limit under both of the GPU's names (the daemon does not translate between them).
+    assert defaults.stdout.split() == ["50.0", f"{MEMORY_MB // 2 // 1024}G", f"{MEMORY_MB // 2 // 1024}G"]
 
     with pytest.raises(grpc.RpcError) as refused:
         kubelet.plugin(POOL1, 4).allocate(["GPU-not-here::1"])
@@ -171,19 +179,81 @@ def test_allocate_gives_each_level_its_isolation(node, mps_root):
     assert "unknown device GPU-not-here::1" in refused.value.details()
 
 
-def test_a_dead_mps_daemon_is_started_again(node, mps_root):
+def mps_control(pipe: str, commands: str) -> subprocess.CompletedProcess:
+    """A client of the daemon, as a tenant's process would be: anything that reaches the pipe."""
+    return subprocess.run([sys.executable, str(MPS_CONTROL)], input=commands, text=True, capture_output=True,
+                          env={"CUDA_MPS_PIPE_DIRECTORY": pipe}, check=False, timeout=30)
+
+
+def pool_limits_back(pipe: str, since: float, within: float) -> float:
+    """Seconds until the daemon answers the pool's limits (slot of 2: 50 %, 40 GiB) again."""
+    wanted = f"50.0\n{MEMORY_MB // 2 // 1024}G\n{MEMORY_MB // 2 // 1024}G\n"
+    wait_for(lambda: mps_control(pipe, f"get_default_active_thread_percentage\nget_default_device_pinned_mem_limit 0\n"
+                                       f"get_default_device_pinned_mem_limit {B}\n").stdout == wanted,
+             timeout=within, interval=0.02, what="the pool's limits back")
+    return time.monotonic() - since
+
+
+@pytest.mark.parametrize("tampering, reason", [
+    ("quit\n", "stopped"),
+    ("set_default_active_thread_percentage 100\n", "defaults_changed"),
+    ("set_default_device_pinned_mem_limit 0 80G\n", "defaults_changed"),
+    # A limit under the GPU's UUID rather than its ordinal: the one set last wins (MPS v2 interface).
+    (f"set_default_device_pinned_mem_limit {B} 80G\n", "defaults_changed"),
+], ids=["quit", "thread-percentage", "memory-by-ordinal", "memory-by-uuid"])
+def test_a_tenant_that_stops_the_daemon_or_changes_its_defaults_is_undone_within_a_poll(node, mps_root, tampering,
+                                                                                        reason, tmp_path):
     node, kubelet = node
-    agent = node.agent(gpus={B: share(3, 2, "medium", "EXCLUSIVE_PROCESS")})
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    agent = node.agent(gpus={B: share(3, 2, "medium", "EXCLUSIVE_PROCESS")}, http_listen=f"127.0.0.1:{free_port()}",
+                       http_token_file=str(token))
     kubelet.plugin(POOL3, 2)
-    pipe = {"CUDA_MPS_PIPE_DIRECTORY": f"{mps_root}/{B}/pipe"}
+    pipe = f"{mps_root}/{B}/pipe"
+    assert agent.status()["gpus"][B]["mps"]["repairs"] == {"stopped": 0, "defaults_changed": 0}
 
-    subprocess.run([sys.executable, str(MPS_CONTROL)], input="quit\n", text=True, env=pipe, check=True)
+    polls_before = agent.status()["polls"]  # the status of the poll before the tampering, or an earlier one
+    assert mps_control(pipe, tampering).returncode == 0
+    # Stated: within one poll (0.2 s here) plus the check's own commands (the stand-in's are Python
+    # processes: seconds on a loaded machine). In polls: the one under way when the tenant struck, or the next.
+    seconds = pool_limits_back(pipe, time.monotonic(), within=15)
 
-    # Noticed within ten polls (2 s here), and running again with its limits.
-    wait_for(lambda: subprocess.run([sys.executable, str(MPS_CONTROL)], input="get_server_list\n", text=True,
-                                    env=pipe, capture_output=True, check=False).returncode == 0,
-             what="the daemon running again")
-    assert "MPS control daemon started" in agent.log.read_text().split("GPU health changed")[-1]
+    wait_for(lambda: agent.status()["gpus"][B]["mps"]["repairs"][reason] == 1, what="the repair in the status")
+    mps = agent.status()["gpus"][B]["mps"]
+    assert mps["last_repair"]["poll"] - polls_before <= 2, (mps["last_repair"], polls_before, seconds)
+    assert mps["repairs"] == {"stopped": 0, "defaults_changed": 0, reason: 1} and mps["error"] == ""
+    assert mps["last_repair"]["reason"] == reason and mps["default_active_thread_percentage"] == 50
+    metrics = agent.http("/metrics", "t0ken")[2]
+    assert f'gpuaas_agent_mps_repairs_total{{gpu="{B}",reason="{reason}"}} 1.0' in metrics
+    assert f"MPS control daemon {reason.replace('_', ' ')}" in agent.log.read_text()
+
+
+def test_the_daemon_has_a_tmpfs_of_its_own_as_dev_shm_and_a_client_in_its_own_namespaces_reaches_it(node, mps_root):
+    node, kubelet = node
+    node.agent(gpus={B: share(3, 2, "medium", "EXCLUSIVE_PROCESS")}, mps_shm_size="64m")
+    kubelet.plugin(POOL3, 2)
+    shm, pipe = mps_root / B / "shm", mps_root / B / "pipe"
+    pid = (pipe / "nvidia-cuda-mps-control.pid").read_text().strip()
+
+    mount = subprocess.run(["findmnt", "--noheadings", "--output", "FSTYPE,OPTIONS", str(shm)], capture_output=True,
+                           text=True, check=True).stdout
+    assert mount.split()[0] == "tmpfs" and {"nosuid", "nodev", "noexec", "size=65536k"} <= set(mount.split()[1].split(","))
+    # The daemon's /dev/shm is that tmpfs (the stand-in keeps a file in its /dev/shm), not the host's,
+    # in a mount namespace of its own.
+    assert (shm / f"gpuaas-standin-mps.{pid}").exists()
+    assert not Path(f"/dev/shm/gpuaas-standin-mps.{pid}").exists()
+    assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+
+    # A container's view, as Allocate builds it: its own IPC and mount namespaces, the tmpfs at
+    # /dev/shm and the pipe directory at /run/nvidia-mps (a real CUDA client: bench/gpu_machine_check.py).
+    client = subprocess.run(
+        ["unshare", "--ipc", "--mount", "--propagation", "private", "--", "sh", "-c",
+         # (a tmpfs on /run first, so that the mount point is not made on the host)
+         'mount --bind "$1" /dev/shm && mount -t tmpfs none /run && mkdir /run/nvidia-mps && mount --bind "$2" /run/nvidia-mps && '
+         'ls /dev/shm && echo get_default_active_thread_percentage | CUDA_MPS_PIPE_DIRECTORY=/run/nvidia-mps "$3" "$4"',
+         "sh", str(shm), str(pipe), sys.executable, str(MPS_CONTROL)], capture_output=True, text=True, check=False)
+    assert client.returncode == 0, client.stderr
+    assert client.stdout.split() == [f"gpuaas-standin-mps.{pid}", "50.0"]
 
 
 def test_a_failing_step_is_logged_and_the_agent_keeps_serving(node, tmp_path):
@@ -392,6 +462,10 @@ def test_bad_settings_are_refused_in_one_line(tmp_path):
     run = subprocess.run([sys.executable, "-m", "gpuaas_agent.cli", "--config", str(settings), "status"],
                          capture_output=True, text=True, check=False)
     assert run.returncode == 2 and "allocation_policy must be one of binpack, spread" in run.stderr
+    settings.write_text("mps_shm_size: half\n")
+    run = subprocess.run([sys.executable, "-m", "gpuaas_agent.cli", "--config", str(settings), "status"],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 2 and "mps_shm_size must be a tmpfs size" in run.stderr
     settings.write_text("listen_everywhere: true\n")
     run = subprocess.run([sys.executable, "-m", "gpuaas_agent.cli", "--config", str(settings), "status"],
                          capture_output=True, text=True, check=False)

@@ -6,7 +6,9 @@ Every ``poll_seconds`` it looks for:
   a restart;
 - a new kubelet (kubelet.sock re-created, or a plugin socket gone, which a starting kubelet
   removes): every resource's server is started again and registered again;
-- GPU health (NVML): a lost GPU's slots turn Unhealthy through ListAndWatch.
+- GPU health (NVML): a lost GPU's slots turn Unhealthy through ListAndWatch;
+- each medium GPU's MPS control daemon: one that a tenant stopped, or whose defaults a tenant
+  changed, is put back with its pool's limits (mps.py), within this one poll.
 Then it writes its status file.
 """
 from __future__ import annotations
@@ -22,15 +24,15 @@ import grpc
 
 from . import __version__
 from .config import EMPTY_SHARING, ConfigError, Settings, parse_sharing
-from .devices import HEALTHY, ResourcePlan, plan
+from .devices import HEALTHY, ResourcePlan, mps_pipe_dir, mps_shm_dir, plan
 from .gpus import Gpus
-from .mps import MpsDaemons
+from .mps import REPAIR_REASONS, MpsDaemons
 from .plugin import KUBELET_SOCKET, ResourceServer, health_of
 from .sharing_policy import DEFAULT_COMPUTE_MODE, MPS_SECURITY_LEVELS
 
 log = logging.getLogger("gpuaas_agent")
 LAST_GOOD = "sharing.last-good.yaml"
-# Failed modes and daemons are tried again, and dead daemons noticed, every this many polls.
+# Failed compute modes are tried again every this many polls (MPS daemons are checked every poll).
 REPAIR_POLLS = 10
 
 
@@ -58,6 +60,7 @@ class Agent:
         self.stopping = threading.Event()
         self.wake = threading.Event()  # a signal ends the wait between two steps
         self.started_at = time.time()
+        self.polls = 0  # steps taken: a repair's poll number says how soon it came
         self.next_repair = 0.0
         self.apply_pending = False  # apply() failed or is due: the next step runs it
 
@@ -107,22 +110,22 @@ class Agent:
             self.gpu_states = self.gpus.probe(readings=True)
         # Which GPUs keep a daemon follows the configuration, not health: a GPU that misses one
         # probe must not have its tenants' MPS server stopped.
-        medium = {uuid for uuid, share in shares.items() if share.security_level in MPS_SECURITY_LEVELS}
-        self.mps.stop_others(medium)
-        self.mps.ensure({uuid: shares[uuid] for uuid in medium
-                         if uuid in self.gpu_states and self.gpu_states[uuid].healthy})
+        self.mps.stop_others({uuid for uuid, share in shares.items() if share.security_level in MPS_SECURITY_LEVELS})
+        self.mps.ensure(self.medium_shares())
         self.next_repair = time.monotonic() + REPAIR_POLLS * self.settings.poll_seconds
         self.advertise()
 
+    def medium_shares(self) -> dict:
+        """The healthy medium GPUs' shares: those whose MPS daemon must run."""
+        return {uuid: share for uuid, share in self.sharing.gpus.items() if share.security_level in MPS_SECURITY_LEVELS
+                and uuid in self.gpu_states and self.gpu_states[uuid].healthy}
+
     def repair_due(self) -> bool:
-        """Every REPAIR_POLLS polls: a failed mode or daemon is tried again, and a daemon that died
-        (or that a tenant stopped through its pipe) is noticed."""
+        """Every REPAIR_POLLS polls: a failed compute mode is tried again."""
         if time.monotonic() < self.next_repair:
             return False
         self.next_repair = time.monotonic() + REPAIR_POLLS * self.settings.poll_seconds
-        medium = [uuid for uuid, share in self.sharing.gpus.items() if share.security_level in MPS_SECURITY_LEVELS
-                  and uuid in self.gpu_states and self.gpu_states[uuid].healthy]
-        return bool(self.mode_errors or self.mps.errors or not all(self.mps.running(uuid) for uuid in medium))
+        return bool(self.mode_errors)
 
     def usable_gpus(self) -> set:
         return {uuid for uuid, state in self.gpu_states.items()
@@ -179,6 +182,8 @@ class Agent:
     def step(self) -> None:
         """One look at the configuration, the kubelet and the GPUs. Nothing it meets stops the
         agent: an error is logged and the next step tries again."""
+        self.polls += 1
+        self.mps.poll = self.polls
         try:
             self._step()
         except Exception:  # pylint: disable=broad-exception-caught
@@ -208,6 +213,9 @@ class Agent:
                 self.start_and_register(server)
         before = self.usable_gpus()
         self.gpu_states = self.gpus.probe(readings=True)
+        # Every poll, not every REPAIR_POLLS: a tenant can stop its GPU's daemon or change its
+        # defaults at any time, and co-tenants depend on it (one query per default per GPU).
+        self.mps.ensure(self.medium_shares())
         if self.usable_gpus() != before:
             log.warning("GPU health changed: usable %s", ", ".join(sorted(self.usable_gpus())) or "none")
             self.apply()
@@ -262,11 +270,7 @@ class Agent:
                 "pool_id": share.pool_id if share else None,
                 "resource": share.resource if share else (self.settings.whole_gpu_resource or None),
                 "security_level": share.security_level if share else None,
-                "mps": ({"pipe_directory": f"{self.settings.mps_root}/{uuid}/pipe",
-                         "error": self.mps.errors.get(uuid, ""),
-                         "default_pinned_mem_limit_mb": self.mps.limits.get(uuid, (None, None))[0],
-                         "default_active_thread_percentage": self.mps.limits.get(uuid, (None, None))[1]}
-                        if share and share.security_level in MPS_SECURITY_LEVELS else None),
+                "mps": (self.mps_status(uuid) if share and share.security_level in MPS_SECURITY_LEVELS else None),
                 "mode_error": self.mode_errors.get(uuid, ""),
             }
             if readings:
@@ -280,11 +284,21 @@ class Agent:
                                "device_ids": [device["id"] for device in devices],
                                "allocations": server.allocations}
         return {"agent_version": __version__, "pid": os.getpid(), "started_at": self.started_at,
-                "updated_at": time.time(), "nvml": self.gpus.unavailable or "ok",
+                "updated_at": time.time(), "polls": self.polls, "nvml": self.gpus.unavailable or "ok",
                 "manage_gpu_modes": self.settings.manage_gpu_modes,
                 "config": {"path": self.settings.sharing_config, "version": self.sharing.version,
                            "error": self.config_error},
                 "resources": resources, "gpus": gpus}
+
+    def mps_status(self, uuid: str) -> dict:
+        """A medium GPU's daemon: where it is, the limits it runs with, and the repairs the agent
+        made (a tenant stopped it, or changed its defaults), counted since the agent started."""
+        memory_mb, percent = self.mps.limits.get(uuid, (None, None))
+        return {"pipe_directory": mps_pipe_dir(self.settings, uuid), "shm_directory": mps_shm_dir(self.settings, uuid),
+                "error": self.mps.errors.get(uuid, ""), "default_pinned_mem_limit_mb": memory_mb,
+                "default_active_thread_percentage": percent,
+                "repairs": dict(self.mps.repairs.get(uuid, dict.fromkeys(REPAIR_REASONS, 0))),
+                "last_repair": self.mps.last_repair.get(uuid)}
 
     def write_status(self) -> None:
         write_atomically(self.settings.status_file, json.dumps(self.status(), indent=2, sort_keys=True) + "\n")

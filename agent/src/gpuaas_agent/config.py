@@ -45,8 +45,11 @@ class Settings:
     # Set compute modes and persistence mode; off on machines whose GPU settings must not change.
     manage_gpu_modes: bool = True
     mps_control: str = "nvidia-cuda-mps-control"
-    # Each medium GPU's MPS pipe and log directories live under <mps_root>/<uuid>/.
+    # Each medium GPU's MPS pipe, log and shm directories live under <mps_root>/<uuid>/.
     mps_root: str = "/run/gpuaas/mps"
+    # The size of each MPS daemon's private /dev/shm (a tmpfs `size=`: bytes, k/m/g, or a percentage
+    # of RAM). Half the RAM, as NVIDIA's mount-shm sizes its own (a cap, not a reservation).
+    mps_shm_size: str = "50%"
     # Where a medium slot's container finds its MPS pipe directory.
     mps_container_pipe_dir: str = "/run/nvidia-mps"
     # What the agent applied and advertises, for the role's check and for `gpuaas-agent status`.
@@ -86,6 +89,8 @@ def load_settings(path: str | None) -> Settings:
     if unknown or not settings.device_list_strategy:
         named = f" {', '.join(map(repr, unknown))} is unknown;" if unknown else ""
         raise ConfigError(f"{path}: device_list_strategy{named} it takes one or more of {', '.join(DEVICE_LIST_STRATEGIES)}")
+    if not re.fullmatch(r"[1-9][0-9]*[kmgKMG%]?", settings.mps_shm_size):
+        raise ConfigError(f"{path}: mps_shm_size must be a tmpfs size: a number, with k, m, g or %")
     if settings.http_listen and not re.fullmatch(r"\[?[0-9A-Za-z.:-]+\]?:\d{1,5}", settings.http_listen):
         raise ConfigError(f"{path}: http_listen must be host:port")
     return settings

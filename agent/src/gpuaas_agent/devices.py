@@ -23,6 +23,8 @@ SLOT_SEPARATOR = "::"
 VISIBLE_DEVICES_VAR = "NVIDIA_VISIBLE_DEVICES"
 DEVICE_MOUNT_HOST_PATH = "/dev/null"
 DEVICE_MOUNT_ROOT = "/var/run/nvidia-container-devices"
+# Where a medium container finds its MPS daemon's tmpfs (k8s-device-plugin mps/daemon.go, ShmDir).
+MPS_CONTAINER_SHM = "/dev/shm"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +126,12 @@ def container_allocation(plan_: ResourcePlan, device_ids: list[str], settings: S
                                 f"not {len(mps)}")
     if mps:
         first = mps[0]
+        # What NVIDIA's plugin mounts into an MPS client (internal/plugin/mps.go, updateReponse):
+        # the daemon's pipe directory and its private /dev/shm, and nothing else of the host. The
+        # pipe directory is read-write, as NVIDIA's: a client must connect to the control socket,
+        # and what it may send there (quit, set_default_*) is not narrowed by the mount (docs/agent.md).
         mounts.append((settings.mps_container_pipe_dir, mps_pipe_dir(settings, first.uuid), False))
+        mounts.append((MPS_CONTAINER_SHM, mps_shm_dir(settings, first.uuid), False))
         envs["CUDA_MPS_PIPE_DIRECTORY"] = settings.mps_container_pipe_dir
         # Limits scale with the slots the container holds on each GPU (NVIDIA's documented
         # form: "<uuid>=<N>M", comma-separated for several devices).
@@ -160,3 +167,8 @@ def mps_pipe_dir(settings: Settings, uuid: str) -> str:
 
 def mps_log_dir(settings: Settings, uuid: str) -> str:
     return f"{settings.mps_root}/{uuid}/log"
+
+
+def mps_shm_dir(settings: Settings, uuid: str) -> str:
+    """The GPU's MPS tmpfs: its daemon's /dev/shm, and its clients'."""
+    return f"{settings.mps_root}/{uuid}/shm"

@@ -17,7 +17,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger("gpuaas_agent.http")
@@ -74,6 +74,17 @@ class StatusCollector:
         yield from gauges.values()
         yield devices
         yield version
+        yield self.mps_repairs()
+
+    def mps_repairs(self) -> CounterMetricFamily:
+        """Per medium GPU, how often its MPS control daemon was put back since the agent started:
+        reason stopped (a tenant sent quit) or defaults_changed (a tenant sent set_default_*)."""
+        repairs = CounterMetricFamily("gpuaas_agent_mps_repairs", "MPS control daemons put back with their pool's limits",
+                                      labels=["gpu", "reason"])
+        for uuid, gpu in self.status["gpus"].items():
+            for reason, count in ((gpu.get("mps") or {}).get("repairs") or {}).items():
+                repairs.add_metric([uuid, reason], count)
+        return repairs
 
 
 def serve(listen: str, token: str, snapshot) -> ThreadingHTTPServer:
