@@ -67,8 +67,24 @@ def test_the_headers_follow_the_kernel_that_will_boot_and_the_running_one():
 
 def test_every_distribution_gets_pip_for_nvidia_ml_py_and_the_container_toolkit():
     for distribution in DISTRIBUTIONS:
-        toolkit = nvidia_vars(distribution)["node_init_packages_nvidia_toolkit"]
-        assert "python3-pip" in toolkit and "nvidia-container-toolkit" in toolkit, distribution
+        assert nvidia_vars(distribution)["node_init_packages_nvidia_pip"] == ["python3-pip"], distribution
+    # NVIDIA's install guide pins these four at one version: nvidia-container-toolkit needs -base at
+    # exactly its version, but libnvidia-container-tools only at >= it (packaging/debian/control, v1.17.8).
+    assert role_vars()["node_init_packages_nvidia_container_toolkit"] == [
+        "nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools", "libnvidia-container1"]
+
+
+def test_the_toolkit_is_pinned_to_the_version_the_fleet_s_stand_in_models():
+    import sys
+    sys.path.insert(0, str(ROLE.parents[1] / "tests" / "fleet"))
+    import package_repo
+
+    spec = yaml.safe_load((ROLE / "meta/argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    pinned = role_defaults()["node_init_nvidia_container_toolkit_version"]
+    assert pinned == spec["node_init_nvidia_container_toolkit_version"]["default"] == package_repo.NVIDIA_CTK_VERSION
+    tasks = (ROLE / "tasks/nvidia_stack.yml").read_text()
+    assert "'=' ~ node_init_nvidia_container_toolkit_version ~ '-*'" in tasks
+    assert "node_init_packages_nvidia_container_toolkit | map('regex_escape')" in tasks, "held at that version"
 
 
 def test_the_node_installs_the_nvidia_ml_py_the_controller_pins():
