@@ -79,7 +79,7 @@ options:
   state:
     description:
       - V(present) sets the settings above.
-      - V(absent) removes what the module added for the NVIDIA container toolkit, as node_deinit does: the
+      - V(absent) removes what the module added for the NVIDIA container toolkit, as node_deinit does, that is the
         C(nvidia) runtime, C(default_runtime_name) where it names it, and nvidia-ctk's drop-in with its
         C(imports) entry. The kubelet's settings stay (their earlier values are not known).
         C(nvidia-ctk) is not run.

@@ -401,10 +401,11 @@ def test_each_nvidia_ctk_version_leaves_the_runtime_in_the_one_file(host, ctk, v
 def test_nvidia_ctk_1_17_refuses_the_drop_in_flag_so_it_is_passed_only_from_1_18(ctk, tmp_path):
     """Positive control: the module passes --drop-in-config only where the help names it."""
     refused = subprocess.run([str(ctk("1.17.8")), "runtime", "configure", "--runtime=containerd",
-                              f"--config={tmp_path / 'c.toml'}", "--drop-in-config="], capture_output=True, text=True)
+                              f"--config={tmp_path / 'c.toml'}", "--drop-in-config="], capture_output=True, text=True, check=False)
     assert refused.returncode == 1
     assert "flag provided but not defined: -drop-in-config" in refused.stderr
-    helps = [subprocess.run([str(ctk(v)), "runtime", "configure", "--help"], capture_output=True, text=True).stdout
+    helps = [subprocess.run([str(ctk(v)), "runtime", "configure", "--help"], capture_output=True, text=True,
+                            check=False).stdout
              for v in ("1.17.8", "1.18.1")]
     assert "--drop-in-config" not in helps[0] and "--drop-in-config" in helps[1]
 
