@@ -392,8 +392,8 @@ def shadowing_drop_ins(path, doc, layout):
     sets a CRI plugin table: containerd before 2.1 replaces a plugin's whole table with each later file's
     (services/server/config/config.go, mergeConfig: "Replace entire sections"; containerd#5837)."""
     own = set(nvidia_ctk_drop_ins(path))
-    for current, parsed in imported_files(path, doc):
-        if current in own or layout is None:
+    for current, parsed in imported_files(path, doc) if layout is not None else []:
+        if current in own:
             continue
         plugins = parsed.get("plugins", {})
         shadowing = [name for name in cri_plugins(layout) if hasattr(plugins, "get") and name in plugins]
