@@ -26,6 +26,16 @@ description:
     prints, keeping its other top-level settings. A version 1 file with plugin tables is refused (its plugins are
     keyed by short ID, and moving them is the operator's call).
   - The result is checked with C(containerd --config FILE config dump) before it replaces the file.
+  - One file holds the NVIDIA runtime. From 1.18, C(nvidia-ctk runtime configure) writes it to a drop-in
+    (1.18.0 C(config.d/99-nvidia.toml), 1.18.1 and later C(conf.d/99-nvidia.toml), beside the file) that copies
+    the file's whole CRI plugin table, and adds an C(imports) line for the drop-in's directory. containerd before
+    2.1 replaces a plugin's table with each imported file's (containerd#5837), so the settings this module sets
+    in the file would be shadowed. nvidia-ctk is therefore given a draft of the drop-in too, and only its
+    runtime is taken into the file.
+  - A drop-in at nvidia-ctk's paths (left by an earlier nvidia-ctk 1.18 run, or by an operator following NVIDIA's
+    install guide) is removed, with the C(imports) entry for its directory once nothing else is imported from
+    there. Any other imported file that sets a CRI plugin table fails the module, naming the file, and nothing is
+    written.
   - Needs the C(tomlkit) Python library on the node (Debian and Ubuntu C(python3-tomlkit)).
 author:
   - hosted·ai GPUaaS developers (@hostedai)
@@ -38,8 +48,8 @@ options:
     description:
       - The sandbox (pause) image, which should be the one kubeadm uses (C(kubeadm config images list)).
       - kubeadm's preflight warns when the runtime's sandbox image differs from its own.
+      - Required with O(state=present).
     type: str
-    required: true
   cni_bin_dir:
     description:
       - The directory the CRI plugin looks for CNI plugins in (C(cni.bin_dir); in version 3, added to
@@ -66,19 +76,33 @@ options:
     description: The C(nvidia-ctk) binary.
     type: path
     default: nvidia-ctk
+  state:
+    description:
+      - V(present) sets the settings above.
+      - V(absent) removes what the module added for the NVIDIA container toolkit, as node_deinit does, that is the
+        C(nvidia) runtime, C(default_runtime_name) where it names it, and nvidia-ctk's drop-in with its
+        C(imports) entry. The kubelet's settings stay (their earlier values are not known).
+        C(nvidia-ctk) is not run.
+    type: str
+    choices: [present, absent]
+    default: present
 attributes:
   check_mode:
     support: full
     description: Reports whether the file would change and shows how, and writes nothing.
   diff_mode:
     support: full
-    description: Shows the file before and after.
+    description: Shows the file before and after, and each drop-in removed.
   idempotent:
     support: full
     description: A second run with the same options changes nothing.
 notes:
   - C(nvidia-ctk) rewrites the whole file it is given, so it is given a draft, and only the runtime it adds (and, as the
     default, C(default_runtime_name)) is taken into the file, whose comments and other settings stay.
+  - C(--drop-in-config="") does not keep nvidia-ctk 1.18 to one file. It still builds the drop-in, writes it to the
+    main file, then writes the main file's own tree over it with C(imports) naming the main file's directory; the
+    runtime is lost (nvidia-container-toolkit v1.18.0 to v1.20.0, cmd/nvidia-ctk/runtime/configure/configure.go
+    getOutputConfigPath, pkg/config/engine/containerd/config_drop_in.go Save). nvidia-ctk 1.17 refuses the flag.
 requirements:
   - tomlkit (Debian 12 C(python3-tomlkit) 0.11.7 or newer)
 """
@@ -95,6 +119,10 @@ EXAMPLES = r"""
     sandbox_image: registry.k8s.io/pause:3.10.2
     nvidia_runtime: true
     nvidia_runtime_default: true
+
+- name: Take the NVIDIA runtime and nvidia-ctk's drop-in out again
+  hostedai.gpuaas.containerd_config:
+    state: absent
 """
 
 RETURN = r"""
@@ -104,7 +132,7 @@ path:
   type: str
   sample: /etc/containerd/config.toml
 version:
-  description: The file's config version after the edit.
+  description: The file's config version after the edit (null where O(state=absent) finds no file).
   returned: always
   type: int
   sample: 2
@@ -115,13 +143,21 @@ started_from_default:
   sample: false
 sandbox_image:
   description: The sandbox image now configured.
-  returned: always
+  returned: when O(state=present)
   type: str
   sample: registry.k8s.io/pause:3.10.2
+removed_drop_ins:
+  description: The nvidia-ctk drop-ins removed (or, in check mode, that would be).
+  returned: always
+  type: list
+  elements: str
+  sample: [/etc/containerd/conf.d/99-nvidia.toml]
 """
 
 import copy
+import glob
 import os
+import shutil
 import tempfile
 import traceback
 
@@ -283,51 +319,167 @@ def merge(text, sandbox_image, containerd, cni_bin_dir=""):
     return tomlkit.dumps(doc), version, started_from_default
 
 
-def run_nvidia_ctk(module, text, set_as_default):
-    """The text after `nvidia-ctk runtime configure` on a draft of it (the real file stays as it is).
+# Where nvidia-ctk 1.18 puts its drop-in, beside the main file (/etc/containerd): 1.18.0 in config.d,
+# 1.18.1 and later in conf.d (cmd/nvidia-ctk/runtime/configure/configure.go,
+# defaultContainerdDropInConfigFilePath; changed by "Fix containerd drop-in config path", 02fe98ad).
+NVIDIA_CTK_DROP_IN_DIRS = ("config.d", "conf.d")
+NVIDIA_CTK_DROP_IN_NAME = "99-nvidia.toml"
+NVIDIA_RUNTIME = "nvidia"  # nvidia-ctk's --nvidia-runtime-name default
 
-    From 1.18 nvidia-ctk writes its runtime to a drop-in file by default; --drop-in-config="" keeps
-    it in the file it is given (nvidia-container-toolkit configure.go)."""
-    ctk = module.get_bin_path(module.params["nvidia_ctk_path"], required=True)
-    rc, out, err = module.run_command([ctk, "runtime", "configure", "--help"])
-    drop_in = ["--drop-in-config="] if "drop-in-config" in (out + err) else []
-    handle, draft = tempfile.mkstemp(prefix="containerd-config-", suffix=".toml")
+
+def nvidia_ctk_drop_ins(path):
+    """The drop-ins nvidia-ctk 1.18 writes for the main file at ``path``."""
+    directory = os.path.dirname(path)
+    return [os.path.join(directory, sub, NVIDIA_CTK_DROP_IN_NAME) for sub in NVIDIA_CTK_DROP_IN_DIRS]
+
+
+def import_patterns(path):
+    """The `imports` entries nvidia-ctk 1.18 adds for its drop-ins: their directory + /*.toml
+    (config_drop_in.go, importPattern)."""
+    return [os.path.join(os.path.dirname(drop_in), "*.toml") for drop_in in nvidia_ctk_drop_ins(path)]
+
+
+def resolve_imports(parent, imports):
+    """The files an `imports` list names, as containerd 1.6 resolves them (services/server/config/
+    config.go, resolveImports): a pattern with * is globbed, any other path is taken relative to the
+    importing file's directory."""
+    if not isinstance(imports, list) or not all(isinstance(entry, str) for entry in imports):
+        raise ConfigError("`imports` in %s is not a list of paths" % parent)
+    found = []
+    for entry in imports:
+        if "*" in entry:
+            found.extend(sorted(glob.glob(entry)))
+        else:
+            entry = os.path.normpath(entry)
+            found.append(entry if os.path.isabs(entry) else os.path.join(os.path.dirname(parent), entry))
+    return found
+
+
+def read_text(path):
     try:
-        with os.fdopen(handle, "w") as stream:
+        with open(path) as stream:
+            return stream.read()
+    except (IOError, OSError) as exc:
+        raise ConfigError("cannot read %s: %s" % (path, exc))
+
+
+def imported_files(path, doc):
+    """Every file containerd would read after ``path``: its imports, theirs in turn, each once
+    (containerd's LoadConfig follows imports of imported files, skipping one already loaded).
+    Returns [(file, parsed)]."""
+    seen = {path}
+    pending = resolve_imports(path, doc.get("imports", []))
+    files = []
+    while pending:
+        current = pending.pop(0)
+        if current in seen or not os.path.exists(current):
+            seen.add(current)
+            continue
+        seen.add(current)
+        parsed = parse(read_text(current), "%s (imported by %s)" % (current, path))
+        files.append((current, parsed))
+        pending.extend(resolve_imports(current, parsed.get("imports", [])))
+    return files
+
+
+def cri_plugins(layout):
+    """The plugin tables whose settings the module owns under ``layout``."""
+    return sorted({keys[1] for keys in layout.values()})
+
+
+def shadowing_drop_ins(path, doc, layout):
+    """nvidia-ctk's drop-ins to remove, after refusing (with a ``layout``) any other imported file that
+    sets a CRI plugin table: containerd before 2.1 replaces a plugin's whole table with each later file's
+    (services/server/config/config.go, mergeConfig: "Replace entire sections"; containerd#5837)."""
+    own = set(nvidia_ctk_drop_ins(path))
+    for current, parsed in imported_files(path, doc) if layout is not None else []:
+        if current in own:
+            continue
+        plugins = parsed.get("plugins", {})
+        shadowing = [name for name in cri_plugins(layout) if hasattr(plugins, "get") and name in plugins]
+        if shadowing:
+            raise ConfigError("%s, imported by it, sets plugins.\"%s\", whose table replaces this file's own in containerd "
+                              "before 2.1 (containerd#5837), so the settings this module sets would be shadowed; move its "
+                              "settings into %s or remove it, then run again" % (current, shadowing[0], path))
+    return [drop_in for drop_in in sorted(own) if os.path.exists(drop_in)]
+
+
+def drop_nvidia_ctk_imports(doc, path, removed):
+    """The `imports` entries nvidia-ctk added, taken out once nothing but its removed drop-ins
+    matches them; an `imports` that this leaves empty goes too (nvidia-ctk added the key)."""
+    imports = doc.get("imports")
+    if not imports:
+        return
+    for index in reversed(range(len(imports))):
+        entry = imports[index]
+        if entry in import_patterns(path) and not [f for f in glob.glob(entry) if f not in removed]:
+            del imports[index]
+    if not imports:
+        del doc["imports"]
+
+
+def run_nvidia_ctk(module, text, set_as_default):
+    """The runtime table tree nvidia-ctk configures for ``text``, run on drafts (the real files stay as
+    they are): a document holding its runtime.
+
+    From 1.18 nvidia-ctk writes the runtime to a drop-in (--drop-in-config, default conf.d/99-nvidia.toml)
+    and only an `imports` line to the main file; `--drop-in-config=""` does not turn that off (it
+    loses the runtime: see the notes). So a 1.18 nvidia-ctk is given a draft drop-in path as well,
+    and the runtime is read from there. 1.17 knows no such flag ("flag provided but not defined")."""
+    ctk = module.get_bin_path(module.params["nvidia_ctk_path"], required=True)
+    rc, out, err = module.run_command([ctk, "runtime", "configure", "--help"], environ_update={"LC_ALL": "C"})
+    drafts = tempfile.mkdtemp(prefix="containerd-config-")
+    try:
+        draft = os.path.join(drafts, "config.toml")
+        drop_in = os.path.join(drafts, "conf.d", NVIDIA_CTK_DROP_IN_NAME)
+        with open(draft, "w") as stream:
             stream.write(text)
-        argv = [ctk, "runtime", "configure", "--runtime=containerd", "--config=" + draft] + drop_in
+        argv = [ctk, "runtime", "configure", "--runtime=containerd", "--config=" + draft]
+        if "--drop-in-config" in (out + err):
+            argv.append("--drop-in-config=" + drop_in)
         if set_as_default:
             argv.append("--set-as-default")
-        rc, out, err = module.run_command(argv)
+        rc, out, err = module.run_command(argv, environ_update={"LC_ALL": "C"})
         if rc != 0:
             raise ConfigError("nvidia-ctk runtime configure failed (rc %d): %s" % (rc, (err or out).strip()))
-        with open(draft) as stream:
-            return stream.read()
+        written = drop_in if os.path.exists(drop_in) else draft
+        return parse(read_text(written), "nvidia-ctk's output")
     finally:
-        os.unlink(draft)
+        shutil.rmtree(drafts, ignore_errors=True)
 
 
 def add_nvidia_runtime(module, text, layout, set_as_default):
     """The text with the runtime nvidia-ctk configures: its `nvidia` runtime table (and, as the
     default, default_runtime_name) taken from nvidia-ctk's draft into the file's own document.
     nvidia-ctk rewrites the whole file it is given, dropping its comments; the file keeps them."""
-    configured = parse(run_nvidia_ctk(module, text, set_as_default), "nvidia-ctk's output")
+    configured = run_nvidia_ctk(module, text, set_as_default)
     doc = parse(text, "the merged file")
-    runtime = get_path(configured, layout["runtimes"] + ("nvidia",))
+    runtime = get_path(configured, layout["runtimes"] + (NVIDIA_RUNTIME,))
     if runtime is None:
         raise ConfigError("nvidia-ctk runtime configure added no nvidia runtime under %s" % ".".join(layout["runtimes"]))
     runtimes = table_at(doc, layout["runtimes"])
     # Compared and copied as plain values: a table moved between documents keeps its indentation
     # trivia, which grows at each run, and tomlkit's own comparison sees that as a difference.
     wanted = runtime.unwrap()
-    present = runtimes.get("nvidia")
+    present = runtimes.get(NVIDIA_RUNTIME)
     if present is None or present.unwrap() != wanted:
-        runtimes["nvidia"] = wanted
+        runtimes[NVIDIA_RUNTIME] = wanted
     default_keys = layout["runtimes"][:-1] + ("default_runtime_name",)
     default = get_path(configured, default_keys)
     if set_as_default and default is not None:
         set_value(doc, default_keys, default)
     return tomlkit.dumps(doc)
+
+
+def remove_nvidia_runtime(doc, layout):
+    """The `nvidia` runtime out of ``doc``, and default_runtime_name where it names it (containerd
+    then falls back to its own default, runc)."""
+    runtimes = get_path(doc, layout["runtimes"])
+    if runtimes is not None and NVIDIA_RUNTIME in runtimes:
+        del runtimes[NVIDIA_RUNTIME]
+    containerd = get_path(doc, layout["runtimes"][:-1])
+    if containerd is not None and containerd.get("default_runtime_name") == NVIDIA_RUNTIME:
+        del containerd["default_runtime_name"]
 
 
 def write(module, path, text, containerd):
@@ -347,17 +499,56 @@ def write(module, path, text, containerd):
             os.unlink(staged)
 
 
+def state_present(module, before, containerd):
+    """(text after, version, started_from_default, layout) with the kubelet's settings and the NVIDIA runtime."""
+    params = module.params
+    after, version, started_from_default = merge(before, params["sandbox_image"], containerd, params["cni_bin_dir"])
+    if params["nvidia_runtime"]:
+        after = add_nvidia_runtime(module, after, CRI_LAYOUT[version], params["nvidia_runtime_default"])
+    return after, version, started_from_default, CRI_LAYOUT[version]
+
+
+def state_absent(before):
+    """(text after, version, False, layout) without the NVIDIA runtime; a file of a version the module
+    never edits is left as it is."""
+    doc = parse(before, "the existing file")
+    version = doc.get("version", 1)
+    layout = CRI_LAYOUT.get(version)
+    if layout is not None:
+        remove_nvidia_runtime(doc, layout)
+    return tomlkit.dumps(doc), version, False, layout
+
+
+def without_drop_ins(path, after, layout, refuse_shadowing):
+    """(text, drop-ins to remove): nvidia-ctk's drop-ins and their `imports` entries out of ``after``.
+    With ``refuse_shadowing``, another imported file that sets a CRI plugin table fails the module."""
+    if not after:
+        return after, [drop_in for drop_in in nvidia_ctk_drop_ins(path) if os.path.exists(drop_in)]
+    doc = parse(after, "the new file")
+    removed = shadowing_drop_ins(path, doc, layout if refuse_shadowing else None)
+    drop_nvidia_ctk_imports(doc, path, removed)
+    return tomlkit.dumps(doc), removed
+
+
+def differs(before, after):
+    """Whether a setting differs: tomlkit's dump of a document it parsed may move a nested table's
+    indentation, which containerd does not read and which is not a change."""
+    return not before or parse(after, "the new file").unwrap() != parse(before, "the existing file").unwrap()
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             path=dict(type="path", default="/etc/containerd/config.toml"),
-            sandbox_image=dict(type="str", required=True),
+            sandbox_image=dict(type="str"),
             cni_bin_dir=dict(type="str", default=""),
             nvidia_runtime=dict(type="bool", default=False),
             nvidia_runtime_default=dict(type="bool", default=False),
             containerd_path=dict(type="path", default="containerd"),
             nvidia_ctk_path=dict(type="path", default="nvidia-ctk"),
+            state=dict(type="str", default="present", choices=["present", "absent"]),
         ),
+        required_if=[("state", "present", ["sandbox_image"])],
         supports_check_mode=True,
     )
     if tomlkit is None:
@@ -366,27 +557,35 @@ def main():
     path = params["path"]
     if params["nvidia_runtime_default"] and not params["nvidia_runtime"]:
         module.fail_json(msg="nvidia_runtime_default needs nvidia_runtime")
+    present = params["state"] == "present"
     containerd = Containerd(module, module.get_bin_path(params["containerd_path"], required=True))
-    before = ""
-    if os.path.exists(path):
-        with open(path) as stream:
-            before = stream.read()
+    before = after = ""
+    version, started_from_default, layout = None, False, None
     try:
-        after, version, started_from_default = merge(before, params["sandbox_image"], containerd, params["cni_bin_dir"])
-        if params["nvidia_runtime"]:
-            after = add_nvidia_runtime(module, after, CRI_LAYOUT[version], params["nvidia_runtime_default"])
-        # Written only when a setting differs: tomlkit's dump of a document it parsed may move a
-        # nested table's indentation, which containerd does not read and which is not a change.
-        if before and parse(after, "the new file").unwrap() == parse(before, "the existing file").unwrap():
+        before = after = read_text(path) if os.path.exists(path) else ""
+        if present:
+            after, version, started_from_default, layout = state_present(module, before, containerd)
+        elif before:
+            after, version, started_from_default, layout = state_absent(before)
+        after, removed = without_drop_ins(path, after, layout, refuse_shadowing=present)
+        if not differs(before, after):
             after = before
-        changed = after != before
-        if changed and not module.check_mode:
-            write(module, path, after, containerd)
+        diff = [{"before": before, "after": after, "before_header": path, "after_header": path}]
+        diff += [{"before": read_text(drop_in), "after": "", "before_header": drop_in, "after_header": drop_in + " (removed)"}
+                 for drop_in in removed]
+        changed = after != before or bool(removed)
+        if not module.check_mode:
+            if after != before:
+                write(module, path, after, containerd)
+            for drop_in in removed:
+                os.unlink(drop_in)
     except ConfigError as exc:
         module.fail_json(msg="%s: %s" % (path, exc))
-    module.exit_json(changed=changed, path=path, version=version, started_from_default=started_from_default,
-                     sandbox_image=params["sandbox_image"],
-                     diff={"before": before, "after": after, "before_header": path, "after_header": path})
+    result = dict(changed=changed, path=path, version=version, started_from_default=started_from_default,
+                  removed_drop_ins=removed, diff=diff)
+    if present:
+        result["sandbox_image"] = params["sandbox_image"]
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

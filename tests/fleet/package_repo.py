@@ -345,8 +345,16 @@ def standins(kube: dict) -> list[StandIn]:
         StandIn("nvidia-container-toolkit-base", ctk_deb, "NVIDIA Container Toolkit Base (fleet stand-in: "
                 "nvidia-ctk, nvidia-container-runtime)", depends=f"{PYTHON}, python3-tomli-w",
                 substitutions=nvidia),
+        # NVIDIA/nvidia-container-toolkit v1.17.8 packaging/debian/control: -base at exactly its version,
+        # libnvidia-container-tools only at >= it (so apt alone would take the newest: node_init pins all four).
         StandIn("nvidia-container-toolkit", ctk_deb, "NVIDIA Container toolkit (fleet stand-in)",
-                depends=f"nvidia-container-toolkit-base (= {ctk_deb})", substitutions=nvidia),
+                depends=f"nvidia-container-toolkit-base (= {ctk_deb}), libnvidia-container-tools (>= {ctk_deb}), "
+                "libnvidia-container-tools (<< 2.0.0)", substitutions=nvidia),
+        # NVIDIA/libnvidia-container pkg/deb/control: the tools' Depends on the library come from
+        # dpkg-shlibdeps (its symbols file); the stand-ins hold no binaries (their README.fleet).
+        StandIn("libnvidia-container-tools", ctk_deb, "NVIDIA container runtime library (command-line tools) "
+                "(fleet stand-in: no nvidia-container-cli)", depends="libnvidia-container1"),
+        StandIn("libnvidia-container1", ctk_deb, "NVIDIA container runtime library (fleet stand-in: no library)"),
         # Docker's containerd.io: the real containerd and runc (Debian's binaries, run as they are), its
         # own /etc/containerd/config.toml (disabled_plugins = ["cri"]) and its relations to Debian's
         # packages (containerd-packaging, debian/control: Provides, Conflicts and Replaces containerd

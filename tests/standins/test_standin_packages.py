@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -259,6 +260,7 @@ def test_the_repository_has_each_stand_in_at_its_pinned_version(repo):
     assert versions["cuda-drivers-580"] == versions["nvidia-fabricmanager-580"] == "580.95.05-1"
     assert versions["cuda-drivers-fabricmanager-580"] == "580.95.05-1"
     assert versions["nvidia-container-toolkit"] == versions["nvidia-container-toolkit-base"] == "1.17.8-1"
+    assert versions["libnvidia-container-tools"] == versions["libnvidia-container1"] == "1.17.8-1"
     in_image = package_repo.image_packages(IMAGE)
     for name in package_repo.DEBIAN_PACKAGES:  # in the nodes' Debian suite (or the image), not the roles' suite
         assert (name in debian or name in in_image) and name not in versions, f"{name} (DEBIAN_PACKAGES) is missing"
@@ -857,6 +859,75 @@ def test_nvidia_ctk_on_a_missing_config_writes_a_version_2_one_containerd_loads(
     assert 'default_runtime_name = "runc"' in effective, "not the default without --set-as-default"
     docker = node.run("nvidia-ctk", "runtime", "configure")
     assert docker.returncode == 1, "the real default runtime is docker, which the stand-in does not model"
+
+
+def nvidia_ctk_at(node: Node, version: str) -> str:
+    """The installed nvidia-ctk stand-in as it is built at another version (its @CTK_VERSION@)."""
+    script = f"/tmp/nvidia-ctk-{version}"
+    installed = node.path("usr/bin/nvidia-ctk").read_text()
+    assert 'VERSION = "1.17.8"\n' in installed
+    node.path(script).write_text(installed.replace('VERSION = "1.17.8"\n', f'VERSION = "{version}"\n'))
+    node.path(script).chmod(0o755)
+    return script
+
+
+def write_default_config(node: Node) -> str:
+    node.path("etc/containerd").mkdir(parents=True, exist_ok=True)
+    default = node.run("containerd", "config", "default").stdout.replace("SystemdCgroup = false", "SystemdCgroup = true")
+    node.path("etc/containerd/config.toml").write_text(default)
+    return default
+
+
+@pytest.mark.parametrize("version,directory", [("1.18.0", "config.d"), ("1.18.1", "conf.d")])
+def test_nvidia_ctk_1_18_writes_a_drop_in_whose_cri_table_shadows_the_main_file_s_in_containerd_1_6(node, version,
+                                                                                                    directory):
+    write_default_config(node)
+    configure = node.run(nvidia_ctk_at(node, version), "runtime", "configure", "--runtime=containerd")
+    assert configure.returncode == 0, configure.stderr
+    drop_in = f"/etc/containerd/{directory}/99-nvidia.toml"
+    assert f'msg="Wrote updated config to {drop_in}"' in configure.stderr
+    main = tomllib.loads(node.path("etc/containerd/config.toml").read_text())
+    assert main["imports"] == [f"/etc/containerd/{directory}/*.toml"]
+    assert "nvidia" not in main["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+    written = tomllib.loads(node.path(drop_in).read_text())
+    assert written["plugins"]["io.containerd.grpc.v1.cri"]["sandbox_image"] == "registry.k8s.io/pause:3.6", \
+        "the drop-in starts as a copy of the whole CRI table"
+    assert 'BinaryName = "/usr/bin/nvidia-container-runtime"' in dump(node, "/etc/containerd/config.toml")
+
+    # The main file's sandbox_image changes; Debian's containerd 1.6.20 still reads the drop-in's.
+    config = node.path("etc/containerd/config.toml")
+    config.write_text(config.read_text().replace('sandbox_image = "registry.k8s.io/pause:3.6"',
+                                                 'sandbox_image = "registry.k8s.io/pause:3.10.2"'))
+    assert 'sandbox_image = "registry.k8s.io/pause:3.10.2"' in config.read_text()
+    effective = dump(node, "/etc/containerd/config.toml")
+    assert 'sandbox_image = "registry.k8s.io/pause:3.6"' in effective
+    assert "pause:3.10.2" not in effective
+    # Positive control: without the drop-in the main file's setting is the one containerd runs with.
+    node.path(drop_in).unlink()
+    assert 'sandbox_image = "registry.k8s.io/pause:3.10.2"' in dump(node, "/etc/containerd/config.toml")
+
+
+def test_nvidia_ctk_1_18_with_an_empty_drop_in_path_writes_the_main_file_over_its_runtime(node):
+    write_default_config(node)
+    configure = node.run(nvidia_ctk_at(node, "1.18.1"), "runtime", "configure", "--runtime=containerd",
+                         "--drop-in-config=")
+    assert configure.returncode == 0, configure.stderr
+    main = tomllib.loads(node.path("etc/containerd/config.toml").read_text())
+    assert main["imports"] == ["/etc/containerd/*.toml"]
+    assert "nvidia" not in main["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+    assert "nvidia-container-runtime" not in dump(node, "/etc/containerd/config.toml")
+
+
+def test_only_nvidia_ctk_1_18_knows_the_drop_in_flag(node):
+    old = node.run("nvidia-ctk", "runtime", "configure", "--runtime=containerd", "--config=/tmp/c.toml",
+                   "--drop-in-config=/tmp/d/99-nvidia.toml")
+    assert old.returncode == 1 and 'msg="flag provided but not defined: -drop-in-config"' in old.stderr
+    assert not node.path("tmp/c.toml").exists()
+    assert "--drop-in-config" not in node.run("nvidia-ctk", "runtime", "configure", "--help").stdout
+    assert "--drop-in-config" in node.run(nvidia_ctk_at(node, "1.18.1"), "runtime", "configure", "--help").stdout
+    relative = node.run(nvidia_ctk_at(node, "1.18.1"), "runtime", "configure", "--runtime=containerd",
+                        "--drop-in-config=d/99-nvidia.toml")
+    assert relative.returncode == 1 and "is not an absolute path" in relative.stderr
 
 
 # --------------------------------------------------------------------------- the kubelet's device manager

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -99,7 +100,8 @@ def host(tmp_path):
                    "PYTHONPATH": os.pathsep.join([str(COLLECTIONS), str(Path(tomlkit.__file__).parents[1])])}
             params = {"path": str(self.config), "sandbox_image": PAUSE, "containerd_path": str(self.binary),
                       "_ansible_check_mode": check_mode, "_ansible_diff": True, **args}
-            return run_module("containerd_config", params, env=env)
+            # None leaves an option out, as a task that does not name it.
+            return run_module("containerd_config", {k: v for k, v in params.items() if v is not None}, env=env)
 
         def calls(self):
             return self.log.read_text().splitlines() if self.log.exists() else []
@@ -139,8 +141,8 @@ def test_an_existing_config_keeps_its_root_mirrors_and_comments(host):
     assert result["started_from_default"] is False
     assert host.written() == with_kubelet_settings(before)
     assert "# our pause image comes from the mirror below" in host.config.read_text()
-    assert result["diff"]["before"] == EXISTING_V2
-    assert result["diff"]["after"] == host.config.read_text()
+    assert result["diff"][0]["before"] == EXISTING_V2
+    assert result["diff"][0]["after"] == host.config.read_text()
     # containerd read the new file before it replaced the old one.
     assert [c for c in host.calls() if c.startswith("--config ")][-1].endswith(" config dump")
 
@@ -164,7 +166,7 @@ def test_check_mode_reports_the_change_and_writes_nothing(host):
     result = host.run(check_mode=True)
 
     assert result["changed"] is True
-    assert 'sandbox_image = "registry.k8s.io/pause:3.10.2"' in result["diff"]["after"]
+    assert 'sandbox_image = "registry.k8s.io/pause:3.10.2"' in result["diff"][0]["after"]
     assert host.config.read_text() == EXISTING_V2
     assert os.listdir(host.config.parent) == ["config.toml"]
 
@@ -336,3 +338,190 @@ def test_node_init_s_fallback_pause_image_is_the_one_the_pinned_kubeadm_prints()
 
     assert printed == [defaults["node_init_kubernetes_pause_image"]]
     assert defaults["node_init_kubernetes_version"] == "1.37"
+
+
+# --------------------------------------------------------------------------- nvidia-ctk 1.18's drop-in
+
+CTK_STANDIN = Path(__file__).resolve().parents[2] / "tests/fleet/packages/nvidia-container-toolkit-base/usr/bin/nvidia-ctk"
+# The stand-in writes TOML with python3-tomli-w on the fleet's nodes; here tomlkit stands in for it.
+TOMLI_W_SHIM = "import tomlkit\n\n\ndef dumps(value):\n    return tomlkit.dumps(value)\n"
+NVIDIA_BINARY = "/usr/bin/nvidia-container-runtime"
+
+
+@pytest.fixture
+def ctk(tmp_path):
+    """The fleet's nvidia-ctk stand-in at a given version: ctk("1.18.1") is its path."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "tomli_w.py").write_text(TOMLI_W_SHIM)
+    python_path = os.pathsep.join([str(shim), str(Path(tomlkit.__file__).parents[1])])
+
+    def at(version: str) -> Path:
+        script = tmp_path / f"nvidia-ctk-{version}.py"
+        script.write_text(CTK_STANDIN.read_text().replace("@CTK_VERSION@", version))
+        wrapper = tmp_path / f"nvidia-ctk-{version}"
+        wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={python_path} exec {sys.executable} {script} "$@"\n')
+        wrapper.chmod(0o755)
+        return wrapper
+    return at
+
+
+def leave_drop_in(host, ctk_binary: Path, directory: str) -> Path:
+    """What an operator following NVIDIA's guide leaves: nvidia-ctk 1.18 run on the live file."""
+    drop_in = host.config.parent / directory / "99-nvidia.toml"
+    done = subprocess.run([str(ctk_binary), "runtime", "configure", "--runtime=containerd", f"--config={host.config}",
+                           f"--drop-in-config={drop_in}"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return drop_in
+
+
+def cri(config: dict) -> dict:
+    return config["plugins"][V2_CRI]
+
+
+@pytest.mark.parametrize("version", ["1.17.8", "1.18.0", "1.18.1"])
+def test_each_nvidia_ctk_version_leaves_the_runtime_in_the_one_file(host, ctk, version):
+    host.config.parent.mkdir(parents=True)
+    host.config.write_text(EXISTING_V2)
+
+    checked = host.run(check_mode=True, nvidia_runtime=True, nvidia_ctk_path=str(ctk(version)))
+    assert checked["changed"] is True, checked
+    assert os.listdir(host.config.parent) == ["config.toml"], "check mode writes nothing, no drop-in either"
+    result = host.run(nvidia_runtime=True, nvidia_ctk_path=str(ctk(version)))
+
+    assert result["changed"] is True, result
+    written = host.written()
+    assert cri(written)["containerd"]["runtimes"]["nvidia"]["options"]["BinaryName"] == NVIDIA_BINARY
+    assert cri(written)["containerd"]["runtimes"]["nvidia"]["options"]["SystemdCgroup"] is True
+    assert "imports" not in written
+    assert os.listdir(host.config.parent) == ["config.toml"]
+    assert host.run(nvidia_runtime=True, nvidia_ctk_path=str(ctk(version)))["changed"] is False
+
+
+def test_nvidia_ctk_1_17_refuses_the_drop_in_flag_so_it_is_passed_only_from_1_18(ctk, tmp_path):
+    """Positive control: the module passes --drop-in-config only where the help names it."""
+    refused = subprocess.run([str(ctk("1.17.8")), "runtime", "configure", "--runtime=containerd",
+                              f"--config={tmp_path / 'c.toml'}", "--drop-in-config="], capture_output=True, text=True, check=False)
+    assert refused.returncode == 1
+    assert "flag provided but not defined: -drop-in-config" in refused.stderr
+    helps = [subprocess.run([str(ctk(v)), "runtime", "configure", "--help"], capture_output=True, text=True,
+                            check=False).stdout
+             for v in ("1.17.8", "1.18.1")]
+    assert "--drop-in-config" not in helps[0] and "--drop-in-config" in helps[1]
+
+
+@pytest.mark.parametrize("version,directory", [("1.18.0", "config.d"), ("1.18.1", "conf.d")])
+def test_a_drop_in_nvidia_ctk_left_is_removed_with_its_import(host, ctk, version, directory):
+    host.config.parent.mkdir(parents=True)
+    host.config.write_text(EXISTING_V2)
+    host.run(nvidia_runtime=True, nvidia_ctk_path=str(ctk(version)))
+    drop_in = leave_drop_in(host, ctk(version), directory)
+    left = host.written()
+    # Positive control: the drop-in holds a copy of the whole CRI table, and the file imports it, so
+    # containerd before 2.1 would read the drop-in's sandbox_image, not the file's.
+    assert left["imports"] == [f"{drop_in.parent}/*.toml"]
+    assert cri(tomllib.loads(drop_in.read_text()))["sandbox_image"] == PAUSE
+
+    checked = host.run(check_mode=True, nvidia_runtime=True, nvidia_ctk_path=str(ctk(version)),
+                       sandbox_image="registry.k8s.io/pause:3.99")
+    assert checked["changed"] is True and checked["removed_drop_ins"] == [str(drop_in)]
+    assert drop_in.exists() and host.written() == left, "check mode removes and writes nothing"
+    assert [d["before_header"] for d in checked["diff"]] == [str(host.config), str(drop_in)]
+    result = host.run(nvidia_runtime=True, nvidia_ctk_path=str(ctk(version)), sandbox_image="registry.k8s.io/pause:3.99")
+
+    assert result["changed"] is True and result["removed_drop_ins"] == [str(drop_in)]
+    assert not drop_in.exists()
+    written = host.written()
+    assert "imports" not in written
+    assert cri(written)["sandbox_image"] == "registry.k8s.io/pause:3.99"
+    assert cri(written)["containerd"]["runtimes"]["nvidia"]["options"]["BinaryName"] == NVIDIA_BINARY
+
+
+def test_other_files_imported_from_nvidia_ctk_s_directory_keep_the_import(host, ctk):
+    host.config.parent.mkdir(parents=True)
+    host.config.write_text(EXISTING_V2)
+    drop_in = leave_drop_in(host, ctk("1.18.1"), "conf.d")
+    other = drop_in.parent / "10-tracing.toml"
+    other.write_text('version = 2\n[plugins."io.containerd.tracing.processor.v1.otlp"]\n  endpoint = "localhost:4317"\n')
+
+    result = host.run(nvidia_runtime=True, nvidia_ctk_path=str(ctk("1.18.1")))
+
+    assert result["removed_drop_ins"] == [str(drop_in)]
+    assert host.written()["imports"] == [f"{drop_in.parent}/*.toml"]
+    assert other.exists()
+
+
+def test_another_imported_file_that_sets_the_cri_table_fails_and_nothing_changes(host, ctk):
+    host.config.parent.mkdir(parents=True)
+    operator = host.config.parent / "cri-override.toml"
+    operator.write_text(f'version = 2\n[plugins."{V2_CRI}"]\n  sandbox_image = "registry.example/pause:1"\n')
+    host.config.write_text('imports = ["cri-override.toml"]\n' + EXISTING_V2)
+    drop_in = leave_drop_in(host, ctk("1.18.1"), "conf.d")
+    before = host.config.read_text()
+
+    result = host.run(nvidia_runtime=True, nvidia_ctk_path=str(ctk("1.18.1")))
+
+    assert result["failed"] is True
+    assert f"{operator}, imported by it, sets plugins.\"{V2_CRI}\"" in result["msg"]
+    assert "containerd#5837" in result["msg"]
+    assert host.config.read_text() == before and drop_in.exists()
+
+
+def test_an_imported_file_that_is_not_toml_fails_and_nothing_changes(host, ctk):
+    host.config.parent.mkdir(parents=True)
+    host.config.write_text(EXISTING_V2)
+    drop_in = leave_drop_in(host, ctk("1.18.1"), "conf.d")
+    drop_in.write_text("version = = 2\n")
+    before = host.config.read_text()
+
+    result = host.run()
+
+    assert result["failed"] is True
+    assert f"{drop_in} (imported by {host.config}) is not valid TOML" in result["msg"]
+    assert host.config.read_text() == before and drop_in.read_text() == "version = = 2\n"
+
+
+def test_imports_that_are_not_a_list_of_paths_fail_in_one_sentence(host):
+    host.config.parent.mkdir(parents=True)
+    host.config.write_text('imports = "conf.d/*.toml"\n' + EXISTING_V2)
+
+    result = host.run()
+
+    assert result["failed"] is True
+    assert result["msg"] == f"{host.config}: `imports` in {host.config} is not a list of paths"
+
+
+def test_state_absent_removes_the_nvidia_runtime_and_the_drop_in_and_keeps_the_kubelet_s_settings(host, ctk):
+    host.config.parent.mkdir(parents=True)
+    host.config.write_text(EXISTING_V2)
+    host.run(nvidia_runtime=True, nvidia_runtime_default=True, nvidia_ctk_path=str(ctk("1.18.1")))
+    assert cri(host.written())["containerd"]["default_runtime_name"] == "nvidia"
+    drop_in = leave_drop_in(host, ctk("1.18.1"), "conf.d")
+
+    checked = host.run(check_mode=True, state="absent", sandbox_image=None)
+    assert checked["changed"] is True and drop_in.exists()
+    result = host.run(state="absent", sandbox_image=None)
+
+    assert result["changed"] is True and result["removed_drop_ins"] == [str(drop_in)]
+    written = host.written()
+    assert "nvidia" not in cri(written)["containerd"]["runtimes"]
+    assert "default_runtime_name" not in cri(written)["containerd"]
+    assert "imports" not in written
+    assert cri(written)["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is True
+    assert cri(written)["sandbox_image"] == PAUSE
+    assert not drop_in.exists()
+    assert host.run(state="absent", sandbox_image=None)["changed"] is False
+
+
+def test_state_absent_on_a_host_without_containerd_s_file_changes_nothing(host):
+    result = host.run(state="absent", sandbox_image=None)
+
+    assert result["changed"] is False and result["version"] is None
+    assert not host.config.exists()
+
+
+def test_state_present_needs_the_sandbox_image(host):
+    result = host.run(sandbox_image=None)
+
+    assert result["failed"] is True
+    assert "sandbox_image" in result["msg"]

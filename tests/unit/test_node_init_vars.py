@@ -67,8 +67,24 @@ def test_the_headers_follow_the_kernel_that_will_boot_and_the_running_one():
 
 def test_every_distribution_gets_pip_for_nvidia_ml_py_and_the_container_toolkit():
     for distribution in DISTRIBUTIONS:
-        toolkit = nvidia_vars(distribution)["node_init_packages_nvidia_toolkit"]
-        assert "python3-pip" in toolkit and "nvidia-container-toolkit" in toolkit, distribution
+        assert nvidia_vars(distribution)["node_init_packages_nvidia_pip"] == ["python3-pip"], distribution
+    # NVIDIA's install guide pins these four at one version: nvidia-container-toolkit needs -base at
+    # exactly its version, but libnvidia-container-tools only at >= it (packaging/debian/control, v1.17.8).
+    assert role_vars()["node_init_packages_nvidia_container_toolkit"] == [
+        "nvidia-container-toolkit", "nvidia-container-toolkit-base", "libnvidia-container-tools", "libnvidia-container1"]
+
+
+def test_the_toolkit_is_pinned_to_the_version_the_fleet_s_stand_in_models():
+    import sys
+    sys.path.insert(0, str(ROLE.parents[1] / "tests" / "fleet"))
+    import package_repo
+
+    spec = yaml.safe_load((ROLE / "meta/argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    pinned = role_defaults()["node_init_nvidia_container_toolkit_version"]
+    assert pinned == spec["node_init_nvidia_container_toolkit_version"]["default"] == package_repo.NVIDIA_CTK_VERSION
+    tasks = (ROLE / "tasks/nvidia_stack.yml").read_text()
+    assert "'=' ~ node_init_nvidia_container_toolkit_version ~ '-*'" in tasks
+    assert "node_init_packages_nvidia_container_toolkit | map('regex_escape')" in tasks, "held at that version"
 
 
 def test_the_node_installs_the_nvidia_ml_py_the_controller_pins():
@@ -105,3 +121,32 @@ def test_the_fabric_manager_follows_the_running_driver_not_the_branch_to_install
         assert name == "nvidia-fabricmanager-{{ node_init_nvidia_running_driver_branch }}", distribution
     tasks = (ROLE / "tasks/nvidia_stack.yml").read_text()
     assert "node_init_nvidia_running_driver_branch: \"{{ (node_init_nvidia_driver_version.stdout_lines" in tasks
+
+
+def test_the_hold_holds_the_running_driver_s_packages_and_the_toolkit_s_at_their_versions(tmp_path):
+    """The hold task's loop, templated by Ansible itself (which doubles a backslash in a Jinja string
+    literal: a pattern written there matched nothing on the fleet)."""
+    import json
+    import sys
+    sys.path.insert(0, str(ROLE.parents[1] / "tests" / "support"))
+    from module_runner import run_local_play
+
+    tasks = yaml.safe_load((ROLE / "tasks/nvidia_stack.yml").read_text())
+    hold = next(task for task in tasks if task["name"].startswith("Hold the driver's"))
+    dpkg = ("cuda-drivers-580 580.95.05-1 installed\nnvidia-fabricmanager-580 1:580.95.05-1 installed\n"
+            "nvidia-kernel-dkms 580.82.07-1 installed\nnvidia-container-toolkit 1.17.8-1 installed\n"
+            "nvidia-container-toolkit-base 1.17.8-1 installed\nlibnvidia-container1 1.17.8-1 installed\n"
+            "libnvidia-container-tools 1.18.0-1 installed\nnvidia-container-toolkit-operator-extensions 1.17.8-1 installed\n"
+            "cuda-drivers-fabricmanager-580 580.95.05-1 config-files\n")
+    variables = {**hold["vars"], "node_init_nvidia_dpkg": {"stdout": dpkg}, "node_init_nvidia_running_driver_version": "580.95.05",
+                 "node_init_nvidia_container_toolkit_version": role_defaults()["node_init_nvidia_container_toolkit_version"],
+                 "node_init_packages_nvidia_container_toolkit": role_vars()["node_init_packages_nvidia_container_toolkit"]}
+    playbook = ("- hosts: localhost\n  gather_facts: false\n  tasks:\n    - ansible.builtin.debug:\n"
+                "        msg: " + json.dumps("HELD={{ (" + hold["loop"].strip()[2:-2].strip() + ") | to_json }}") + "\n")
+    rc, output = run_local_play(tmp_path, playbook, variables)
+
+    assert rc == 0, output
+    held = json.loads(output.split("HELD=")[1].split("\n")[0].rstrip('"').replace('\\"', '"'))
+    # Not the library at another version, nor a package of the toolkit's version that is not one of the four.
+    assert held == ["cuda-drivers-580", "nvidia-fabricmanager-580", "nvidia-container-toolkit",
+                    "nvidia-container-toolkit-base", "libnvidia-container1"]
