@@ -78,3 +78,34 @@ def test_the_limits_are_set_under_the_ordinal_and_the_uuid():
     daemon.set_limits(UUID, SHARE)
     assert daemon.sent == [f"set_default_device_pinned_mem_limit 0 40779M\nset_default_device_pinned_mem_limit {UUID} 40779M\n"
                            "set_default_active_thread_percentage 50\n"]
+
+
+class AnsweringFrontEnd(MpsDaemons):
+    """The front-end as a function of what it is sent; records each call."""
+
+    def __init__(self, reply):
+        super().__init__(Settings(mps_root="/nonexistent"))
+        self.reply, self.calls = reply, []
+
+    def _control(self, uuid, *args, command=None, timeout=10):
+        self.calls.append(command)
+        return subprocess.CompletedProcess([], 0, self.reply(command), "")
+
+
+def test_the_defaults_are_read_in_one_call_when_each_answer_is_a_line():
+    answers = {"get_default_active_thread_percentage": "50.0\n", "get_default_device_pinned_mem_limit 0": "39G\n",
+               f"get_default_device_pinned_mem_limit {UUID}": "39G\n"}
+    daemon = AnsweringFrontEnd(lambda sent: "".join(answers[line] for line in sent.splitlines()))
+    assert daemon.defaults(UUID) == GOOD
+    assert len(daemon.calls) == 1
+
+
+def test_answers_not_one_a_line_are_asked_again_one_query_a_call():
+    # Positive control for the batching: a front-end that prints nothing for one query must not
+    # shift the other answers onto the wrong queries.
+    answers = {"get_default_active_thread_percentage": "50.0\n", "get_default_device_pinned_mem_limit 0": "",
+               f"get_default_device_pinned_mem_limit {UUID}": "39G\n"}
+    daemon = AnsweringFrontEnd(lambda sent: "".join(answers[line] for line in sent.splitlines()))
+    read = daemon.defaults(UUID)
+    assert read == {**GOOD, "get_default_device_pinned_mem_limit 0": ""}
+    assert len(daemon.calls) == 4
