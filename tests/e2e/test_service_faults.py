@@ -81,6 +81,13 @@ def events_of(database, job_id: int) -> list:
                  id=job_id)
 
 
+def failures_of(database, job_id: int) -> list:
+    """The failed tasks' output, for an assertion's message: what a failed run met."""
+    return [row.stdout[-2000:] for row in query(
+        database, "SELECT stdout FROM job_events WHERE job_id = :id AND event IN ('runner_on_failed', "
+        "'runner_on_unreachable') ORDER BY counter", id=job_id)]
+
+
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -107,7 +114,7 @@ def test_a_database_outage_of_20_s_mid_init_loses_nothing(service, nodes, databa
     print(f"\ntimeline (s from submission): playbook mid-run and database down at {down_at - submitted:.1f}, "
           f"up at {up_at - submitted:.1f}, job {job['status']} at {ended_at - submitted:.1f}")
     assert processes_during, "the playbook was no longer running during the outage"
-    assert job["status"] == "successful", job
+    assert job["status"] == "successful", (job, failures_of(database, job_id))
     assert api.call("GET", f"/gpuaas/node/{node_id}")["status"] == "initialized"
     events = events_of(database, job_id)
     counters = [row.counter for row in events]
@@ -146,7 +153,7 @@ def test_a_stop_mid_init_hands_the_job_over_and_the_next_start_runs_it(service, 
     print(f"\nstopped in {stopped_in:.1f} s (drain {DRAIN_SECONDS} s); after the start the job ended {job['status']} "
           f"in {time.monotonic() - restarted:.1f} s")
     assert DRAIN_SECONDS <= stopped_in < DRAIN_SECONDS + 20
-    assert job["status"] == "successful", job
+    assert job["status"] == "successful", (job, failures_of(database, job_id))
     assert service.api.call("GET", f"/gpuaas/node/{node_id}")["status"] == "initialized"
     events = events_of(database, job_id)
     starts = [row for row in events if row.event == "playbook_on_start"]

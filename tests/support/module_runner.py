@@ -28,16 +28,17 @@ def run_module(name: str, args: dict, env: dict | None = None, tmp_path: Path | 
         raise AssertionError(f"{name} printed no JSON (rc {completed.returncode}): {completed.stdout!r} {completed.stderr!r}")
 
 
-def run_local_play(tmp_path: Path, playbook: str, variables: dict) -> tuple[int, str]:
-    """ansible-playbook --check on localhost, with ``variables`` as extra vars and nothing gathered:
-    a role's checks run as Ansible runs them, without reaching any host. Returns (rc, output)."""
+def run_local_play(tmp_path: Path, playbook: str, variables: dict, check: bool = True,
+                   env: dict | None = None) -> tuple[int, str]:
+    """ansible-playbook (--check unless told) on localhost, with ``variables`` as extra vars and nothing
+    gathered: a role's checks run as Ansible runs them, without reaching any host. Returns (rc, output)."""
     (tmp_path / "play.yml").write_text(playbook)
     (tmp_path / "vars.json").write_text(json.dumps(variables))
     home = tmp_path / "ansible-home"
     env = {**os.environ, "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS), "ANSIBLE_HOME": str(home),
            "ANSIBLE_LOCAL_TEMP": str(home / "tmp"), "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0",
-           "ANSIBLE_PYTHON_INTERPRETER": sys.executable, "ANSIBLE_LOCALHOST_WARNING": "0"}
-    done = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "--check",
-                           "-e", "@vars.json", "play.yml"], cwd=tmp_path, env=env, capture_output=True, text=True,
+           "ANSIBLE_PYTHON_INTERPRETER": sys.executable, "ANSIBLE_LOCALHOST_WARNING": "0", **(env or {})}
+    done = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,",
+                           *(["--check"] if check else []), "-e", "@vars.json", "play.yml"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120, check=False)
     return done.returncode, done.stdout + done.stderr
