@@ -392,6 +392,7 @@ static CUresult create_context(CUcontext *pctx, CUdevice dev) {
     memset(&s->contexts[slot], 0, sizeof s->contexts[slot]);
     s->contexts[slot].pid = getpid();
     s->contexts[slot].mps_server = mps_server;
+    s->contexts[slot].pid_ns = fake_gpu_pid_ns();
     s->contexts[slot].id = s->next_id++;
     s->contexts[slot].created_us = fake_gpu_now_us();
     fake_gpu_ring_push(&s->contexts[slot].history, s->contexts[slot].created_us, 0, 1);

@@ -15,7 +15,8 @@
  * change nothing.  The device memory a context holds is counted against the GPU's total.
  *
  * A context whose process died without destroying it (SIGKILL) is reaped at the next advance
- * (kill(pid, 0) answering ESRCH), as the real driver frees a dead process's contexts.
+ * (kill(pid, 0) answering ESRCH), as the real driver frees a dead process's contexts; only by a
+ * process of the same PID namespace, the only one for which that pid means that process.
  *
  * Per context the state keeps the GPU time received and a ring of (CPU time in µs, received)
  * snapshots, so that NVML can answer "what share of the GPU did this process get since
@@ -40,11 +41,11 @@
 #include <unistd.h>
 
 #define FAKE_GPU_MAGIC 0x46475055u /* "FGPU" */
-#define FAKE_GPU_VERSION 1u
+#define FAKE_GPU_VERSION 2u
 #define FAKE_GPU_MAX_CONTEXTS 64
 #define FAKE_GPU_HISTORY 256                 /* snapshots per context: 25.6 s at the spacing below */
 #define FAKE_GPU_SNAPSHOT_US 100000ULL       /* at most one ordinary snapshot per 100 ms */
-#define FAKE_GPU_REAP_NS 100000000ULL        /* look for dead processes every 100 ms at most */
+#define FAKE_GPU_REAP_NS 100000000ULL        /* each process looks for dead ones every 100 ms at most */
 #define FAKE_GPU_DEFAULT_ROOT "/run/fake-nvidia/gpus"
 
 struct fake_gpu_snapshot {
@@ -60,6 +61,7 @@ struct fake_gpu_ring {
 struct fake_gpu_context {
     int32_t pid;            /* 0: a free slot */
     int32_t mps_server;     /* an MPS client's server pid; 0 for an ordinary context */
+    uint64_t pid_ns;        /* the inode of its PID namespace: only a process in it can judge the pid */
     uint64_t id;            /* unique on this GPU, so a reused slot is never taken for the old one */
     uint64_t memory_bytes;  /* device memory it holds (cuMemAlloc) */
     uint64_t received_ns;   /* GPU time it has received */
@@ -73,7 +75,6 @@ struct fake_gpu_state {
     uint64_t clock_ns;      /* CLOCK_MONOTONIC of the last advance; 0 before the first */
     uint64_t busy_ns;       /* wall time with at least one kernel running */
     uint64_t next_id;
-    uint64_t last_reap_ns;
     struct fake_gpu_ring busy;
     struct fake_gpu_context contexts[FAKE_GPU_MAX_CONTEXTS];
 };
@@ -224,12 +225,24 @@ static inline int fake_gpu_pid_alive(int32_t pid) {
     return pid > 0 && (kill(pid, 0) == 0 || errno != ESRCH);
 }
 
+/* The calling process's PID namespace (the inode of /proc/self/ns/pid; 0 when unknown). */
+static inline uint64_t fake_gpu_pid_ns(void) {
+    static uint64_t cached;
+    struct stat st;
+    if (!cached && stat("/proc/self/ns/pid", &st) == 0) cached = (uint64_t)st.st_ino;
+    return cached;
+}
+
+/* A context whose process is gone is freed.  Only a process of the context's own PID namespace can
+ * tell (elsewhere its pid means another process or none), so each judges only those. */
 static inline void fake_gpu_reap(struct fake_gpu_state *s, uint64_t now_ns) {
+    static uint64_t last_reap_ns; /* this process's: each namespace's processes reap their own */
+    uint64_t ns = fake_gpu_pid_ns();
     int i;
-    if (s->last_reap_ns && now_ns - s->last_reap_ns < FAKE_GPU_REAP_NS) return;
-    s->last_reap_ns = now_ns;
+    if (last_reap_ns && now_ns - last_reap_ns < FAKE_GPU_REAP_NS) return;
+    last_reap_ns = now_ns;
     for (i = 0; i < FAKE_GPU_MAX_CONTEXTS; i++)
-        if (s->contexts[i].pid && !fake_gpu_pid_alive(s->contexts[i].pid))
+        if (s->contexts[i].pid && s->contexts[i].pid_ns == ns && !fake_gpu_pid_alive(s->contexts[i].pid))
             memset(&s->contexts[i], 0, sizeof s->contexts[i]);
 }
 
