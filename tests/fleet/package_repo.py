@@ -333,6 +333,23 @@ def build_fake_cuda_program(source: str, out: Path, libcuda_dir: Path | None = N
     return out
 
 
+def driver_built_files() -> dict[str, tuple]:
+    """The driver stand-in's compiled files: path in the package -> (builder, the inputs it reads).
+    The real libcuda.so.1 comes with the driver (libcuda1 / libnvidia-compute-<branch>), and
+    nvidia-cuda-mps-server with nvidia-cuda-mps-control (nvidia-compute-utils-<branch>);
+    fake-gpu-workload is the fleet's test workload (docs/test-fleet.md, "The fake GPU")."""
+    program_gcc = " ".join(FAKE_CUDA_GCC + FAKE_CUDA_PROGRAM_GCC)
+    return {
+        "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1": (build_fake_nvml,
+                                                        (FAKE_NVML_SOURCE, *FAKE_CUDA_SOURCES, " ".join(FAKE_NVML_GCC))),
+        "/usr/lib/x86_64-linux-gnu/libcuda.so.1": (build_fake_cuda, (*FAKE_CUDA_SOURCES, " ".join(FAKE_CUDA_GCC))),
+        "/usr/bin/nvidia-cuda-mps-server": (functools.partial(build_fake_cuda_program, "mps_server.c"),
+                                            (*FAKE_CUDA_SOURCES, program_gcc)),
+        "/usr/bin/fake-gpu-workload": (functools.partial(build_fake_cuda_program, "workload.c"),
+                                       (*FAKE_CUDA_SOURCES, program_gcc)),
+    }
+
+
 def standins(kube: dict) -> list[StandIn]:
     """The stand-in packages, at kubectl's Kubernetes version and the NVIDIA versions above."""
     version = kube["gitVersion"].lstrip("v")
@@ -363,17 +380,7 @@ def standins(kube: dict) -> list[StandIn]:
         StandIn(f"cuda-drivers-{NVIDIA_DRIVER_BRANCH}", driver_deb, f"NVIDIA driver, {NVIDIA_DRIVER_BRANCH} branch "
                 "(fleet stand-in: fake NVML and libcuda, nvidia-smi, nvidia-persistenced, MPS)", depends=PYTHON,
                 substitutions=nvidia,
-                built={"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1": (build_fake_nvml, (
-                           FAKE_NVML_SOURCE, *FAKE_CUDA_SOURCES, " ".join(FAKE_NVML_GCC))),
-                       # The real libcuda.so.1 comes with the driver (libcuda1 / libnvidia-compute-<branch>);
-                       # nvidia-cuda-mps-server with nvidia-cuda-mps-control (nvidia-compute-utils-<branch>).
-                       "/usr/lib/x86_64-linux-gnu/libcuda.so.1": (build_fake_cuda, (
-                           *FAKE_CUDA_SOURCES, " ".join(FAKE_CUDA_GCC))),
-                       "/usr/bin/nvidia-cuda-mps-server": (functools.partial(build_fake_cuda_program, "mps_server.c"), (
-                           *FAKE_CUDA_SOURCES, " ".join(FAKE_CUDA_GCC + FAKE_CUDA_PROGRAM_GCC))),
-                       # The fleet's test workload (docs/development.md, "The fake GPU").
-                       "/usr/bin/fake-gpu-workload": (functools.partial(build_fake_cuda_program, "workload.c"), (
-                           *FAKE_CUDA_SOURCES, " ".join(FAKE_CUDA_GCC + FAKE_CUDA_PROGRAM_GCC)))}),
+                built=driver_built_files()),
         StandIn(f"nvidia-fabricmanager-{NVIDIA_DRIVER_BRANCH}", fm_deb,
                 "Fabric Manager for NVSwitch based systems (fleet stand-in)", depends=PYTHON, substitutions=nvidia),
         # "Meta-package for FM and Driver": both at its own version (NVIDIA/apt-packaging-fabric-manager).

@@ -262,7 +262,7 @@ def test_two_workloads_share_the_gpu_and_nvml_sees_what_each_received(fake):
         assert wait_until(lambda: {first.pid, second.pid} <= set(compute_pids(0)))
         assert compute_pids(0) == {first.pid: 1000 << 20, second.pid: 700 << 20}
         assert mps_pids(0) == {}
-        for _ in range(6):
+        for _poll in range(6):
             time.sleep(0.5)
             utilization.poll()
         assert pynvml.nvmlDeviceGetUtilizationRates(handle(0)).gpu >= 95
