@@ -121,6 +121,13 @@ out["init"] = cuda.cuInit(0)
 out["count"] = (cuda.cuDeviceGetCount(ctypes.byref(i)), i.value)
 out["get_device_9"] = cuda.cuDeviceGet(ctypes.byref(i), 9)
 out["get_device_0"] = cuda.cuDeviceGet(ctypes.byref(i), 0)
+name, uuid = ctypes.create_string_buffer(96), ctypes.create_string_buffer(16)
+out["name"] = (cuda.cuDeviceGetName(name, 96, 0), name.value.decode())
+out["name_short"] = (cuda.cuDeviceGetName(name, 5, 0), name.value.decode())
+out["name_no_room"] = cuda.cuDeviceGetName(name, 0, 0)
+out["uuid"] = (cuda.cuDeviceGetUuid_v2(uuid, 0), uuid.raw.hex())
+out["total"] = (cuda.cuDeviceTotalMem_v2(ctypes.byref(n), 0), n.value)
+out["total_device_9"] = cuda.cuDeviceTotalMem_v2(ctypes.byref(n), 9)
 out["malloc_without_context"] = cuda.cuMemAlloc_v2(ctypes.byref(p), ctypes.c_size_t(1 << 20))
 out["sync_without_context"] = cuda.cuCtxSynchronize()
 out["context_on_device_9"] = cuda.cuCtxCreate_v2(ctypes.byref(p), 0, 9)
@@ -143,6 +150,16 @@ out["launch_without_params"] = cuda.cuLaunchKernel(fn, u(1), u(1), u(1), u(1), u
 out["launch_bad_stream"] = cuda.cuLaunchKernel(fn, u(1), u(1), u(1), u(1), u(1), u(1), u(0), ctypes.c_void_p(99), params, None)
 out["launch"] = cuda.cuLaunchKernel(fn, u(1), u(1), u(1), u(1), u(1), u(1), u(0), None, params, None)
 out["stream_sync"] = cuda.cuStreamSynchronize(None)
+ev = ctypes.c_void_p()
+out["event_bad_flags"] = cuda.cuEventCreate(ctypes.byref(ev), 8)
+out["event"] = cuda.cuEventCreate(ctypes.byref(ev), 0)
+out["event_query_unrecorded"] = cuda.cuEventQuery(ev)
+ms.value = 300
+cuda.cuLaunchKernel(fn, u(1), u(1), u(1), u(1), u(1), u(1), u(0), None, params, None)
+out["event_record"] = cuda.cuEventRecord(ev, None)
+out["event_query_running"] = cuda.cuEventQuery(ev)
+out["event_sync"] = cuda.cuEventSynchronize(ev)
+out["event_query_done"] = cuda.cuEventQuery(ev)
 out["error_name_2"] = (cuda.cuGetErrorName(2, ctypes.byref(s)), s.value.decode())
 out["error_string_2"] = (cuda.cuGetErrorString(2, ctypes.byref(s)), s.value.decode())
 out["error_name_unknown"] = (cuda.cuGetErrorName(12345, ctypes.byref(s)), s.value)
@@ -166,6 +183,9 @@ def test_the_driver_api_answers_with_nvidias_error_codes(fake):
     assert out["init_flags_1"] == 1 and out["init"] == 0  # "Currently must be 0"
     assert out["count"] == [0, 3]
     assert out["get_device_9"] == out["context_on_device_9"] == 101 and out["get_device_0"] == 0  # INVALID_DEVICE
+    assert out["name"] == [0, "NVIDIA H100 80GB HBM3"] and out["name_short"] == [0, "NVID"]
+    assert out["name_no_room"] == 1 and out["total_device_9"] == 101
+    assert out["uuid"] == [0, GPUS[0][4:].replace("-", "")] and out["total"] == [0, GPU_MIB << 20]
     assert out["malloc_without_context"] == out["sync_without_context"] == 201  # INVALID_CONTEXT
     assert out["context"] == 0
     assert out["malloc_0_bytes"] == 1 and out["malloc_too_much"] == 2 and out["malloc"] == 0  # INVALID_VALUE, OOM
@@ -174,6 +194,9 @@ def test_the_driver_api_answers_with_nvidias_error_codes(fake):
     assert out["function_unknown"] == 500 and out["function"] == 0  # NOT_FOUND
     assert out["launch_without_params"] == 1 and out["launch_bad_stream"] == 400  # INVALID_VALUE, INVALID_HANDLE
     assert out["launch"] == 0 and out["stream_sync"] == 0
+    assert out["event_bad_flags"] == 1 and out["event"] == 0 and out["event_query_unrecorded"] == 0
+    assert out["event_record"] == 0 and out["event_query_running"] == 600  # CUDA_ERROR_NOT_READY
+    assert out["event_sync"] == 0 and out["event_query_done"] == 0
     assert out["error_name_2"] == [0, "CUDA_ERROR_OUT_OF_MEMORY"] and out["error_string_2"] == [0, "out of memory"]
     assert out["error_name_unknown"] == [1, None]
     assert out["destroy"] == 0 and out["destroy_again"] == 201 and out["sync_after_destroy"] == 201
@@ -266,10 +289,11 @@ def test_two_workloads_share_the_gpu_and_nvml_sees_what_each_received(fake):
             time.sleep(0.5)
             utilization.poll()
         assert pynvml.nvmlDeviceGetUtilizationRates(handle(0)).gpu >= 95
-        # Stopped processes launch nothing more; once their last kernels are done the counters hold.
+        # Stopped processes launch nothing more; once their queued kernels (two of 20 ms each, at
+        # half the GPU) are done the counters hold.
         for workload in (first, second):
             workload.send_signal(signal.SIGSTOP)
-        time.sleep(0.1)
+        time.sleep(0.3)
         utilization.poll()
         for workload in (first, second):
             workload.send_signal(signal.SIGCONT)

@@ -17,6 +17,7 @@ typedef struct fake_ctx *CUcontext;
 typedef struct fake_module *CUmodule;
 typedef struct fake_function *CUfunction;
 typedef struct fake_stream *CUstream;
+typedef struct fake_event *CUevent;
 
 /* "Data types used by CUDA driver", enum cudaError_enum. */
 #define CUDA_SUCCESS 0
@@ -30,6 +31,7 @@ typedef struct fake_stream *CUstream;
 #define CUDA_ERROR_INVALID_CONTEXT 201
 #define CUDA_ERROR_INVALID_HANDLE 400
 #define CUDA_ERROR_NOT_FOUND 500
+#define CUDA_ERROR_NOT_READY 600
 #define CUDA_ERROR_SYSTEM_DRIVER_MISMATCH 803
 #define CUDA_ERROR_UNKNOWN 999
 
@@ -69,6 +71,11 @@ CUresult cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDi
                         unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ,
                         unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra);
 CUresult cuStreamSynchronize(CUstream hStream);
+CUresult cuEventCreate(CUevent *phEvent, unsigned int Flags);
+CUresult cuEventDestroy_v2(CUevent hEvent);
+CUresult cuEventRecord(CUevent hEvent, CUstream hStream);
+CUresult cuEventSynchronize(CUevent hEvent);
+CUresult cuEventQuery(CUevent hEvent);
 CUresult cuGetErrorName(CUresult error, const char **pStr);
 CUresult cuGetErrorString(CUresult error, const char **pStr);
 

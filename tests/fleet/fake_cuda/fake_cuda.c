@@ -53,6 +53,7 @@
 #define MAX_CONTEXTS 16
 #define MAX_MODULES 16
 #define MAX_ALLOCATIONS 4096
+#define MAX_EVENTS 64
 #define FIELD 96
 #define OBJECT_MAGIC 0x43554441u
 
@@ -75,6 +76,13 @@ struct fake_function { uint32_t magic; struct fake_module *module; };
 
 struct allocation { CUdeviceptr ptr; size_t size; struct fake_ctx *ctx; };
 
+struct fake_event {
+    uint32_t magic;
+    struct fake_ctx *ctx;
+    int recorded;
+    uint64_t mark; /* the context's work submitted when it was recorded (wait_for_work) */
+};
+
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int initialised;
 static struct device devices[MAX_DEVICES];
@@ -84,6 +92,7 @@ static struct fake_ctx contexts[MAX_CONTEXTS];
 static struct fake_module modules[MAX_MODULES];
 static struct fake_function functions[MAX_MODULES];
 static struct allocation allocations[MAX_ALLOCATIONS];
+static struct fake_event events[MAX_EVENTS];
 static CUdeviceptr next_pointer = 0x7f0000000000ULL;
 static __thread struct fake_ctx *current;
 
@@ -431,6 +440,8 @@ static void destroy_context(struct fake_ctx *c) {
         if (allocations[i].ctx == c) memset(&allocations[i], 0, sizeof allocations[i]);
     for (i = 0; i < MAX_MODULES; i++)
         if (modules[i].magic == OBJECT_MAGIC && modules[i].ctx == c) modules[i].magic = 0;
+    for (i = 0; i < MAX_EVENTS; i++)
+        if (events[i].magic == OBJECT_MAGIC && events[i].ctx == c) events[i].magic = 0;
     c->magic = 0;
     if (current == c) current = NULL;
 }
@@ -480,19 +491,22 @@ static CUresult check_current(void) {
     return CUDA_SUCCESS;
 }
 
-/* Sleep until the current context's kernels have received all the GPU time they asked for. */
-static CUresult wait_for_context(void) {
-    struct fake_ctx *c = current;
+#define ALL_WORK UINT64_MAX
+
+/* Sleep until context c's work up to `mark` (GPU ns submitted, counted from its creation; ALL_WORK:
+ * everything launched so far) has received its GPU time.  A context's kernels run in launch order
+ * (one stream), so work up to a mark is done when the context has received that much. */
+static CUresult wait_for_work(struct fake_ctx *c, uint64_t mark) {
     struct fake_gpu_map *m = &devices[c->device].map;
     for (;;) {
         struct fake_gpu_context *s;
-        uint64_t left, wait_ns;
+        uint64_t left = 0, wait_ns;
         unsigned running;
         struct timespec ts;
         fake_gpu_lock(m);
         fake_gpu_advance(m->state, 0);
-        s = slot_of(c);
-        left = s ? s->outstanding_ns : 0;
+        if ((s = slot_of(c)))
+            left = mark == ALL_WORK ? s->outstanding_ns : mark > s->received_ns ? mark - s->received_ns : 0;
         running = fake_gpu_running(m->state);
         fake_gpu_unlock(m);
         if (!s) return CUDA_ERROR_INVALID_CONTEXT;
@@ -507,6 +521,8 @@ static CUresult wait_for_context(void) {
         nanosleep(&ts, NULL);
     }
 }
+
+static CUresult wait_for_context(void) { return wait_for_work(current, ALL_WORK); }
 
 CUresult cuCtxSynchronize(void) {
     CUresult rc = check_current();
@@ -696,6 +712,82 @@ CUresult cuStreamSynchronize(CUstream hStream) {
     return wait_for_context();
 }
 
+/* ---- Event Management ---- */
+
+
+static int live_event(const struct fake_event *e) {
+    return e && e >= events && e < events + MAX_EVENTS && e->magic == OBJECT_MAGIC && live_context(e->ctx);
+}
+
+/* Flags: CU_EVENT_DEFAULT 0, CU_EVENT_BLOCKING_SYNC 1, CU_EVENT_DISABLE_TIMING 2, CU_EVENT_INTERPROCESS 4. */
+CUresult cuEventCreate(CUevent *phEvent, unsigned int Flags) {
+    CUresult rc;
+    int i;
+    pthread_mutex_lock(&lock);
+    rc = check_current();
+    if (!rc && (!phEvent || (Flags & ~7u))) rc = CUDA_ERROR_INVALID_VALUE;
+    for (i = 0; !rc && i < MAX_EVENTS; i++) {
+        if (live_event(&events[i])) continue;
+        memset(&events[i], 0, sizeof events[i]);
+        events[i].magic = OBJECT_MAGIC;
+        events[i].ctx = current; /* an event belongs to the context current at its creation */
+        *phEvent = &events[i];
+        break;
+    }
+    if (!rc && i == MAX_EVENTS) rc = CUDA_ERROR_OUT_OF_MEMORY;
+    pthread_mutex_unlock(&lock);
+    return rc;
+}
+
+CUresult cuEventDestroy_v2(CUevent hEvent) {
+    if (!initialised) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!live_event(hEvent)) return CUDA_ERROR_INVALID_HANDLE;
+    hEvent->magic = 0;
+    return CUDA_SUCCESS;
+}
+
+/* "Captures in hEvent the contents of hStream at the time of this call ... hStream and hEvent must
+ * be from the same context otherwise CUDA_ERROR_INVALID_HANDLE is returned." */
+CUresult cuEventRecord(CUevent hEvent, CUstream hStream) {
+    struct fake_gpu_map *m;
+    struct fake_gpu_context *s;
+    CUresult rc = check_current();
+    if (rc) return rc;
+    if (!live_event(hEvent) || !default_stream(hStream) || hEvent->ctx != current) return CUDA_ERROR_INVALID_HANDLE;
+    m = &devices[current->device].map;
+    fake_gpu_lock(m);
+    fake_gpu_advance(m->state, 0);
+    if ((s = slot_of(current))) hEvent->mark = s->received_ns + s->outstanding_ns;
+    else rc = CUDA_ERROR_INVALID_CONTEXT;
+    fake_gpu_unlock(m);
+    if (!rc) hEvent->recorded = 1;
+    return rc;
+}
+
+/* "If cuEventRecord() has not been called on this event, the function returns CUDA_SUCCESS" (both). */
+CUresult cuEventSynchronize(CUevent hEvent) {
+    if (!initialised) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!live_event(hEvent)) return CUDA_ERROR_INVALID_HANDLE;
+    return hEvent->recorded ? wait_for_work(hEvent->ctx, hEvent->mark) : CUDA_SUCCESS;
+}
+
+/* CUDA_SUCCESS once the work the event captured is done, CUDA_ERROR_NOT_READY until then. */
+CUresult cuEventQuery(CUevent hEvent) {
+    struct fake_gpu_map *m;
+    struct fake_gpu_context *s;
+    CUresult rc = CUDA_SUCCESS;
+    if (!initialised) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!live_event(hEvent)) return CUDA_ERROR_INVALID_HANDLE;
+    if (!hEvent->recorded) return CUDA_SUCCESS;
+    m = &devices[hEvent->ctx->device].map;
+    fake_gpu_lock(m);
+    fake_gpu_advance(m->state, 0);
+    if (!(s = slot_of(hEvent->ctx))) rc = CUDA_ERROR_INVALID_CONTEXT;
+    else if (s->received_ns < hEvent->mark) rc = CUDA_ERROR_NOT_READY;
+    fake_gpu_unlock(m);
+    return rc;
+}
+
 /* ---- Error Handling ---- */
 
 struct error_text { CUresult code; const char *name, *text; };
@@ -711,6 +803,7 @@ static const struct error_text errors[] = {
     {CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT", "invalid device context"},
     {CUDA_ERROR_INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"},
     {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
+    {CUDA_ERROR_NOT_READY, "CUDA_ERROR_NOT_READY", "device not ready"},
     {CUDA_ERROR_SYSTEM_DRIVER_MISMATCH, "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH",
      "system has unsupported display driver / cuda driver combination"},
     {CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error"},

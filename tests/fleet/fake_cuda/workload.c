@@ -6,7 +6,11 @@
  *
  * One context on device ORDINAL (default 0), N MiB allocated (default 0), then a loop: a kernel
  * that needs K ms of GPU time (default 10; 0 launches none), launched and synchronised, then I ms
- * of sleep (default 0), for S seconds (default 0: until SIGTERM or SIGINT).  Once a second it
+ * of sleep (default 0), for S seconds (default 0: until SIGTERM or SIGINT).  With no sleep it
+ * keeps a second kernel queued behind the running one and waits for the older (an event), as
+ * programs that mean to keep a GPU busy do: launches are asynchronous, so the GPU then never waits
+ * for this process's CPU thread to be scheduled (on a loaded machine it often is not at once).
+ * Once a second it
  * prints one JSON line to stdout, and one more at the end:
  *
  *   {"gpu_ms_received": <ms of GPU time its finished kernels received>, "memory_mib": N, "device": "<GPU uuid>"}
@@ -90,7 +94,10 @@ int main(int argc, char **argv) {
     CUmodule module;
     CUfunction kernel;
     CUuuid uuid;
+    CUevent done[2];
     CUdeviceptr memory = 0;
+    unsigned queued = 0;
+    int next = 0;
     CUresult rc;
     char uuid_str[64];
     unsigned long long received_ms = 0;
@@ -110,7 +117,8 @@ int main(int argc, char **argv) {
     if ((rc = cuCtxCreate(&ctx, 0, dev))) return fail(rc);
     if (o.memory_mib && (rc = cuMemAlloc_v2(&memory, (size_t)o.memory_mib * 1024 * 1024))) return fail(rc);
     if ((rc = cuDeviceGetUuid(&uuid, dev)) || (rc = cuModuleLoadData(&module, FAKE_CUDA_MODULE_IMAGE))
-        || (rc = cuModuleGetFunction(&kernel, module, FAKE_CUDA_KERNEL)))
+        || (rc = cuModuleGetFunction(&kernel, module, FAKE_CUDA_KERNEL))
+        || (rc = cuEventCreate(&done[0], 0)) || (rc = cuEventCreate(&done[1], 0)))
         return fail(rc);
     uuid_text(&uuid, uuid_str, sizeof uuid_str);
 
@@ -120,9 +128,17 @@ int main(int argc, char **argv) {
         if (o.kernel_ms) {
             void *params[] = {&o.kernel_ms};
             if ((rc = cuLaunchKernel(kernel, 1, 1, 1, 1, 1, 1, 0, NULL, params, NULL))
-                || (rc = cuStreamSynchronize(NULL)))
+                || (rc = cuEventRecord(done[next], NULL)))
                 return fail(rc);
-            received_ms += o.kernel_ms;
+            next ^= 1; /* done[next] is now the older of two queued kernels' events */
+            if (o.interval_ms) {
+                if ((rc = cuStreamSynchronize(NULL))) return fail(rc);
+                received_ms += o.kernel_ms;
+            } else if (++queued == 2) {
+                if ((rc = cuEventSynchronize(done[next]))) return fail(rc);
+                received_ms += o.kernel_ms;
+                queued = 1;
+            }
         }
         nap(o.kernel_ms ? o.interval_ms : (o.interval_ms ? o.interval_ms : 100));
         if (now() >= next_report) {
@@ -130,6 +146,7 @@ int main(int argc, char **argv) {
             next_report += 1;
         }
     }
+    if (queued && !cuStreamSynchronize(NULL)) received_ms += (unsigned long long)queued * o.kernel_ms;
     report(received_ms, &o, uuid_str);
     if (memory) cuMemFree_v2(memory);
     cuCtxDestroy(ctx);
