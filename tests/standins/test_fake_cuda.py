@@ -376,3 +376,22 @@ def test_an_mps_client_is_listed_under_its_daemons_server(fake):
         control("quit\n")
         subprocess.run(["rm", "-rf", str(pipe)], check=False)
     assert wait_until(lambda: not compute_pids(0))  # quit stops the server, and its context goes
+
+
+def test_nvml_follows_a_state_directory_made_anew(fake):
+    """A node's reboot empties /run; a long-lived NVML reader (the agent) must then read the new
+    state files, not the ones it had mapped."""
+    first = fake.start("--kernel-ms", "0", "--device", "2")
+    try:
+        assert wait_until(lambda: first.pid in compute_pids(2))  # the reader has the file mapped
+    finally:
+        first.kill()
+        first.wait()
+    subprocess.run(["rm", "-rf", str(fake.root / "gpus")], check=True)
+    second = fake.start("--kernel-ms", "0", "--device", "2")
+    try:
+        assert wait_until(lambda: second.pid in compute_pids(2))
+        assert first.pid not in compute_pids(2)
+    finally:
+        second.kill()
+        second.wait()

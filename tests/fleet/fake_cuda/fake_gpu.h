@@ -188,6 +188,23 @@ static inline int fake_gpu_open(struct fake_gpu_map *m, const char *uuid, int cr
     return 0;
 }
 
+static inline void fake_gpu_close(struct fake_gpu_map *m) {
+    if (m->state) munmap(m->state, sizeof(struct fake_gpu_state));
+    if (m->fd >= 0) close(m->fd);
+    m->state = NULL;
+    m->fd = -1;
+}
+
+/* Whether the map is still the file at the GPU's path (a long-lived reader's view, after someone
+ * removed the state directory: a reboot of the node does, and so may a test). */
+static inline int fake_gpu_current(const struct fake_gpu_map *m, const char *uuid) {
+    char path[512];
+    struct stat at_path, mapped;
+    fake_gpu_path(path, sizeof path, uuid);
+    return stat(path, &at_path) == 0 && fstat(m->fd, &mapped) == 0 && at_path.st_ino == mapped.st_ino
+           && at_path.st_dev == mapped.st_dev;
+}
+
 static inline void fake_gpu_lock(struct fake_gpu_map *m) { flock(m->fd, LOCK_EX); }
 static inline void fake_gpu_unlock(struct fake_gpu_map *m) { flock(m->fd, LOCK_UN); }
 

@@ -214,11 +214,14 @@ static nvmlReturn_t copy_out(char *dst, unsigned length, const char *src) {
     return NVML_SUCCESS;
 }
 
+static void forget_gpu_states(void);
+
 nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
     nvmlReturn_t rc;
     (void)flags;
     if (access(loaded_marker(), F_OK) != 0) return NVML_ERROR_DRIVER_NOT_LOADED;
     if (loaded_mismatch()) return NVML_ERROR_LIB_RM_VERSION_MISMATCH;
+    forget_gpu_states();
     rc = load_profile();
     if (rc == NVML_SUCCESS) initialised = 1;
     return rc;
@@ -318,8 +321,21 @@ static struct fake_gpu_map maps[MAX_GPUS];
 static int mapped[MAX_GPUS];
 
 static struct fake_gpu_map *gpu_state(const struct fake_gpu *g) {
+    if (mapped[g->index] && !fake_gpu_current(&maps[g->index], g->uuid)) {
+        fake_gpu_close(&maps[g->index]);
+        mapped[g->index] = 0;
+    }
     if (!mapped[g->index] && fake_gpu_open(&maps[g->index], g->uuid, 0) == 0) mapped[g->index] = 1;
     return mapped[g->index] ? &maps[g->index] : NULL;
+}
+
+/* A new profile may put other GPUs at the same indices. */
+static void forget_gpu_states(void) {
+    unsigned i;
+    for (i = 0; i < MAX_GPUS; i++) {
+        if (mapped[i]) fake_gpu_close(&maps[i]);
+        mapped[i] = 0;
+    }
 }
 
 static unsigned long long memory_used_bytes(const struct fake_gpu *g) {
