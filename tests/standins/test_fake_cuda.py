@@ -26,6 +26,7 @@ sys.path.insert(0, str(CHECKOUT / "tests/fleet"))
 import package_repo  # noqa: E402
 
 MPS_CONTROL = CHECKOUT / "tests/fleet/packages/cuda-drivers-580/usr/bin/nvidia-cuda-mps-control"
+NVIDIA_SMI = CHECKOUT / "tests/fleet/packages/cuda-drivers-580/usr/bin/nvidia-smi"
 GPUS = ("GPU-11111111-0000-4000-8000-000000000000", "GPU-22222222-0000-4000-8000-000000000000",
         "GPU-33333333-0000-4000-8000-000000000000")
 GPU_MIB = 4096  # GPU 0 leaves 4096 - 512 (the driver's footprint, fake_gpu.h) MiB to allocate
@@ -368,6 +369,12 @@ def test_an_mps_client_is_listed_under_its_daemons_server(fake):
         assert compute_pids(0) == {server: 0, ordinary.pid: 200 << 20}
         assert mps_pids(0) == {client.pid: 300 << 20}
         assert "New client" in (pipe / "log/control.log").read_text()
+        smi = subprocess.run([sys.executable, str(NVIDIA_SMI)], env=fake.env, capture_output=True, text=True,
+                             timeout=15, check=True).stdout
+        rows = {tuple(line.split()[4:7]) for line in smi.splitlines() if line.startswith("|    0   N/A  N/A")}
+        assert {(pid, kind, name.rsplit("/", 1)[-1]) for pid, kind, name in rows} == {
+            (str(server), "C", "nvidia-cuda-mps-server"), (str(ordinary.pid), "C", "fake-gpu-workload"),
+            (str(client.pid), "M+C", "fake-gpu-workload")}, smi
     finally:
         for workload in (client, ordinary):
             if workload:

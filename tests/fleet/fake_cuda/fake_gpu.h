@@ -131,8 +131,9 @@ static inline void fake_gpu_path(char *buf, size_t size, const char *uuid) {
     snprintf(buf, size, "%s/%s/state", fake_gpu_root(), uuid);
 }
 
-/* mkdir -p, each level world-writable like the GPU's device node (crw-rw-rw-), so that any
- * user's process can open a context; a level that exists is left as it is. */
+/* mkdir -p, each level made world-writable and sticky (like /tmp), so that any user's process can
+ * open a context, as any user can open a GPU's device node (crw-rw-rw-); a level that exists is
+ * left as it is. */
 static inline void fake_gpu_mkdirs(const char *dir) {
     char path[512];
     size_t i;
@@ -140,10 +141,10 @@ static inline void fake_gpu_mkdirs(const char *dir) {
     for (i = 1; path[i]; i++) {
         if (path[i] != '/') continue;
         path[i] = 0;
-        if (mkdir(path, 0777) == 0) chmod(path, 0777);
+        if (mkdir(path, 01777) == 0) chmod(path, 01777);
         path[i] = '/';
     }
-    if (mkdir(path, 0777) == 0) chmod(path, 0777);
+    if (mkdir(path, 01777) == 0) chmod(path, 01777);
 }
 
 /* Map the GPU's state.  create: make it when missing (libcuda); NVML only reads what exists.
