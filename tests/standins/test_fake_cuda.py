@@ -47,7 +47,7 @@ def fake(tmp_path_factory):
     workload = package_repo.build_fake_cuda_program("workload.c", root / "bin/fake-gpu-workload", lib)
     server = package_repo.build_fake_cuda_program("mps_server.c", root / "bin/nvidia-cuda-mps-server", lib)
     profile = root / "profile"
-    profile.write_text("driver_version=580.95.05\ncuda_version=13000\n" + "".join(
+    profile.write_text("driver_version=580.95.05\ncuda_version=12080\n" + "".join(
         f"gpu={uuid}|NVIDIA H100 80GB HBM3|{GPU_MIB}|00000000:{17 + i:02x}:00.0|0\n" for i, uuid in enumerate(GPUS)))
     (root / "loaded").touch()
     (root / "nvml-state").mkdir()
@@ -115,6 +115,7 @@ import ctypes, json, sys
 cuda = ctypes.CDLL(sys.argv[1])
 i, p, n, s = ctypes.c_int(), ctypes.c_void_p(), ctypes.c_size_t(), ctypes.c_char_p()
 out = {}
+out["driver_version"] = (cuda.cuDriverGetVersion(ctypes.byref(i)), i.value)  # works before cuInit
 out["count_before_init"] = cuda.cuDeviceGetCount(ctypes.byref(i))
 out["malloc_before_init"] = cuda.cuMemAlloc_v2(ctypes.byref(p), ctypes.c_size_t(1 << 20))
 out["init_flags_1"] = cuda.cuInit(1)
@@ -180,6 +181,7 @@ def probe(fake, **extra: str) -> dict:
 def test_the_driver_api_answers_with_nvidias_error_codes(fake):
     out = probe(fake)
     # CUresult values from the driver API reference's cudaError_enum; successes are the controls.
+    assert out["driver_version"] == [0, 12080]  # the profile's (no driver package's version file here)
     assert out["count_before_init"] == out["malloc_before_init"] == 3  # CUDA_ERROR_NOT_INITIALIZED
     assert out["init_flags_1"] == 1 and out["init"] == 0  # "Currently must be 0"
     assert out["count"] == [0, 3]

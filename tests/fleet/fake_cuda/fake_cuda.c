@@ -108,11 +108,15 @@ static void first_line(const char *path, char *buf, size_t size) {
 }
 
 /* fake_nvml.c's rule: the marker names the version loaded at boot, the version file the one installed. */
+static const char *version_file(void) {
+    const char *p = getenv("FAKE_NVIDIA_VERSION_FILE");
+    return p && *p ? p : "/usr/lib/fake-nvidia/version";
+}
+
 static int driver_mismatch(void) {
     char loaded[FIELD], installed[FIELD];
-    const char *version_file = getenv("FAKE_NVIDIA_VERSION_FILE");
     first_line(fake_gpu_loaded_marker(), loaded, sizeof loaded);
-    first_line(version_file && *version_file ? version_file : "/usr/lib/fake-nvidia/version", installed, sizeof installed);
+    first_line(version_file(), installed, sizeof installed);
     return *loaded && *installed && strcmp(loaded, installed) != 0;
 }
 
@@ -258,9 +262,19 @@ CUresult cuInit(unsigned int flags) {
     return CUDA_SUCCESS;
 }
 
+/* "Returns in *driverVersion the version of CUDA supported by the driver" (works before cuInit): the
+ * installed driver's (its version file), else the profile's cuda_version, as the fake NVML says. */
 CUresult cuDriverGetVersion(int *version) {
+    char line[FIELD];
+    FILE *f;
     if (!version) return CUDA_ERROR_INVALID_VALUE;
-    *version = 13000; /* the 580 branch's CUDA version (fake_nvml.c) */
+    first_line(version_file(), line, sizeof line);
+    *version = fake_gpu_cuda_version(line);
+    if (!*version && (f = fopen(fake_gpu_profile_path(), "r"))) {
+        while (fgets(line, sizeof line, f))
+            if (!strncmp(line, "cuda_version=", 13)) *version = atoi(line + 13);
+        fclose(f);
+    }
     return CUDA_SUCCESS;
 }
 

@@ -122,6 +122,15 @@ static inline const char *fake_gpu_profile_path(void) {
     return p && *p ? p : "/etc/fake-nvml/profile";
 }
 
+/* A driver version's CUDA version (CUDA Toolkit release notes, "CUDA Toolkit and Corresponding
+ * Driver Versions": 13.0 from 580.65.06, 12.4 from 550.54.14, 12.2 from 535.54.03); 0: unknown. */
+static inline int fake_gpu_cuda_version(const char *driver) {
+    if (!strncmp(driver, "580.", 4)) return 13000;
+    if (!strncmp(driver, "550.", 4)) return 12040;
+    if (!strncmp(driver, "535.", 4)) return 12020;
+    return 0;
+}
+
 static inline const char *fake_gpu_loaded_marker(void) {
     const char *p = getenv("FAKE_NVML_LOADED_MARKER");
     return p && *p ? p : "/run/fake-nvidia/loaded";

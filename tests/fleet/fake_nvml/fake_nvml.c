@@ -170,18 +170,14 @@ static nvmlReturn_t load_profile(void) {
         }
     }
     fclose(f);
-    /* The installed driver package's version wins over the profile's.  Its CUDA
-     * version follows the branch (CUDA Toolkit release notes, "CUDA Toolkit and
-     * Corresponding Driver Versions": 13.0 from 580.65.06, 12.4 from 550.54.14,
-     * 12.2 from 535.54.03). */
+    /* The installed driver package's version wins over the profile's, and its CUDA
+     * version follows the branch (fake_gpu_cuda_version). */
     if ((f = fopen(version_file(), "r"))) {
         if (fgets(line, sizeof line, f)) {
             line[strcspn(line, "\r\n")] = 0;
             if (*line) {
                 copy_field(driver_version, sizeof driver_version, line);
-                if (!strncmp(line, "580.", 4)) cuda_version = 13000;
-                else if (!strncmp(line, "550.", 4)) cuda_version = 12040;
-                else if (!strncmp(line, "535.", 4)) cuda_version = 12020;
+                if (fake_gpu_cuda_version(line)) cuda_version = fake_gpu_cuda_version(line);
             }
         }
         fclose(f);
