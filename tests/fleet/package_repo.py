@@ -13,7 +13,8 @@ namespace, where the roles add it exactly as they add a real one (a `signed-by` 
 - stand-ins for what cannot run or cannot be had here, built from the trees under
   tests/fleet/packages/<package>/ (files laid out as they install, maintainer scripts under
   DEBIAN/): kubeadm and kubelet at kubectl's version, NVIDIA's driver (with the fake NVML,
-  compiled from tests/fleet/fake_nvml/fake_nvml.c), fabric manager and container toolkit at
+  compiled from tests/fleet/fake_nvml/fake_nvml.c, and the fake libcuda.so.1, MPS server and
+  test workload from tests/fleet/fake_cuda/), fabric manager and container toolkit at
   the versions pinned below.  Each stand-in's deb records the digest of its sources in the
   control field X-Fleet-Source-Digest, and is rebuilt when they change.
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import gzip
 import hashlib
 import json
@@ -60,6 +62,9 @@ KEY_UID = "hostedai.gpuaas test fleet repository <fleet-repo@gpuaas.invalid>"
 HERE = Path(__file__).resolve().parent
 PACKAGES_DIR = HERE / "packages"  # the stand-ins' source trees
 FAKE_NVML_SOURCE = HERE / "fake_nvml/fake_nvml.c"
+FAKE_CUDA_DIR = HERE / "fake_cuda"  # the fake libcuda.so.1, the fake GPU's shared state, and their programs
+FAKE_CUDA_SOURCES = (FAKE_CUDA_DIR / "fake_gpu.h", FAKE_CUDA_DIR / "cuda_api.h", FAKE_CUDA_DIR / "fake_cuda.c",
+                     FAKE_CUDA_DIR / "workload.c", FAKE_CUDA_DIR / "mps_server.c")
 CHECKOUT = HERE.parents[1]
 AGENT_DIR = CHECKOUT / "agent"  # the gpuaas agent (a kubelet device plugin): its wheel is in the Python index
 # The kubelet device plugin API the agent serves; the kubelet stand-in reads its messages from this
@@ -92,6 +97,9 @@ DOCKER_CE_VERSION = "5:24.0.7-1~debian.12~bookworm"
 CONTAINERD_BINARIES = ("containerd", "containerd-shim", "containerd-shim-runc-v1", "containerd-shim-runc-v2", "ctr")
 # The gcc line fleet.py's build_fake_nvml uses.
 FAKE_NVML_GCC = ("gcc", "-O2", "-Wall", "-Wno-format-truncation", "-shared", "-fPIC", "-Wl,-soname,libnvidia-ml.so.1")
+# The fake libcuda.so.1 (its real soname), and the programs linked against it.
+FAKE_CUDA_GCC = ("gcc", "-O2", "-Wall", "-Wno-format-truncation", "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1")
+FAKE_CUDA_PROGRAM_GCC = ("gcc", "-O2", "-Wall")
 
 
 class RepoError(Exception):
@@ -304,6 +312,44 @@ def build_fake_nvml(out: Path) -> Path:
     return out
 
 
+def build_fake_cuda(out: Path) -> Path:
+    """The fake libcuda.so.1 (tests/fleet/fake_cuda/fake_cuda.c)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _run(*FAKE_CUDA_GCC, "-o", str(out), str(FAKE_CUDA_DIR / "fake_cuda.c"))
+    return out
+
+
+def build_fake_cuda_program(source: str, out: Path, libcuda_dir: Path | None = None) -> Path:
+    """A program of tests/fleet/fake_cuda linked against libcuda.so.1 (built beside it when no
+    ``libcuda_dir`` holds one); at run time it finds the library as a real CUDA program does
+    (ldconfig's cache or LD_LIBRARY_PATH)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    link_dir = libcuda_dir or out.parent / f".{out.name}-link"
+    if libcuda_dir is None:
+        build_fake_cuda(link_dir / "libcuda.so.1")
+    _run(*FAKE_CUDA_PROGRAM_GCC, "-o", str(out), str(FAKE_CUDA_DIR / source), "-L", str(link_dir), "-l:libcuda.so.1")
+    if libcuda_dir is None:
+        shutil.rmtree(link_dir)
+    return out
+
+
+def driver_built_files() -> dict[str, tuple]:
+    """The driver stand-in's compiled files: path in the package -> (builder, the inputs it reads).
+    The real libcuda.so.1 comes with the driver (libcuda1 / libnvidia-compute-<branch>), and
+    nvidia-cuda-mps-server with nvidia-cuda-mps-control (nvidia-compute-utils-<branch>);
+    fake-gpu-workload is the fleet's test workload (docs/test-fleet.md, "The fake GPU")."""
+    program_gcc = " ".join(FAKE_CUDA_GCC + FAKE_CUDA_PROGRAM_GCC)
+    return {
+        "/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1": (build_fake_nvml,
+                                                        (FAKE_NVML_SOURCE, *FAKE_CUDA_SOURCES, " ".join(FAKE_NVML_GCC))),
+        "/usr/lib/x86_64-linux-gnu/libcuda.so.1": (build_fake_cuda, (*FAKE_CUDA_SOURCES, " ".join(FAKE_CUDA_GCC))),
+        "/usr/bin/nvidia-cuda-mps-server": (functools.partial(build_fake_cuda_program, "mps_server.c"),
+                                            (*FAKE_CUDA_SOURCES, program_gcc)),
+        "/usr/bin/fake-gpu-workload": (functools.partial(build_fake_cuda_program, "workload.c"),
+                                       (*FAKE_CUDA_SOURCES, program_gcc)),
+    }
+
+
 def standins(kube: dict) -> list[StandIn]:
     """The stand-in packages, at kubectl's Kubernetes version and the NVIDIA versions above."""
     version = kube["gitVersion"].lstrip("v")
@@ -332,10 +378,9 @@ def standins(kube: dict) -> list[StandIn]:
         # dependencies (nvidia-driver, nvidia-kernel-dkms, nvidia-persistenced, libnvidia-ml1, ...)
         # carry these files.
         StandIn(f"cuda-drivers-{NVIDIA_DRIVER_BRANCH}", driver_deb, f"NVIDIA driver, {NVIDIA_DRIVER_BRANCH} branch "
-                "(fleet stand-in: fake NVML, nvidia-smi, nvidia-persistenced)", depends=PYTHON,
+                "(fleet stand-in: fake NVML and libcuda, nvidia-smi, nvidia-persistenced, MPS)", depends=PYTHON,
                 substitutions=nvidia,
-                built={"/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1": (build_fake_nvml,
-                                                                       (FAKE_NVML_SOURCE, " ".join(FAKE_NVML_GCC)))}),
+                built=driver_built_files()),
         StandIn(f"nvidia-fabricmanager-{NVIDIA_DRIVER_BRANCH}", fm_deb,
                 "Fabric Manager for NVSwitch based systems (fleet stand-in)", depends=PYTHON, substitutions=nvidia),
         # "Meta-package for FM and Driver": both at its own version (NVIDIA/apt-packaging-fabric-manager).

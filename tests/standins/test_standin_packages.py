@@ -725,6 +725,22 @@ def test_nvidia_smi_answers_9_until_the_driver_is_loaded(node):
     assert smi.returncode == 0 and "Driver Version: 580.95.05" in smi.stdout and "CUDA Version: 13.0" in smi.stdout
 
 
+def test_the_driver_ships_libcuda_and_the_test_workload_linked_against_it(node):
+    """tests/fleet/fake_cuda: libcuda.so.1 where the real driver puts it, found through ldconfig's
+    cache as a real CUDA program finds it; its GPUs' state under /run/fake-nvidia/gpus."""
+    node.profile("NVIDIA H100 80GB HBM3", 2)
+    before = node.run("fake-gpu-workload", "--seconds", "0.1")
+    assert (before.returncode, before.stderr) == (1, "CUDA_ERROR_NO_DEVICE\n")  # the driver is not loaded yet
+    node.load_driver()
+    assert node.run("ldconfig").returncode == 0
+    done = node.run("fake-gpu-workload", "--memory-mib", "100", "--kernel-ms", "10", "--seconds", "0.5", "--device", "1")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["device"] == "GPU-00000001-0000-0000-0000-000000000000" and report["memory_mib"] == 100
+    assert node.path("run/fake-nvidia/gpus/GPU-00000001-0000-0000-0000-000000000000/state").exists()
+    assert node.path("usr/bin/nvidia-cuda-mps-server").exists()
+
+
 def test_the_driver_version_is_the_installed_package_s(node):
     node.profile("NVIDIA A100-SXM4-40GB", 4, driver="535.161.08")
     node.load_driver()

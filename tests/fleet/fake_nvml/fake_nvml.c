@@ -31,8 +31,17 @@
  * FAKE_NVML_STATE_DIR (default /var/lib/fake-nvml): compute-mode-<index>.
  * A GPU is "lost" (NVML_ERROR_GPU_IS_LOST on every query) while the file
  * <state dir>/lost-<index> exists, which is how failure tests pull a GPU.
- * Utilisation, temperature and power are derived deterministically from the
- * index and the clock, so samples vary but stay in realistic ranges.
+ * Temperature and power are derived deterministically from the index and the
+ * clock, so samples vary but stay in realistic ranges; so is utilisation while
+ * no process holds a context on the GPU.
+ *
+ * Processes come from the GPU's state that the fake libcuda.so.1 keeps
+ * (tests/fleet/fake_cuda/fake_gpu.h: <state root>/<uuid>/state, read only when it
+ * exists): the compute and MPS process lists with each process's device memory,
+ * per-process utilisation from the GPU time each received, memory used (the
+ * driver's footprint plus what the contexts hold) and, while any context exists,
+ * the GPU's utilisation from its busy time over the last second.  Each query
+ * advances the GPU's clock first (fake_gpu_advance), as any libcuda call does.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -41,6 +50,8 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "../fake_cuda/fake_gpu.h"
 
 typedef int nvmlReturn_t;
 #define NVML_SUCCESS 0
@@ -54,6 +65,8 @@ typedef int nvmlReturn_t;
 #define NVML_ERROR_GPU_IS_LOST 15
 #define NVML_ERROR_LIB_RM_VERSION_MISMATCH 18
 #define NVML_ERROR_UNKNOWN 999
+/* nvml.h: gpuInstanceId/computeInstanceId of a process on a GPU without MIG. */
+#define NVML_VALUE_NOT_AVAILABLE_UINT 0xFFFFFFFFu
 
 #define MAX_GPUS 16
 #define FIELD 96
@@ -86,20 +99,14 @@ static char driver_version[FIELD] = "580.95.05";
 static int cuda_version = 13000;
 static int initialised;
 
-static const char *profile_path(void) {
-    const char *p = getenv("FAKE_NVML_PROFILE");
-    return p && *p ? p : "/etc/fake-nvml/profile";
-}
+static const char *profile_path(void) { return fake_gpu_profile_path(); }
 
 static const char *state_dir(void) {
     const char *p = getenv("FAKE_NVML_STATE_DIR");
     return p && *p ? p : "/var/lib/fake-nvml";
 }
 
-static const char *loaded_marker(void) {
-    const char *p = getenv("FAKE_NVML_LOADED_MARKER");
-    return p && *p ? p : "/run/fake-nvidia/loaded";
-}
+static const char *loaded_marker(void) { return fake_gpu_loaded_marker(); }
 
 static const char *version_file(void) {
     const char *p = getenv("FAKE_NVIDIA_VERSION_FILE");
@@ -150,11 +157,8 @@ static nvmlReturn_t load_profile(void) {
             cuda_version = atoi(line + 13);
         } else if (!strncmp(line, "gpu=", 4) && gpu_count < MAX_GPUS) {
             struct fake_gpu *g = &gpus[gpu_count];
-            char *save = NULL, *tok;
             char *fields[5] = {0};
-            int n = 0;
-            for (tok = strtok_r(line + 4, "|", &save); tok && n < 5; tok = strtok_r(NULL, "|", &save))
-                fields[n++] = tok;
+            int n = fake_gpu_profile_fields(line + 4, fields);
             if (n < 4) continue;
             g->index = gpu_count;
             copy_field(g->uuid, sizeof g->uuid, fields[0]);
@@ -166,18 +170,14 @@ static nvmlReturn_t load_profile(void) {
         }
     }
     fclose(f);
-    /* The installed driver package's version wins over the profile's.  Its CUDA
-     * version follows the branch (CUDA Toolkit release notes, "CUDA Toolkit and
-     * Corresponding Driver Versions": 13.0 from 580.65.06, 12.4 from 550.54.14,
-     * 12.2 from 535.54.03). */
+    /* The installed driver package's version wins over the profile's, and its CUDA
+     * version follows the branch (fake_gpu_cuda_version). */
     if ((f = fopen(version_file(), "r"))) {
         if (fgets(line, sizeof line, f)) {
             line[strcspn(line, "\r\n")] = 0;
             if (*line) {
                 copy_field(driver_version, sizeof driver_version, line);
-                if (!strncmp(line, "580.", 4)) cuda_version = 13000;
-                else if (!strncmp(line, "550.", 4)) cuda_version = 12040;
-                else if (!strncmp(line, "535.", 4)) cuda_version = 12020;
+                if (fake_gpu_cuda_version(line)) cuda_version = fake_gpu_cuda_version(line);
             }
         }
         fclose(f);
@@ -210,11 +210,14 @@ static nvmlReturn_t copy_out(char *dst, unsigned length, const char *src) {
     return NVML_SUCCESS;
 }
 
+static void forget_gpu_states(void);
+
 nvmlReturn_t nvmlInitWithFlags(unsigned int flags) {
     nvmlReturn_t rc;
     (void)flags;
     if (access(loaded_marker(), F_OK) != 0) return NVML_ERROR_DRIVER_NOT_LOADED;
     if (loaded_mismatch()) return NVML_ERROR_LIB_RM_VERSION_MISMATCH;
+    forget_gpu_states();
     rc = load_profile();
     if (rc == NVML_SUCCESS) initialised = 1;
     return rc;
@@ -308,9 +311,41 @@ nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *uuid, unsigned int length) 
     return rc ? rc : copy_out(uuid, length, d->uuid);
 }
 
+/* The GPU's shared state (fake_gpu.h), mapped on first use; NULL while no process has opened a
+ * context on it since boot. */
+static struct fake_gpu_map maps[MAX_GPUS];
+static int mapped[MAX_GPUS];
+
+static struct fake_gpu_map *gpu_state(const struct fake_gpu *g) {
+    if (mapped[g->index] && !fake_gpu_current(&maps[g->index], g->uuid)) {
+        fake_gpu_close(&maps[g->index]);
+        mapped[g->index] = 0;
+    }
+    if (!mapped[g->index] && fake_gpu_open(&maps[g->index], g->uuid, 0) == 0) mapped[g->index] = 1;
+    return mapped[g->index] ? &maps[g->index] : NULL;
+}
+
+/* A new profile may put other GPUs at the same indices. */
+static void forget_gpu_states(void) {
+    unsigned i;
+    for (i = 0; i < MAX_GPUS; i++) {
+        if (mapped[i]) fake_gpu_close(&maps[i]);
+        mapped[i] = 0;
+    }
+}
+
 static unsigned long long memory_used_bytes(const struct fake_gpu *g) {
-    /* A small, stable footprint per GPU (driver context), like an idle card. */
-    return (unsigned long long)(512 + 64 * g->index) * 1024 * 1024;
+    /* A small, stable footprint per GPU (driver context), like an idle card, plus what the
+     * processes' contexts hold. */
+    unsigned long long used = fake_gpu_footprint_bytes(g->index);
+    struct fake_gpu_map *m = gpu_state(g);
+    if (m) {
+        fake_gpu_lock(m);
+        fake_gpu_advance(m->state, 0);
+        used += fake_gpu_memory_held(m->state);
+        fake_gpu_unlock(m);
+    }
+    return used;
 }
 
 nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *memory) {
@@ -423,12 +458,37 @@ static unsigned wave(const struct fake_gpu *g, unsigned spread) {
     return (unsigned)((time(NULL) / 60 + g->index * 7) % spread);
 }
 
+/* nvml.h, nvmlUtilization_t.gpu: "Percent of time over the past sample period during which one
+ * or more kernels was executing on the GPU" (the period is 1/6 s to 1 s by product; 1 s here).
+ * Returns -1 while no process holds a context on the GPU. */
+static int busy_percent(const struct fake_gpu *g) {
+    struct fake_gpu_map *m = gpu_state(g);
+    uint64_t now_us, from_us, oldest_us, busy_then;
+    int percent = -1, i;
+    if (!m) return -1;
+    fake_gpu_lock(m);
+    now_us = fake_gpu_advance(m->state, 0);
+    for (i = 0; i < FAKE_GPU_MAX_CONTEXTS; i++)
+        if (m->state->contexts[i].pid) break;
+    if (i < FAKE_GPU_MAX_CONTEXTS) {
+        busy_then = fake_gpu_ring_oldest(&m->state->busy, &oldest_us);
+        from_us = now_us - 1000000ULL > oldest_us ? now_us - 1000000ULL : oldest_us;
+        busy_then = fake_gpu_ring_value_at(&m->state->busy, from_us, busy_then);
+        percent = now_us > from_us ? (int)((m->state->busy_ns - busy_then) / 10ULL / (now_us - from_us)) : 0;
+        if (percent > 100) percent = 100;
+    }
+    fake_gpu_unlock(m);
+    return percent;
+}
+
 nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtilization_t *u) {
+    int busy;
     nvmlReturn_t rc = check_device(d);
     if (rc) return rc;
     if (!u) return NVML_ERROR_INVALID_ARGUMENT;
-    u->gpu = 20 + wave(d, 70);
-    u->memory = 10 + wave(d, 50);
+    busy = busy_percent(d);
+    u->gpu = busy >= 0 ? (unsigned)busy : 20 + wave(d, 70);
+    u->memory = 10 + wave(d, 50); /* memory bandwidth is not modelled */
     return NVML_SUCCESS;
 }
 nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t d, int sensor, unsigned int *temp) {
@@ -443,5 +503,145 @@ nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t d, unsigned int *milliwatts) {
     if (rc) return rc;
     if (!milliwatts) return NVML_ERROR_INVALID_ARGUMENT;
     *milliwatts = 60000 + wave(d, 240) * 1000;
+    return NVML_SUCCESS;
+}
+
+/* ---- Processes (nvml.h, "Device Queries") ---- */
+
+/* nvmlProcessInfo_v2_t, which nvml.h also names nvmlProcessInfo_t (v3). */
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+    unsigned int gpuInstanceId, computeInstanceId;
+} nvmlProcessInfo_t;
+
+typedef struct {
+    unsigned int pid;
+    unsigned long long timeStamp;
+    unsigned int smUtil, memUtil, encUtil, decUtil;
+} nvmlProcessUtilizationSample_t;
+
+enum process_kind { ORDINARY, MPS_CLIENT };
+
+/* One entry per process (its contexts summed) of the kind asked: ordinary contexts (an MPS server
+ * is one) or MPS clients.  Returns the number of processes; fills at most `room`. */
+static unsigned list_processes(const struct fake_gpu *g, enum process_kind kind, nvmlProcessInfo_t *out, unsigned room) {
+    struct fake_gpu_map *m = gpu_state(g);
+    nvmlProcessInfo_t found[FAKE_GPU_MAX_CONTEXTS];
+    unsigned n = 0, i, j;
+    if (!m) return 0;
+    fake_gpu_lock(m);
+    fake_gpu_advance(m->state, 0);
+    for (i = 0; i < FAKE_GPU_MAX_CONTEXTS; i++) {
+        const struct fake_gpu_context *c = &m->state->contexts[i];
+        if (!c->pid || (kind == MPS_CLIENT) != (c->mps_server != 0)) continue;
+        for (j = 0; j < n && found[j].pid != (unsigned)c->pid; j++) {}
+        if (j == n) {
+            found[n].pid = (unsigned)c->pid;
+            found[n].usedGpuMemory = 0;
+            found[n].gpuInstanceId = found[n].computeInstanceId = NVML_VALUE_NOT_AVAILABLE_UINT;
+            n++;
+        }
+        found[j].usedGpuMemory += c->memory_bytes;
+    }
+    fake_gpu_unlock(m);
+    for (i = 0; i < n && i < room && out; i++) out[i] = found[i];
+    return n;
+}
+
+/* nvmlDeviceGetComputeRunningProcesses_v3: "infoCount: Reference in which to provide the infos
+ * array size, and to return the number of returned elements"; NVML_ERROR_INSUFFICIENT_SIZE "if
+ * infoCount indicates that the infos array is too small, infoCount will contain minimal amount
+ * of space necessary for the call to complete"; with none running and *infoCount 0, success.
+ * pynvml calls it first with a count of 0 and no array, then with twice the count plus 5. */
+static nvmlReturn_t running_processes(nvmlDevice_t d, unsigned int *count, nvmlProcessInfo_t *infos, enum process_kind kind) {
+    unsigned n;
+    nvmlReturn_t rc = check_device(d);
+    if (rc) return rc;
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    n = list_processes(d, kind, infos, infos ? *count : 0);
+    if (n > *count || (n && !infos)) {
+        *count = n;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    *count = n;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned int *count, nvmlProcessInfo_t *infos) {
+    return running_processes(d, count, infos, ORDINARY);
+}
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t d, unsigned int *count, nvmlProcessInfo_t *infos) {
+    return running_processes(d, count, infos, ORDINARY); /* v2's struct is v3's */
+}
+/* "Get information about processes with a MPS compute context on a device" (clients only; the
+ * server is in the compute list). */
+nvmlReturn_t nvmlDeviceGetMPSComputeRunningProcesses_v3(nvmlDevice_t d, unsigned int *count, nvmlProcessInfo_t *infos) {
+    return running_processes(d, count, infos, MPS_CLIENT);
+}
+nvmlReturn_t nvmlDeviceGetMPSComputeRunningProcesses_v2(nvmlDevice_t d, unsigned int *count, nvmlProcessInfo_t *infos) {
+    return running_processes(d, count, infos, MPS_CLIENT);
+}
+
+/* The GPU time (ns) pid's contexts received between since_us and now (their counters now minus
+ * their counters then, interpolated in each context's snapshots; 0 before a context existed). */
+static uint64_t received_since(const struct fake_gpu_state *s, int32_t pid, uint64_t since_us) {
+    uint64_t total = 0, oldest_us, before;
+    int i;
+    for (i = 0; i < FAKE_GPU_MAX_CONTEXTS; i++) {
+        const struct fake_gpu_context *c = &s->contexts[i];
+        if (c->pid != pid) continue;
+        before = fake_gpu_ring_oldest(&c->history, &oldest_us);
+        if (since_us < c->created_us) before = 0;
+        total += c->received_ns - fake_gpu_ring_value_at(&c->history, since_us, before);
+    }
+    return total;
+}
+
+/* nvmlDeviceGetProcessUtilization(device, utilization, processSamplesCount, lastSeenTimeStamp):
+ * one sample per process that received GPU time since lastSeenTimeStamp (a CPU timestamp in µs),
+ * timeStamp = now, smUtil = the percentage of the GPU's time it received over
+ * [lastSeenTimeStamp, timeStamp], rounded; memUtil/encUtil/decUtil 0 (not modelled).  nvml.h:
+ * "first determine the size of buffer required ... by invoking the function with utilization set
+ * to NULL"; NVML_ERROR_INSUFFICIENT_SIZE when the buffer is too small (the count then says how
+ * many); NVML_ERROR_NOT_FOUND "if sample entries are not found".  Each call snapshots every
+ * context at its timeStamp, so the next call, given that timeStamp, measures from an exact point. */
+nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d, nvmlProcessUtilizationSample_t *utilization,
+                                             unsigned int *count, unsigned long long lastSeen) {
+    nvmlProcessUtilizationSample_t found[FAKE_GPU_MAX_CONTEXTS];
+    struct fake_gpu_map *m;
+    uint64_t now_us;
+    unsigned n = 0, i, j;
+    nvmlReturn_t rc = check_device(d);
+    if (rc) return rc;
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    if ((m = gpu_state(d))) {
+        fake_gpu_lock(m);
+        now_us = fake_gpu_advance(m->state, 1);
+        for (i = 0; now_us > lastSeen && i < FAKE_GPU_MAX_CONTEXTS; i++) {
+            int32_t pid = m->state->contexts[i].pid;
+            uint64_t got;
+            if (!pid) continue;
+            for (j = 0; j < n && found[j].pid != (unsigned)pid; j++) {}
+            if (j < n || !(got = received_since(m->state, pid, lastSeen))) continue;
+            memset(&found[n], 0, sizeof found[n]);
+            found[n].pid = (unsigned)pid;
+            found[n].timeStamp = now_us;
+            found[n].smUtil = (unsigned)((got / 10ULL + (now_us - lastSeen) / 2) / (now_us - lastSeen));
+            if (found[n].smUtil > 100) found[n].smUtil = 100;
+            n++;
+        }
+        fake_gpu_unlock(m);
+    }
+    if (!n) {
+        *count = 0;
+        return NVML_ERROR_NOT_FOUND;
+    }
+    if (!utilization || *count < n) {
+        *count = n;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    memcpy(utilization, found, n * sizeof found[0]);
+    *count = n;
     return NVML_SUCCESS;
 }
