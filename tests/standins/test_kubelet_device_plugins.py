@@ -480,7 +480,7 @@ def test_each_container_sees_the_gpus_the_toolkit_would_give_it(kubelet):
         assert "CAP_SYS_ADMIN" not in bundle["process"]["capabilities"]["bounding"]
         image_env = json.loads((kubelet.records / "containers/bundles/default_image-env_main/config.json").read_text())
         assert "NVIDIA_VISIBLE_DEVICES=all" in image_env["process"]["env"]  # the image's ENV reached the runtime
-        assert pod_status(kubelet, "tenant")["phase"] == "Running"
+        assert wait_for(lambda: pod_status(kubelet, "tenant").get("phase") == "Running")
 
         # A RuntimeClass that does not exist: the API server's RuntimeClass admission refuses the Pod.
         refused = kubelet.cluster.apply(gpu_pod("no-class", kubelet.node, runtime_class="missing"))
