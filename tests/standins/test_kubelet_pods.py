@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fakeruntime  # noqa: E402
 import podresources  # noqa: E402
 from device_plugin_double import RESOURCE, Plugin  # noqa: E402
-from test_kubelet_device_plugins import (GPU_A, GPU_B, KUBELET, CLIENT_DIR, descriptors, gpu_pod, kubelet,  # noqa: E402,F401
-                                         node_tools, pod_status)
+# The kubelet and descriptors fixtures are that module's, used here by name.
+from test_kubelet_device_plugins import (  # noqa: E402,F401  pylint: disable=unused-import
+    CLIENT_DIR, GPU_A, GPU_B, KUBELET, descriptors, gpu_pod, kubelet, node_tools, pod_status)
 from waiting import wait_for  # noqa: E402
 
 
