@@ -493,3 +493,13 @@ def test_each_container_sees_the_gpus_the_toolkit_would_give_it(kubelet):
         assert not (kubelet.records / "containers/default_on-kata_main.json").exists()
     finally:
         plugin.stop()
+        # The containers' /dev/null mount points, made on this host as on a node (its filesystem
+        # is their root): empty files, removed.
+        for gpu in (GPU_A, GPU_B):
+            point = Path(DEVICE_ROOT, gpu)
+            if point.is_file() and point.stat().st_size == 0:
+                kubelet.stop()
+                kubelet.remove_containers()
+                point.unlink()
+        if Path(DEVICE_ROOT).is_dir() and not any(Path(DEVICE_ROOT).iterdir()):
+            Path(DEVICE_ROOT).rmdir()

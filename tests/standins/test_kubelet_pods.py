@@ -269,3 +269,26 @@ def test_a_restarted_kubelet_adopts_the_running_containers(kubelet):  # noqa: F8
     # Still its kubelet's: deleting the Pod ends the adopted process.
     assert kubelet.cluster.kubectl("delete", "pod", "long").returncode == 0
     assert not alive(task["pid"])
+
+
+def test_a_container_sees_its_bind_mounts_and_the_node_does_not(kubelet):  # noqa: F811
+    kubelet.start()
+    source = kubelet.root / "shared"
+    source.mkdir()
+    (source / "pipe-name").write_text("from the host\n")
+    target = f"/run/gpuaas-test-{kubelet.root.name}/pipe"
+    pod = make_pod("mounted", kubelet.node, ["sh", "-c", f"cat {target}/pipe-name; touch {target}/new || echo read-only; exec sleep 60"],
+                   volumeMounts=[{"name": "pipe", "mountPath": target, "readOnly": True}])
+    pod["spec"]["volumes"] = [{"name": "pipe", "hostPath": {"path": str(source)}}]
+    try:
+        assert kubelet.cluster.apply(pod).returncode == 0
+        running(kubelet, "mounted")
+        log = next(iter(kubelet.pod_logs.glob("default_mounted_*/main/0.log")), None)
+        lines = wait_for(lambda: log and len(log.read_text().splitlines()) >= 2 and log.read_text().splitlines(),
+                         what=lambda: f"two lines in {log}; {kubelet.logs()[-2000:]}")
+        assert [line.split(" ", 3)[3] for line in lines if " stdout " in line] == ["from the host", "read-only"], lines
+        assert not (source / "new").exists()
+        # The mount is the container's own: the node's path holds only the empty mount point.
+        assert not Path(target, "pipe-name").exists()
+    finally:
+        subprocess.run(["rm", "-rf", str(Path(target).parent)], check=False)
