@@ -142,6 +142,13 @@ class Kubelet:
                         pass
         top = Path("/sys/fs/cgroup/unified" if Path("/sys/fs/cgroup/unified/cgroup.controllers").exists()
                    else "/sys/fs/cgroup") / self.cgroup_root.lstrip("/")
+        # And whatever else is in this test's cgroups (a process whose record a broken kubelet lost).
+        for procs in top.rglob("cgroup.procs") if top.exists() else ():
+            for pid in procs.read_text().split():
+                try:
+                    os.kill(int(pid), 9)
+                except OSError:
+                    pass
         for _attempt in range(50):
             for directory in sorted(top.rglob("*"), key=lambda p: -len(p.parts)) if top.exists() else []:
                 if directory.is_dir():
