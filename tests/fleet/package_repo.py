@@ -70,6 +70,9 @@ AGENT_DIR = CHECKOUT / "agent"  # the gpuaas agent (a kubelet device plugin): it
 # The kubelet device plugin API the agent serves; the kubelet stand-in reads its messages from this
 # proto's descriptor set (Debian's python3-protobuf 3.21 cannot run stubs a newer protoc generated).
 DEVICE_PLUGIN_PROTO = "gpuaas_agent/deviceplugin/v1beta1/api.proto"
+# The kubelet's PodResources API v1, which the kubelet stand-in serves: its proto, the same way.
+PROTO_DIR = HERE / "proto"
+POD_RESOURCES_PROTO = "podresources/v1/api.proto"
 # What a node installs from Debian (roles/node_init on a Debian 12 node, with python3-apt and
 # python3-debian for Ansible's apt and deb822_repository modules; python3-venv for the gpuaas agent's
 # venv, which the gpu_sharing role makes with `python3 -m venv`), and what the Python stand-ins
@@ -296,13 +299,23 @@ class StandIn:
         return h.hexdigest()[:32]
 
 
-def build_device_plugin_descriptors(out: Path) -> Path:
-    """api.proto's FileDescriptorSet (with its imports), which the kubelet stand-in builds its
+def build_descriptors(out: Path, include: Path, proto: str) -> Path:
+    """A proto's FileDescriptorSet (with its imports), which the kubelet stand-in builds its
     message classes from at run time."""
     out.parent.mkdir(parents=True, exist_ok=True)
     _run(sys.executable, "-m", "grpc_tools.protoc", f"--descriptor_set_out={out}", "--include_imports",
-         "-I", str(AGENT_DIR / "src"), DEVICE_PLUGIN_PROTO)
+         "-I", str(include), proto)
     return out
+
+
+def build_device_plugin_descriptors(out: Path) -> Path:
+    """The device plugin API's (v1beta1, the agent's api.proto)."""
+    return build_descriptors(out, AGENT_DIR / "src", DEVICE_PLUGIN_PROTO)
+
+
+def build_pod_resources_descriptors(out: Path) -> Path:
+    """The PodResources API's (v1)."""
+    return build_descriptors(out, PROTO_DIR, POD_RESOURCES_PROTO)
 
 
 def build_fake_nvml(out: Path) -> Path:
@@ -373,6 +386,9 @@ def standins(kube: dict) -> list[StandIn]:
                 substitutions=k8s,
                 built={"/usr/lib/fake-kubernetes/deviceplugin-v1beta1.binpb": (
                     build_device_plugin_descriptors, (AGENT_DIR / "src" / DEVICE_PLUGIN_PROTO,
+                                                      "protoc --descriptor_set_out --include_imports")),
+                       "/usr/lib/fake-kubernetes/podresources-v1.binpb": (
+                    build_pod_resources_descriptors, (PROTO_DIR / POD_RESOURCES_PROTO,
                                                       "protoc --descriptor_set_out --include_imports"))}),
         # The driver as one package: the real cuda-drivers-<branch> is a metapackage whose
         # dependencies (nvidia-driver, nvidia-kernel-dkms, nvidia-persistenced, libnvidia-ml1, ...)

@@ -10,8 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 from fake_apiserver import KUBECTL, VERSION, Cluster
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests/fleet/packages/kubelet/usr/lib/fake-kubernetes"))
+import kubeclient  # noqa: E402  (the kubelet stand-in's client)
 
 
 def node(name: str, **spec) -> dict:
@@ -205,3 +211,44 @@ def test_runtimeclasses_are_served_cluster_wide_with_an_immutable_handler(cluste
     bad = cluster.kubectl("create", "-f", "-", stdin=json.dumps({**runtime_class, "metadata": {"name": "bad"},
                                                                  "handler": "Not_A_Label"}))
     assert bad.returncode == 1 and "a lowercase RFC 1123 label" in bad.stderr
+
+
+def test_a_pod_bound_to_a_node_is_deleted_gracefully_and_one_that_is_not_at_once(cluster):
+    free = pod("grace-free", "")
+    del free["spec"]["nodeName"]
+    finished = pod("grace-finished", "ghost")
+    finished["status"]["phase"] = "Succeeded"
+    bound = pod("grace-bound", "ghost")
+    assert cluster.apply(free, finished, bound).returncode == 0
+    for name in ("grace-free", "grace-finished"):  # unscheduled, or terminal: grace period 0
+        assert cluster.kubectl("delete", "pod", name, "--wait=false").returncode == 0
+        assert cluster.stored("", "pods", name, "default") is None
+    # Bound and running: marked with the Pod's grace period (30 by default), kept for its kubelet.
+    assert cluster.kubectl("delete", "pod", "grace-bound", "--wait=false").returncode == 0
+    marked = cluster.stored("", "pods", "grace-bound", "default")["metadata"]
+    assert marked["deletionGracePeriodSeconds"] == 30 and marked["deletionTimestamp"]
+    # A second delete may shorten it, never lengthen it.
+    assert cluster.kubectl("delete", "pod", "grace-bound", "--grace-period=5", "--wait=false").returncode == 0
+    assert cluster.stored("", "pods", "grace-bound", "default")["metadata"]["deletionGracePeriodSeconds"] == 5
+    assert cluster.kubectl("delete", "pod", "grace-bound", "--grace-period=20", "--wait=false").returncode == 0
+    assert cluster.stored("", "pods", "grace-bound", "default")["metadata"]["deletionGracePeriodSeconds"] == 5
+    # What the kubelet sends once the containers stopped (with its own client): grace 0, the UID
+    # as precondition.
+    admin = json.loads((cluster.root / "admin.conf").read_text())
+    server, user = admin["clusters"][0]["cluster"], admin["users"][0]["user"]
+    conf = cluster.root / "kubeclient.conf"  # the YAML shape kubeclient reads (kubelet.conf's)
+    conf.write_text("apiVersion: v1\nclusters:\n- cluster:\n"
+                    f"    certificate-authority-data: {server['certificate-authority-data']}\n    server: {server['server']}\n"
+                    "  name: kubernetes\nusers:\n- name: admin\n  user:\n"
+                    f"    client-certificate-data: {user['client-certificate-data']}\n"
+                    f"    client-key-data: {user['client-key-data']}\n")
+    client = kubeclient.Client(str(conf))
+    path, uid = "/api/v1/namespaces/default/pods/grace-bound", marked["uid"]
+    with pytest.raises(kubeclient.ApiError) as wrong:
+        client.request("DELETE", path, {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
+                                        "preconditions": {"uid": "not-" + uid}})
+    assert wrong.value.code == 409
+    assert str(wrong.value).startswith(f"Precondition failed: UID in precondition: not-{uid}, UID in object meta: {uid}")
+    client.request("DELETE", path, {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
+                                    "preconditions": {"uid": uid}})
+    assert cluster.stored("", "pods", "grace-bound", "default") is None

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import grpc
@@ -38,8 +39,11 @@ GRACE = 2.0
 
 @pytest.fixture(scope="module")
 def descriptors(tmp_path_factory) -> Path:
-    """api.proto's descriptor set, built as the kubelet package's build builds it."""
-    return package_repo.build_device_plugin_descriptors(tmp_path_factory.mktemp("proto") / "api.binpb")
+    """api.proto's descriptor set, built as the kubelet package's build builds it (and the
+    PodResources API's beside it, podresources.binpb)."""
+    directory = tmp_path_factory.mktemp("proto")
+    package_repo.build_pod_resources_descriptors(directory / "podresources.binpb")
+    return package_repo.build_device_plugin_descriptors(directory / "api.binpb")
 
 
 class Kubelet:
@@ -65,7 +69,14 @@ class Kubelet:
         self.env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(CLIENT_DIR), "FAKE_PROC_SWAPS": str(root / "swaps"),
                     "FAKE_CNI_CONF_DIR": str(root / "cni"), "FAKE_KUBELET_HEARTBEAT_SECONDS": "0.3",
                     "FAKE_KUBELET_ENDPOINT_GRACE_SECONDS": str(GRACE),
-                    "FAKE_KUBELET_DEVICEPLUGIN_DESCRIPTORS": str(descriptors)}
+                    "FAKE_KUBELET_DEVICEPLUGIN_DESCRIPTORS": str(descriptors),
+                    "FAKE_KUBELET_PODRESOURCES_DESCRIPTORS": str(descriptors.parent / "podresources.binpb")}
+        # The containers are real processes in real cgroups: this test's own cgroup root (the
+        # kubelet's cgroupRoot) keeps them apart from any other run's, and its own log directory.
+        self.cgroup_root = f"/gpuaas-test-{root.name}"
+        self.pod_logs = root / "pods"
+        self.config = {"cgroupDriver": "cgroupfs", "cgroupRoot": self.cgroup_root, "podLogsDir": str(self.pod_logs)}
+        self.extra_args: list = []
 
     def socket_inode(self) -> tuple | None:
         try:
@@ -81,10 +92,12 @@ class Kubelet:
         # before that made the restart check flaky).
         (self.records / "state.json").unlink(missing_ok=True)
         self.log = open(self.root / "kubelet.log", "a")  # noqa: SIM115  (closed in stop)
+        (self.root / "config.yaml").write_text("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n"
+                                               + "".join(f"{k}: {v}\n" for k, v in self.config.items()))
         self.process = subprocess.Popen(
             [sys.executable, str(KUBELET), f"--root-dir={self.root / 'var-lib-kubelet'}",
-             f"--container-runtime-endpoint=unix://{self.root / 'containerd.sock'}",
-             f"--kubeconfig={self.root / 'kubelet.conf'}", f"--hostname-override={self.node}"],
+             f"--container-runtime-endpoint=unix://{self.root / 'containerd.sock'}", f"--config={self.root / 'config.yaml'}",
+             f"--kubeconfig={self.root / 'kubelet.conf'}", f"--hostname-override={self.node}", *self.extra_args],
             stdout=self.log, stderr=self.log, env=self.env)
         # A new kubelet.sock (a former kubelet's stays when it is killed): another inode, or ctime.
         assert wait_for(lambda: self.socket_inode() not in (None, before) or self.process.poll() is not None,
@@ -101,6 +114,54 @@ class Kubelet:
 
     def logs(self) -> str:
         return (self.root / "kubelet.log").read_text()
+
+    def tasks(self) -> list:
+        """The runtime's task records (task.json with state.json's and exit.json's fields)."""
+        found = []
+        for directory in sorted((self.records / "containers/tasks").glob("*")):
+            record = {}
+            for name in ("task.json", "state.json", "exit.json"):
+                path = directory / name
+                if path.exists():
+                    try:
+                        record.update(json.loads(path.read_text()))
+                    except ValueError:
+                        pass
+            if record.get("id"):
+                found.append(record)
+        return found
+
+    def remove_containers(self) -> None:
+        """The containers outlive the kubelet (as real ones do): the test ends them and their cgroups."""
+        for record in self.tasks():
+            for key in ("pid", "shimPid"):
+                if record.get(key):
+                    try:
+                        os.kill(record[key], 9)
+                    except OSError:
+                        pass
+        top = Path("/sys/fs/cgroup/unified" if Path("/sys/fs/cgroup/unified/cgroup.controllers").exists()
+                   else "/sys/fs/cgroup") / self.cgroup_root.lstrip("/")
+        # And whatever else is in this test's cgroups (a process whose record a broken kubelet lost).
+        for procs in top.rglob("cgroup.procs") if top.exists() else ():
+            for pid in procs.read_text().split():
+                try:
+                    os.kill(int(pid), 9)
+                except OSError:
+                    pass
+        for _attempt in range(50):
+            for directory in sorted(top.rglob("*"), key=lambda p: -len(p.parts)) if top.exists() else []:
+                if directory.is_dir():
+                    try:
+                        directory.rmdir()
+                    except OSError:
+                        pass
+            try:
+                if top.exists():
+                    top.rmdir()
+                break
+            except OSError:
+                time.sleep(0.05)
 
     def state(self) -> dict:
         path = self.records / "state.json"
@@ -147,6 +208,7 @@ def kubelet(request, cluster, descriptors):  # noqa: F811
     instance = Kubelet(root, cluster, descriptors, node=f"gpu-{root.name[3:].lower().replace('_', '-')}")
     yield instance
     instance.stop()
+    instance.remove_containers()
     instance.cri.close()
     shutil.rmtree(root, ignore_errors=True)
 
@@ -281,8 +343,9 @@ def test_pods_get_preferred_devices_through_allocate_survive_a_restart_or_are_re
                                        f"for {RESOURCE}. Requested: 2, Available: 1, which is unexpected")
         assert len(plugin.allocate_requests) == 1
 
-        # A deleted Pod's devices are freed at the next allocation; never given twice.
-        assert kubelet.cluster.kubectl("delete", "pod", "train", "-n", "default", "--wait=false").returncode == 0
+        # A deleted Pod's devices are freed at the next allocation, once its kubelet stopped its
+        # containers and deleted it (kubectl waits for that); never given twice.
+        assert kubelet.cluster.kubectl("delete", "pod", "train", "-n", "default").returncode == 0
         assert kubelet.cluster.apply(pod("all-three", kubelet.node, {RESOURCE: "3"})).returncode == 0
         assert wait_for(lambda: pod_status(kubelet, "all-three").get("phase") == "Running",
                         what=lambda: f"all-three Running; the kubelet's log: {kubelet.logs()}")
@@ -307,7 +370,7 @@ def test_pods_get_preferred_devices_through_allocate_survive_a_restart_or_are_re
         # No healthy device at all: the other real message.
         plugin.updates.put([(f"slot-{i}", "Unhealthy") for i in range(3)])
         assert wait_for(lambda: kubelet.resource().get("allocatable") == 0)
-        assert kubelet.cluster.kubectl("delete", "pod", "all-three", "-n", "default", "--wait=false").returncode == 0
+        assert kubelet.cluster.kubectl("delete", "pod", "all-three", "-n", "default").returncode == 0
         assert kubelet.cluster.apply(pod("unhealthy", kubelet.node, {RESOURCE: "1"})).returncode == 0
         assert failed(kubelet, "unhealthy")["message"] == (
             f"Pod was rejected: Allocate failed due to no healthy devices present; cannot "
@@ -359,7 +422,7 @@ def node_tools(root: Path) -> Path:
     images = root / "images"
     images.mkdir()
     (images / "example.com%2Fcuda-all%3A1.json").write_text(json.dumps({"config": {"Env": [
-        "PATH=/usr/bin", "NVIDIA_VISIBLE_DEVICES=all"]}}))
+        "PATH=/usr/bin", "NVIDIA_VISIBLE_DEVICES=all"], "Entrypoint": ["sleep"], "Cmd": ["infinity"]}}))
     (root / "toolkit.toml").write_text("accept-nvidia-visible-devices-as-volume-mounts = true\n"
                                        "accept-nvidia-visible-devices-envvar-when-unprivileged = false\n")
     return tools
@@ -424,7 +487,7 @@ def test_each_container_sees_the_gpus_the_toolkit_would_give_it(kubelet):
         assert "CAP_SYS_ADMIN" not in bundle["process"]["capabilities"]["bounding"]
         image_env = json.loads((kubelet.records / "containers/bundles/default_image-env_main/config.json").read_text())
         assert "NVIDIA_VISIBLE_DEVICES=all" in image_env["process"]["env"]  # the image's ENV reached the runtime
-        assert pod_status(kubelet, "tenant")["phase"] == "Running"
+        assert wait_for(lambda: pod_status(kubelet, "tenant").get("phase") == "Running")
 
         # A RuntimeClass that does not exist: the API server's RuntimeClass admission refuses the Pod.
         refused = kubelet.cluster.apply(gpu_pod("no-class", kubelet.node, runtime_class="missing"))
@@ -437,3 +500,13 @@ def test_each_container_sees_the_gpus_the_toolkit_would_give_it(kubelet):
         assert not (kubelet.records / "containers/default_on-kata_main.json").exists()
     finally:
         plugin.stop()
+        # The containers' /dev/null mount points, made on this host as on a node (its filesystem
+        # is their root): empty files, removed.
+        for gpu in (GPU_A, GPU_B):
+            point = Path(DEVICE_ROOT, gpu)
+            if point.is_file() and point.stat().st_size == 0:
+                kubelet.stop()
+                kubelet.remove_containers()
+                point.unlink()
+        if Path(DEVICE_ROOT).is_dir() and not any(Path(DEVICE_ROOT).iterdir()):
+            Path(DEVICE_ROOT).rmdir()
