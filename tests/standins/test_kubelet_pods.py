@@ -175,7 +175,8 @@ def test_each_container_runs_with_its_env_and_the_runtime_s_gpus_in_its_cgroup_a
                                   "handler": "nvidia"}).returncode == 0
     kubelet.start()
     script = 'echo "$GREETING gpus=[$FAKE_NVIDIA_CONTAINER_GPUS]"; echo oops >&2; exec sleep 60'
-    forged = [{"name": "GREETING", "value": "hello"}, {"name": "FAKE_NVIDIA_CONTAINER_GPUS", "value": "GPU-forged"}]
+    forged = [{"name": "GREETING", "value": "hello"}, {"name": "FAKE_NVIDIA_CONTAINER_GPUS", "value": "GPU-forged"},
+              {"name": "FAKE_NVIDIA_GPU_STATE_DIR", "value": "/tmp/hidden"}]  # would hide its GPU use from NVML
     # A privileged container on the nvidia runtime with NVIDIA_VISIBLE_DEVICES=all is given every GPU
     # (the positive control); the same on runc, none.
     given = gpu_pod("given", kubelet.node, env_all=True, privileged=True)
@@ -189,6 +190,7 @@ def test_each_container_runs_with_its_env_and_the_runtime_s_gpus_in_its_cgroup_a
         uid = json.loads(kubelet.cluster.kubectl("get", "pod", name, "-o", "json").stdout)["metadata"]["uid"]
         env = environ(task["pid"])
         assert env["GREETING"] == "hello" and env["FAKE_NVIDIA_CONTAINER_GPUS"] == gpus, (name, env)
+        assert "FAKE_NVIDIA_GPU_STATE_DIR" not in env, env
         assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         assert len(task["id"]) == 64 and int(task["id"], 16) >= 0
         assert unified_cgroup(task["pid"]) == f"{kubelet.cgroup_root}/{level}/pod{uid}/{task['id']}"
