@@ -93,8 +93,8 @@ collection: $(COLLECTION_LINK) ## this checkout as the collection hostedai.gpuaa
 # The gpuaas agent's device plugin API stubs (api_pb2.py, api_pb2_grpc.py, committed beside the
 # .proto), made again with the pinned grpcio-tools; tests/unit/test_agent_stubs.py fails when
 # the committed ones differ from what this makes.
-AGENT_PROTO := gpuaas_agent/deviceplugin/v1beta1/api.proto
-agent-stubs: venv ## regenerate the agent's device plugin gRPC stubs with the pinned grpcio-tools
+AGENT_PROTO := gpuaas_agent/deviceplugin/v1beta1/api.proto gpuaas_agent/podresources/v1/api.proto
+agent-stubs: venv ## regenerate the agent's gRPC stubs (device plugin, PodResources) with the pinned grpcio-tools
 	cd agent/src && $(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. $(AGENT_PROTO)
 
 # --------------------------------------------------------------------------- fleet

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -440,8 +441,11 @@ def test_http_status_and_readings_need_the_token(node, tmp_path):
     assert status["gpus"][C]["compute_mode"] == "EXCLUSIVE_PROCESS" and status["gpus"][C]["security_level"] == "high"
     code, headers, metrics = agent.http("/metrics", "s3cret-token")
     assert code == 200 and headers["Content-Type"].startswith("text/plain")
-    assert f'gpuaas_gpu_temperature_celsius{{gpu="{A}",index="0",pool_id="1",resource="{POOL1}"}}' in metrics
-    assert f'gpuaas_resource_devices{{health="Healthy",resource="{POOL1}"}} 8.0' in metrics
+    assert f'gpuaas_agent_gpu_temperature_celsius{{gpu="{A}",index="0",pool_id="1",resource="{POOL1}"}}' in metrics
+    assert f'gpuaas_agent_resource_devices{{health="Healthy",resource="{POOL1}"}} 8.0' in metrics
+    # Every name is the agent's own: the REST service's /metrics has gpuaas_gpu_* with other labels.
+    names = set(re.findall(r"^(?:# (?:HELP|TYPE) )?([a-zA-Z_:][a-zA-Z0-9_:]*)", metrics, re.MULTILINE))
+    assert names and all(name.startswith("gpuaas_agent_") for name in names), sorted(names)
 
 
 def test_http_without_a_token_does_not_start_and_reports_nothing(tmp_path):
