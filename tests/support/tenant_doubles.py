@@ -11,7 +11,10 @@ bench/agent_tenants.py:
 """
 from __future__ import annotations
 
+import base64
 import json
+import ssl
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -76,8 +79,29 @@ def pod_object(uid: str, namespace: str, name: str, node: str = NODE, phase: str
                 {"name": container, "containerID": f"containerd://{cid}"} for container, cid in (containers or {}).items()]}}
 
 
+def kubelet_pki(root: Path, node: str = NODE) -> dict:
+    """A CA, a server certificate for 127.0.0.1, and a kubelet's client certificate and key in one
+    file (CN system:node:<node>, O system:nodes), as kubeadm and the kubelet's TLS bootstrap
+    make them (/var/lib/kubelet/pki/kubelet-client-current.pem holds both)."""
+    root.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args):
+        subprocess.run(["openssl", *args], cwd=root, check=True, capture_output=True)
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            "-subj", "/CN=kubernetes")
+    for name, subject, extension in (("server", "/CN=kube-apiserver", "subjectAltName=IP:127.0.0.1"),
+                                     ("client", f"/O=system:nodes/CN=system:node:{node}", "extendedKeyUsage=clientAuth")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
+        (root / f"{name}.ext").write_text(extension + "\n")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
+    (root / "kubelet-client-current.pem").write_text((root / "client.crt").read_text() + (root / "client.key").read_text())
+    return {"ca": root / "ca.crt", "server_cert": root / "server.crt", "server_key": root / "server.key",
+            "client": root / "kubelet-client-current.pem"}
+
+
 class ApiServer:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, pki: dict | None = None):
         self.root = root
         self.pods: list = []
         self.requests: list = []
@@ -107,12 +131,23 @@ class ApiServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        cluster, user, scheme = {}, {}, "http"
+        if pki:  # TLS that requires the kubelet's client certificate, as the API server does
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki["ca"]))
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.load_cert_chain(str(pki["server_cert"]), str(pki["server_key"]))
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+            # As kubeadm writes kubelet.conf: the CA inline, the rotated client pair in one file.
+            cluster = {"certificate-authority-data": base64.b64encode(pki["ca"].read_bytes()).decode()}
+            user = {"client-certificate": str(pki["client"]), "client-key": str(pki["client"])}
         self.kubeconfig = root / "kubelet.conf"
         self.kubeconfig.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "node",
-            "clusters": [{"name": "k", "cluster": {"server": f"http://127.0.0.1:{self.httpd.server_address[1]}"}}],
-            "contexts": [{"name": "node", "context": {"cluster": "k", "user": f"system:node:{NODE}"}}],
-            "users": [{"name": f"system:node:{NODE}", "user": {}}]}))
+            "apiVersion": "v1", "kind": "Config", "current-context": "default-context",
+            "clusters": [{"name": "default-cluster",
+                          "cluster": {"server": f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}", **cluster}}],
+            "contexts": [{"name": "default-context", "context": {"cluster": "default-cluster", "user": "default-auth"}}],
+            "users": [{"name": "default-auth", "user": user}]}))
 
     def start(self):
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()

@@ -4,6 +4,7 @@ cgroups (a /proc stand-in) and NVML's processes (a double of gpus.Gpus.processes
 tests/support/tenant_doubles.py has the doubles."""
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
@@ -13,7 +14,7 @@ from gpuaas_agent.config import Settings
 from gpuaas_agent.status_http import StatusCollector
 from gpuaas_agent.tenants import Tenants
 from prometheus_client import CollectorRegistry, generate_latest
-from tenant_doubles import NODE, ApiServer, Gpus, PodResources, ProcRoot, pod_object, systemd_cgroup
+from tenant_doubles import NODE, ApiServer, Gpus, PodResources, ProcRoot, kubelet_pki, pod_object, systemd_cgroup
 
 A, B, M = "GPU-aaaa0000-0000-4000-8000-000000000001", "GPU-bbbb0000-0000-4000-8000-000000000002", \
     "GPU-cccc0000-0000-4000-8000-000000000003"
@@ -244,3 +245,35 @@ def test_metrics_carry_the_pods_namespace_and_name(node):
     assert "gpuaas_agent_tenants_known 1.0" in text
     names = set(re.findall(r"^(?:# (?:HELP|TYPE) )?([a-zA-Z_:][a-zA-Z0-9_:]*)", text, re.MULTILINE))
     assert names and all(name.startswith("gpuaas_agent_") for name in names)
+
+
+def test_the_api_server_is_read_with_the_kubelets_client_certificate_for_its_node(node, tmp_path):
+    # TLS that requires a client certificate, as the API server does; the node's name is the
+    # certificate's (system:node:node-a), since the setting is empty; a Pod of another node is
+    # never asked for (the field selector) nor attributed.
+    pki = kubelet_pki(tmp_path / "pki")
+    (tmp_path / "tls").mkdir()
+    api = ApiServer(tmp_path / "tls", pki).start()
+    try:
+        two_tenants(node)
+        api.pods = node.api.pods + [pod_object(UID3, "team-c", "elsewhere", node="node-b", containers={"main": C3})]
+        node.proc.set(601, systemd_cgroup(UID3, C3))
+        node.gpus.run(B, 601, mib=10)
+        settings = Settings(**{**node.settings.__dict__, "kubeconfig": str(api.kubeconfig), "node_name": ""})
+        tenants = Tenants(settings, node.gpus)
+        tenants.refresh(SLOTS, {M}, [A, B, M])
+        report = tenants.report
+        assert report["api_server"] == "ok" and report["node_name"] == NODE
+        assert api.requests[0] == f"/api/v1/pods?fieldSelector=spec.nodeName%3D{NODE}"
+        assert report["slots"][f"{B}::3"]["tenant"]["uid"] == UID2
+        assert [(e["pid"], e["reason"]) for e in report["unknown"]] == [(601, f"Pod {UID3} is not in this node's Pod list")]
+        # Without the client certificate the server refuses the handshake: the reason is reported.
+        config = json.loads(api.kubeconfig.read_text())
+        config["users"][0]["user"] = {}
+        api.kubeconfig.write_text(json.dumps(config))
+        tenants = Tenants(settings, node.gpus)
+        tenants.refresh(SLOTS, {M}, [A, B, M])
+        assert tenants.report["api_server"].startswith("https://127.0.0.1:") and len(api.requests) == 1
+        assert {e["pid"] for e in tenants.report["unknown"]} == {101, 102, 201, 601}
+    finally:
+        api.stop()

@@ -111,15 +111,41 @@ def _write(directory: str, name: str, data: bytes) -> str:
     return path
 
 
+NODE_USER_PREFIX = "system:node:"  # the node authoriser's user name for a kubelet (its certificate's CN)
+
+
+def certificate_node_name(config: Kubeconfig) -> str | None:
+    """The node a kubelet's client certificate is for: its subject's CN, ``system:node:<name>``.
+    That is the name the node authoriser lets it read Pods of, whatever the host is called
+    (kubeadm join --node-name). None when there is no such certificate."""
+    try:
+        with tempfile.TemporaryDirectory(prefix="gpuaas-agent-kubeconfig-") as private:
+            path = config.cert_file or (_write(private, "cert.pem", config.cert_data) if config.cert_data else None)
+            if path is None:
+                return None
+            # The standard library's only certificate decoder (CPython's ssl module, private but
+            # present in every release since 2.7); the agent needs no cryptography package for one field.
+            decoded = ssl._ssl._test_decode_cert(path)  # pylint: disable=protected-access
+    except (OSError, ssl.SSLError, AttributeError, ValueError):
+        return None
+    for entry in decoded.get("subject", ()):
+        for key, value in entry:
+            if key == "commonName" and value.startswith(NODE_USER_PREFIX):
+                return value[len(NODE_USER_PREFIX):]
+    return None
+
+
 class ApiServerClient:
     """Lists this node's Pods. The kubeconfig is read again when it changes (the kubelet rotates
-    its client certificate into the same file names)."""
+    its client certificate into the same file names). The node's name: the setting, else the
+    client certificate's (system:node:<name>), else the kubelet's default, the host name."""
 
-    def __init__(self, kubeconfig_path: str, node_name: str, timeout: float):
+    def __init__(self, kubeconfig_path: str, node_name: str, timeout: float, fallback_node_name: str = ""):
         self.kubeconfig_path = kubeconfig_path
         self.node_name = node_name
+        self.fallback_node_name = fallback_node_name
         self.timeout = timeout
-        self.loaded = None  # (the file's identity, Kubeconfig, SSLContext)
+        self.loaded = None  # (the file's identity, Kubeconfig, SSLContext, node name)
 
     def _config(self):
         try:
@@ -133,13 +159,18 @@ class ApiServerClient:
                 context = tls_context(config) if config.server.startswith("https:") else None
             except (OSError, ssl.SSLError, ValueError) as error:
                 raise ApiUnavailable(f"{self.kubeconfig_path}: its credentials cannot be loaded: {error}") from error
-            self.loaded = (identity, config, context)
-        return self.loaded[1], self.loaded[2]
+            node = self.node_name or certificate_node_name(config) or self.fallback_node_name
+            self.loaded = (identity, config, context, node)
+        return self.loaded[1:]
+
+    @property
+    def node(self) -> str:
+        return self.loaded[3] if self.loaded else self.node_name
 
     def pods(self) -> list[Pod]:
-        config, context = self._config()
+        config, context, node = self._config()
         url = urllib.parse.urlsplit(config.server)
-        query = urllib.parse.urlencode({"fieldSelector": f"spec.nodeName={self.node_name}"})
+        query = urllib.parse.urlencode({"fieldSelector": f"spec.nodeName={node}"})
         path = f"{url.path.rstrip('/')}/api/v1/pods?{query}"
         if url.scheme == "https":
             connection = http.client.HTTPSConnection(url.hostname, url.port or 443, timeout=self.timeout, context=context)

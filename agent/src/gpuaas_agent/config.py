@@ -65,7 +65,8 @@ class Settings:
     pod_resources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
     pod_resources_timeout: float = 0.5
     # The node's Pods (UIDs, phases, container IDs) come from the API server through the kubelet's
-    # own kubeconfig; node_name empty: the host name, lowercased, as the kubelet's default.
+    # own kubeconfig; node_name empty: the one its client certificate is for (system:node:<name>),
+    # else the host name, lowercased, as the kubelet's default.
     kubeconfig: str = "/etc/kubernetes/kubelet.conf"
     node_name: str = ""
     api_timeout: float = 3.0

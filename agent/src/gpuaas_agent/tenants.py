@@ -64,8 +64,8 @@ class Tenants:
         self.gpus = gpus
         self.pod_resources = pod_resources or PodResourcesClient(settings.pod_resources_socket,
                                                                  settings.pod_resources_timeout)
-        self.api = api or ApiServerClient(settings.kubeconfig, settings.node_name or default_node_name(),
-                                          settings.api_timeout)
+        self.api = api or ApiServerClient(settings.kubeconfig, settings.node_name, settings.api_timeout,
+                                          fallback_node_name=default_node_name())
         self.own_cgroup = own_cgroup(settings.proc_root)
         self.report = {"state": "unknown", "reason": "not looked at yet", "pod_resources": "", "api_server": "",
                        "api_lists": 0, "gpu_errors": {}, "slots": {}, "flagged": [], "unknown": [], "infrastructure": []}
@@ -207,6 +207,7 @@ class Tenants:
         self.account(report_slots, container_slots, attributed)
         return {"state": "ok", "reason": self.api_error and f"the Pod list is stale or missing: {self.api_error}",
                 "pod_resources": "ok", "api_server": self.api_error or "ok", "api_lists": self.api_lists,
+                "node_name": getattr(self.api, "node", ""),
                 "gpu_errors": {gpu: found.error for gpu, found in sorted(seen.items()) if found.error},
                 "slots": report_slots, "flagged": flagged, "unknown": unknown, "infrastructure": infrastructure}
 

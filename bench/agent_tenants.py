@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""Benchmark: the gpuaas agent's tenant look per poll, 8 GPUs x 10 slots all held (80 Pods, one
+process each on its slot's GPU).
+
+The agent's Tenants (gpuaas_agent/tenants.py) runs in this process against:
+- a real gRPC PodResources v1 server on a Unix socket (tests/support/tenant_doubles.py), listing
+  the 80 Pods' devices;
+- an HTTP API-server double answering this node's PodList (80 Pods);
+- a /proc stand-in with each process's cgroup v2 line in the systemd driver's layout;
+- NVML: a Python double of Gpus.processes (per GPU its 10 processes, their vRAM and a
+  utilisation sample each), NOT the fake libnvidia-ml.so.1: the fleet's fake NVML does not
+  list processes yet (the fakegpu work adds it). The real path adds per GPU three ctypes calls
+  (compute processes, process utilisation; MPS list on medium GPUs); see the note printed.
+
+It prints:
+- CPU time per poll (time.process_time around Tenants.refresh, this process's every thread,
+  gRPC's included), p50/p99 over --polls steady polls (the Pod list cached), and the first
+  poll's (which reads every cgroup and lists the Pods);
+- the time from a Pod's start to its tenant in the agent's report, over --starts starts: a
+  thread polls every poll_seconds (1 s, the agent's default) as the agent's loop does; the
+  clock starts when the Pod's devices appear in PodResources, its object (with its container
+  ID) in the API server's list and its process on the GPU, all at once, and stops when the
+  report names the Pod on its slot with the process attributed. It is bounded by the poll
+  period: a start lands anywhere in the 1 s between two polls.
+
+Targets (issue #33): <= 5 ms of CPU per poll; <= 2 s from a Pod's start to its tenant.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests/support"), str(REPO / "agent/src")]
+
+from gpuaas_agent.config import Settings  # noqa: E402
+from gpuaas_agent.tenants import Tenants  # noqa: E402
+from tenant_doubles import NODE, ApiServer, Gpus, PodResources, ProcRoot, pod_object, systemd_cgroup  # noqa: E402
+
+GPUS, RATIO = 8, 10
+RESOURCE = "gpuaas.hosted.ai/pool-1"
+
+
+def percentile(values: list, fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+class Node:
+    def __init__(self, root: Path):
+        self.uuids = [f"GPU-be0c0000-0000-4000-8000-{index:012d}" for index in range(GPUS)]
+        self.slots = {f"{uuid}::{n}": (RESOURCE, uuid) for uuid in self.uuids for n in range(1, RATIO + 1)}
+        self.kubelet = PodResources(root / "pod-resources.sock").start()
+        self.api = ApiServer(root).start()
+        self.proc = ProcRoot(root / "proc")
+        self.gpus = Gpus()
+        self.settings = Settings(pod_resources_socket=str(root / "pod-resources.sock"), kubeconfig=str(self.api.kubeconfig),
+                                 node_name=NODE, proc_root=str(self.proc.root))
+        self.tenants = Tenants(self.settings, self.gpus)
+        self.pods = 0
+
+    def start_pod(self, device: str) -> tuple:
+        """A Pod holding ``device``, with one process on its GPU: (namespace, name, pid)."""
+        self.pods += 1
+        n = self.pods
+        uid, cid, pid = f"{n:08x}-0000-4000-8000-000000000000", f"{n:064x}", 10000 + n
+        namespace, name = f"team-{n % 7}", f"job-{n}"
+        self.proc.set(pid, systemd_cgroup(uid, cid))
+        self.api.pods.append(pod_object(uid, namespace, name, containers={"main": cid}))
+        self.kubelet.hold(namespace, name, "main", RESOURCE, device)
+        self.gpus.run(self.slots[device][1], pid, mib=4000, percent=9)
+        return namespace, name, pid
+
+    def poll(self) -> None:
+        self.tenants.refresh(self.slots, set(), self.uuids)
+
+    def stop(self):
+        self.kubelet.stop()
+        self.api.stop()
+
+
+def cpu_per_poll(node: Node, polls: int) -> None:
+    for device in node.slots:
+        node.start_pod(device)
+    started = time.process_time()
+    node.poll()
+    first = (time.process_time() - started) * 1000
+    report = node.tenants.report
+    held = sum(1 for slot in report["slots"].values() if slot["state"] == "running")
+    assert held == GPUS * RATIO and not report["unknown"], (held, report["unknown"][:2])
+    for unused in range(20):  # warm
+        node.poll()
+    lists = node.tenants.api_lists
+    costs = []
+    for unused in range(polls):
+        started = time.process_time()
+        node.poll()
+        costs.append((time.process_time() - started) * 1000)
+    assert node.tenants.api_lists == lists, "a steady poll listed the Pods again"
+    print(f"tenants per poll, {GPUS} GPUs x {RATIO} slots held, {GPUS * RATIO} processes, {polls} polls: "
+          f"CPU p50 {statistics.median(costs):.2f} ms, p99 {percentile(costs, 0.99):.2f} ms, max {max(costs):.2f} ms; "
+          f"first poll (every cgroup read, the Pods listed) {first:.2f} ms")
+
+
+def start_to_tenant(node: Node, starts: int, poll_seconds: float) -> None:
+    stop = threading.Event()
+
+    def loop():  # the agent's loop: one look per poll_seconds
+        while not stop.is_set():
+            node.poll()
+            stop.wait(poll_seconds)
+    delays = []
+    free = [device for device in node.slots if node.tenants.report["slots"][device]["state"] == "free"]
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        for n in range(starts):
+            device = free[n]
+            time.sleep(poll_seconds * (n % 7) / 7)  # start at different points of the poll period
+            started = time.monotonic()
+            namespace, name, pid = node.start_pod(device)
+            while True:
+                slot = node.tenants.report["slots"][device]
+                if (slot["tenant"] or {}).get("pod") == name and slot["tenant"]["uid"] and \
+                        [p["pid"] for p in slot["processes"]] == [pid]:
+                    break
+                if time.monotonic() - started > 10:
+                    raise SystemExit(f"no tenant for {namespace}/{name} within 10 s")
+                time.sleep(0.002)
+            delays.append(time.monotonic() - started)
+    finally:
+        stop.set()
+        thread.join()
+    print(f"Pod start -> its tenant and process in the report, poll_seconds {poll_seconds:g}, {starts} starts: "
+          f"p50 {statistics.median(delays) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--polls", type=int, default=500)
+    parser.add_argument("--starts", type=int, default=14)
+    parser.add_argument("--poll-seconds", type=float, default=1.0)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gpuaas-tenants-bench-", dir="/tmp") as scratch:
+        node = Node(Path(scratch))
+        try:
+            cpu_per_poll(node, args.polls)
+            # Room for the starts: free one slot per start (their Pods end).
+            for device in list(node.slots)[:args.starts]:
+                holder = next(key for key, containers in node.kubelet.pods.items()
+                              if device in containers["main"][RESOURCE])
+                node.kubelet.release(*holder)
+                node.api.pods = [pod for pod in node.api.pods if (pod["metadata"]["namespace"], pod["metadata"]["name"]) != holder]
+            node.poll()
+            start_to_tenant(node, args.starts, args.poll_seconds)
+        finally:
+            node.stop()
+    print("NVML: a Python double of the process lists (the fake libnvidia-ml.so.1 has none yet); the real calls add "
+          "per GPU nvmlDeviceGetComputeRunningProcesses_v3 and nvmlDeviceGetProcessUtilization through ctypes.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
