@@ -7,10 +7,13 @@ The agent's Tenants (gpuaas_agent/tenants.py) runs in this process against:
   the 80 Pods' devices;
 - an HTTP API-server double answering this node's PodList (80 Pods);
 - a /proc stand-in with each process's cgroup v2 line in the systemd driver's layout;
-- NVML: a Python double of Gpus.processes (per GPU its 10 processes, their vRAM and a
-  utilisation sample each), NOT the fake libnvidia-ml.so.1: the fleet's fake NVML does not
-  list processes yet (the fakegpu work adds it). The real path adds per GPU three ctypes calls
-  (compute processes, process utilisation; MPS list on medium GPUs); see the note printed.
+- NVML: by default a Python double of Gpus.processes (per GPU its 10 processes, their vRAM and a
+  utilisation sample each), because the fake libnvidia-ml.so.1 on this branch lists no
+  processes. With ``--fake-gpu DIR`` (a directory holding the fake GPU's libnvidia-ml.so.1,
+  libcuda.so.1 and fake-gpu-workload, built from tests/fleet/fake_nvml and fake_cuda once they
+  list processes): the agent's real NVML path (gpus.Gpus, nvidia-ml-py, ctypes) on that library,
+  with 80 real workload processes (10 per GPU, each a context, 500 MiB and a 5 ms kernel every
+  100 ms); the bench then re-runs itself with that library on LD_LIBRARY_PATH.
 
 It prints:
 - CPU time per poll (time.process_time around Tenants.refresh, this process's every thread,
@@ -28,7 +31,9 @@ Targets (issue #33): <= 5 ms of CPU per poll; <= 2 s from a Pod's start to its t
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -51,14 +56,56 @@ def percentile(values: list, fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
 
 
+UUIDS = [f"GPU-be0c0000-0000-4000-8000-{index:012d}" for index in range(GPUS)]
+
+
+def fake_gpu_env(root: Path, directory: Path) -> dict:
+    """The fake NVML's and fake libcuda's inputs: a profile of 8 H100s and their state directories."""
+    (root / "profile").write_text("driver_version=580.95.05\ncuda_version=13000\n" + "".join(
+        f"gpu={uuid}|NVIDIA H100 80GB HBM3|81559|00000000:{0x18 + 0x10 * i:02X}:00.0|0\n" for i, uuid in enumerate(UUIDS)))
+    for name in ("state", "gpus"):
+        (root / name).mkdir(exist_ok=True)
+    (root / "loaded").touch()
+    return {"LD_LIBRARY_PATH": str(directory), "FAKE_NVML_PROFILE": str(root / "profile"),
+            "FAKE_NVML_STATE_DIR": str(root / "state"), "FAKE_NVML_LOADED_MARKER": str(root / "loaded"),
+            "FAKE_NVIDIA_GPU_STATE_DIR": str(root / "gpus")}
+
+
+class RealGpus:
+    """The agent's own NVML code on the fake library, and real workloads for the processes."""
+
+    def __init__(self, workload: Path):
+        from gpuaas_agent.gpus import Gpus as AgentGpus  # pylint: disable=import-outside-toplevel
+        self.nvml = AgentGpus()
+        if not self.nvml.start():
+            raise SystemExit(f"NVML: {self.nvml.unavailable}")
+        self.workload = workload
+        self.children: list = []
+
+    def run(self, uuid: str, pid_hint: int, mib: int, percent: int = 0) -> int:  # pylint: disable=unused-argument
+        child = subprocess.Popen([str(self.workload), "--memory-mib", str(mib), "--kernel-ms", "5", "--interval-ms", "100"],
+                                 env={**os.environ, "CUDA_VISIBLE_DEVICES": uuid}, stdout=subprocess.DEVNULL)
+        self.children.append(child)
+        return child.pid
+
+    def processes(self, uuid, medium, last_seen_us):
+        return self.nvml.processes(uuid, medium, last_seen_us)
+
+    def stop(self):
+        for child in self.children:
+            child.terminate()
+        for child in self.children:
+            child.wait()
+
+
 class Node:
-    def __init__(self, root: Path):
-        self.uuids = [f"GPU-be0c0000-0000-4000-8000-{index:012d}" for index in range(GPUS)]
+    def __init__(self, root: Path, workload: Path | None = None):
+        self.uuids = UUIDS
         self.slots = {f"{uuid}::{n}": (RESOURCE, uuid) for uuid in self.uuids for n in range(1, RATIO + 1)}
         self.kubelet = PodResources(root / "pod-resources.sock").start()
         self.api = ApiServer(root).start()
         self.proc = ProcRoot(root / "proc")
-        self.gpus = Gpus()
+        self.gpus = RealGpus(workload) if workload else Gpus()
         self.settings = Settings(pod_resources_socket=str(root / "pod-resources.sock"), kubeconfig=str(self.api.kubeconfig),
                                  node_name=NODE, proc_root=str(self.proc.root))
         self.tenants = Tenants(self.settings, self.gpus)
@@ -70,10 +117,13 @@ class Node:
         n = self.pods
         uid, cid, pid = f"{n:08x}-0000-4000-8000-000000000000", f"{n:064x}", 10000 + n
         namespace, name = f"team-{n % 7}", f"job-{n}"
+        if isinstance(self.gpus, RealGpus):
+            pid = self.gpus.run(self.slots[device][1], pid, mib=500)
         self.proc.set(pid, systemd_cgroup(uid, cid))
         self.api.pods.append(pod_object(uid, namespace, name, containers={"main": cid}))
         self.kubelet.hold(namespace, name, "main", RESOURCE, device)
-        self.gpus.run(self.slots[device][1], pid, mib=4000, percent=9)
+        if not isinstance(self.gpus, RealGpus):
+            self.gpus.run(self.slots[device][1], pid, mib=4000, percent=9)
         return namespace, name, pid
 
     def poll(self) -> None:
@@ -82,11 +132,15 @@ class Node:
     def stop(self):
         self.kubelet.stop()
         self.api.stop()
+        if isinstance(self.gpus, RealGpus):
+            self.gpus.stop()
 
 
 def cpu_per_poll(node: Node, polls: int) -> None:
     for device in node.slots:
         node.start_pod(device)
+    if isinstance(node.gpus, RealGpus):
+        time.sleep(1.5)  # every workload holds its context
     started = time.process_time()
     node.poll()
     first = (time.process_time() - started) * 1000
@@ -145,9 +199,14 @@ def main() -> int:
     parser.add_argument("--polls", type=int, default=500)
     parser.add_argument("--starts", type=int, default=14)
     parser.add_argument("--poll-seconds", type=float, default=1.0)
+    parser.add_argument("--fake-gpu", type=Path, help="the fake GPU's libraries and workload (see above)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gpuaas-tenants-bench-", dir="/tmp") as scratch:
-        node = Node(Path(scratch))
+        if args.fake_gpu and "FAKE_NVML_PROFILE" not in os.environ:
+            # The library must be on LD_LIBRARY_PATH when the process starts: run again with it.
+            env = {**os.environ, **fake_gpu_env(Path(scratch), args.fake_gpu.resolve())}
+            return subprocess.run([sys.executable, *sys.argv], env=env, check=False).returncode
+        node = Node(Path(scratch), args.fake_gpu.resolve() / "fake-gpu-workload" if args.fake_gpu else None)
         try:
             cpu_per_poll(node, args.polls)
             # Room for the starts: free one slot per start (their Pods end).
@@ -160,8 +219,11 @@ def main() -> int:
             start_to_tenant(node, args.starts, args.poll_seconds)
         finally:
             node.stop()
-    print("NVML: a Python double of the process lists (the fake libnvidia-ml.so.1 has none yet); the real calls add "
-          "per GPU nvmlDeviceGetComputeRunningProcesses_v3 and nvmlDeviceGetProcessUtilization through ctypes.")
+    if args.fake_gpu:
+        print(f"NVML: the agent's own NVML code on {args.fake_gpu}/libnvidia-ml.so.1, with 80 fake-gpu-workload processes.")
+    else:
+        print("NVML: a Python double of the process lists (this branch's fake libnvidia-ml.so.1 has none); "
+              "--fake-gpu DIR runs the real path.")
     return 0
 
 

@@ -81,8 +81,9 @@ def test_each_slot_names_its_pod_container_processes_and_vram(node):
         slot = report["slots"][f"{A}::{n}"]
         assert slot["tenant"]["pod"] == "train" and slot["shared_with"] == [f"{A}::{other}"]
         assert [p["pid"] for p in slot["processes"]] == [101, 102] and slot["vram_used_mb"] == 2000
-    assert report["slots"][f"{A}::3"] == {"resource": POOL1, "gpu": A, "state": "free", "tenant": None, "processes": [],
-                                         "vram_used_mb": 0.0, "gpu_seconds": 0.0, "shared_with": []}
+    free = {"resource": POOL1, "gpu": A, "state": "free", "tenant": None, "processes": [], "vram_used_mb": 0.0,
+            "gpu_seconds": 0.0, "shared_with": []}
+    assert report["slots"][f"{A}::3"] == free
     assert {device: slot["state"] for device, slot in report["slots"].items() if slot["state"] != "free"} == \
         {f"{A}::1": "running", f"{A}::2": "running", f"{B}::3": "running"}
 
@@ -146,6 +147,12 @@ def test_processes_of_no_known_pod_are_unknown_never_attributed(node):
     assert reasons[304] == f"container {C3} is not in the status of Pod team-a/train"
     attributed = {p["pid"] for slot in report["slots"].values() for p in slot["processes"]}
     assert attributed == {101, 102, 201} and report["flagged"] == []
+    # A cgroup that could not be read is read again (a parsed one is kept while the pid lives).
+    node.proc.set(302, systemd_cgroup(UID1, C1))
+    node.proc.set(301, systemd_cgroup(UID1, C1))
+    report = node.poll()
+    assert 302 in [p["pid"] for p in report["slots"][f"{A}::1"]["processes"]]
+    assert [entry["pid"] for entry in report["unknown"] if entry["pid"] in (301, 302)] == [301]
 
 
 def test_an_unseen_cgroup_lists_the_pods_again_once(node):

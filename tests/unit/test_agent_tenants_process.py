@@ -6,7 +6,8 @@ from __future__ import annotations
 import socket
 import time
 
-from test_agent import POOL1, A, mps_root, node  # noqa: F401  (fixtures: the same node as test_agent's)
+# The fixtures (mps_root, node) are test_agent's: the same node, fake NVML and kubelet double.
+from test_agent import POOL1, A, mps_root, node  # noqa: F401  pylint: disable=unused-import
 from waiting import wait_for
 
 

@@ -92,7 +92,6 @@ class StatusCollector:
                 repairs.add_metric([uuid, reason], count)
         return repairs
 
-
     @staticmethod
     def tenants(report: dict):
         """Per slot: its state, its tenant's processes, vRAM and GPU time (a counter per tenant:

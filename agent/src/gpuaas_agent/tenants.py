@@ -21,7 +21,7 @@ import socket
 import time
 
 from .apiserver import ApiServerClient, ApiUnavailable
-from .cgroups import ContainerCgroup, own_cgroup, process_cgroup
+from .cgroups import ContainerCgroup, NotInPod, own_cgroup, process_cgroup
 from .pod_resources import PodResourcesClient, PodResourcesUnavailable
 
 log = logging.getLogger("gpuaas_agent.tenants")
@@ -120,9 +120,16 @@ class Tenants:
         for key in [key for key in self.process_seconds if key not in live]:
             del self.process_seconds[key]
         pids = {pid for unused, pid in live}
-        # A cgroup is read once per process: a container's processes stay in its cgroup.
-        self.cgroups = {pid: self.cgroups.get(pid) or process_cgroup(self.settings.proc_root, pid) for pid in pids}
+        # A cgroup is read once per process (a container's processes stay in its cgroup); one that
+        # gave no path (it could not be read) is read again next time.
+        self.cgroups = {pid: self.cached_cgroup(pid) for pid in pids}
         return seen, received
+
+    def cached_cgroup(self, pid: int):
+        found = self.cgroups.get(pid)
+        if found is None or (isinstance(found, NotInPod) and not found.path):
+            found = process_cgroup(self.settings.proc_root, pid)
+        return found
 
     def list_pods_if_due(self, held: list, seen: dict) -> None:
         """The API server's Pod list is read again when PodResources answers differently, when a
