@@ -37,6 +37,7 @@ class PodResourcesClient:
         self.timeout = timeout
         self.channel = None
         self.stub = None
+        self.last = (b"", [])  # the last answer's bytes, and what they were read into
 
     def list(self) -> list[ContainerDevices]:
         if not os.path.exists(self.socket_path):
@@ -53,8 +54,15 @@ class PodResourcesClient:
                 raise PodResourcesUnavailable(f"{self.socket_path}: List did not answer within {self.timeout:g} s") from error
             details = error.details() if hasattr(error, "details") else str(error)
             raise PodResourcesUnavailable(f"{self.socket_path}: List failed: {code.name if code else ''} {details}") from error
-        return [ContainerDevices(pod.namespace, pod.name, container.name, devices.resource_name, tuple(devices.device_ids))
-                for pod in answer.pod_resources for container in pod.containers for devices in container.devices]
+        # An answer like the last one (most polls) gives the same list object, so that callers
+        # can keep what they derived from it.
+        raw = answer.SerializeToString(deterministic=True)
+        if raw != self.last[0]:
+            self.last = (raw, [ContainerDevices(pod.namespace, pod.name, container.name, devices.resource_name,
+                                                tuple(devices.device_ids))
+                               for pod in answer.pod_resources for container in pod.containers
+                               for devices in container.devices])
+        return self.last[1]
 
     def close(self) -> None:
         if self.channel is not None:

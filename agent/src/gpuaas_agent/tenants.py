@@ -81,6 +81,7 @@ class Tenants:
         self.process_seconds: dict = {}  # (GPU, pid) -> GPU seconds received since first seen
         self.slot_seconds: dict = {}  # (device ID, Pod UID, container) -> GPU seconds (a counter)
         self.api_lists = 0
+        self.held_for = None  # (PodResources' list, slots, their entries for those slots, a comparable key)
 
     # ---------------------------------------------------------------- one poll
     def refresh(self, slots: dict, medium: set, gpus: list) -> None:
@@ -92,10 +93,20 @@ class Tenants:
         except PodResourcesUnavailable as error:
             self.report = self.unknown_report(slots, seen, str(error))
             return
-        advertised = {(resource, device) for device, (resource, unused_gpu) in slots.items()}
-        held = [entry for entry in held if any((entry.resource, device) in advertised for device in entry.device_ids)]
+        held = self.advertised_only(held, slots)
         self.list_pods_if_due(held, seen)
         self.report = self.join(slots, held, seen, received, medium)
+
+    def advertised_only(self, held: list, slots: dict) -> list:
+        """The entries of the agent's own devices (other plugins' are not its business); kept
+        while PodResources answers the same list and the same devices are advertised."""
+        if self.held_for is not None and self.held_for[0] is held and self.held_for[1] == slots:
+            return self.held_for[2]
+        advertised = {(resource, device) for device, (resource, unused_gpu) in slots.items()}
+        mine = [entry for entry in held if any((entry.resource, device) in advertised for device in entry.device_ids)]
+        self.held_for = (held, dict(slots), mine, tuple(sorted((entry.namespace, entry.pod, entry.container, entry.resource,
+                                                                entry.device_ids) for entry in mine)))
+        return mine
 
     def read_gpus(self, gpus: list, medium: set):
         """NVML's processes per GPU (pid -> (bytes, MPS client)) with their cgroups, and the GPU
@@ -136,8 +147,7 @@ class Tenants:
         process's cgroup names a Pod or container the list lacks (once for each), when the last
         list is older than api_relist_seconds, and not sooner than API_RETRY_SECONDS after a failure."""
         now = time.monotonic()
-        answer = tuple(sorted((entry.namespace, entry.pod, entry.container, entry.resource, entry.device_ids)
-                              for entry in held))
+        answer = self.held_for[3]  # PodResources' answer, in a form that compares
         unseen = {cgroup for cgroup in self.cgroups.values() if isinstance(cgroup, ContainerCgroup)
                   and not self.knows(cgroup) and cgroup not in self.relisted_for}
         due = (self.pods is None or answer != self.listed_for or bool(unseen)
