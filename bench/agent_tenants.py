@@ -22,6 +22,8 @@ It prints:
   agent's status reports as tenants.poll_cpu_ms), each with the tenants' part of the status
   file serialised as the agent writes it every poll; and the first poll's (every cgroup read,
   the Pods listed);
+- with --fake-gpu, each slot's GPU-time counter against what its workload says it received
+  (its own JSON lines), over 8 s of 0.25 s polls: the relative error, p50 and max;
 - the time from a Pod's start to its tenant in the agent's report, over --starts starts: a
   thread polls every poll_seconds (1 s, the agent's default) as the agent's loop does; the
   clock starts when the Pod's devices appear in PodResources, its object (with its container
@@ -85,12 +87,20 @@ class RealGpus:
             raise SystemExit(f"NVML: {self.nvml.unavailable}")
         self.workload = workload
         self.children: list = []
+        self.lines: dict = {}  # pid -> [(time, GPU ms the workload says it received)]
 
     def run(self, uuid: str, pid_hint: int, mib: int, percent: int = 0) -> int:  # pylint: disable=unused-argument
         child = subprocess.Popen([str(self.workload), "--memory-mib", str(mib), "--kernel-ms", "5", "--interval-ms", "100"],
-                                 env={**os.environ, "CUDA_VISIBLE_DEVICES": uuid}, stdout=subprocess.DEVNULL)
+                                 env={**os.environ, "CUDA_VISIBLE_DEVICES": uuid}, stdout=subprocess.PIPE, text=True)
         self.children.append(child)
+        self.lines[child.pid] = []
+        threading.Thread(target=self.read, args=(child,), daemon=True).start()
         return child.pid
+
+    def read(self, child):
+        """The workload's own account: one JSON line a second, gpu_ms_received so far."""
+        for line in child.stdout:
+            self.lines[child.pid].append((time.time(), json.loads(line)["gpu_ms_received"]))
 
     def processes(self, uuid, medium, last_seen_us):
         return self.nvml.processes(uuid, medium, last_seen_us)
@@ -169,6 +179,28 @@ def cpu_per_poll(node: Node, polls: int) -> None:
           f"first poll (every cgroup read, the Pods listed) {first:.2f} ms")
 
 
+def accuracy(node: Node, seconds: float = 8.0) -> None:
+    """GPU time per slot as the agent counts it against what each workload says it received,
+    over the same window (the workloads print once a second; the agent polls every 0.25 s)."""
+    first = {device: (time.time(), slot["gpu_seconds"], slot["processes"][0]["pid"])
+             for device, slot in node.tenants.report["slots"].items() if slot["state"] == "running"}
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        node.poll()
+        time.sleep(0.25)
+    node.poll()
+    errors = []
+    for device, (started, counted, pid) in first.items():
+        ended, now = time.time(), node.tenants.report["slots"][device]["gpu_seconds"]
+        lines = [(at, ms) for at, ms in node.gpus.lines[pid] if started <= at <= ended]
+        if len(lines) < 2:
+            continue
+        said = (lines[-1][1] - lines[0][1]) / 1000 / (lines[-1][0] - lines[0][0])
+        errors.append(abs((now - counted) / (ended - started) - said) / said)
+    print(f"GPU time per slot against the workloads' own account, {len(errors)} slots, {seconds:g} s: "
+          f"error p50 {statistics.median(errors) * 100:.1f} %, max {max(errors) * 100:.1f} %")
+
+
 def start_to_tenant(node: Node, starts: int, poll_seconds: float) -> None:
     stop = threading.Event()
 
@@ -217,6 +249,8 @@ def main() -> int:
         node = Node(Path(scratch), args.fake_gpu.resolve() / "fake-gpu-workload" if args.fake_gpu else None)
         try:
             cpu_per_poll(node, args.polls)
+            if args.fake_gpu:
+                accuracy(node)
             # Room for the starts: free one slot per start (their Pods end).
             for device in list(node.slots)[:args.starts]:
                 holder = next(key for key, containers in node.kubelet.pods.items()
