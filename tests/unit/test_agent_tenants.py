@@ -93,11 +93,13 @@ def test_gpu_time_is_a_counter_of_what_each_slot_received(node):
     node.poll()
     time.sleep(0.3)
     first = node.poll()
+    between = time.monotonic()
     time.sleep(0.3)
     second = node.poll()
+    between = time.monotonic() - between
     b1, b2 = first["slots"][f"{B}::3"]["gpu_seconds"], second["slots"][f"{B}::3"]["gpu_seconds"]
-    # 50 % of the GPU for ~0.3 s per poll; the counter only grows.
-    assert 0.1 < b1 < b2 and b2 - b1 == pytest.approx(0.15, abs=0.06)
+    # 50 % of the GPU for the time between two looks; the counter only grows.
+    assert 0.1 < b1 < b2 and b2 - b1 == pytest.approx(0.5 * between, abs=0.02)
     # team-a's container: 40 % + 20 %, split over its two slots, which sum to the container's.
     a1, a2 = (second["slots"][f"{A}::{n}"]["gpu_seconds"] for n in (1, 2))
     processes = sum(p["gpu_seconds"] for p in second["slots"][f"{A}::1"]["processes"])
@@ -124,7 +126,8 @@ def test_a_process_outside_its_allocation_is_flagged_under_its_pod(node):
     node.proc.set(202, systemd_cgroup(UID2, C2, qos="guaranteed"))
     node.gpus.run(A, 202, mib=700, percent=10)
     report = node.poll()
-    assert report["flagged"] == [{"pid": 202, "gpu": A, "vram_mb": 700.0, "gpu_seconds": 0.0, "namespace": "team-b",
+    assert report["flagged"][0].pop("gpu_seconds") >= 0  # it is counted too, from the first look on
+    assert report["flagged"] == [{"pid": 202, "gpu": A, "vram_mb": 700.0, "namespace": "team-b",
                                   "pod": "infer", "container": "server", "uid": UID2, "flag": "outside_allocation",
                                   "slots": [f"{B}::3"]}]
     assert all(202 not in [p["pid"] for p in slot["processes"]] for slot in report["slots"].values())
@@ -284,3 +287,18 @@ def test_the_api_server_is_read_with_the_kubelets_client_certificate_for_its_nod
         assert {e["pid"] for e in tenants.report["unknown"]} == {101, 102, 201, 601}
     finally:
         api.stop()
+
+
+@pytest.mark.parametrize("samples, integrated_to, expected", [
+    # One sample over [lastSeen, timeStamp], as the fleet's fake NVML gives: 50 % of 2 s.
+    ([(7, 3_000_000, 50)], {}, {7: 1.0}),
+    # Several per process, as real NVML keeps them (~1/6 s apart): each over the time since the last.
+    ([(7, 2_000_000, 100), (7, 1_500_000, 20), (8, 3_000_000, 10)], {}, {7: 0.1 + 0.5, 8: 0.2}),
+    # Time already counted is not counted again.
+    ([(7, 3_000_000, 50)], {7: 2_000_000}, {7: 0.5}),
+    ([(7, 2_000_000, 50)], {7: 2_000_000}, {}),
+], ids=["one-sample", "several-samples", "from-the-last-counted", "nothing-new"])
+def test_gpu_time_integrates_sm_utilisation_over_each_interval(samples, integrated_to, expected):
+    from gpuaas_agent.tenants import integrate  # pylint: disable=import-outside-toplevel
+    got = integrate(samples, 1_000_000, integrated_to)
+    assert got.keys() == expected.keys() and all(got[pid] == pytest.approx(expected[pid]) for pid in expected)
