@@ -33,7 +33,7 @@ DEBIAN_PACKAGES := python3-venv systemd systemd-container gnupg dpkg-dev openssh
 
 .PHONY: run help deps venv lock collection fleet-base fleet-image fleet-up fleet-down test test-checks test-unit test-api \
         test-contract test-sanity test-lint test-architecture test-build test-deploy test-standins test-fleet bench \
-        bench-node-init bench-agent clean agent-stubs
+        bench-node-init bench-agent bench-agent-tenants clean agent-stubs
 
 # The service on its embedded defaults: SQLite in ./var, 127.0.0.1:8080.
 run: venv deps ## the REST service on its defaults (http://127.0.0.1:8080, SQLite in ./var); prints the first admin's login
@@ -93,8 +93,8 @@ collection: $(COLLECTION_LINK) ## this checkout as the collection hostedai.gpuaa
 # The gpuaas agent's device plugin API stubs (api_pb2.py, api_pb2_grpc.py, committed beside the
 # .proto), made again with the pinned grpcio-tools; tests/unit/test_agent_stubs.py fails when
 # the committed ones differ from what this makes.
-AGENT_PROTO := gpuaas_agent/deviceplugin/v1beta1/api.proto
-agent-stubs: venv ## regenerate the agent's device plugin gRPC stubs with the pinned grpcio-tools
+AGENT_PROTO := gpuaas_agent/deviceplugin/v1beta1/api.proto gpuaas_agent/podresources/v1/api.proto
+agent-stubs: venv ## regenerate the agent's gRPC stubs (device plugin, PodResources) with the pinned grpcio-tools
 	cd agent/src && $(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. $(AGENT_PROTO)
 
 # --------------------------------------------------------------------------- fleet
@@ -216,6 +216,10 @@ bench-node-init: fleet-image collection ## node_init with packages on, on 1 and 
 # The agent's device plugin: Allocate latency and config-change-to-new-list, 8 GPUs x ratio 10.
 bench-agent: venv ## the agent's device plugin: Allocate latency, config change to new list
 	$(BIN)/python bench/agent_plugin.py
+
+# The agent's tenant look: CPU per poll and Pod start to tenant, 8 GPUs x 10 slots all held.
+bench-agent-tenants: venv ## the agent's tenants: CPU per poll, Pod start to tenant in the report (80 slots held)
+	$(BIN)/python bench/agent_tenants.py
 
 clean: fleet-down ## stop the fleet and remove .build/ (the venv stays)
 	rm -rf $(BUILD)

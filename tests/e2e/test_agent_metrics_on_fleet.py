@@ -150,7 +150,7 @@ def test_1_the_agents_serve_on_the_node_address_with_the_token_only(service, poo
     assert status == 200
     assert set(pool["uuids"]["node2"]) <= set(json.loads(body)["gpus"])
     status, body = agent_get(address, "/metrics", TOKEN)
-    assert status == 200 and b"gpuaas_gpu_utilization_percent" in body
+    assert status == 200 and b"gpuaas_agent_gpu_utilization_percent" in body
     # Where the roles put them: the node's address (not every address), and the token readable by root only.
     settings = yaml.safe_load(node_exec("node2", "cat", "/etc/gpuaas/agent.yaml").stdout)
     assert settings["http_listen"] == f"{address}:{AGENT_PORT}"

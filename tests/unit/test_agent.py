@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -440,8 +441,11 @@ def test_http_status_and_readings_need_the_token(node, tmp_path):
     assert status["gpus"][C]["compute_mode"] == "EXCLUSIVE_PROCESS" and status["gpus"][C]["security_level"] == "high"
     code, headers, metrics = agent.http("/metrics", "s3cret-token")
     assert code == 200 and headers["Content-Type"].startswith("text/plain")
-    assert f'gpuaas_gpu_temperature_celsius{{gpu="{A}",index="0",pool_id="1",resource="{POOL1}"}}' in metrics
-    assert f'gpuaas_resource_devices{{health="Healthy",resource="{POOL1}"}} 8.0' in metrics
+    assert f'gpuaas_agent_gpu_temperature_celsius{{gpu="{A}",index="0",pool_id="1",resource="{POOL1}"}}' in metrics
+    assert f'gpuaas_agent_resource_devices{{health="Healthy",resource="{POOL1}"}} 8.0' in metrics
+    # Every name is the agent's own: the REST service's /metrics has gpuaas_gpu_* with other labels.
+    names = set(re.findall(r"^(?:# (?:HELP|TYPE) )?([a-zA-Z_:][a-zA-Z0-9_:]*)", metrics, re.MULTILINE))
+    assert names and all(name.startswith("gpuaas_agent_") for name in names), sorted(names)
 
 
 def test_http_without_a_token_does_not_start_and_reports_nothing(tmp_path):
@@ -475,3 +479,35 @@ def test_bad_settings_are_refused_in_one_line(tmp_path):
 def test_help_names_the_commands():
     run = subprocess.run([sys.executable, "-m", "gpuaas_agent.cli", "--help"], capture_output=True, text=True, check=False)
     assert run.returncode == 0 and "run" in run.stdout and "check-config" in run.stdout
+
+
+# Tenants (the join itself: test_agent_tenants.py). A PodResources socket that hangs: the tenants
+# are unknown with the reason in the status, and the device plugin keeps serving.
+def test_a_hanging_pod_resources_socket_leaves_tenants_unknown_and_the_plugin_serving(node, tmp_path):
+    node, kubelet = node
+    hanging = socket.socket(socket.AF_UNIX)
+    hanging.bind(str(tmp_path / "pod-resources.sock"))
+    hanging.listen(64)  # connections complete in the kernel; nothing ever answers
+    try:
+        agent = node.agent(pod_resources_socket=str(tmp_path / "pod-resources.sock"), pod_resources_timeout=0.3,
+                           kubeconfig=str(tmp_path / "no-kubeconfig"))
+        plugin = kubelet.plugin(POOL1, 8)
+
+        def unknown():
+            status = agent.status()
+            return status if "did not answer within 0.3 s" in status["tenants"]["reason"] else None
+        status = wait_for(unknown, what="tenants unknown because the socket hangs")
+        assert status["tenants"]["state"] == "unknown"
+        assert {slot["state"] for slot in status["tenants"]["slots"].values()} == {"unknown"}
+        assert len(status["tenants"]["slots"]) == 8 + 2 + 1  # pool 1, pool 2, the whole GPU
+        # The plugin answers at once, and the loop goes on (polls keep counting).
+        started = time.monotonic()
+        given = plugin.allocate([f"{A}::1"])
+        assert given["envs"]["GPUAAS_POOL_ID"] == "1" and time.monotonic() - started < 1
+        polls = status["polls"]
+        wait_for(lambda: agent.status()["polls"] >= polls + 3, what="three more polls")
+        hanging.close()
+        (tmp_path / "pod-resources.sock").unlink()
+        wait_for(lambda: "does not exist" in agent.status()["tenants"]["reason"], what="the reason to follow the socket")
+    finally:
+        hanging.close()

@@ -1,23 +1,26 @@
-"""The committed device plugin stubs are what `make agent-stubs` makes from api.proto."""
+"""The committed gRPC stubs (device plugin, PodResources) are what `make agent-stubs` makes from their protos."""
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from gpuaas_agent.deviceplugin.v1beta1 import api_pb2
+from gpuaas_agent.podresources.v1 import api_pb2 as podresources_pb2
 
 REPO = Path(__file__).resolve().parents[2]
-PROTO = "gpuaas_agent/deviceplugin/v1beta1/api.proto"
+PROTOS = ("gpuaas_agent/deviceplugin/v1beta1/api.proto", "gpuaas_agent/podresources/v1/api.proto")
 
 
-def test_committed_stubs_match_the_proto(tmp_path):
+@pytest.mark.parametrize("proto", PROTOS)
+def test_committed_stubs_match_the_proto(tmp_path, proto):
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{REPO / 'agent/src'}", f"--python_out={tmp_path}",
-                    f"--grpc_python_out={tmp_path}", str(REPO / "agent/src" / PROTO)], check=True)
+                    f"--grpc_python_out={tmp_path}", str(REPO / "agent/src" / proto)], check=True)
+    package = Path(proto).parent
     for name in ("api_pb2.py", "api_pb2_grpc.py"):
-        made = (tmp_path / "gpuaas_agent/deviceplugin/v1beta1" / name).read_text()
-        assert made == (REPO / "agent/src/gpuaas_agent/deviceplugin/v1beta1" / name).read_text(), \
-            f"{name} is stale: run make agent-stubs"
+        made = (tmp_path / package / name).read_text()
+        assert made == (REPO / "agent/src" / package / name).read_text(), f"{package}/{name} is stale: run make agent-stubs"
 
 
 def test_the_wire_names_are_the_kubelets():
@@ -33,3 +36,16 @@ def test_the_wire_names_are_the_kubelets():
         {"version": 1, "endpoint": 2, "resource_name": 3, "options": 4}
     assert {f.name: f.number for f in api_pb2.ContainerPreferredAllocationRequest.DESCRIPTOR.fields} == \
         {"available_deviceIDs": 1, "must_include_deviceIDs": 2, "allocation_size": 3}
+
+
+def test_the_pod_resources_wire_names_are_the_kubelets():
+    # kubernetes/kubernetes staging/src/k8s.io/kubelet/pkg/apis/podresources/v1/api.proto: the
+    # service's full name is the gRPC path the kubelet serves (/v1.PodResourcesLister/List).
+    services = {s.full_name: [m.name for m in s.methods] for s in podresources_pb2.DESCRIPTOR.services_by_name.values()}
+    assert services == {"v1.PodResourcesLister": ["List"]}
+    assert {f.name: f.number for f in podresources_pb2.ListPodResourcesResponse.DESCRIPTOR.fields} == {"pod_resources": 1}
+    assert {f.name: f.number for f in podresources_pb2.PodResources.DESCRIPTOR.fields} == \
+        {"name": 1, "namespace": 2, "containers": 3}
+    assert {f.name: f.number for f in podresources_pb2.ContainerResources.DESCRIPTOR.fields} == {"name": 1, "devices": 2}
+    assert {f.name: f.number for f in podresources_pb2.ContainerDevices.DESCRIPTOR.fields} == \
+        {"resource_name": 1, "device_ids": 2}

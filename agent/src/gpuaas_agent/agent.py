@@ -8,7 +8,8 @@ Every ``poll_seconds`` it looks for:
   removes): every resource's server is started again and registered again;
 - GPU health (NVML): a lost GPU's slots turn Unhealthy through ListAndWatch;
 - each medium GPU's MPS control daemon: one that a tenant stopped, or whose defaults a tenant
-  changed, is put back with its pool's limits (mps.py), within this one poll.
+  changed, is put back with its pool's limits (mps.py), within this one poll;
+- each slot's tenant, its processes, their vRAM and GPU time (tenants.py).
 Then it writes its status file.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .gpus import Gpus
 from .mps import REPAIR_REASONS, MpsDaemons
 from .plugin import KUBELET_SOCKET, ResourceServer, health_of
 from .sharing_policy import DEFAULT_COMPUTE_MODE, MPS_SECURITY_LEVELS
+from .tenants import Tenants
 
 log = logging.getLogger("gpuaas_agent")
 LAST_GOOD = "sharing.last-good.yaml"
@@ -49,6 +51,7 @@ class Agent:
         self.settings = settings
         self.gpus = gpus or Gpus()
         self.mps = MpsDaemons(settings)
+        self.tenants = Tenants(settings, self.gpus)
         self.sharing = EMPTY_SHARING
         self.config_error = ""
         self.config_seen = None
@@ -221,7 +224,23 @@ class Agent:
             self.apply()
         elif self.repair_due():
             self.apply()
+        self.refresh_tenants()
         self.write_status()
+
+    def refresh_tenants(self) -> None:
+        """Each advertised slot's tenant. A failure here is logged and leaves the tenants unknown;
+        it never stops the device plugin or the rest of the step."""
+        started = time.thread_time()
+        slots = {slot.id: (name, slot.gpu) for name, server in dict(self.servers).items() for slot in server.plan.slots}
+        medium = {uuid for uuid, share in self.sharing.gpus.items() if share.security_level in MPS_SECURITY_LEVELS}
+        healthy = [uuid for uuid, state in sorted(self.gpu_states.items()) if state.healthy]
+        try:
+            self.tenants.refresh(slots, medium, healthy)
+        except Exception as error:  # pylint: disable=broad-exception-caught
+            log.exception("tenants: the look failed")
+            self.tenants.report = {**self.tenants.report, "state": "unknown", "reason": f"the agent failed: {error}"}
+        # A new dict, not an update: the HTTP thread may be serialising the last one.
+        self.tenants.report = {**self.tenants.report, "poll_cpu_ms": round((time.thread_time() - started) * 1000, 3)}
 
     def run(self) -> None:
         # The last run's report must not stand for this one (the role checks it).
@@ -288,7 +307,7 @@ class Agent:
                 "manage_gpu_modes": self.settings.manage_gpu_modes,
                 "config": {"path": self.settings.sharing_config, "version": self.sharing.version,
                            "error": self.config_error},
-                "resources": resources, "gpus": gpus}
+                "resources": resources, "gpus": gpus, "tenants": self.tenants.report}
 
     def mps_status(self, uuid: str) -> dict:
         """A medium GPU's daemon: where it is, the limits it runs with, and the repairs the agent
@@ -301,7 +320,9 @@ class Agent:
                 "last_repair": self.mps.last_repair.get(uuid)}
 
     def write_status(self) -> None:
-        write_atomically(self.settings.status_file, json.dumps(self.status(), indent=2, sort_keys=True) + "\n")
+        # Compact: it is written every poll, and with 80 held slots indenting doubles its cost
+        # (`gpuaas-agent status` prints it indented).
+        write_atomically(self.settings.status_file, json.dumps(self.status(), sort_keys=True, separators=(",", ":")) + "\n")
 
 
 def remove_quietly(path: str) -> None:

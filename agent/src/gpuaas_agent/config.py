@@ -60,6 +60,21 @@ class Settings:
     http_listen: str = ""
     http_token_file: str = "/etc/gpuaas/agent-token"
     poll_seconds: float = 1.0
+    # Tenants (tenants.py): the kubelet's PodResources socket (<root-dir>/pod-resources/kubelet.sock)
+    # and how long a List may take before the tenants are reported unknown.
+    pod_resources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
+    pod_resources_timeout: float = 0.5
+    # The node's Pods (UIDs, phases, container IDs) come from the API server through the kubelet's
+    # own kubeconfig; node_name empty: the one its client certificate is for (system:node:<name>),
+    # else the host name, lowercased, as the kubelet's default.
+    kubeconfig: str = "/etc/kubernetes/kubelet.conf"
+    node_name: str = ""
+    api_timeout: float = 3.0
+    # The Pod list is read again at least this often (and whenever PodResources or a cgroup says
+    # something changed).
+    api_relist_seconds: float = 30.0
+    # Where the processes' cgroups are read (/proc/<pid>/cgroup); another root only for tests.
+    proc_root: str = "/proc"
 
 
 _SETTING_TYPES = {field.name: field.type for field in dataclasses.fields(Settings)}

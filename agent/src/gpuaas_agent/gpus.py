@@ -24,6 +24,15 @@ class GpuState:
     memory_mb: int = 0
 
 
+@dataclasses.dataclass
+class GpuProcesses:
+    """One GPU's processes as NVML lists them: pid -> (vRAM bytes or None, an MPS client), and
+    the per-process utilisation samples taken since the last look: (pid, timeStamp in µs, smUtil %)."""
+    processes: dict = dataclasses.field(default_factory=dict)
+    samples: list = dataclasses.field(default_factory=list)
+    error: str = ""
+
+
 class Gpus:
     """NVML kept initialised for the agent's life; the UUIDs are learnt by index at start, so
     that a GPU lost later is still known by its UUID (a lost GPU answers nothing)."""
@@ -118,3 +127,30 @@ class Gpus:
                 failures[uuid] = str(error)
                 log.error("GPU %s: cannot set its modes: %s", uuid, error)
         return failures
+
+    def processes(self, uuid: str, medium: bool, last_seen_us: int) -> GpuProcesses:
+        """The GPU's compute processes (nvmlDeviceGetComputeRunningProcesses_v3), its MPS clients
+        on a medium GPU (nvmlDeviceGetMPSComputeRunningProcesses_v3: under MPS the compute list
+        holds the MPS server, whose clients are the tenants), and the utilisation samples newer
+        than ``last_seen_us`` (nvmlDeviceGetProcessUtilization, which answers NOT_FOUND when
+        there is none)."""
+        index = next((i for i, known in self.uuid_by_index.items() if known == uuid), None)
+        if self.nvml is None or index is None:
+            return GpuProcesses(error=self.unavailable or "NVML does not know this GPU")
+        nvml, found = self.nvml, GpuProcesses()
+        try:
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            for process in nvml.nvmlDeviceGetComputeRunningProcesses_v3(handle):
+                found.processes[process.pid] = (process.usedGpuMemory, False)
+            if medium:
+                for process in nvml.nvmlDeviceGetMPSComputeRunningProcesses_v3(handle):
+                    found.processes[process.pid] = (process.usedGpuMemory, True)
+        except nvml.NVMLError as error:
+            return GpuProcesses(error=f"NVML cannot list its processes: {error}")
+        try:
+            found.samples = [(sample.pid, sample.timeStamp, sample.smUtil)
+                             for sample in nvml.nvmlDeviceGetProcessUtilization(handle, last_seen_us)]
+        except nvml.NVMLError as error:
+            if getattr(error, "value", None) != nvml.NVML_ERROR_NOT_FOUND:
+                found.error = f"NVML gives no process utilisation: {error}"
+        return found

@@ -22,14 +22,18 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger("gpuaas_agent.http")
 
+# Every name the agent exports starts with gpuaas_agent_: the REST service's own /metrics uses
+# gpuaas_gpu_* with other labels (docs/api.md), and a Prometheus that scrapes both must not mix them.
 # Prometheus metric -> (the reading's key, help); the readings are nvml_access.gpu_metrics's.
 GPU_GAUGES = {
-    "gpuaas_gpu_utilization_percent": ("utilization_gpu_percent", "GPU utilisation, percent"),
-    "gpuaas_gpu_memory_utilization_percent": ("utilization_memory_percent", "GPU memory controller utilisation, percent"),
-    "gpuaas_gpu_memory_used_megabytes": ("memory_used_mb", "GPU memory used, MiB"),
-    "gpuaas_gpu_temperature_celsius": ("temperature_c", "GPU temperature, degrees Celsius"),
-    "gpuaas_gpu_power_watts": ("power_w", "GPU power draw, watts"),
+    "gpuaas_agent_gpu_utilization_percent": ("utilization_gpu_percent", "GPU utilisation, percent"),
+    "gpuaas_agent_gpu_memory_utilization_percent": ("utilization_memory_percent", "GPU memory controller utilisation, percent"),
+    "gpuaas_agent_gpu_memory_used_megabytes": ("memory_used_mb", "GPU memory used, MiB"),
+    "gpuaas_agent_gpu_temperature_celsius": ("temperature_c", "GPU temperature, degrees Celsius"),
+    "gpuaas_agent_gpu_power_watts": ("power_w", "GPU power draw, watts"),
 }
+# A slot's series: which device of which resource on which GPU, and its tenant (empty when free).
+SLOT_LABELS = ["resource", "slot", "gpu", "namespace", "pod", "container"]
 
 
 class TokenMissing(Exception):
@@ -56,14 +60,14 @@ class StatusCollector:
     def collect(self):
         labels = ["gpu", "index", "pool_id", "resource"]
         gauges = {name: GaugeMetricFamily(name, help_, labels=labels) for name, (unused_key, help_) in GPU_GAUGES.items()}
-        healthy = GaugeMetricFamily("gpuaas_gpu_healthy", "1 when NVML answers for the GPU", labels=labels)
+        healthy = GaugeMetricFamily("gpuaas_agent_gpu_healthy", "1 when NVML answers for the GPU", labels=labels)
         for uuid, gpu in self.status["gpus"].items():
             values = [uuid, str(gpu["index"]), str(gpu["pool_id"] or ""), gpu["resource"] or ""]
             healthy.add_metric(values, 1.0 if gpu["health"] == "Healthy" else 0.0)
             for name, (key, unused_help) in GPU_GAUGES.items():
                 if key in gpu.get("readings", {}):
                     gauges[name].add_metric(values, float(gpu["readings"][key]))
-        devices = GaugeMetricFamily("gpuaas_resource_devices", "Devices advertised to the kubelet",
+        devices = GaugeMetricFamily("gpuaas_agent_resource_devices", "Devices advertised to the kubelet",
                                     labels=["resource", "health"])
         for name, resource in self.status["resources"].items():
             devices.add_metric([name, "Healthy"], resource["healthy"])
@@ -75,6 +79,8 @@ class StatusCollector:
         yield devices
         yield version
         yield self.mps_repairs()
+        if "tenants" in self.status:
+            yield from self.tenants(self.status["tenants"])
 
     def mps_repairs(self) -> CounterMetricFamily:
         """Per medium GPU, how often its MPS control daemon was put back since the agent started:
@@ -85,6 +91,51 @@ class StatusCollector:
             for reason, count in ((gpu.get("mps") or {}).get("repairs") or {}).items():
                 repairs.add_metric([uuid, reason], count)
         return repairs
+
+    @staticmethod
+    def tenants(report: dict):
+        """Per slot: its state, its tenant's processes, vRAM and GPU time (a counter per tenant:
+        a new tenant starts a new series), with the Pod's namespace and name as labels; per GPU,
+        the processes flagged (a Pod's, outside its allocation or of an ended Pod) and unknown."""
+        known = GaugeMetricFamily("gpuaas_agent_tenants_known",
+                                  "1 when the kubelet's PodResources answered, so every slot's tenant is known")
+        known.add_metric([], 1.0 if report["state"] == "ok" else 0.0)
+        state = GaugeMetricFamily("gpuaas_agent_slot_state", "1 for the slot's state (free, idle, running, unknown)",
+                                  labels=SLOT_LABELS + ["state"])
+        processes = GaugeMetricFamily("gpuaas_agent_slot_processes", "The tenant's processes on the slot's GPU",
+                                      labels=SLOT_LABELS)
+        vram = GaugeMetricFamily("gpuaas_agent_slot_memory_used_megabytes",
+                                 "vRAM the tenant's processes use, MiB (a container's k slots on a GPU: 1/k each)",
+                                 labels=SLOT_LABELS)
+        seconds = CounterMetricFamily("gpuaas_agent_slot_gpu_seconds",
+                                      "GPU time the tenant's processes received, seconds (NVML process utilisation)",
+                                      labels=SLOT_LABELS)
+        for device, slot in report["slots"].items():
+            tenant = slot["tenant"] or {}
+            values = [slot["resource"], device, slot["gpu"], tenant.get("namespace", ""), tenant.get("pod", ""),
+                      tenant.get("container", "")]
+            state.add_metric(values + [slot["state"]], 1.0)
+            if slot["state"] in ("idle", "running"):
+                processes.add_metric(values, len(slot["processes"]))
+                vram.add_metric(values, slot["vram_used_mb"])
+                seconds.add_metric(values, slot["gpu_seconds"])
+        flagged = GaugeMetricFamily("gpuaas_agent_flagged_processes",
+                                    "A Pod's processes on a GPU outside its container's allocation, or of an ended Pod",
+                                    labels=["gpu", "namespace", "pod", "container", "flag"])
+        counts: dict = {}
+        for entry in report["flagged"]:
+            key = (entry["gpu"], entry["namespace"], entry["pod"], entry["container"], entry["flag"])
+            counts[key] = counts.get(key, 0) + 1
+        for key, count in sorted(counts.items()):
+            flagged.add_metric(list(key), count)
+        unknown = GaugeMetricFamily("gpuaas_agent_unknown_processes", "Processes on the GPU that belong to no known Pod",
+                                    labels=["gpu"])
+        per_gpu: dict = {}
+        for entry in report["unknown"]:
+            per_gpu[entry["gpu"]] = per_gpu.get(entry["gpu"], 0) + 1
+        for gpu, count in sorted(per_gpu.items()):
+            unknown.add_metric([gpu], count)
+        yield from (known, state, processes, vram, seconds, flagged, unknown)
 
 
 def serve(listen: str, token: str, snapshot) -> ThreadingHTTPServer:
