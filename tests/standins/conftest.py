@@ -2,14 +2,21 @@
 from __future__ import annotations
 
 import base64
+import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from fake_apiserver import SERVER, VERSION, Cluster, issue, kubeconfig, openssl
+from kubelet_harness import Kubelet
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests/fleet"))
+import package_repo  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +62,24 @@ def cluster(tmp_path_factory):
     process.terminate()
     process.wait(5)
     log.close()
+
+
+@pytest.fixture(scope="module")
+def descriptors(tmp_path_factory) -> Path:
+    """api.proto's descriptor set, built as the kubelet package's build builds it (and the
+    PodResources API's beside it, podresources.binpb)."""
+    directory = tmp_path_factory.mktemp("proto")
+    package_repo.build_pod_resources_descriptors(directory / "podresources.binpb")
+    return package_repo.build_device_plugin_descriptors(directory / "api.binpb")
+
+
+@pytest.fixture
+def kubelet(request, cluster, descriptors):  # noqa: F811
+    # A short root: a unix socket's path has at most 107 characters.
+    root = Path(tempfile.mkdtemp(prefix="dm-", dir="/tmp"))
+    instance = Kubelet(root, cluster, descriptors, node=f"gpu-{root.name[3:].lower().replace('_', '-')}")
+    yield instance
+    instance.stop()
+    instance.remove_containers()
+    instance.cri.close()
+    shutil.rmtree(root, ignore_errors=True)

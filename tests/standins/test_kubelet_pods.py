@@ -25,9 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fakeruntime  # noqa: E402
 import podresources  # noqa: E402
 from device_plugin_double import RESOURCE, Plugin  # noqa: E402
-# The kubelet and descriptors fixtures are that module's, used here by name.
-from test_kubelet_device_plugins import (  # noqa: E402,F401  pylint: disable=unused-import
-    CLIENT_DIR, GPU_A, GPU_B, KUBELET, descriptors, gpu_pod, kubelet, node_tools, pod_status)
+from kubelet_harness import CLIENT_DIR, GPU_A, GPU_B, KUBELET, gpu_pod, node_tools, pod_status  # noqa: E402
 from waiting import wait_for  # noqa: E402
 
 
