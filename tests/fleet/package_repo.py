@@ -70,9 +70,9 @@ AGENT_DIR = CHECKOUT / "agent"  # the gpuaas agent (a kubelet device plugin): it
 # The kubelet device plugin API the agent serves; the kubelet stand-in reads its messages from this
 # proto's descriptor set (Debian's python3-protobuf 3.21 cannot run stubs a newer protoc generated).
 DEVICE_PLUGIN_PROTO = "gpuaas_agent/deviceplugin/v1beta1/api.proto"
-# The kubelet's PodResources API v1, which the kubelet stand-in serves: its proto, the same way.
-PROTO_DIR = HERE / "proto"
-POD_RESOURCES_PROTO = "podresources/v1/api.proto"
+# The kubelet's PodResources API v1, which the agent calls and the kubelet stand-in serves: the
+# agent's proto, the same way.
+POD_RESOURCES_PROTO = "gpuaas_agent/podresources/v1/api.proto"
 # What a node installs from Debian (roles/node_init on a Debian 12 node, with python3-apt and
 # python3-debian for Ansible's apt and deb822_repository modules; python3-venv for the gpuaas agent's
 # venv, which the gpu_sharing role makes with `python3 -m venv`), and what the Python stand-ins
@@ -315,7 +315,7 @@ def build_device_plugin_descriptors(out: Path) -> Path:
 
 def build_pod_resources_descriptors(out: Path) -> Path:
     """The PodResources API's (v1)."""
-    return build_descriptors(out, PROTO_DIR, POD_RESOURCES_PROTO)
+    return build_descriptors(out, AGENT_DIR / "src", POD_RESOURCES_PROTO)
 
 
 def build_fake_nvml(out: Path) -> Path:
@@ -388,7 +388,7 @@ def standins(kube: dict) -> list[StandIn]:
                     build_device_plugin_descriptors, (AGENT_DIR / "src" / DEVICE_PLUGIN_PROTO,
                                                       "protoc --descriptor_set_out --include_imports")),
                        "/usr/lib/fake-kubernetes/podresources-v1.binpb": (
-                    build_pod_resources_descriptors, (PROTO_DIR / POD_RESOURCES_PROTO,
+                    build_pod_resources_descriptors, (AGENT_DIR / "src" / POD_RESOURCES_PROTO,
                                                       "protoc --descriptor_set_out --include_imports"))}),
         # The driver as one package: the real cuda-drivers-<branch> is a metapackage whose
         # dependencies (nvidia-driver, nvidia-kernel-dkms, nvidia-persistenced, libnvidia-ml1, ...)

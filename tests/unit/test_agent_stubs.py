@@ -42,10 +42,11 @@ def test_the_pod_resources_wire_names_are_the_kubelets():
     # kubernetes/kubernetes staging/src/k8s.io/kubelet/pkg/apis/podresources/v1/api.proto: the
     # service's full name is the gRPC path the kubelet serves (/v1.PodResourcesLister/List).
     services = {s.full_name: [m.name for m in s.methods] for s in podresources_pb2.DESCRIPTOR.services_by_name.values()}
-    assert services == {"v1.PodResourcesLister": ["List"]}
+    assert services == {"v1.PodResourcesLister": ["List", "GetAllocatableResources", "Get"]}
     assert {f.name: f.number for f in podresources_pb2.ListPodResourcesResponse.DESCRIPTOR.fields} == {"pod_resources": 1}
     assert {f.name: f.number for f in podresources_pb2.PodResources.DESCRIPTOR.fields} == \
         {"name": 1, "namespace": 2, "containers": 3}
-    assert {f.name: f.number for f in podresources_pb2.ContainerResources.DESCRIPTOR.fields} == {"name": 1, "devices": 2}
+    assert {f.name: f.number for f in podresources_pb2.ContainerResources.DESCRIPTOR.fields} == \
+        {"name": 1, "devices": 2, "cpu_ids": 3, "memory": 4, "dynamic_resources": 5}
     assert {f.name: f.number for f in podresources_pb2.ContainerDevices.DESCRIPTOR.fields} == \
-        {"resource_name": 1, "device_ids": 2}
+        {"resource_name": 1, "device_ids": 2, "topology": 3}
