@@ -6,8 +6,10 @@ fake GPU (docs/test-fleet.md, "The fake GPU") the kubelet stand-in runs each Pod
 real process in its kubelet/containerd cgroup:
 - tenant-a/train and tenant-b/infer each hold one slot of pool 1 (low) and run a workload;
 - tenant-b/mps holds pool 3's slot (medium): an MPS client, beside the daemon's MPS server;
-- tenant-a/rogue holds a slot of pool 1 but, privileged with NVIDIA_VISIBLE_DEVICES=all, runs on
-  GPU 1, which is in no pool: it must be listed under its Pod and flagged;
+- tenant-a/rogue holds no slot but, privileged with NVIDIA_VISIBLE_DEVICES=all, runs on GPU 1,
+  which is in no pool: it must be listed under its Pod and flagged;
+- tenant-a/confined holds a slot of pool 1 and asks the same: the toolkit takes its GPUs from the
+  device plugin's mounts alone, so its workload finds no GPU 1 (CUDA_ERROR_NO_DEVICE) and fails;
 - a workload started on the host (in no Pod) on GPU 0 must be unknown, never attributed.
 Each workload's GPU time is compared with the agent's at the agent's own sampling time (the
 workload prints its count every second; the kubelet's CRI log lines carry when).
@@ -28,6 +30,8 @@ WORKLOAD = "/usr/bin/fake-gpu-workload"
 HOST_UNIT = "gpuaas-molecule-host-workload"
 TOLERANCE = 0.05
 OLD_PODS = ["slot-low", "slot-high", "slot-medium"]
+TENANT_PODS = [("tenant-a", "train"), ("tenant-b", "infer"), ("tenant-b", "mps"), ("tenant-a", "rogue"),
+               ("tenant-a", "confined")]
 
 
 def kubectl(*args: str, stdin: str | None = None) -> str:
@@ -41,10 +45,10 @@ def agent(path: str):
     return json.loads(body) if path == "status" else body
 
 
-def pod(namespace: str, name: str, resource: str, memory_mib: int, env=None, privileged=False) -> dict:
+def pod(namespace: str, name: str, resource: str | None, memory_mib: int, env=None, privileged=False) -> dict:
     container = {"name": "main", "image": "nvcr.io/nvidia/cuda:12.4.1-base-ubuntu22.04",
                  "command": [WORKLOAD, "--memory-mib", str(memory_mib), "--kernel-ms", "20"],
-                 "resources": {"limits": {resource: 1}}, "env": env or []}
+                 "resources": {"limits": {resource: 1}} if resource else {}, "env": env or []}
     if privileged:
         container["securityContext"] = {"privileged": True}
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
@@ -68,7 +72,8 @@ def pod_json(namespace: str, name: str) -> dict:
 
 def running_pid(namespace: str, name: str) -> int | None:
     """The container's process (the runtime stand-in's task record), once the Pod is Running."""
-    status = pod_json(namespace, name)["status"]
+    status = pod_json(namespace, name).get("status", {})  # none until the kubelet reports
+    assert status.get("phase") not in ("Failed", "Succeeded"), (namespace, name, status)
     if status.get("phase") != "Running":
         return None
     container_id = status["containerStatuses"][0]["containerID"].removeprefix("containerd://")
@@ -76,17 +81,21 @@ def running_pid(namespace: str, name: str) -> int | None:
         return json.load(handle)["pid"]
 
 
-def log_points(namespace: str, name: str) -> list:
-    """(when, gpu_ms_received) from the workload's lines in its CRI log (`<RFC3339Nano> stdout F <line>`)."""
+def log_lines(namespace: str, name: str) -> list:
+    """The container's CRI log (`<RFC3339Nano> stdout|stderr F <line>`), split."""
     uid = pod_json(namespace, name)["metadata"]["uid"]
-    points = []
     with open(f"/var/log/pods/{namespace}_{name}_{uid}/main/0.log", encoding="utf-8") as handle:
-        for line in handle:
-            stamp, stream, _, text = line.rstrip("\n").split(" ", 3)
-            if stream == "stdout" and text.startswith("{"):
-                seconds, _, fraction = stamp.rstrip("Z").partition(".")
-                when = dt.datetime.fromisoformat(f"{seconds}.{(fraction + '000000')[:6]}+00:00").timestamp()
-                points.append((when, json.loads(text)["gpu_ms_received"]))
+        return [line.rstrip("\n").split(" ", 3) for line in handle]
+
+
+def log_points(namespace: str, name: str) -> list:
+    """(when, gpu_ms_received) from the workload's lines in its log."""
+    points = []
+    for stamp, stream, _, text in log_lines(namespace, name):
+        if stream == "stdout" and text.startswith("{"):
+            seconds, _, fraction = stamp.rstrip("Z").partition(".")
+            when = dt.datetime.fromisoformat(f"{seconds}.{(fraction + '000000')[:6]}+00:00").timestamp()
+            points.append((when, json.loads(text)["gpu_ms_received"]))
     return points
 
 
@@ -118,15 +127,24 @@ def close(measured: float, expected: float, what: str) -> None:
 
 def main() -> None:
     uuids = json.loads(sys.argv[1])
+    try:
+        check(uuids)
+    finally:  # nothing of this check holds a slot or a GPU afterwards, whatever failed
+        for namespace, name in TENANT_PODS:
+            kubectl("delete", "pod", "-n", namespace, "--ignore-not-found", "--wait=false", name)
+        subprocess.run(["systemctl", "stop", HOST_UNIT], capture_output=True, check=False)
+
+
+def check(uuids: list) -> None:
     kubectl("delete", "pod", "--ignore-not-found", "--wait=true", *OLD_PODS)  # pool 3's one slot is needed
     subprocess.run(["systemctl", "stop", HOST_UNIT], capture_output=True, check=False)
+    widen = [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}, {"name": "CUDA_VISIBLE_DEVICES", "value": uuids[1]}]
     pods = {("tenant-a", "train"): pod("tenant-a", "train", "gpuaas.hosted.ai/pool-1", 1024),
             ("tenant-b", "infer"): pod("tenant-b", "infer", "gpuaas.hosted.ai/pool-1", 512),
             ("tenant-b", "mps"): pod("tenant-b", "mps", "gpuaas.hosted.ai/pool-3", 256),
-            ("tenant-a", "rogue"): pod("tenant-a", "rogue", "gpuaas.hosted.ai/pool-1", 128, privileged=True,
-                                       env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"},
-                                            {"name": "CUDA_VISIBLE_DEVICES", "value": uuids[1]}])}
-    for (namespace, name), manifest in pods.items():
+            ("tenant-a", "rogue"): pod("tenant-a", "rogue", None, 128, privileged=True, env=widen)}
+    confined = pod("tenant-a", "confined", "gpuaas.hosted.ai/pool-1", 128, privileged=True, env=widen)
+    for (namespace, name), manifest in [*pods.items(), (("tenant-a", "confined"), confined)]:
         kubectl("delete", "pod", "-n", namespace, "--ignore-not-found", "--wait=true", name)
         kubectl("create", "--validate=false", "-f", "-", stdin=json.dumps(manifest))
     subprocess.run(["systemd-run", f"--unit={HOST_UNIT}", f"--setenv=CUDA_VISIBLE_DEVICES={uuids[0]}", WORKLOAD,
@@ -163,6 +181,8 @@ def main() -> None:
     assert (rogue[0]["namespace"], rogue[0]["pod"]) == ("tenant-a", "rogue")
     assert [place for place, pid in everywhere(status) if pid == host_pid] == ["unknown"], tenants
     assert [place for place, pid in everywhere(status) if pid == pids[("tenant-a", "rogue")]] == ["flagged"], tenants
+    assert wait("tenant-a/confined Failed", lambda: pod_json("tenant-a", "confined").get("status", {}).get("phase") == "Failed")
+    assert ["stderr", "F", "CUDA_ERROR_NO_DEVICE"] in [line[1:] for line in log_lines("tenant-a", "confined")]
     metrics = agent("metrics")
     assert 'namespace="tenant-a"' in metrics and 'pod="train"' in metrics, metrics[:2000]
     assert "gpuaas_agent_slot_gpu_seconds_total{" in metrics and "gpuaas_gpu_" not in metrics
@@ -173,9 +193,6 @@ def main() -> None:
          lambda: (lambda s: not slots_of(s, "tenant-b", "infer")
                   and pids[("tenant-b", "infer")] not in [pid for _, pid in everywhere(s)])(agent("status")))
     figures["deleted_pod_gone_after_s"] = round(time.monotonic() - deleted, 1)
-    for namespace, name in pods:
-        kubectl("delete", "pod", "-n", namespace, "--ignore-not-found", "--wait=false", name)
-    subprocess.run(["systemctl", "stop", HOST_UNIT], check=True)
     print(json.dumps(figures, sort_keys=True))
 
 

@@ -201,6 +201,26 @@ def test_each_container_runs_with_its_env_and_the_runtime_s_gpus_in_its_cgroup_a
 
 
 # --------------------------------------------------------------------------- restarts and phases
+def test_a_pod_of_an_earlier_pod_s_name_gets_the_runtime_s_decision_for_itself(kubelet):  # noqa: F811
+    """The runtime decides at every container's create: a Pod named as a deleted one that had every
+    GPU (privileged, NVIDIA_VISIBLE_DEVICES=all) gets none when it is not privileged."""
+    tools = node_tools(kubelet.root)
+    kubelet.env.update(PATH=f"{tools}:{kubelet.env['PATH']}", FAKE_NVIDIA_RUNTIME_CONFIG=str(kubelet.root / "toolkit.toml"))
+    assert kubelet.cluster.apply({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "nvidia"},
+                                  "handler": "nvidia"}).returncode == 0
+    kubelet.start()
+    gpus = []
+    for privileged in (True, False):
+        same = gpu_pod("same", kubelet.node, env_all=True, privileged=privileged)
+        same["spec"]["containers"][0]["command"] = ["sleep", "60"]
+        assert kubelet.cluster.apply(same).returncode == 0
+        running(kubelet, "same")
+        gpus.append(environ(task_of(kubelet, "same")["pid"])["FAKE_NVIDIA_CONTAINER_GPUS"])
+        assert kubelet.cluster.kubectl("delete", "pod", "same", "--grace-period=1").returncode == 0
+        assert wait_for(lambda: kubelet.cluster.kubectl("get", "pod", "same").returncode != 0, what=kubelet.logs)
+    assert gpus == [f"{GPU_A},{GPU_B}", ""]
+
+
 def test_restart_policy_decides_the_phase_and_restarts_with_back_off(kubelet):  # noqa: F811
     kubelet.env["FAKE_KUBELET_BACKOFF_SECONDS"] = "0.5"
     kubelet.start()
