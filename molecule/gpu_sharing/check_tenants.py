@@ -1,4 +1,3 @@
-#!/usr/bin/python3
 """Issue #33 on the fleet: the agent's tenants per slot equal what real workloads hold and received.
 
 Run on node1 by verify_tenants.yml (argv[1]: the node's GPU UUIDs as JSON, in index order). On the
@@ -91,9 +90,9 @@ def log_lines(namespace: str, name: str) -> list:
 def log_points(namespace: str, name: str) -> list:
     """(when, gpu_ms_received) from the workload's lines in its log."""
     points = []
-    for stamp, stream, _, text in log_lines(namespace, name):
+    for stamp, stream, _partial, text in log_lines(namespace, name):
         if stream == "stdout" and text.startswith("{"):
-            seconds, _, fraction = stamp.rstrip("Z").partition(".")
+            seconds, fraction = (stamp.rstrip("Z").split(".") + [""])[:2]
             when = dt.datetime.fromisoformat(f"{seconds}.{(fraction + '000000')[:6]}+00:00").timestamp()
             points.append((when, json.loads(text)["gpu_ms_received"]))
     return points
@@ -119,6 +118,11 @@ def everywhere(status: dict) -> list:
     for place in ("flagged", "unknown", "infrastructure"):
         found += [(place, entry["pid"]) for entry in tenants.get(place, [])]
     return found
+
+
+def gone(status: dict, key: tuple, pid: int) -> bool:
+    """Neither the Pod on a slot nor its process anywhere in the report."""
+    return not slots_of(status, *key) and pid not in [entry[1] for entry in everywhere(status)]
 
 
 def close(measured: float, expected: float, what: str) -> None:
@@ -154,7 +158,7 @@ def check(uuids: list) -> None:
     pids = {key: wait(f"{key} Running", lambda key=key: running_pid(*key)) for key in pods}
     started = time.monotonic()
     wait("every workload in the agent's report",
-         lambda: {pid for _, pid in everywhere(agent("status"))} >= set(pids.values()) | {host_pid}, timeout=20)
+         lambda: {entry[1] for entry in everywhere(agent("status"))} >= set(pids.values()) | {host_pid}, timeout=20)
     seen_in = time.monotonic() - started
     time.sleep(4)
     status = agent("status")
@@ -189,9 +193,7 @@ def check(uuids: list) -> None:
 
     deleted = time.monotonic()
     kubectl("delete", "pod", "-n", "tenant-b", "infer", "--wait=false")
-    wait("tenant-b/infer gone from the report",
-         lambda: (lambda s: not slots_of(s, "tenant-b", "infer")
-                  and pids[("tenant-b", "infer")] not in [pid for _, pid in everywhere(s)])(agent("status")))
+    wait("tenant-b/infer gone from the report", lambda: gone(agent("status"), ("tenant-b", "infer"), pids[("tenant-b", "infer")]))
     figures["deleted_pod_gone_after_s"] = round(time.monotonic() - deleted, 1)
     print(json.dumps(figures, sort_keys=True))
 

@@ -28,6 +28,7 @@ from waiting import wait_for  # noqa: E402
 from kubelet_harness import (  # noqa: E402
     CLIENT_DIR, DEVICE_ROOT, GPU_A, GPU_B, GRACE, KUBELET, Kubelet, gpu_pod, node_tools, pod_status)
 
+
 def pod(name: str, node: str, limits: dict, init: dict | None = None) -> dict:
     spec = {"nodeName": node, "containers": [{"name": "main", "image": "pause", "resources": {"limits": limits}}]}
     if init is not None:

@@ -205,4 +205,3 @@ def gpu_pod(name: str, node: str, slots: int = 0, env_all: bool = False, image: 
     if runtime_class:
         spec["runtimeClassName"] = runtime_class
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"}, "spec": spec}
-

@@ -81,15 +81,15 @@ def run_task(tmp_path: Path, path: Path, task: dict, admin: Path, package: str =
 
 def test_the_roles_hold_packages():
     """The table below is not vacuous: both holds of node_init are found."""
-    assert {(path.parent.parent.name, path.name) for path, _ in HOLDS} >= {
+    assert {(path.parent.parent.name, path.name) for path, _task in HOLDS} >= {
         ("node_init", "packages.yml"), ("node_init", "nvidia_stack.yml")}
 
 
-@pytest.mark.parametrize("path,task", HOLDS, ids=[f"{p.parent.parent.name}/{p.name}" for p, _ in HOLDS])
+@pytest.mark.parametrize("path,task", HOLDS, ids=[f"{p.parent.parent.name}/{p.name}" for p, _task in HOLDS])
 def test_a_hold_waits_while_another_package_run_holds_the_lock(tmp_path, path, task):
     admin = scratch_dpkg(tmp_path)
     releaser = hold_lock(admin, seconds=3)
-    rc, output, _ = run_task(tmp_path, path, task, admin)
+    rc, output, _seconds = run_task(tmp_path, path, task, admin)
     releaser.join()
     assert rc == 0, output
     assert "FAILED - RETRYING" in output  # it met the lock, and waited
