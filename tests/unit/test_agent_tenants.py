@@ -106,6 +106,27 @@ def test_gpu_time_is_a_counter_of_what_each_slot_received(node):
     assert a1 == a2 and a1 + a2 == pytest.approx(processes, rel=0.01) and a1 + a2 > b2
 
 
+def test_gpu_time_before_the_pod_is_known_is_credited_once_it_is(node):
+    """A container's process runs before PodResources lists its Pod (the kubelet reports after the
+    start): what it received meanwhile is the tenant's, counted once, not lost."""
+    two_tenants(node)
+    node.pod(UID3, "team-c", "late", main=C3)
+    node.proc.set(501, systemd_cgroup(UID3, C3))
+    node.gpus.run(B, 501, mib=10, percent=30)
+    node.poll()
+    time.sleep(0.3)
+    early = node.poll()
+    assert [entry["pid"] for entry in early["flagged"]] == [501]  # a Pod's process on a GPU it holds no slot of
+    before = next(entry["gpu_seconds"] for entry in early["flagged"] if entry["pid"] == 501)
+    assert before > 0.05
+    node.kubelet.hold("team-c", "late", "main", POOL1, f"{B}::4")
+    held = node.poll()["slots"][f"{B}::4"]
+    assert [p["pid"] for p in held["processes"]] == [501]
+    assert held["gpu_seconds"] == pytest.approx(held["processes"][0]["gpu_seconds"], rel=0.01) and held["gpu_seconds"] >= before
+    again = node.poll()["slots"][f"{B}::4"]  # and counted once: the counter follows the process's total
+    assert again["gpu_seconds"] == pytest.approx(again["processes"][0]["gpu_seconds"], rel=0.01)
+
+
 def test_a_pod_in_a_terminal_phase_holds_nothing(node):
     # kubernetes#119423: some kubelets still list an ended Pod's devices in PodResources.
     two_tenants(node)

@@ -80,6 +80,7 @@ class Tenants:
         self.integrated_to: dict = {}  # GPU -> {pid: µs}
         self.process_seconds: dict = {}  # (GPU, pid) -> GPU seconds received since first seen
         self.slot_seconds: dict = {}  # (device ID, Pod UID, container) -> GPU seconds (a counter)
+        self.credited: dict = {}  # (device ID, Pod UID, container, pid) -> that process's seconds counted
         self.api_lists = 0
         self.held_for = None  # (PodResources' list, slots, their entries for those slots, a comparable key)
 
@@ -87,7 +88,7 @@ class Tenants:
     def refresh(self, slots: dict, medium: set, gpus: list) -> None:
         """``slots``: device ID -> (resource, GPU UUID) for every advertised device; ``medium``:
         the GPUs whose tenants are MPS clients; ``gpus``: every GPU NVML knows."""
-        seen, received = self.read_gpus(gpus, medium)
+        seen = self.read_gpus(gpus, medium)
         try:
             held = self.pod_resources.list()
         except PodResourcesUnavailable as error:
@@ -95,7 +96,7 @@ class Tenants:
             return
         held = self.advertised_only(held, slots)
         self.list_pods_if_due(held, seen)
-        self.report = self.join(slots, held, seen, received, medium)
+        self.report = self.join(slots, held, seen, medium)
 
     def advertised_only(self, held: list, slots: dict) -> list:
         """The entries of the agent's own devices (other plugins' are not its business); kept
@@ -109,9 +110,9 @@ class Tenants:
         return mine
 
     def read_gpus(self, gpus: list, medium: set):
-        """NVML's processes per GPU (pid -> (bytes, MPS client)) with their cgroups, and the GPU
-        seconds each received since the last poll."""
-        seen, received, live = {}, {}, set()
+        """NVML's processes per GPU (pid -> (bytes, MPS client)) with their cgroups; the GPU
+        seconds each received since the last poll are added to its total (process_seconds)."""
+        seen, live = {}, set()
         now_us = int(time.time() * 1e6)
         for uuid in gpus:
             # NVML's sample timestamps are CPU wall-clock µs: the first look takes nothing older.
@@ -120,7 +121,6 @@ class Tenants:
             seen[uuid] = found
             integrated = self.integrated_to.setdefault(uuid, {})
             for pid, seconds in integrate(found.samples, last_seen, integrated).items():
-                received[(uuid, pid)] = seconds
                 self.process_seconds[(uuid, pid)] = self.process_seconds.get((uuid, pid), 0.0) + seconds
             if found.samples:
                 self.last_seen_us[uuid] = max(last_seen, max(stamp for unused, stamp, unused_sm in found.samples))
@@ -134,7 +134,7 @@ class Tenants:
         # A cgroup is read once per process (a container's processes stay in its cgroup); one that
         # gave no path (it could not be read) is read again next time.
         self.cgroups = {pid: self.cached_cgroup(pid) for pid in pids}
-        return seen, received
+        return seen
 
     def cached_cgroup(self, pid: int):
         found = self.cgroups.get(pid)
@@ -173,7 +173,7 @@ class Tenants:
         return pod is not None and cgroup.container_id in pod.containers
 
     # ---------------------------------------------------------------- the join
-    def join(self, slots: dict, held: list, seen: dict, received: dict, medium: set) -> dict:
+    def join(self, slots: dict, held: list, seen: dict, medium: set) -> dict:
         by_name = {(pod.namespace, pod.name): pod for pod in (self.pods or {}).values()}
         holders, container_slots = {}, {}  # device -> (ns, pod, container); (ns, pod, container) -> {gpu: [devices]}
         for entry in held:
@@ -220,7 +220,7 @@ class Tenants:
                     flagged.append({**entry, **who, "flag": FLAG_OUTSIDE_ALLOCATION,
                                     "slots": sorted(d for ds in container_slots.get(key, {}).values() for d in ds)})
                 else:
-                    attributed.setdefault(key + (gpu,), []).append((entry, received.get((gpu, pid), 0.0)))
+                    attributed.setdefault(key + (gpu,), []).append(entry)
         self.account(report_slots, container_slots, attributed)
         return {"state": "ok", "reason": self.api_error and f"the Pod list is stale or missing: {self.api_error}",
                 "pod_resources": "ok", "api_server": self.api_error or "ok", "api_lists": self.api_lists,
@@ -242,7 +242,7 @@ class Tenants:
     def account(self, report_slots: dict, container_slots: dict, attributed: dict) -> None:
         """A container holding k slots on a GPU: each of them lists its processes there and
         carries 1/k of their vRAM and GPU time, so that sums over slots are the container's."""
-        counters = {}
+        counters, credited = {}, {}
         for key, gpus in container_slots.items():
             for gpu, devices in gpus.items():
                 processes = attributed.get(key + (gpu,), [])
@@ -250,15 +250,23 @@ class Tenants:
                 for device in devices:
                     slot = report_slots[device]
                     counter = (device, slot["tenant"]["uid"] or "", key[2])
-                    counters[counter] = self.slot_seconds.get(counter, 0.0) + share * sum(r for unused, r in processes)
-                    slot["processes"] = [entry for entry, unused in processes]
-                    slot["vram_used_mb"] = round(share * sum(entry["vram_mb"] for entry, unused in processes), 3)
+                    # Each process's whole GPU time since the agent first saw it, less what this
+                    # counter already has of it: time received before the process could be tied
+                    # to its Pod (the Pod not yet in PodResources or the Pod list) is not lost.
+                    added = 0.0
+                    for entry in processes:
+                        total = self.process_seconds.get((gpu, entry["pid"]), 0.0)
+                        credited[counter + (entry["pid"],)] = total
+                        added += max(0.0, total - self.credited.get(counter + (entry["pid"],), 0.0))
+                    counters[counter] = self.slot_seconds.get(counter, 0.0) + share * added
+                    slot["processes"] = list(processes)
+                    slot["vram_used_mb"] = round(share * sum(entry["vram_mb"] for entry in processes), 3)
                     slot["gpu_seconds"] = round(counters[counter], 6)
                     slot["state"] = "running" if processes else "idle"
         for slot in report_slots.values():
             slot.setdefault("gpu_seconds", 0.0)
         # Counters of tenants gone are dropped: a new tenant starts a new series at 0.
-        self.slot_seconds = counters
+        self.slot_seconds, self.credited = counters, credited
 
     def unknown_report(self, slots: dict, seen: dict, reason: str) -> dict:
         """PodResources did not answer: no slot's tenant is known, and no process is attributed."""
