@@ -10,12 +10,11 @@ real process in its kubelet/containerd cgroup:
 - tenant-a/confined holds a slot of pool 1 and asks the same: the toolkit takes its GPUs from the
   device plugin's mounts alone, so its workload finds no GPU 1 (CUDA_ERROR_NO_DEVICE) and fails;
 - a workload started on the host (in no Pod) on GPU 0 must be unknown, never attributed.
-Each workload's GPU time is compared with the agent's at the agent's own sampling time (the
-workload prints its count every second; the kubelet's CRI log lines carry when).
+Each workload's GPU time is compared with the agent's at the agent's own sampling time
+(`sampled_at`), between the two counts the workload printed around it (each with its time).
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 import subprocess
 import sys
@@ -88,14 +87,20 @@ def log_lines(namespace: str, name: str) -> list:
 
 
 def log_points(namespace: str, name: str) -> list:
-    """(when, gpu_ms_received) from the workload's lines in its log."""
+    """(when, gpu_ms_received) from the workload's lines in its log: when is its own clock
+    (CLOCK_REALTIME, the clock of NVML's samples and of the agent's sampled_at)."""
     points = []
-    for stamp, stream, _partial, text in log_lines(namespace, name):
+    for unused_stamp, stream, unused_partial, text in log_lines(namespace, name):
         if stream == "stdout" and text.startswith("{"):
-            seconds, fraction = (stamp.rstrip("Z").split(".") + [""])[:2]
-            when = dt.datetime.fromisoformat(f"{seconds}.{(fraction + '000000')[:6]}+00:00").timestamp()
-            points.append((when, json.loads(text)["gpu_ms_received"]))
+            line = json.loads(text)
+            points.append((line["time_us"] / 1e6, line["gpu_ms_received"]))
     return points
+
+
+def points_past(key: tuple, when: float) -> list | None:
+    """The workload's points once one is at or after `when` (it prints every second)."""
+    points = log_points(*key)
+    return points if points and points[-1][0] >= when else None
 
 
 def received_at(points: list, when: float) -> float:
@@ -164,7 +169,7 @@ def check(uuids: list) -> None:
     status = agent("status")
     tenants = status["tenants"]
     assert tenants["state"] == "ok", tenants
-    sampled = status["updated_at"]
+    sampled = tenants["sampled_at"]
     figures = {"tenants_seen_after_s": round(seen_in, 1)}
     for key, memory in ((("tenant-a", "train"), 1024), (("tenant-b", "infer"), 512), (("tenant-b", "mps"), 256)):
         slots = slots_of(status, *key)
@@ -173,7 +178,8 @@ def check(uuids: list) -> None:
         assert [process["pid"] for process in slot["processes"]] == [pids[key]], (key, slot)
         assert slot["tenant"]["container"] == "main" and slot["tenant"]["uid"] == pod_json(*key)["metadata"]["uid"]
         close(slot["vram_used_mb"], memory, f"{key} vRAM")
-        received = received_at(log_points(*key), sampled)
+        points = wait(f"{key}'s line after the agent's sample", lambda key=key: points_past(key, sampled), timeout=5)
+        received = received_at(points, sampled)
         close(slot["gpu_seconds"], received, f"{key} GPU seconds")
         figures["/".join(key)] = {"gpu": slot["gpu"], "agent_gpu_s": round(slot["gpu_seconds"], 3),
                                   "workload_gpu_s": round(received, 3), "vram_mb": slot["vram_used_mb"]}

@@ -82,6 +82,7 @@ class Tenants:
         self.slot_seconds: dict = {}  # (device ID, Pod UID, container) -> GPU seconds (a counter)
         self.credited: dict = {}  # (device ID, Pod UID, container, pid) -> that process's seconds counted
         self.api_lists = 0
+        self.sampled_at = None  # wall-clock seconds when the last poll read NVML (the counters' time)
         self.held_for = None  # (PodResources' list, slots, their entries for those slots, a comparable key)
 
     # ---------------------------------------------------------------- one poll
@@ -114,6 +115,7 @@ class Tenants:
         seconds each received since the last poll are added to its total (process_seconds)."""
         seen, live = {}, set()
         now_us = int(time.time() * 1e6)
+        self.sampled_at = now_us / 1e6
         for uuid in gpus:
             # NVML's sample timestamps are CPU wall-clock µs: the first look takes nothing older.
             last_seen = self.last_seen_us.setdefault(uuid, now_us)
@@ -224,7 +226,7 @@ class Tenants:
         self.account(report_slots, container_slots, attributed)
         return {"state": "ok", "reason": self.api_error and f"the Pod list is stale or missing: {self.api_error}",
                 "pod_resources": "ok", "api_server": self.api_error or "ok", "api_lists": self.api_lists,
-                "node_name": getattr(self.api, "node", ""),
+                "node_name": getattr(self.api, "node", ""), "sampled_at": self.sampled_at,
                 "gpu_errors": {gpu: found.error for gpu, found in sorted(seen.items()) if found.error},
                 "slots": report_slots, "flagged": flagged, "unknown": unknown, "infrastructure": infrastructure}
 
@@ -277,7 +279,7 @@ class Tenants:
                     "reason": "the slots' tenants are unknown", "cgroup": ""}
                    for gpu, found in sorted(seen.items()) for pid, (used, unused) in sorted(found.processes.items())]
         return {"state": "unknown", "reason": reason, "pod_resources": reason, "api_server": self.api_error or "ok",
-                "api_lists": self.api_lists,
+                "api_lists": self.api_lists, "sampled_at": self.sampled_at,
                 "gpu_errors": {gpu: found.error for gpu, found in sorted(seen.items()) if found.error},
                 "slots": {device: {"resource": resource, "gpu": gpu, "state": "unknown", "tenant": None, "processes": [],
                                    "vram_used_mb": None, "gpu_seconds": None, "shared_with": []}

@@ -13,7 +13,8 @@
  * Once a second it
  * prints one JSON line to stdout, and one more at the end:
  *
- *   {"gpu_ms_received": <ms of GPU time its finished kernels received>, "memory_mib": N, "device": "<GPU uuid>"}
+ *   {"gpu_ms_received": <ms of GPU time its finished kernels received>, "memory_mib": N, "device": "<GPU uuid>",
+ *    "time_us": <CLOCK_REALTIME in µs when the count was taken, NVML's sample clock>}
  *
  * then frees its memory, destroys its context and exits 0.  When cuInit, cuDeviceGet,
  * cuCtxCreate or cuMemAlloc fails it prints the CUDA error's name (cuGetErrorName) alone on
@@ -77,7 +78,10 @@ static void uuid_text(const CUuuid *u, char *out, size_t size) {
 }
 
 static void report(unsigned long long received_ms, const struct options *o, const char *uuid) {
-    printf("{\"gpu_ms_received\": %llu, \"memory_mib\": %llu, \"device\": \"%s\"}\n", received_ms, o->memory_mib, uuid);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    printf("{\"gpu_ms_received\": %llu, \"memory_mib\": %llu, \"device\": \"%s\", \"time_us\": %lld}\n", received_ms,
+           o->memory_mib, uuid, (long long)now.tv_sec * 1000000LL + now.tv_nsec / 1000);
     fflush(stdout);
 }
 
