@@ -64,6 +64,15 @@ def wait(what: str, predicate, timeout: float = 30):
     raise AssertionError(f"no {what} within {timeout} s")
 
 
+def delete_and_wait(namespace: str, names: list) -> None:
+    """Delete and wait until gone, by looking (kubectl's own --wait watches from the object's
+    resourceVersion, and the fleet's API server does not replay a deletion that came before the
+    watch began, as the real one's watch cache does)."""
+    kubectl("delete", "pod", "-n", namespace, "--ignore-not-found", "--wait=false", *names)
+    wait(f"{namespace}/{names} gone", lambda: not kubectl("get", "pod", "-n", namespace, "--ignore-not-found", "-o", "name",
+                                                          *names).strip(), timeout=60)
+
+
 def pod_json(namespace: str, name: str) -> dict:
     return json.loads(kubectl("get", "pod", "-n", namespace, name, "-o", "json"))
 
@@ -145,7 +154,7 @@ def main() -> None:
 
 
 def check(uuids: list) -> None:
-    kubectl("delete", "pod", "--ignore-not-found", "--wait=true", *OLD_PODS)  # pool 3's one slot is needed
+    delete_and_wait("default", OLD_PODS)  # pool 3's one slot is needed
     subprocess.run(["systemctl", "stop", HOST_UNIT], capture_output=True, check=False)
     widen = [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}, {"name": "CUDA_VISIBLE_DEVICES", "value": uuids[1]}]
     pods = {("tenant-a", "train"): pod("tenant-a", "train", "gpuaas.hosted.ai/pool-1", 1024),
@@ -154,7 +163,7 @@ def check(uuids: list) -> None:
             ("tenant-a", "rogue"): pod("tenant-a", "rogue", None, 128, privileged=True, env=widen)}
     confined = pod("tenant-a", "confined", "gpuaas.hosted.ai/pool-1", 128, privileged=True, env=widen)
     for (namespace, name), manifest in [*pods.items(), (("tenant-a", "confined"), confined)]:
-        kubectl("delete", "pod", "-n", namespace, "--ignore-not-found", "--wait=true", name)
+        delete_and_wait(namespace, [name])
         kubectl("create", "--validate=false", "-f", "-", stdin=json.dumps(manifest))
     subprocess.run(["systemd-run", f"--unit={HOST_UNIT}", f"--setenv=CUDA_VISIBLE_DEVICES={uuids[0]}", WORKLOAD,
                     "--memory-mib", "64", "--kernel-ms", "5", "--interval-ms", "50"], check=True, capture_output=True)

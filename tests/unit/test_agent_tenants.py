@@ -127,6 +127,23 @@ def test_gpu_time_before_the_pod_is_known_is_credited_once_it_is(node):
     assert again["gpu_seconds"] == pytest.approx(again["processes"][0]["gpu_seconds"], rel=0.01)
 
 
+def test_an_idle_gpu_s_next_window_starts_at_the_last_look(node):
+    """A process that appears on a GPU that was idle is integrated from the last poll, not from the
+    GPU's last sample: NVML's smUtil is a whole percentage of the window, so a window spanning the
+    idle time costs up to 0.5 % of all of it (this double's share stands for the whole window)."""
+    node.kubelet.hold("team-c", "late", "main", POOL1, f"{B}::4")
+    node.pod(UID3, "team-c", "late", main=C3)
+    node.poll()
+    time.sleep(1.0)  # idle: no process, no sample
+    node.poll()
+    node.proc.set(501, systemd_cgroup(UID3, C3))
+    node.gpus.run(B, 501, mib=10, percent=30)
+    started = time.monotonic()
+    time.sleep(0.3)
+    slot = node.poll()["slots"][f"{B}::4"]
+    assert slot["gpu_seconds"] == pytest.approx(0.3 * (time.monotonic() - started), abs=0.03)
+
+
 def test_a_pod_in_a_terminal_phase_holds_nothing(node):
     # kubernetes#119423: some kubelets still list an ended Pod's devices in PodResources.
     two_tenants(node)
