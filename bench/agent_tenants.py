@@ -8,10 +8,10 @@ The agent's Tenants (gpuaas_agent/tenants.py) runs in this process against:
 - an HTTP API-server double answering this node's PodList (80 Pods);
 - a /proc stand-in with each process's cgroup v2 line in the systemd driver's layout;
 - NVML: by default a Python double of Gpus.processes (per GPU its 10 processes, their vRAM and a
-  utilisation sample each), because the fake libnvidia-ml.so.1 on this branch lists no
-  processes. With ``--fake-gpu DIR`` (a directory holding the fake GPU's libnvidia-ml.so.1,
-  libcuda.so.1 and fake-gpu-workload, built from tests/fleet/fake_nvml and fake_cuda once they
-  list processes): the agent's real NVML path (gpus.Gpus, nvidia-ml-py, ctypes) on that library,
+  utilisation sample each). With ``--fake-gpu DIR`` (a directory holding the fake GPU's
+  libnvidia-ml.so.1, libcuda.so.1 and fake-gpu-workload, built from tests/fleet/fake_nvml and
+  fake_cuda by tests/fleet/package_repo.py's build_fake_nvml, build_fake_cuda and
+  build_fake_cuda_program): the agent's real NVML path (gpus.Gpus, nvidia-ml-py, ctypes) on that library,
   with 80 real workload processes (10 per GPU, each a context, 500 MiB and a 5 ms kernel every
   100 ms); the bench then re-runs itself with that library on LD_LIBRARY_PATH.
 
