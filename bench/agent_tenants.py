@@ -264,8 +264,8 @@ def main() -> int:
     if args.fake_gpu:
         print(f"NVML: the agent's own NVML code on {args.fake_gpu}/libnvidia-ml.so.1, with 80 fake-gpu-workload processes.")
     else:
-        print("NVML: a Python double of the process lists (this branch's fake libnvidia-ml.so.1 has none); "
-              "--fake-gpu DIR runs the real path.")
+        print("NVML: a Python double of the process lists; --fake-gpu DIR runs the agent's real NVML path "
+              "on the fake GPU.")
     return 0
 
 
