@@ -98,15 +98,6 @@ static __thread struct fake_ctx *current;
 
 /* ---- Initialization ("Initialization": cuInit) ---- */
 
-static void first_line(const char *path, char *buf, size_t size) {
-    FILE *f = fopen(path, "r");
-    buf[0] = 0;
-    if (!f) return;
-    if (!fgets(buf, (int)size, f)) buf[0] = 0;
-    buf[strcspn(buf, "\r\n")] = 0;
-    fclose(f);
-}
-
 /* fake_nvml.c's rule: the marker names the version loaded at boot, the version file the one installed. */
 static const char *version_file(void) {
     const char *p = getenv("FAKE_NVIDIA_VERSION_FILE");
@@ -115,8 +106,8 @@ static const char *version_file(void) {
 
 static int driver_mismatch(void) {
     char loaded[FIELD], installed[FIELD];
-    first_line(fake_gpu_loaded_marker(), loaded, sizeof loaded);
-    first_line(version_file(), installed, sizeof installed);
+    fake_gpu_first_line(fake_gpu_loaded_marker(), loaded, sizeof loaded);
+    fake_gpu_first_line(version_file(), installed, sizeof installed);
     return *loaded && *installed && strcmp(loaded, installed) != 0;
 }
 
@@ -268,7 +259,7 @@ CUresult cuDriverGetVersion(int *version) {
     char line[FIELD];
     FILE *f;
     if (!version) return CUDA_ERROR_INVALID_VALUE;
-    first_line(version_file(), line, sizeof line);
+    fake_gpu_first_line(version_file(), line, sizeof line);
     *version = fake_gpu_cuda_version(line);
     if (!*version && (f = fopen(fake_gpu_profile_path(), "r"))) {
         while (fgets(line, sizeof line, f))

@@ -86,6 +86,16 @@ struct fake_gpu_map {
 
 /* The driver's own footprint on a GPU (what an idle card reports as used): the fake NVML has
  * always reported it, and cuMemAlloc cannot have it. */
+/* The first line of a small file (a version, a marker), without its newline; empty when unreadable. */
+static inline void fake_gpu_first_line(const char *path, char *buf, size_t size) {
+    FILE *f = fopen(path, "r");
+    buf[0] = 0;
+    if (!f) return;
+    if (!fgets(buf, (int)size, f)) buf[0] = 0;
+    buf[strcspn(buf, "\r\n")] = 0;
+    fclose(f);
+}
+
 static inline uint64_t fake_gpu_footprint_bytes(unsigned index) {
     return (uint64_t)(512 + 64 * index) * 1024 * 1024;
 }

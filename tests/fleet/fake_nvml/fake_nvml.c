@@ -125,20 +125,11 @@ static void copy_field(char *dst, size_t size, const char *src) {
     snprintf(dst, size, "%s", src ? src : "");
 }
 
-static void first_line(const char *path, char *buf, size_t size) {
-    FILE *f = fopen(path, "r");
-    buf[0] = 0;
-    if (!f) return;
-    if (!fgets(buf, (int)size, f)) buf[0] = 0;
-    buf[strcspn(buf, "\r\n")] = 0;
-    fclose(f);
-}
-
 /* The marker names the version loaded at boot, the version file the one installed. */
 static int loaded_mismatch(void) {
     char loaded[FIELD], installed[FIELD];
-    first_line(loaded_marker(), loaded, sizeof loaded);
-    first_line(version_file(), installed, sizeof installed);
+    fake_gpu_first_line(loaded_marker(), loaded, sizeof loaded);
+    fake_gpu_first_line(version_file(), installed, sizeof installed);
     return *loaded && *installed && strcmp(loaded, installed) != 0;
 }
 
