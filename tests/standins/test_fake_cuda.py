@@ -235,8 +235,9 @@ def test_only_the_containers_gpus_are_visible_and_cuda_visible_devices_renumbers
 def test_memory_is_one_pool_across_processes_and_a_killed_holder_gives_it_back(fake):
     holder = fake.start("--memory-mib", "2000", "--kernel-ms", "0", "--device", "1")
     try:
-        assert wait_until(lambda: holder.pid in compute_pids(1)), holder.stderr.read() if holder.poll() else ""
-        assert compute_pids(1)[holder.pid] == 2000 << 20
+        # Listed from cuCtxCreate on, with its memory once cuMemAlloc returned.
+        assert wait_until(lambda: compute_pids(1).get(holder.pid) == 2000 << 20), \
+            holder.stderr.read() if holder.poll() else compute_pids(1)
         assert pynvml.nvmlDeviceGetMemoryInfo(handle(1)).used == (512 + 64 + 2000) << 20
         refused = fake.run("--memory-mib", "2000", "--device", "1", "--seconds", "0.05")
         assert (refused.returncode, refused.stderr) == (1, "CUDA_ERROR_OUT_OF_MEMORY\n")
