@@ -311,6 +311,56 @@ class MetricRollup(Base):
     power_w_max: Mapped[float] = mapped_column(Float)
 
 
+class TenantSlot(Base):
+    """A pool slot held by a Pod's container now, as the node's agent last reported it
+    (metrics/tenants.py). A team is the Pod's namespace. Replaced at every collection that read
+    the node's tenants; a free slot has no row."""
+
+    __tablename__ = "tenant_slots"
+    gpu_id: Mapped[int] = mapped_column(ForeignKey("gpus.id", ondelete="CASCADE"), primary_key=True)
+    slot_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"), index=True)
+    team: Mapped[str] = mapped_column(String(63))
+    pod: Mapped[str] = mapped_column(String(253))
+    container: Mapped[str] = mapped_column(String(63))
+    pod_uid: Mapped[str | None] = mapped_column(String(36))
+    running: Mapped[bool] = mapped_column(Boolean)
+    vram_used_mb: Mapped[float] = mapped_column(Float)
+    gpu_seconds: Mapped[float] = mapped_column(Float)  # the agent's counter for this slot and tenant
+    sampled_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TenantTotal(Base):
+    """A team's GPU time in a pool since it first held a slot there, and when it last held one:
+    the counter /metrics exposes, and which teams a subscribed_teams query since a time lists."""
+
+    __tablename__ = "tenant_totals"
+    pool_id: Mapped[int] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"), primary_key=True)
+    team: Mapped[str] = mapped_column(String(63), primary_key=True)
+    gpu_seconds: Mapped[float] = mapped_column(Float)
+    first_seen: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    last_seen: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TenantRollup(Base):
+    """A team's use of a pool summed per bucket of one time grouping, as MetricRollup is for GPUs:
+    over the collections in which the team held slots, the slots and vRAM (sum and max), and the
+    GPU time received in the bucket."""
+
+    __tablename__ = "tenant_rollups"
+    __table_args__ = (Index("ix_tenant_rollups_width_time", "width_seconds", "bucket_start"),)
+    pool_id: Mapped[int] = mapped_column(ForeignKey("pools.id", ondelete="CASCADE"), primary_key=True)
+    team: Mapped[str] = mapped_column(String(63), primary_key=True)
+    width_seconds: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bucket_start: Mapped[int] = mapped_column(BigInteger, primary_key=True)  # epoch seconds, UTC
+    samples: Mapped[int] = mapped_column(Integer)
+    slots_sum: Mapped[float] = mapped_column(Float)
+    slots_max: Mapped[float] = mapped_column(Float)
+    vram_used_mb_sum: Mapped[float] = mapped_column(Float)
+    vram_used_mb_max: Mapped[float] = mapped_column(Float)
+    gpu_seconds: Mapped[float] = mapped_column(Float)
+
+
 class StorageSample(Base):
     """One storage_info report of a storage node (volume groups, filesystems)."""
 

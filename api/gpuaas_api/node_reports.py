@@ -8,6 +8,7 @@ does not is refused whole, naming what was wrong, and none of it is stored.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 
@@ -20,6 +21,10 @@ from .models import Gpu, Node, Npu, column_length
 MAX_INDEX = MAX_MEMORY_MB = validation.MAX_INT32  # the index and memory columns are 32-bit integers
 MAX_BYTES = 2**63 - 1  # a JSON number the database keeps exactly
 MAX_ENTRIES = 1024  # volume groups or filesystems in one storage report
+MAX_SLOTS = 8192  # slots in one agent's tenant report (a node of 64 GPUs at ratio 10 has 640)
+MAX_FIGURE = 1e15  # a vRAM or GPU-seconds figure an agent can report (finite, and far beyond any GPU)
+# The slot states an agent reports (gpuaas_agent.tenants.SLOT_STATES).
+SLOT_STATES = ("free", "idle", "running", "unknown")
 
 
 class InvalidNodeReport(ValueError):
@@ -192,3 +197,60 @@ def _network(value, where: str) -> str:
     except ValueError:
         pass
     raise InvalidNodeReport(where, "a network in CIDR notation")
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotReport:
+    """One slot of an agent's tenant report, checked: who holds it (None: free) and their figures."""
+    gpu_uuid: str
+    slot: int  # 1..ratio, as the agent numbers them
+    resource: str
+    state: str
+    team: str | None = None  # the Pod's namespace
+    pod: str | None = None
+    container: str | None = None
+    pod_uid: str | None = None
+    vram_used_mb: float = 0.0
+    gpu_seconds: float = 0.0
+
+
+def tenant_report(report) -> list[SlotReport]:
+    """An agent's ``tenants`` section (gpuaas_agent.tenants; docs/agent.md, "Tenants"), checked
+    whole: its slots, each with its holder's names (Kubernetes' rules) and finite figures."""
+    if not isinstance(report, dict):
+        raise InvalidNodeReport("tenant report", "an object")
+    slots = report.get("slots", {})
+    if not isinstance(slots, dict) or len(slots) > MAX_SLOTS:
+        raise InvalidNodeReport("tenant slots", f"an object of {MAX_SLOTS} slots at most")
+    return [_slot(device_id, entry) for device_id, entry in slots.items()]
+
+
+def _slot(device_id, entry) -> SlotReport:
+    where = "slot"
+    matched = validation.SLOT_DEVICE_ID.fullmatch(device_id) if isinstance(device_id, str) else None
+    if matched is None:
+        raise InvalidNodeReport("slot's device ID", "<GPU UUID>::<slot number>")
+    if not isinstance(entry, dict):
+        raise InvalidNodeReport(f"{where} {device_id}", "an object")
+    if entry.get("state") not in SLOT_STATES:
+        raise InvalidNodeReport(f"{where} {device_id}'s state", "one of " + ", ".join(SLOT_STATES))
+    _text(entry.get("resource"), validation.PRINTABLE_TEXT, 253, f"{where} {device_id}'s resource", "printable text")
+    figures = {name: _figure(entry.get(name, 0), f"{where} {device_id}'s {name}") for name in ("vram_used_mb", "gpu_seconds")}
+    checked = SlotReport(matched["uuid"], int(matched["slot"]), entry["resource"], entry["state"], **figures)
+    tenant = entry.get("tenant")
+    if tenant is None or entry["state"] in ("free", "unknown"):
+        return checked
+    if not isinstance(tenant, dict):
+        raise InvalidNodeReport(f"{where} {device_id}'s tenant", "an object")
+    _text(tenant.get("namespace"), validation.DNS_LABEL, 63, f"{where} {device_id}'s namespace", "a DNS-1123 label")
+    _text(tenant.get("pod"), validation.DNS_SUBDOMAIN, 253, f"{where} {device_id}'s Pod name", "a DNS-1123 subdomain")
+    _text(tenant.get("container"), validation.DNS_LABEL, 63, f"{where} {device_id}'s container name", "a DNS-1123 label")
+    _text(tenant.get("uid"), validation.POD_UID, 36, f"{where} {device_id}'s Pod UID", "a UUID", optional=True)
+    return dataclasses.replace(checked, team=tenant["namespace"], pod=tenant["pod"], container=tenant["container"],
+                               pod_uid=tenant.get("uid"))
+
+
+def _figure(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_FIGURE:
+        raise InvalidNodeReport(where, f"a number from 0 to {MAX_FIGURE:g}")
+    return float(value)

@@ -18,7 +18,7 @@ from .domain_errors import Conflict, Invalid, NotFound, Refused, not_found
 from .jobs.claims import wake_a_worker
 from .jobs.hooks import Turn
 from .jobs.submit import new_job, submit
-from .models import Cluster, Gpu, Job, Node, Pool, PoolSlot, inventory_name
+from .models import Cluster, Gpu, Job, Node, Pool, PoolSlot, TenantSlot, inventory_name
 from .rendering import render_pool
 from .states import GPU_SETTLES_TO, POOL_SETTLED_STATUSES, GpuAssignment, JobStatus, Operation, PoolStatus
 
@@ -35,7 +35,11 @@ def resource_prefix() -> str:
 
 
 def pool_reply(pool: Pool) -> dict:
-    return render_pool(pool, gpus_of(pool), resource_prefix())
+    db = session()
+    held = dict(db.execute(select(TenantSlot.gpu_id, func.count()).where(TenantSlot.pool_id == pool.id)
+                           .group_by(TenantSlot.gpu_id)).all())
+    region_id = db.scalar(select(Cluster.region_id).where(Cluster.id == pool.cluster_id))
+    return render_pool(pool, gpus_of(pool), resource_prefix(), region_id, held)
 
 
 def gpus_of(pool: Pool) -> list[Gpu]:

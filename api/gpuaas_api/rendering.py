@@ -84,19 +84,27 @@ def render_cluster(cluster) -> dict:
             "created_at": timestamp(cluster.created_at), "updated_at": timestamp(cluster.updated_at)}
 
 
-def render_pool(pool, gpus: list, resource_prefix: str) -> dict:
-    """``gpus``: the pool's GPUs (ORM objects or rows), in node and index order."""
+def render_pool(pool, gpus: list, resource_prefix: str, region_id: int, held: dict[int, int]) -> dict:
+    """``gpus``: the pool's GPUs (ORM objects or rows), in node and index order; ``held``: GPU id ->
+    the slots Pods hold on it now (metrics/tenants.py)."""
     models = sorted({gpu.model for gpu in gpus})
     slots = [{"id": f"{gpu.uuid}-{index}", "slot_index": index, "gpu_id": gpu.id, "uuid": gpu.uuid,
               "gpu_model": gpu.model, "memory_in_mb": gpu.memory_in_mb // pool.sharing_ratio,
               "gpuaas_node_id": gpu.node_id, "assignment_status": enum_value(gpu.assignment_status)}
              for gpu in gpus for index in range(pool.sharing_ratio)]
-    return {"id": pool.id, "gpuaas_id": pool.cluster_id, "pool_name": pool.pool_name,
+    # Capacity in slots (docs/api.md, "Pool capacity"): a slot is available when its GPU is
+    # configured and healthy (ASSIGNED) and no Pod holds it.
+    healthy = [gpu for gpu in gpus if enum_value(gpu.assignment_status) == GpuAssignment.ASSIGNED.value]
+    return {"id": pool.id, "gpuaas_id": pool.cluster_id, "region_id": region_id, "pool_name": pool.pool_name,
             "pool_label": pool.pool_label or pool.pool_name, "sharing_ratio": pool.sharing_ratio,
             "time_quantum_in_sec": pool.time_quantum_in_sec, "security_level": pool.security_level,
             "status": enum_value(pool.status), "gpu_model_type": ",".join(models) if models else None,
             "gpu_vendor_type": "NVIDIA" if gpus else None, "physical_gpu_count": len(gpus),
-            "resource_name": sharing_policy.pool_resource_name(pool.id, resource_prefix), "gpus": slots}
+            "total_gpus": len(gpus) * pool.sharing_ratio,
+            "allocated_gpus": sum(min(held.get(gpu.id, 0), pool.sharing_ratio) for gpu in gpus),
+            "available_gpus": sum(pool.sharing_ratio - min(held.get(gpu.id, 0), pool.sharing_ratio) for gpu in healthy),
+            "resource_name": sharing_policy.pool_resource_name(pool.id, resource_prefix),
+            "created_at": timestamp(pool.created_at), "gpus": slots}
 
 
 def render_scan(scan, node_gpus: list) -> dict:

@@ -20,7 +20,7 @@ from .metrics.series import TIME_GROUPING_ALIASES, TIME_GROUPINGS
 from .states import (ACCELERATOR_TYPES, DEFAULT_TIME_QUANTUM_SECONDS, INITIALIZE_STATE_CODES, K8S_JOIN_STATE_CODES,
                      RDMA_SUPPORT, ROLE_FLAGS, SCAN_KINDS, SECURITY_LEVELS, SHARING_RATIO_RANGE,
                      TIME_QUANTUM_RANGE_SECONDS, ClusterStatus, GpuAssignment, JobStatus, NodeStatus, PoolStatus,
-                     RegionServiceStatus, ScanStatus)
+                     RegionServiceStatus, ScanStatus, TeamStatus)
 
 
 class LenientRequestSchema(Schema):
@@ -661,9 +661,16 @@ class PoolSchema(ReplySchema):
     gpu_model_type = _reply(fields.String, nullable=True, metadata={"description": "The GPUs' models, comma-separated"})
     gpu_vendor_type = _reply(fields.String, nullable=True)
     physical_gpu_count = _reply(fields.Integer)
+    region_id = _reply(fields.Integer, metadata={"description": "The region of the pool's GPUaaS cluster"})
+    total_gpus = _reply(fields.Integer, metadata={"description": "Slots: the pool's GPUs × sharing_ratio"})
+    allocated_gpus = _reply(fields.Integer, metadata={
+        "description": "Slots held by Pods, as the nodes' agents last reported them"})
+    available_gpus = _reply(fields.Integer, metadata={
+        "description": "Slots on healthy GPUs (ASSIGNED) that no Pod holds"})
     resource_name = _reply(fields.String, metadata={
         "description": "The Kubernetes extended resource of the pool's slots, which a tenant's Pod requests "
                        "(resources.limits); one unit is one slot", "example": "gpuaas.hosted.ai/pool-7"})
+    created_at = _reply(fields.String, metadata={"format": "date-time"})
     gpus = _reply(fields.List, fields.Nested(PoolSlotSchema))
 
 
@@ -699,6 +706,51 @@ class PoolMetricsSchema(ReplySchema):
     slots_unavailable = _reply(fields.Integer)
     usage = _reply(fields.Dict, metadata={"description": "The pool now: each GPU's newest sample, and their totals"})
     series = _reply(fields.List, fields.Dict(), metadata={"description": "One entry per bucket: avg and max"})
+    teams = _reply(fields.Dict, keys=fields.String(), values=fields.List(fields.Dict()), metadata={
+        "description": "Per team (the Pods' namespace), one entry per bucket in which it held slots: "
+                       "slots and vram_used_mb (avg and max), gpu_seconds received"})
+
+
+class SubscribedTeamsQuerySchema(LenientRequestSchema):
+    """hosted·ai's admin client: ?sort_least_consumed=1&from_time_seconds=0&page=0&limit=100."""
+
+    sort_least_consumed = fields.Integer(load_default=0, validate=validate.OneOf([0, 1]), metadata={
+        "description": "1: the least GPU time first; 0: the most first"})
+    from_time_seconds = fields.Integer(load_default=0, validate=validate.Range(min=0, max=validation.MAX_INT32 * 2),
+                                       metadata={"description": "0: the teams holding slots now; a Unix time: also "
+                                                                "the teams that held one since then"})
+    page = fields.Integer(load_default=0, validate=validate.Range(min=0, max=validation.MAX_PAGE), metadata={
+        "description": "Counted from 0"})
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    team_id = fields.String(validate=validate.Length(max=253), metadata={
+        "description": "Only this team (an unknown one gives an empty page)"})
+
+
+class SubscribedTeamSchema(ReplySchema):
+    team_id = _reply(fields.String, metadata={"description": "The team's namespace"})
+    team_name = _reply(fields.String, metadata={"description": "The team's namespace"})
+    total_ram_mb = _reply(fields.Integer, metadata={
+        "description": "The vRAM of the slots it holds now: each slot's GPU memory ÷ sharing_ratio"})
+    total_tflops = _reply(fields.Float, nullable=True, metadata={
+        "description": "Its slots' share of their GPUs' peak dense BF16 tensor TFLOPS; null for a GPU model "
+                       "the service's table lacks"})
+    status = _reply(fields.String, validate=_one_of(TeamStatus), metadata={
+        "description": "running: a process on one of its slots; idle: slots held, no process; "
+                       "ended: none held now (listed since from_time_seconds)"})
+    slots = _reply(fields.Integer, metadata={"description": "Slots it holds now"})
+    pods = _reply(fields.Integer, metadata={"description": "Its Pods holding slots now"})
+    vram_used_mb = _reply(fields.Float, metadata={"description": "vRAM its processes use on its slots now"})
+    gpu_seconds = _reply(fields.Float, metadata={"description": "GPU time received in the pool since first_seen"})
+    first_seen = _reply(fields.String, nullable=True, metadata={"format": "date-time"})
+    last_seen = _reply(fields.String, nullable=True, metadata={"format": "date-time"})
+
+
+class SubscribedTeamsSchema(ReplySchema):
+    data = _reply(fields.List, fields.Nested(SubscribedTeamSchema))
+    total = _reply(fields.Integer, metadata={"description": "Slots held now by the teams the query selects "
+                                                            "(every page's): the pool's occupied slots"})
+    page = _reply(fields.Integer)
+    limit = _reply(fields.Integer)
 
 
 # --------------------------------------------------------------------------- audit trail

@@ -98,6 +98,15 @@ DEFAULT_TIME_QUANTUM_SECONDS = sharing_policy.DEFAULT_TIME_QUANTUM_SECONDS
 SECURITY_LEVELS = sharing_policy.SECURITY_LEVELS
 
 
+class TeamStatus(str, enum.Enum):
+    """A team's status in a pool's subscribed_teams (docs/api.md): a process on one of its slots,
+    slots held with no process, or none held now (listed for a query since an earlier time)."""
+
+    RUNNING = "running"
+    IDLE = "idle"
+    ENDED = "ended"
+
+
 class PoolStatus(str, enum.Enum):
     DEPLOYMENT_SCHEDULED = "DEPLOYMENT_SCHEDULED"
     VM_CREATION = "VM_CREATION"

@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 import time
+import uuid as uuidlib
 
 import pytest
 from gpuaas_agent.agent import Agent
@@ -377,3 +378,29 @@ def test_the_token_file_is_read_and_the_agents_stay_off_by_default(tmp_path):
     assert (config.agent_http, config.AGENT_TOKEN, config.agent_address("10.0.0.5")) == (
         True, "s3cret-token", "10.0.0.5:9460")
     assert not Config({}).agent_http
+
+
+def test_the_agents_tenants_are_stored_from_their_status_over_http(app, client, fleet_db, agents):
+    """The agent's own status (its `tenants`, as its HTTP server serves it) reaches subscribed_teams."""
+    with app.app_context():
+        for gpu in session().scalars(select(Gpu)):
+            gpu.uuid = f"GPU-{uuidlib.uuid5(uuidlib.NAMESPACE_DNS, gpu.uuid)}"
+        session().commit()
+        uuids = [gpu.uuid for gpu in session().scalars(select(Gpu).join(Node).where(Node.name == "w1")
+                                                       .order_by(Gpu.index))]
+    pool = pool_on(app, client, fleet_db, uuids)
+    agent = agents["w1"]
+    agent.report({uuid: readings(40) for uuid in uuids})
+    agent.agent.tenants.report = {"state": "ok", "reason": "", "slots": {f"{uuids[0]}::2": {
+        "resource": pool["resource_name"], "gpu": uuids[0], "state": "running",
+        "tenant": {"namespace": "team-a", "pod": "train-0", "container": "main", "uid": str(uuidlib.uuid4())},
+        "processes": [], "vram_used_mb": 512.0, "gpu_seconds": 3.5, "shared_with": []}}}
+    agent.start()
+
+    collect_now(app)
+
+    reply = client.get(f"/gpuaas/pool/{pool['id']}/subscribed_teams?sort_least_consumed=1&from_time_seconds=0"
+                       "&page=0&limit=100").get_json()
+    assert reply["total"] == 1
+    assert [(team["team_id"], team["status"], team["gpu_seconds"]) for team in reply["data"]] == [("team-a", "running", 3.5)]
+    assert client.get(f"/gpuaas/pool/{pool['id']}").get_json()["allocated_gpus"] == 1

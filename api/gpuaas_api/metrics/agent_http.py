@@ -62,12 +62,7 @@ def fetch_status(target: Target, token: str, connect_timeout: float, read_timeou
             raise AgentError("HTTP 401: the agent refused the token")
         if response.status != 200:
             raise AgentError(f"HTTP {response.status}")
-        if len(body) > MAX_REPLY_BYTES:
-            raise AgentError(f"a reply over {MAX_REPLY_BYTES} bytes")
-        status = json.loads(body)
-        if not isinstance(status, dict) or not isinstance(status.get("gpus"), dict):
-            raise AgentError("the reply is not an agent's status (no gpus)")
-        return status
+        return status_from_bytes(body)
     except socket.timeout as error:
         raise AgentError(f"timed out ({error})") from error
     except ConnectionRefusedError as error:
@@ -78,6 +73,26 @@ def fetch_status(target: Target, token: str, connect_timeout: float, read_timeou
         raise AgentError(f"the reply is not JSON: {error}") from error
     finally:
         connection.close()
+
+
+def status_from_bytes(body: bytes) -> dict:
+    """An agent's status (its HTTP reply or its status file) parsed; AgentError with one line otherwise."""
+    if len(body) > MAX_REPLY_BYTES:
+        raise AgentError(f"a reply over {MAX_REPLY_BYTES} bytes")
+    try:
+        status = json.loads(body)
+    except ValueError as error:
+        raise AgentError(f"the reply is not JSON: {error}") from error
+    if not isinstance(status, dict) or not isinstance(status.get("gpus"), dict):
+        raise AgentError("the reply is not an agent's status (no gpus)")
+    return status
+
+
+def tenant_section(status: dict) -> dict | None:
+    """The status's ``tenants`` (checked when stored: node_reports.tenant_report); None without one
+    (an agent older than 0.2.0)."""
+    tenants = status.get("tenants")
+    return tenants if isinstance(tenants, dict) else None
 
 
 def read_agents(targets: list[Target], token: str, connect_timeout: float, read_timeout: float,

@@ -18,6 +18,7 @@ rows make one of them start each period's collection (see models.Schedule).
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
 import logging
@@ -30,13 +31,16 @@ from ..db import session
 from ..models import Gpu, Job, Node, Schedule
 from ..states import GpuAssignment, JobStatus, NodeStatus, Operation
 from .series import GPU_METRICS
-from .agent_http import Target, gpu_readings, read_agents
+from .agent_http import AgentError, Target, gpu_readings, read_agents, status_from_bytes, tenant_section
 from .store import prune, record_gpu_samples, record_storage_sample
+from .tenants import store_tenant_reports
 
 log = logging.getLogger(__name__)
 SCHEDULE = "metrics"
 # With the agents' readings, the storage nodes' own period (the Ansible job).
 STORAGE_SCHEDULE = "storage_metrics"
+# The collect_metrics playbook's result holding each node's agent status file (roles/gpu_scan).
+AGENT_STATUS_KEY = "gpuaas_agent_status"
 # How many failing nodes a collection's log line names (the count is always there).
 LOGGED_FAILURES = 10
 
@@ -157,6 +161,8 @@ def collect_from_agents(config: Config) -> AgentCollection:
     readings_by_node: dict[int, dict | None] = {node_id: gpu_readings(status) for node_id, status in reads.answered.items()}
     readings_by_node.update({node_id: None for node_id in reads.failed})
     stored = store_gpu_readings(readings_by_node, sampled_at)
+    tenants_by_node = {node_id: tenant_section(status) for node_id, status in reads.answered.items()}
+    store_tenant_reports(tenants_by_node, sampled_at, config.POOL_RESOURCE_PREFIX)
     prune(sampled_at, config.METRICS_RAW_RETENTION_DAYS, config.METRICS_MINUTE_RETENTION_DAYS,
           config.METRICS_ROLLUP_RETENTION_DAYS)
     db.commit()
@@ -208,9 +214,11 @@ def store_collection(job: Job, artifact_data: dict, node_succeeded: dict[int, bo
     db = session()
     sampled_at = job.finished_at or now()
     gpu_reports = artifact_data.get("gpuaas_gpu_scan", {})
+    agent_reports = artifact_data.get(AGENT_STATUS_KEY, {})
     storage_reports = artifact_data.get("gpuaas_storage_metrics", {})
     gpu_hosts = set(job.extravars.get("vars", {}).get("collect_metrics_gpu_hosts", []))
     readings_by_node: dict[int, dict | None] = {}
+    tenants_by_node: dict[int, dict | None] = {}
     for node_id, succeeded in node_succeeded.items():
         node = db.get(Node, node_id)
         if node is None:
@@ -223,9 +231,23 @@ def store_collection(job: Job, artifact_data: dict, node_succeeded: dict[int, bo
         readings_by_node[node.id] = None if report is None else {
             entry["uuid"]: entry["metrics"] for entry in report.get("gpus", [])
             if entry.get("status") == "ok" and "metrics" in entry}
+        tenants_by_node[node.id] = _agent_tenants(node, agent_reports.get(node.inventory_name)) if succeeded else None
     store_gpu_readings(readings_by_node, sampled_at)
+    store_tenant_reports(tenants_by_node, sampled_at, config.POOL_RESOURCE_PREFIX)
     prune(sampled_at, config.METRICS_RAW_RETENTION_DAYS, config.METRICS_MINUTE_RETENTION_DAYS,
           config.METRICS_ROLLUP_RETENTION_DAYS)
     # The collections' own job records (and their events) go with the raw samples they produced.
     db.execute(delete(Job).where(Job.operation == Operation.COLLECT_METRICS.value, Job.id != job.id,
                                  Job.finished_at < sampled_at - dt.timedelta(days=config.METRICS_RAW_RETENTION_DAYS)))
+
+
+def _agent_tenants(node: Node, slurped) -> dict | None:
+    """The tenant section of the agent's status file as the playbook read it (base64, from
+    ansible.builtin.slurp), checked as an HTTP reply is; None when there was none to read."""
+    if not isinstance(slurped, dict) or not isinstance(slurped.get("content"), str):
+        return None
+    try:
+        return tenant_section(status_from_bytes(base64.b64decode(slurped["content"], validate=True)))
+    except (AgentError, ValueError) as refusal:
+        log.warning("node %s: the agent's status file: %s", node.inventory_name, refusal)
+        return None

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 
 from ..access import reads
 from ..db import session
-from ..models import Gpu, Job, Node, Pool, StorageSample, inventory_name
+from ..models import Gpu, Job, Node, Pool, StorageSample, TenantTotal, inventory_name
 from ..states import GpuAssignment, NodeStatus, PoolStatus
 from .store import latest_gpu_samples
+from .tenants import teams_now
 
 blp = Blueprint("prometheus", __name__)
 MIB = 1024 * 1024
@@ -68,6 +69,26 @@ class FleetCollector:
             slots_assigned.add_metric(values, assigned.get(pool.id, 0) * pool.sharing_ratio)
             ratio.add_metric(values, pool.sharing_ratio)
         yield from (slots_total, slots_assigned, ratio)
+        yield from FleetCollector._teams(db)
+
+    @staticmethod
+    def _teams(db):
+        """Per pool and team (the Pods' namespace): what it holds now, and its GPU time since first seen."""
+        labels = ["pool_id", "pool_name", "team"]
+        slots = GaugeMetricFamily("gpuaas_pool_team_slots", "Slots a team's Pods hold now.", labels=labels)
+        vram = GaugeMetricFamily("gpuaas_pool_team_vram_used_bytes", "vRAM a team's processes use on its slots now.",
+                                 labels=labels)
+        gpu_time = CounterMetricFamily("gpuaas_pool_team_gpu_seconds", "GPU time a team received in the pool.",
+                                       labels=labels)
+        names = dict(db.execute(select(Pool.id, Pool.pool_name)).all())
+        now = teams_now()
+        for (pool_id, team), held in sorted(now.items()):
+            values = [str(pool_id), names.get(pool_id, ""), team]
+            slots.add_metric(values, held.slots)
+            vram.add_metric(values, held.vram_used_mb * MIB)
+        for total in db.scalars(select(TenantTotal).order_by(TenantTotal.pool_id, TenantTotal.team)):
+            gpu_time.add_metric([str(total.pool_id), names.get(total.pool_id, ""), total.team], total.gpu_seconds)
+        yield from (slots, vram, gpu_time)
 
     @staticmethod
     def _gpus(db):

@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from .. import node_reports
 from ..db import session
-from ..models import GpuReading, MetricRollup, MetricSample, StorageSample
+from ..models import GpuReading, MetricRollup, MetricSample, StorageSample, TenantRollup, TenantTotal
 from .series import BUCKET_OFFSET_SECONDS, GPU_METRICS, TIME_GROUPINGS
 
 log = logging.getLogger(__name__)
@@ -59,16 +59,21 @@ def record_gpu_samples(samples: list[dict]) -> int:
     for sample in samples:
         if sample["gpu_id"] not in newest or sample["sampled_at"] >= newest[sample["gpu_id"]]["sampled_at"]:
             newest[sample["gpu_id"]] = {key: value for key, value in sample.items() if key != "pool_id"}
-    db.execute(_upsert(GpuReading.__table__, ["gpu_id"], lambda table, new: {
+    db.execute(upsert(GpuReading.__table__, ["gpu_id"], lambda table, new: {
         column: new[column] for column in ("sampled_at", *GPU_METRICS)}), list(newest.values()))
     return len(samples)
 
 
-def _upsert(table, keys: list[str], changes):
+def upsert(table, keys: list[str], changes):
     """INSERT ... ON CONFLICT (keys) DO UPDATE SET changes(table, excluded), on SQLite and PostgreSQL."""
     dialect = session().get_bind().dialect.name
     statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
     return statement.on_conflict_do_update(index_elements=keys, set_=changes(table, statement.excluded))
+
+
+def greater(current, new):
+    """The greater of a column and the excluded row's value, in an upsert's SET."""
+    return case((new > current, new), else_=current)
 
 
 def _rollup_upsert():
@@ -77,10 +82,9 @@ def _rollup_upsert():
         merged = {"samples": table.c.samples + new.samples}
         for name in GPU_METRICS:
             merged[f"{name}_sum"] = table.c[f"{name}_sum"] + new[f"{name}_sum"]
-            merged[f"{name}_max"] = case((new[f"{name}_max"] > table.c[f"{name}_max"], new[f"{name}_max"]),
-                                         else_=table.c[f"{name}_max"])
+            merged[f"{name}_max"] = greater(table.c[f"{name}_max"], new[f"{name}_max"])
         return merged
-    return _upsert(_ROLLUP, ["pool_id", "width_seconds", "bucket_start"], changes)
+    return upsert(_ROLLUP, ["pool_id", "width_seconds", "bucket_start"], changes)
 
 
 def pool_series_json(pool_id: int, width: int, start: dt.datetime, end: dt.datetime) -> str:
@@ -151,11 +155,13 @@ def latest_storage_sample(node_id: int) -> StorageSample | None:
 
 def prune(now: dt.datetime, raw_days: int, minute_days: int, rollup_days: int) -> None:
     """Forget raw samples older than ``raw_days``, minute rollups older than ``minute_days`` and the
-    other rollups older than ``rollup_days``."""
+    other rollups older than ``rollup_days`` (the GPUs' and the teams'), and teams unseen as long."""
     db = session()
     db.execute(delete(MetricSample).where(MetricSample.sampled_at < now - dt.timedelta(days=raw_days)))
     db.execute(delete(StorageSample).where(StorageSample.sampled_at < now - dt.timedelta(days=raw_days)))
     minute = TIME_GROUPINGS["minute"]
     for widths, days in (([minute], minute_days), ([w for w in TIME_GROUPINGS.values() if w != minute], rollup_days)):
-        db.execute(delete(MetricRollup).where(MetricRollup.width_seconds.in_(widths),
-                                              MetricRollup.bucket_start < (now - dt.timedelta(days=days)).timestamp()))
+        for rollup in (MetricRollup, TenantRollup):
+            db.execute(delete(rollup).where(rollup.width_seconds.in_(widths),
+                                            rollup.bucket_start < (now - dt.timedelta(days=days)).timestamp()))
+    db.execute(delete(TenantTotal).where(TenantTotal.last_seen < now - dt.timedelta(days=rollup_days)))

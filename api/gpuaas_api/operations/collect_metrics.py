@@ -18,6 +18,10 @@ class CollectMetrics(OperationHooks):
 
     def finished(self, outcome: Outcome, config) -> None:
         collector.store_collection(outcome.job, outcome.artifact, outcome.node_succeeded, config)
+        # The agents' status files are read once, not kept in the job's record: each is tens of KiB
+        # per node, every period.
+        outcome.job.result = {key: value for key, value in (outcome.job.result or {}).items()
+                              if key != collector.AGENT_STATUS_KEY}
 
 
 def collection_check_seconds(config) -> float:

@@ -17,11 +17,13 @@ from ..clusters import live_cluster
 from ..db import session
 from ..errors import ApiError
 from ..metrics.store import latest_gpu_samples, pool_series_json
+from ..metrics.tenants import subscribed_teams, team_series
 from ..models import Gpu, Node, Pool
 from ..rendering import render_gpu
 from ..schemas import (GpuDetailsListSchema, GpuListSchema, GpuUuidsQuerySchema, GpuUuidsSchema, MetricsQuerySchema,
                        OperationReplySchema, PoolChangeSchema, PoolCreateSchema, PoolGpuSchema, PoolListSchema,
-                       PoolMetricsSchema, PoolSchema, PoolUpdateSchema)
+                       PoolMetricsSchema, PoolSchema, PoolUpdateSchema, SubscribedTeamsQuerySchema,
+                       SubscribedTeamsSchema)
 from ..metrics.series import GPU_METRICS, TIME_GROUPING_ALIASES, TIME_GROUPINGS
 from ..states import GpuAssignment
 from ..reply_cache import cached_reply, json_reply
@@ -210,9 +212,25 @@ class PoolMetrics(MethodView):
                 "slots_unavailable": sum(1 for gpu in gpus if gpu.assignment_status is GpuAssignment.UNAVAILABLE)
                 * pool.sharing_ratio,
                 "usage": pool_usage(gpus, latest)}
+        head["teams"] = team_series(pool.id, width, start, end)
         # The series arrives as JSON text from the database (see pool_series_json): spliced in, not re-encoded.
         body = json.dumps(head)[:-1] + ', "series": ' + pool_series_json(pool.id, width, start, end) + "}"
         return current_app.response_class(body, mimetype="application/json")
+
+
+@blp.route("/gpuaas/pool/<id:pool_id>/subscribed_teams")
+class PoolSubscribedTeams(MethodView):
+    @blp.arguments(SubscribedTeamsQuerySchema, location="query")
+    @blp.response(200, SubscribedTeamsSchema)
+    @reads
+    def get(self, query, pool_id):
+        """The teams (Pod namespaces) holding the pool's slots, as hosted·ai's admin client reads them.
+
+        page counts from 0; total is the slots the selected teams hold now, over every page.
+        """
+        return json_reply(subscribed_teams(pools.get_pool(pool_id), query["from_time_seconds"],
+                                           bool(query["sort_least_consumed"]), query["page"], query["limit"],
+                                           query.get("team_id")))
 
 
 def pool_usage(gpus: list[Gpu], latest: dict) -> dict:
