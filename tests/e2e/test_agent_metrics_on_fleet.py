@@ -8,6 +8,7 @@ Two nodes: node1 the controller (with GPUs), node2 a worker; one pool over GPUs 
 """
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
@@ -221,3 +222,63 @@ def test_4_the_token_reaches_no_log_job_or_file_of_the_service(service, pool):
     assert TOKEN not in logged and TOKEN not in recorded
     assert TOKEN not in service.log_path.read_text()
     assert list((service.data_dir / "jobs").iterdir()) == []  # the inventories that held it are gone
+
+
+def pod_manifest(namespace: str, name: str, node: str, resource: str, slots: int) -> dict:
+    """A tenant's Pod: the fake GPU's workload on ``slots`` of the pool's resource, pinned to ``node``."""
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"nodeName": node, "restartPolicy": "Never", "runtimeClassName": "nvidia",
+                     "terminationGracePeriodSeconds": 5,
+                     "containers": [{"name": "main", "image": "nvcr.io/nvidia/cuda:12.4.1-base-ubuntu22.04",
+                                     "command": ["/usr/bin/fake-gpu-workload", "--memory-mib", "256", "--kernel-ms", "20"],
+                                     "resources": {"limits": {resource: slots}}}]}}
+
+
+def kubectl(*args: str, manifest: dict | None = None) -> str:
+    """kubectl on the controller with the admin's kubeconfig (a manifest goes through base64: no quoting)."""
+    command = "kubectl --kubeconfig=/etc/kubernetes/admin.conf " + " ".join(args)
+    if manifest is not None:
+        encoded = base64.b64encode(json.dumps(manifest).encode()).decode()
+        command = f"echo {encoded} | base64 -d | {command} -f -"
+    return node_exec("node1", "sh", "-c", command).stdout
+
+
+def wait_for_teams(api, pool_id: int, predicate, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = api.call("GET", f"/gpuaas/pool/{pool_id}/subscribed_teams?sort_least_consumed=1&from_time_seconds=0"
+                                "&page=0&limit=100")
+        if predicate(reply) or time.monotonic() > deadline:
+            return reply
+        time.sleep(1)
+
+
+def test_5_subscribed_teams_lists_the_pods_namespaces_and_a_deleted_pods_team_leaves(service, pool):
+    """Pods of two namespaces in the pool (ratio 2: node1 holds 2 slots, node2 4): the client's
+    subscribed_teams request lists both with their slots and RAM; a deleted Pod's team leaves."""
+    api = service.api
+    names = {name: api.call("GET", f"/gpuaas/node/{node['id']}")["kubernetes_name"] for name, node in pool["nodes"].items()}
+    described = api.call("GET", f"/gpuaas/pool/{pool['id']}")
+    resource, slot_mb = described["resource_name"], described["gpus"][0]["memory_in_mb"]
+    pods = {("team-a", "train"): pod_manifest("team-a", "train", names["node2"], resource, 2),
+            ("team-b", "infer"): pod_manifest("team-b", "infer", names["node1"], resource, 1)}
+    try:
+        for manifest in pods.values():
+            kubectl("create", "--validate=false", manifest=manifest)
+        reply = wait_for_teams(api, pool["id"], lambda reply: reply["total"] == 3 and {
+            team["status"] for team in reply["data"]} == {"running"})
+        found = {team["team_id"]: team for team in reply["data"]}
+        assert set(found) == {"team-a", "team-b"} and reply["total"] == 3, reply
+        assert (found["team-a"]["slots"], found["team-a"]["total_ram_mb"]) == (2, 2 * slot_mb)
+        assert (found["team-b"]["slots"], found["team-b"]["total_ram_mb"]) == (1, slot_mb)
+        assert found["team-a"]["vram_used_mb"] > 0 and found["team-b"]["vram_used_mb"] > 0
+        capacity = api.call("GET", f"/gpuaas/pool/{pool['id']}")
+        assert (capacity["total_gpus"], capacity["allocated_gpus"], capacity["available_gpus"]) == (6, 3, 3)
+
+        kubectl("delete", "pod", "-n", "team-b", "infer", "--wait=false")
+        reply = wait_for_teams(api, pool["id"], lambda reply: {team["team_id"] for team in reply["data"]} == {"team-a"})
+        assert [team["team_id"] for team in reply["data"]] == ["team-a"] and reply["total"] == 2, reply
+        assert api.call("GET", f"/gpuaas/pool/{pool['id']}")["allocated_gpus"] == 2
+    finally:
+        for namespace, name in pods:
+            kubectl("delete", "pod", "-n", namespace, name, "--ignore-not-found", "--wait=false")
