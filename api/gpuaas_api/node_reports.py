@@ -203,7 +203,7 @@ def _network(value, where: str) -> str:
 class SlotReport:
     """One slot of an agent's tenant report, checked: who holds it (None: free) and their figures."""
     gpu_uuid: str
-    slot: int  # 1..ratio, as the agent numbers them
+    slot: int  # 1..ratio, as the agent numbers them; 0 for a whole GPU's device
     resource: str
     state: str
     team: str | None = None  # the Pod's namespace
@@ -229,14 +229,15 @@ def _slot(device_id, entry) -> SlotReport:
     where = "slot"
     matched = validation.SLOT_DEVICE_ID.fullmatch(device_id) if isinstance(device_id, str) else None
     if matched is None:
-        raise InvalidNodeReport("slot's device ID", "<GPU UUID>::<slot number>")
+        raise InvalidNodeReport("slot's device ID", "<GPU UUID>::<slot number>, or a GPU UUID (a whole GPU)")
     if not isinstance(entry, dict):
         raise InvalidNodeReport(f"{where} {device_id}", "an object")
     if entry.get("state") not in SLOT_STATES:
         raise InvalidNodeReport(f"{where} {device_id}'s state", "one of " + ", ".join(SLOT_STATES))
     _text(entry.get("resource"), validation.PRINTABLE_TEXT, 253, f"{where} {device_id}'s resource", "printable text")
     figures = {name: _figure(entry.get(name, 0), f"{where} {device_id}'s {name}") for name in ("vram_used_mb", "gpu_seconds")}
-    checked = SlotReport(matched["uuid"], int(matched["slot"]), entry["resource"], entry["state"], **figures)
+    # A whole GPU's device (the agent's whole-GPU resource) is its UUID alone: slot 0, no pool's.
+    checked = SlotReport(matched["uuid"], int(matched["slot"] or 0), entry["resource"], entry["state"], **figures)
     tenant = entry.get("tenant")
     if tenant is None or entry["state"] in ("free", "unknown"):
         return checked

@@ -79,10 +79,10 @@ WORD = re.compile(r"^[A-Za-z][A-Za-z_ ]*$")  # a vendor, a compute or MIG mode, 
 ABSOLUTE_PATH = re.compile(r"^/[^\x00-\x1f\x7f-\x9f]{0,4094}$")
 # What an agent's tenant report names (Kubernetes' own rules, k8s.io/apimachinery validation):
 # a namespace and a container name are DNS-1123 labels, a Pod name a DNS-1123 subdomain, a Pod's
-# UID a UUID; a slot's device ID is `<GPU UUID>::<slot>` (gpuaas_agent.devices).
+# UID a UUID; a slot's device ID is `<GPU UUID>::<slot>`, a whole GPU's its UUID (gpuaas_agent.devices).
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 POD_UID = re.compile(rf"^{_UUID}$")
-SLOT_DEVICE_ID = re.compile(rf"^(?P<uuid>GPU-{_UUID})::(?P<slot>[1-9][0-9]{{0,2}})$")
+SLOT_DEVICE_ID = re.compile(rf"^(?P<uuid>GPU-{_UUID}|MIG-{_UUID})(::(?P<slot>[1-9][0-9]{{0,2}}))?$")
 # An RFC 1123 host name (uname -n), at most 253 characters.
 HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")

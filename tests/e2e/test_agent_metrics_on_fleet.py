@@ -253,6 +253,15 @@ def wait_for_teams(api, pool_id: int, predicate, timeout: float = 60) -> dict:
         time.sleep(1)
 
 
+def diagnosis(service, pool) -> str:
+    """What a failure needs: the Pods, each agent's tenants, and the service's log about them."""
+    tenants = {name: json.loads(agent_get(address, "/status", TOKEN)[1]).get("tenants")
+               for name, address in pool["addresses"].items()}
+    log = [line for line in service.log_path.read_text().splitlines() if "tenant" in line or "refused" in line]
+    return (f"pods: {kubectl('get', 'pods', '-A', '-o', 'wide')}\ntenants: {json.dumps(tenants)[:6000]}\n"
+            f"log: {log[-20:]}")
+
+
 def test_5_subscribed_teams_lists_the_pods_namespaces_and_a_deleted_pods_team_leaves(service, pool):
     """Pods of two namespaces in the pool (ratio 2: node1 holds 2 slots, node2 4): the client's
     subscribed_teams request lists both with their slots and RAM; a deleted Pod's team leaves."""
@@ -268,7 +277,7 @@ def test_5_subscribed_teams_lists_the_pods_namespaces_and_a_deleted_pods_team_le
         reply = wait_for_teams(api, pool["id"], lambda reply: reply["total"] == 3 and {
             team["status"] for team in reply["data"]} == {"running"})
         found = {team["team_id"]: team for team in reply["data"]}
-        assert set(found) == {"team-a", "team-b"} and reply["total"] == 3, reply
+        assert set(found) == {"team-a", "team-b"} and reply["total"] == 3, (reply, diagnosis(service, pool))
         assert (found["team-a"]["slots"], found["team-a"]["total_ram_mb"]) == (2, 2 * slot_mb)
         assert (found["team-b"]["slots"], found["team-b"]["total_ram_mb"]) == (1, slot_mb)
         assert found["team-a"]["vram_used_mb"] > 0 and found["team-b"]["vram_used_mb"] > 0

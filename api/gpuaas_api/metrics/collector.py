@@ -13,6 +13,9 @@ Two ways to read the GPUs, one way to store them (store_gpu_readings):
   finalised (store_collection). It is a job like any other: its events, its explanation and its
   processes are those of a job.
 
+Both also carry each agent's tenant report (its ``tenants``: who holds each pool slot), from its
+HTTP status or from its status file read by the playbook, stored by tenants.store_tenant_reports.
+
 The housekeeper thread of every API process (jobs/worker.py) calls ``tick``; the shared schedule
 rows make one of them start each period's collection (see models.Schedule).
 """

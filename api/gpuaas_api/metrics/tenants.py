@@ -82,7 +82,7 @@ def _replace_node_slots(node_id: int, slots: list, sampled_at: dt.datetime, reso
     for slot in slots:
         gpu = gpus.get(slot.gpu_uuid)
         # Only a slot of the GPU's pool now, named as the agent advertises that pool, is its tenant's.
-        if gpu is None or gpu.pool_id is None or slot.slot > ratios[gpu.pool_id] \
+        if gpu is None or gpu.pool_id is None or not 1 <= slot.slot <= ratios[gpu.pool_id] \
                 or slot.resource != sharing_policy.pool_resource_name(gpu.pool_id, resource_prefix):
             continue
         key = (gpu.id, slot.slot)
