@@ -355,29 +355,38 @@ def add_node_gpu(pool_id: int, node_id: int, index: int | None = None, uuid: str
 
 
 def node_gpu(node_id: int, index: int | None, uuid: str | None, pool: Pool) -> Gpu:
-    """The GPU of ``node_id`` at ``index``, or with ``uuid``, or else its only free one (unassigned
-    and answering): with several, the caller must choose (422); with none, there is nothing to add (409)."""
-    db = session()
-    if db.get(Node, node_id) is None:
+    """The GPU of ``node_id`` at ``index``, or with ``uuid``, or else its only free one."""
+    if session().get(Node, node_id) is None:
         raise not_found("node", node_id)
     if index is not None or uuid is not None:
-        where = Gpu.index == index if index is not None else Gpu.uuid == uuid
-        gpu = db.scalar(select(Gpu).where(Gpu.node_id == node_id, where))
-        if gpu is None:
-            named = f"GPU {index}" if index is not None else f"GPU {uuid}"
-            raise NotFound(f"{named} of node {node_id} not found", "gpu_index" if index is not None else "gpu_uuid")
-        return gpu
-    gpus = db.scalars(select(Gpu).where(Gpu.node_id == node_id).order_by(Gpu.index)).all()
+        return _named_gpu(node_id, index, uuid)
+    return _only_free_gpu(node_id, pool)
+
+
+def _named_gpu(node_id: int, index: int | None, uuid: str | None) -> Gpu:
+    where = Gpu.index == index if index is not None else Gpu.uuid == uuid
+    gpu = session().scalar(select(Gpu).where(Gpu.node_id == node_id, where))
+    if gpu is None:
+        named, field = (f"GPU {index}", "gpu_index") if index is not None else (f"GPU {uuid}", "gpu_uuid")
+        raise NotFound(f"{named} of node {node_id} not found", field)
+    return gpu
+
+
+def _only_free_gpu(node_id: int, pool: Pool) -> Gpu:
+    """The node's one free GPU (unassigned and answering): with several, the caller must choose
+    (422); with none, there is nothing to add (409, "already in pool" when this pool holds them)."""
+    gpus = session().scalars(select(Gpu).where(Gpu.node_id == node_id).order_by(Gpu.index)).all()
     free = [gpu for gpu in gpus if gpu.pool_id is None and gpu.assignment_status is GpuAssignment.UNASSIGNED]
     if len(free) == 1:
         return free[0]
     if free:
-        raise Invalid(f"node {node_id} has {len(free)} free GPUs (indexes {', '.join(str(gpu.index) for gpu in free)}); "
-                      "name one with gpu_index or gpu_uuid", "gpu_index")
+        indexes = ", ".join(str(gpu.index) for gpu in free)
+        raise Invalid(f"node {node_id} has {len(free)} free GPUs (indexes {indexes}); name one with gpu_index or "
+                      "gpu_uuid", "gpu_index")
     members = [gpu for gpu in gpus if is_member(gpu, pool)]
     if members:
-        raise Conflict(f"node {node_id} has no free GPU: " + already_in_pool(members[0].uuid, pool.id)
-                       + (f" (and {len(members) - 1} more of its GPUs)" if len(members) > 1 else ""), "gpu_index")
+        more = f" (and {len(members) - 1} more of its GPUs)" if len(members) > 1 else ""
+        raise Conflict(f"node {node_id} has no free GPU: {already_in_pool(members[0].uuid, pool.id)}{more}", "gpu_index")
     raise Refused(f"node {node_id} has no free GPU (unassigned and answering) to add", "gpu_index")
 
 
