@@ -170,6 +170,12 @@ def _filesystem(entry, label: str) -> dict:
     return {"path": entry["path"], **_sizes(entry, label)}
 
 
+def volume_group_name(value) -> str:
+    """The volume group a storage node's init chose (roles/node_init: its largest), as stored."""
+    _text(value, validation.VOLUME_GROUP, column_length(Node.volume_group), "volume group", "an LVM volume group name")
+    return value
+
+
 def cluster_facts(facts) -> dict:
     """What an enable reports of its cluster (roles/cluster_controller's facts), as stored."""
     if not isinstance(facts, dict):

@@ -322,19 +322,76 @@ def add_gpus(pool_id: int, uuids: list[str], field: str = "gpu_uuids", job: Job 
         _known_gpus(uuids, field)
         return queued_reply(pool, queue_change(pool, {"kind": "add_gpus", "gpu_uuids": uuids}, ahead))
     gpus = resolve_gpus(live_cluster(pool.cluster_id), uuids, field, pool)
+    if job is not None:  # queued: a GPU that came into the pool meanwhile is where this change wanted it
+        gpus = [gpu for gpu in gpus if not is_member(gpu, pool)]
+        if not gpus:  # nothing left to do: the job ends successful, without a run, and settles no node
+            job.extravars = {**job.extravars, "targets": [], "hosts": []}
+            return {"job_id": None}
     already = [gpu.uuid for gpu in gpus if gpu.pool_id == pool.id]
     if already:
-        raise Conflict(f"GPU {already[0]} is already in pool {pool.id}", field)
+        raise Conflict(already_in_pool(already[0], pool.id), field)
     claim_pool(pool, job=job)
     return apply_change(pool, attach(pool, gpus), job)
 
 
-def add_gpu_by_index(pool_id: int, node_id: int, index: int) -> dict:
-    get_pool(pool_id)
-    gpu = session().scalar(select(Gpu).where(Gpu.node_id == node_id, Gpu.index == index))
+def is_member(gpu: Gpu, pool: Pool) -> bool:
+    """In the pool, or on its way in (ASSIGNING); not on its way out."""
+    return gpu.pool_id == pool.id and gpu.assignment_status is not GpuAssignment.UNASSIGNING
+
+
+def already_in_pool(uuid: str, pool_id: int) -> str:
+    # Worded with "already": the clients count such a refusal as success (compatibility.md).
+    return f"GPU {uuid} is already in pool {pool_id}"
+
+
+def add_node_gpu(pool_id: int, node_id: int, index: int | None = None, uuid: str | None = None) -> dict:
+    """Add one GPU of a node (POST /gpuaas/pool/gpu), named by index or UUID, or the node's only free one.
+
+    A GPU the pool already holds (attached by the create a moment ago, say) is refused at once,
+    "already in pool", whatever the pool is doing: queued, it would only fail when its turn came.
+    """
+    pool = get_pool(pool_id)
+    gpu = node_gpu(node_id, index, uuid, pool)
+    field = "gpu_index" if index is not None or uuid is None else "gpu_uuid"
+    if is_member(gpu, pool):
+        raise Conflict(already_in_pool(gpu.uuid, pool.id), field)
+    return add_gpus(pool_id, [gpu.uuid], field)
+
+
+def node_gpu(node_id: int, index: int | None, uuid: str | None, pool: Pool) -> Gpu:
+    """The GPU of ``node_id`` at ``index``, or with ``uuid``, or else its only free one."""
+    if session().get(Node, node_id) is None:
+        raise not_found("node", node_id)
+    if index is not None or uuid is not None:
+        return _named_gpu(node_id, index, uuid)
+    return _only_free_gpu(node_id, pool)
+
+
+def _named_gpu(node_id: int, index: int | None, uuid: str | None) -> Gpu:
+    where = Gpu.index == index if index is not None else Gpu.uuid == uuid
+    gpu = session().scalar(select(Gpu).where(Gpu.node_id == node_id, where))
     if gpu is None:
-        raise NotFound(f"GPU {index} of node {node_id} not found", "gpu_index")
-    return add_gpus(pool_id, [gpu.uuid], "gpu_index")
+        named, field = (f"GPU {index}", "gpu_index") if index is not None else (f"GPU {uuid}", "gpu_uuid")
+        raise NotFound(f"{named} of node {node_id} not found", field)
+    return gpu
+
+
+def _only_free_gpu(node_id: int, pool: Pool) -> Gpu:
+    """The node's one free GPU (unassigned and answering): with several, the caller must choose
+    (422); with none, there is nothing to add (409, "already in pool" when this pool holds them)."""
+    gpus = session().scalars(select(Gpu).where(Gpu.node_id == node_id).order_by(Gpu.index)).all()
+    free = [gpu for gpu in gpus if gpu.pool_id is None and gpu.assignment_status is GpuAssignment.UNASSIGNED]
+    if len(free) == 1:
+        return free[0]
+    if free:
+        indexes = ", ".join(str(gpu.index) for gpu in free)
+        raise Invalid(f"node {node_id} has {len(free)} free GPUs (indexes {indexes}); name one with gpu_index or "
+                      "gpu_uuid", "gpu_index")
+    members = [gpu for gpu in gpus if is_member(gpu, pool)]
+    if members:
+        more = f" (and {len(members) - 1} more of its GPUs)" if len(members) > 1 else ""
+        raise Conflict(f"node {node_id} has no free GPU: {already_in_pool(members[0].uuid, pool.id)}{more}", "gpu_index")
+    raise Refused(f"node {node_id} has no free GPU (unassigned and answering) to add", "gpu_index")
 
 
 def remove_gpu_by_id(pool_id: int, gpu_id: int) -> dict:

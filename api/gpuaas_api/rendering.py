@@ -13,8 +13,8 @@ from sqlalchemy import select
 
 from .models import Cluster, inventory_name
 from .shared import sharing_policy
-from .states import (INITIALIZE_STATE_CODES, ROLE_FLAGS, K8S_JOIN_STATE_CODES, ClusterStatus, GpuAssignment, NodeStatus,
-                     RegionServiceStatus, enum_value)
+from .states import (INITIALIZE_STATE_CODES, KUBERNETES_OPERATIONS, ROLE_FLAGS, K8S_JOIN_STATE_CODES, ClusterStatus,
+                     GpuAssignment, NodeStatus, RegionServiceStatus, enum_value)
 
 
 def timestamp(value: dt.datetime | None) -> str | None:
@@ -59,16 +59,36 @@ def render_gpu(gpu) -> dict:
             "assignment_status": enum_value(gpu.assignment_status)}
 
 
-def render_node(node, gpus: list[dict], region: dict) -> dict:
-    """``gpus`` rendered by render_gpu, ``region`` by render_region."""
+def render_cluster_gpu(gpu) -> dict:
+    """A GPU in the cluster's GPU list (GET /gpuaas/{id}/gpus): its assignment_status in lower case.
+    That route is not the guide's, and its one reader compares with "unassigned" exactly
+    (compatibility.md); every route of the guide keeps the guide's upper case (render_gpu)."""
+    return {**render_gpu(gpu), "assignment_status": enum_value(gpu.assignment_status).lower()}
+
+
+def status_codes(status: NodeStatus, joined: bool, failed_operation: str | None) -> tuple[int, int]:
+    """(initialize_state_status_code, k8s_join_state_status_code). An ERROR node's codes say which step
+    failed (``failed_operation``, the newest of states.FAILING_TO_ERROR it ran): after an enable, join
+    or leave, init had succeeded (2) and the Kubernetes step failed (-1). Without that job (pruned),
+    a node in a cluster was initialised; one in none reads as a failed init, as before."""
+    if status is not NodeStatus.ERROR:
+        return INITIALIZE_STATE_CODES[status], K8S_JOIN_STATE_CODES.get(status, 0)
+    if failed_operation in {operation.value for operation in KUBERNETES_OPERATIONS} or (failed_operation is None and joined):
+        return INITIALIZE_STATE_CODES[NodeStatus.INITIALIZED], -1
+    return INITIALIZE_STATE_CODES[NodeStatus.ERROR], -1 if joined else 0
+
+
+def render_node(node, gpus: list[dict], region: dict, failed_operation: str | None = None) -> dict:
+    """``gpus`` rendered by render_gpu, ``region`` by render_region; ``failed_operation``: an ERROR
+    node's newest failing operation (status_codes)."""
     status = NodeStatus(enum_value(node.status))
-    join_code = -1 if status is NodeStatus.ERROR and node.joined else K8S_JOIN_STATE_CODES.get(status, 0)
+    init_code, join_code = status_codes(status, node.joined, failed_operation)
     return {
         "id": node.id, "Id": node.id, "name": node.name, "inventory_name": inventory_name(node.id),
         "kubernetes_name": node.kubernetes_name, "region_id": node.region_id, "gpuaas_id": node.cluster_id,
         "node_ip": node.node_ip, "port": node.port, "username": node.username, "volume_group": node.volume_group,
         "external_service_ip": node.external_service_ip, "status": status.value, "disabled": node.disabled,
-        "initialize_state_status_code": INITIALIZE_STATE_CODES[status], "k8s_join_state_status_code": join_code,
+        "initialize_state_status_code": init_code, "k8s_join_state_status_code": join_code,
         "role": {flag: getattr(node, flag) for flag in ROLE_FLAGS.values()},
         "gpus": gpus,
         "nvidia_driver_version": node.nvidia_driver_version, "total_memory_in_mb": node.total_memory_in_mb,

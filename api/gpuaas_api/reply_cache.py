@@ -10,18 +10,32 @@ from types import SimpleNamespace
 from flask import current_app
 from sqlalchemy import select
 
-from .models import DataVersion, Gpu, Node, Region
+from .models import DataVersion, Gpu, Job, Node, Region
 from .rendering import render_gpu, render_node, render_regions
+from .states import FAILING_TO_ERROR, JobStatus, NodeStatus, enum_value
+
+
+def failed_operations(db, nodes) -> dict[int, str]:
+    """Each ERROR node's newest operation of those that leave it ERROR when they fail (a job that ran:
+    one refused at its turn never moved the node): what put it there (rendering.status_codes)."""
+    in_error = [node.id for node in nodes if enum_value(node.status) == NodeStatus.ERROR.value]
+    if not in_error:
+        return {}
+    finished = [status for status in JobStatus if status.finished]
+    rows = db.execute(select(Job.node_id, Job.operation).where(
+        Job.node_id.in_(in_error), Job.operation.in_([operation.value for operation in FAILING_TO_ERROR]),
+        Job.status.in_(finished), Job.started_at.is_not(None)).order_by(Job.id))
+    return {node_id: operation for node_id, operation in rows}  # the newest (highest id) last, kept
 
 
 def node_reply(db, node: Node) -> dict:
     """One node (ORM, GPUs and region loaded)."""
     region = render_regions(db, [node.region])[0]
-    return render_node(node, [render_gpu(gpu) for gpu in node.gpus], region)
+    return render_node(node, [render_gpu(gpu) for gpu in node.gpus], region, failed_operations(db, [node]).get(node.id))
 
 
 def node_list(db, region_id: int | None = None) -> list[dict]:
-    """Every node (of a region), rendered as node_reply renders one, read with four Core queries.
+    """Every node (of a region), rendered as node_reply renders one, read with four Core queries (a fifth when one is in error).
 
     No ORM objects are made: for 1,000 nodes x 8 GPUs that is several times faster.
     """
@@ -36,7 +50,9 @@ def node_list(db, region_id: int | None = None) -> list[dict]:
         gpus_by_node.setdefault(gpu["node_id"], []).append(render_gpu(SimpleNamespace(**gpu)))
     regions_rows = db.scalars(select(Region)).all()
     regions = {region["id"]: region for region in render_regions(db, regions_rows)}
-    return [render_node(row, gpus_by_node.get(row.id, []), regions[row.region_id]) for row in db.execute(nodes)]
+    rows = db.execute(nodes).all()
+    failed = failed_operations(db, rows)
+    return [render_node(row, gpus_by_node.get(row.id, []), regions[row.region_id], failed.get(row.id)) for row in rows]
 
 
 # (endpoint, argument) -> (data version, serialised reply); per process.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, pre_load, validate
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
 
 from . import models, validation
 from .access import Role
@@ -303,7 +303,12 @@ class GpuSchema(ReplySchema):
     gpuaas_node_id = _reply(fields.Integer)
     pool_id = _reply(fields.Integer, nullable=True)
     assignment_status = _reply(fields.String, validate=_one_of(GpuAssignment), metadata={
-        "description": "Emitted in upper case; clients compare it in lower case"})
+        "description": "Emitted in upper case, as the guide writes it (the cluster's GPU list: lower case)"})
+
+
+class ClusterGpuSchema(GpuSchema):
+    assignment_status = _reply(fields.String, validate=validate.OneOf([status.value.lower() for status in GpuAssignment]),
+                               metadata={"description": "In lower case on this list only (its clients compare it exactly)"})
 
 
 class NameRefSchema(ReplySchema):
@@ -386,7 +391,6 @@ SCHEMA_RULES = {
     "NodeAdd": {"allOf": [
         {"anyOf": [{"required": [flag], "properties": {flag: {"enum": [True]}}} for flag in ROLE_FLAGS.values()],
          "description": "A node needs at least one role"},
-        _when_true_requires(ROLE_FLAGS["storage"], "volume_group"),
         _when_true_requires(ROLE_FLAGS["gateway"], "external_service_ip"),
     ]},
     "Join": {"anyOf": [{"required": ["joinee_node_id"]}, {"required": ["gpuaas_node_id"]}],
@@ -624,9 +628,23 @@ class GpuUuidsQuerySchema(LenientRequestSchema):
 
 
 class PoolGpuSchema(LenientRequestSchema):
+    """One GPU of a node: by gpu_index, by gpu_uuid (alias uuid), or neither: the node's only free GPU."""
+
     pool_id = _id(required=True)
     gpuaas_node_id = _id(required=True)
-    gpu_index = fields.Integer(required=True, validate=validate.Range(min=0, max=validation.MAX_GPU_INDEX))
+    gpu_index = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=validation.MAX_GPU_INDEX))
+    gpu_uuid = fields.String(allow_none=True, validate=_GPU_UUID)
+
+    @pre_load
+    def _alias(self, data, **_kwargs):
+        if isinstance(data, dict) and "uuid" in data and "gpu_uuid" not in data:
+            data = {**data, "gpu_uuid": data["uuid"]}
+        return data
+
+    @validates_schema
+    def _one_gpu(self, data, **_kwargs):
+        if data.get("gpu_index") is not None and data.get("gpu_uuid") is not None:
+            raise ValidationError("give gpu_index or gpu_uuid, not both", "gpu_uuid")
 
 
 class MetricsQuerySchema(LenientRequestSchema):
@@ -689,6 +707,10 @@ class PoolListSchema(ReplySchema):
 
 class GpuListSchema(ReplySchema):
     items = _reply(fields.List, fields.Nested(GpuSchema))
+
+
+class ClusterGpuListSchema(ReplySchema):
+    items = _reply(fields.List, fields.Nested(ClusterGpuSchema))
 
 
 class GpuDetailsListSchema(ReplySchema):

@@ -78,7 +78,8 @@ class JobStatus(str, enum.Enum):
 
 
 class GpuAssignment(str, enum.Enum):
-    """Emitted in upper case, as the guide writes it; accepted in any case."""
+    """Emitted in upper case, as the guide writes it, except on the cluster's GPU list (rendering.py,
+    render_cluster_gpu); accepted in any case."""
 
     UNASSIGNED = "UNASSIGNED"
     ASSIGNING = "ASSIGNING"
@@ -202,6 +203,14 @@ NODE_TRANSITIONS: dict[Operation, Transition] = {
     Operation.SCAN_RESOURCES: Transition(_ANY - {NodeStatus.UNINITIALIZED}, mutating=False),
     Operation.STORAGE_METRICS: Transition(_ANY - {NodeStatus.UNINITIALIZED}, mutating=False),
 }
+
+# The operations whose failure leaves a node ERROR although its init succeeded: the failure is
+# Kubernetes's, and a node shows it in k8s_join_state_status_code, its initialize code staying 2
+# (compatibility.md: a client reads an initialize code of -1 as "initialization failed").
+KUBERNETES_OPERATIONS = frozenset({Operation.ENABLE, Operation.JOIN, Operation.LEAVE})
+# The operations that leave a node ERROR when they fail: the newest one a node ran tells why it is.
+FAILING_TO_ERROR = frozenset(operation for operation, transition in NODE_TRANSITIONS.items()
+                             if transition.on_failure is NodeStatus.ERROR)
 
 # A node can be deleted only when nothing of it remains configured.
 DELETABLE_NODE_STATUSES = frozenset({NodeStatus.UNINITIALIZED, NodeStatus.ERROR})

@@ -157,7 +157,7 @@ def test_a_cluster_being_enabled_is_not_torn_down(app, client, region):
 def test_the_clusters_gpus_compare_in_lower_case(app, client, fleet_db):
     items = client.get(f"/gpuaas/{fleet_db['gpuaas_id']}/gpus").get_json()["items"]
     assert [item["uuid"] for item in items] == fleet_db["uuids"]["w1"] + fleet_db["uuids"]["w2"]
-    assert {item["assignment_status"].lower() for item in items} == {"unassigned"}
+    assert {item["assignment_status"] for item in items} == {"unassigned"}  # compared exactly, not lower-cased
     assert {item["gpuaas_node_id"] for item in items} == {1, 2}
     assert_error(client.get("/gpuaas/4242/gpus"), 404)
 

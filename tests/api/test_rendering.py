@@ -11,7 +11,7 @@ from sqlalchemy import select
 from gpuaas_api.db import session
 from gpuaas_api.models import Cluster, Gpu, Job, Scan
 from gpuaas_api.rendering import render_cluster, render_gpu, render_job, render_scan
-from gpuaas_api.schemas import (ClusterSchema, GpuDetailsSchema, GpuSchema, JobSchema, NodeSchema,
+from gpuaas_api.schemas import (ClusterGpuSchema, ClusterSchema, GpuDetailsSchema, GpuSchema, JobSchema, NodeSchema,
                                 OperationReplySchema, PoolChangeSchema, PoolSchema, RegionSchema, ScanSchema)
 from gpuaas_api.states import ScanStatus
 
@@ -60,7 +60,11 @@ def test_gpus_in_every_list_render_alike(app, client, fleet_db):
     on_nodes = [gpu for node in client.get("/gpuaas/node/list").get_json() if node["gpuaas_id"] == gpuaas_id
                 for gpu in node["gpus"]]
 
-    assert cluster_gpus == available == on_nodes  # the fast Core-row path and the ORM path agree
+    assert available == on_nodes  # the fast Core-row path and the ORM path agree
+    # The cluster's list is the same but for its assignment_status in lower case (compatibility.md).
+    assert cluster_gpus == [{**gpu, "assignment_status": gpu["assignment_status"].lower()} for gpu in on_nodes]
+    for gpu in cluster_gpus:
+        same_json(ClusterGpuSchema(), gpu)
     assert [{key: value for key, value in gpu.items() if not key.endswith("_details")} for gpu in detailed] == on_nodes
     for gpu in detailed:
         same_json(GpuDetailsSchema(), gpu)

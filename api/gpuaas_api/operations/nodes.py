@@ -69,7 +69,8 @@ def refusal_whatever_happens(operation: Operation, status, ahead: list[Job], hol
 class NodeOperation(OperationHooks):
     """A node operation's moments: its node's state machine, and the facts its node reports."""
 
-    reported_keys = ("gpuaas_gpu_scan", "gpuaas_npu_scan", "gpuaas_storage_metrics", "gpuaas_node_facts", "gpuaas_cluster")
+    reported_keys = ("gpuaas_gpu_scan", "gpuaas_npu_scan", "gpuaas_storage_metrics", "gpuaas_node_facts", "gpuaas_cluster",
+                     "gpuaas_node_volume_groups")
 
     def __init__(self, operation: Operation):
         self.operation = operation
@@ -127,6 +128,26 @@ class NodeOperation(OperationHooks):
 
 def host_report(artifact: dict, key: str, node: Node | None):
     return (artifact.get(key) or {}).get(node.inventory_name) if node is not None else None
+
+
+class Init(NodeOperation):
+    """A storage node registered without a volume group gets the one its init chose (roles/node_init:
+    the host's largest); its later jobs are given it (jobs/inventory.py). One it has is never replaced."""
+
+    def refused_report(self, job: Job, node: Node | None, artifact: dict) -> str | None:
+        reported = host_report(artifact, "gpuaas_node_volume_groups", node)
+        if reported is not None:
+            try:
+                node_reports.volume_group_name(reported)
+            except node_reports.InvalidNodeReport as refusal_:
+                return str(refusal_)
+        return None
+
+    def finished(self, outcome: Outcome, config) -> None:
+        reported = host_report(outcome.artifact, "gpuaas_node_volume_groups", outcome.node)
+        if reported is not None and outcome.node.is_storage_service and not outcome.node.volume_group:
+            outcome.node.volume_group = node_reports.volume_group_name(reported)  # checked: refused_report
+        super().finished(outcome, config)
 
 
 class Enable(NodeOperation):
@@ -261,7 +282,7 @@ def node_fact(name: str, value):
     return None
 
 
-HOOKS = {Operation.INIT: NodeOperation, Operation.DEINIT: Deinit, Operation.ENABLE: Enable, Operation.JOIN: Join,
+HOOKS = {Operation.INIT: Init, Operation.DEINIT: Deinit, Operation.ENABLE: Enable, Operation.JOIN: Join,
          Operation.LEAVE: Leave, Operation.DISABLE: Disable, Operation.REBOOT: Reboot, Operation.TEST_CONN: NodeOperation}
 # The node operations whose jobs share one playbook run when they come together (as Ansible runs
 # them: one play, many hosts). Each job still holds its own node, and is finalised from its own

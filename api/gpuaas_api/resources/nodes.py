@@ -28,9 +28,8 @@ def get_node(node_id: int) -> Node:
 
 def _check_role_fields(node: Node, refusal: type[DomainError] = Invalid) -> None:
     """The role rules (published as schemas.SCHEMA_RULES on node add). On an edit they concern the node
-    as stored and changed, not the request alone: a conflict with what is stored (409)."""
-    if node.is_storage_service and not node.volume_group:
-        raise refusal("a storage node needs a volume group", "volume_group")
+    as stored and changed, not the request alone: a conflict with what is stored (409). A storage node
+    may come without a volume group: its init serves the host's largest (roles/node_init)."""
     if node.is_gateway_service and not node.external_service_ip:
         raise refusal("a gateway node needs an external service IP", "external_service_ip")
     if not any(getattr(node, flag) for flag in ROLE_FLAGS.values()):

@@ -16,8 +16,8 @@ from ..metrics.store import latest_storage_sample
 from ..operations.nodes import submit
 from ..operations.preconditions import refusal_beyond_status
 from ..models import Cluster, Gpu, Job, JobEvent, Node, Scan
-from ..rendering import render_cluster, render_gpu, render_job, render_scan, timestamp
-from ..schemas import (ClusterSchema, ControllerQuerySchema, EnableReplySchema, GpuListSchema, JobSchema,
+from ..rendering import render_cluster, render_cluster_gpu, render_job, render_scan, timestamp
+from ..schemas import (ClusterGpuListSchema, ClusterSchema, ControllerQuerySchema, EnableReplySchema, JobSchema,
                        JobWaitQuerySchema, JoinSchema, LeaveQuerySchema, LogPageSchema, NodeIdAltQuerySchema,
                        NodeIdQuerySchema, OperationReplySchema, PageQuerySchema, ScanQuerySchema, ScanSchema,
                        StorageMetricsSchema, SuccessSchema)
@@ -358,11 +358,11 @@ class ClusterById(MethodView):
 
 @blp.route("/gpuaas/<id:gpuaas_id>/gpus")
 class ClusterGpus(MethodView):
-    @blp.response(200, GpuListSchema)
+    @blp.response(200, ClusterGpuListSchema)
     @reads
     def get(self, gpuaas_id):
-        """The cluster's GPUs, on its nodes, in node and index order."""
+        """The cluster's GPUs, on its nodes, in node and index order; assignment_status in lower case."""
         cluster_by_id(gpuaas_id)
         gpus = session().scalars(select(Gpu).join(Node, Gpu.node_id == Node.id).where(Node.cluster_id == gpuaas_id)
                                  .order_by(Gpu.node_id, Gpu.index)).all()
-        return json_reply({"items": [render_gpu(gpu) for gpu in gpus]})
+        return json_reply({"items": [render_cluster_gpu(gpu) for gpu in gpus]})

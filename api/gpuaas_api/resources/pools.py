@@ -139,8 +139,11 @@ class PoolGpuAdd(MethodView):
     @blp.response(200, PoolChangeSchema)
     @changes
     def post(self, body):
-        """Add one GPU, named by node and index."""
-        return json_reply(pools.add_gpu_by_index(body["pool_id"], body["gpuaas_node_id"], body["gpu_index"]))
+        """Add one GPU of a node: by gpu_index, by gpu_uuid (or uuid), or else the node's only free GPU.
+
+        A GPU the pool already holds is refused (409) with a message saying "already"."""
+        return json_reply(pools.add_node_gpu(body["pool_id"], body["gpuaas_node_id"], body.get("gpu_index"),
+                                             body.get("gpu_uuid")))
 
 
 @blp.route("/gpuaas/pool/<id:pool_id>/gpu/<id:gpu_id>")
