@@ -4,7 +4,9 @@ The service runs with GPUAAS_AGENT_PORT and GPUAAS_AGENT_TOKEN_FILE: the roles s
 node's agent with HTTP on the node's address and that port, and install the token; the
 collector reads the agents every 3 s instead of running the collect_metrics playbook.
 
-Two nodes: node1 the controller (with GPUs), node2 a worker; one pool over GPUs of both.
+Two GPU nodes: node1 the controller, node2 a worker; one pool over GPUs of both. And node5, a
+storage node registered as hosted·ai's admin client registers one: without a volume group (issue
+#34), which init discovers (nodes 3 and 4 stay unused: the fleet's profiles give node5 the LVM).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from sqlalchemy import create_engine, text
 
 from fleet_service import FLEET, FLEET_STATE_DIR, REPO, Service, install_controller_key
 
-FLEET_NODES = 2
+FLEET_NODES = 5
 AGENT_PORT = 9460
 TOKEN = secrets.token_urlsafe(24)
 GPU_METRICS = ("utilization_gpu_percent", "memory_used_mb", "temperature_c", "power_w")
@@ -42,6 +44,9 @@ def service(running_fleet, tmp_path_factory):
     svc = Service(directory / "var", env={"GPUAAS_AGENT_PORT": str(AGENT_PORT),
                                           "GPUAAS_AGENT_TOKEN_FILE": str(token_file),
                                           "GPUAAS_METRICS_INTERVAL_SECONDS": "3",
+                                          # No storage collection job in this module's time: test_2
+                                          # counts collect_metrics jobs.
+                                          "GPUAAS_STORAGE_METRICS_INTERVAL_SECONDS": "3600",
                                           "GPUAAS_AGENT_READ_TIMEOUT_SECONDS": "2"})
     svc.start()
     yield svc
@@ -55,12 +60,14 @@ def pool(service, running_fleet):
     api = service.api
     region = api.call("POST", "/regions", {"region_name": "agents"}, expect=201)
     nodes = {}
-    for name, roles in (("node1", {"is_controller_node": True}), ("node2", {"is_worker_node": True})):
+    for name, roles in (("node1", {"is_controller_node": True}), ("node2", {"is_worker_node": True}),
+                        ("node5", {"is_storage_service": True})):  # the client's body: no volume_group
         nodes[name] = api.call("POST", "/gpuaas/node/add", {
             "name": name, "region_id": region["id"], "node_ip": running_fleet["nodes"][name]["address"],
             "username": "root", "port": 22, **roles}, expect=201)
         install_controller_key(api, nodes[name]["id"], name)
     inits = [api.call("GET", f"/gpuaas/node/init?gpuaas_node_id={node['id']}")["job_id"] for node in nodes.values()]
+    storage = nodes.pop("node5")
     for job_id in inits:
         job = api.wait_job(job_id, timeout=600)
         assert job["status"] == "successful", job["explanation"]
@@ -79,7 +86,7 @@ def pool(service, running_fleet):
         "security_level": "low"}}, expect=201)
     job = api.wait_job(created["job_id"])
     assert job["status"] == "successful", job["explanation"]
-    return {"id": created["id"], "nodes": nodes, "uuids": uuids, "members": members,
+    return {"id": created["id"], "nodes": nodes, "uuids": uuids, "members": members, "storage": storage,
             "addresses": {name: running_fleet["nodes"][name]["address"] for name in nodes}}
 
 
@@ -268,7 +275,9 @@ def test_5_subscribed_teams_lists_the_pods_namespaces_and_a_deleted_pods_team_le
     api = service.api
     names = {name: api.call("GET", f"/gpuaas/node/{node['id']}")["kubernetes_name"] for name, node in pool["nodes"].items()}
     described = api.call("GET", f"/gpuaas/pool/{pool['id']}")
-    resource, slot_mb = described["resource_name"], described["gpus"][0]["memory_in_mb"]
+    resource = described["resource_name"]
+    slot_mb = {name: next(slot["memory_in_mb"] for slot in described["gpus"] if slot["gpuaas_node_id"] == node["id"])
+               for name, node in pool["nodes"].items()}  # node1 an H100, node2 an A100: a slot each is GPU ÷ 2
     pods = {("team-a", "train"): pod_manifest("team-a", "train", names["node2"], resource, 2),
             ("team-b", "infer"): pod_manifest("team-b", "infer", names["node1"], resource, 1)}
     try:
@@ -278,8 +287,9 @@ def test_5_subscribed_teams_lists_the_pods_namespaces_and_a_deleted_pods_team_le
             team["status"] for team in reply["data"]} == {"running"})
         found = {team["team_id"]: team for team in reply["data"]}
         assert set(found) == {"team-a", "team-b"} and reply["total"] == 3, (reply, diagnosis(service, pool))
-        assert (found["team-a"]["slots"], found["team-a"]["total_ram_mb"]) == (2, 2 * slot_mb)
-        assert (found["team-b"]["slots"], found["team-b"]["total_ram_mb"]) == (1, slot_mb)
+        assert (found["team-a"]["slots"], found["team-a"]["total_ram_mb"]) == (2, 2 * slot_mb["node2"])
+        assert (found["team-b"]["slots"], found["team-b"]["total_ram_mb"]) == (1, slot_mb["node1"])
+        assert found["team-a"]["total_tflops"] == 312.0 and found["team-b"]["total_tflops"] == 494.75  # A100, H100 ÷ 2
         assert found["team-a"]["vram_used_mb"] > 0 and found["team-b"]["vram_used_mb"] > 0
         capacity = api.call("GET", f"/gpuaas/pool/{pool['id']}")
         assert (capacity["total_gpus"], capacity["allocated_gpus"], capacity["available_gpus"]) == (6, 3, 3)
@@ -291,3 +301,15 @@ def test_5_subscribed_teams_lists_the_pods_namespaces_and_a_deleted_pods_team_le
     finally:
         for namespace, name in pods:
             kubectl("delete", "pod", "-n", namespace, name, "--ignore-not-found", "--wait=false")
+
+
+def test_6_a_storage_node_registered_without_a_volume_group_gets_its_largest_at_init(service, pool):
+    """The client never sends volume_group: init found the node's one (the fleet's vgs stand-in
+    reports `gpuaas`), recorded it, and the node's next job reads it."""
+    api = service.api
+    node = api.call("GET", f"/gpuaas/node/{pool['storage']['id']}")
+    assert (node["volume_group"], node["initialize_state_status_code"]) == ("gpuaas", 2), node
+    refresh = api.call("GET", f"/gpuaas/node/{node['id']}/storage_metrics")["refresh_job_id"]
+    assert api.wait_job(refresh)["status"] == "successful"
+    reading = api.call("GET", f"/gpuaas/node/{node['id']}/storage_metrics")["metrics"]
+    assert reading["volume_group"]["name"] == "gpuaas", reading
