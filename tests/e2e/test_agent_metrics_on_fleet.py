@@ -22,11 +22,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import ansible_runner
 import pytest
 import yaml
 from sqlalchemy import create_engine, text
 
 from fleet_service import FLEET, FLEET_STATE_DIR, REPO, Service, install_controller_key
+from gpuaas_api import node_reports
+from gpuaas_api.metrics.agent_http import status_from_bytes, tenant_section
 
 FLEET_NODES = 5
 AGENT_PORT = 9460
@@ -149,6 +152,28 @@ def ansible_readings(tmp_path: Path) -> dict:
     return found
 
 
+def ansible_tenants(tmp_path: Path) -> dict:
+    """The default (Ansible) path's tenant reports: collect_metrics.yml through ansible-runner, as the
+    service runs it, its `gpuaas_agent_status` parsed by the service's own checks; team -> slots held."""
+    bin_dir = Path(sys.executable).parent
+    env = {"ANSIBLE_COLLECTIONS_PATH": str(REPO / ".build/collections"), "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
+           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp"), "ANSIBLE_HOST_KEY_CHECKING": "False",
+           "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    (tmp_path / "runner").mkdir()
+    run = ansible_runner.run(private_data_dir=str(tmp_path / "runner"), playbook=str(REPO / "playbooks/collect_metrics.yml"),
+                             inventory=str(FLEET_STATE_DIR / "inventory.yml"), envvars=env, quiet=True,
+                             extravars={"collect_metrics_gpu_hosts": ["node1", "node2"], "collect_metrics_storage_hosts": []})
+    assert run.rc == 0, run.stdout.read()[-3000:]
+    artifact = next(event for event in run.events if event["event"] == "playbook_on_stats")["event_data"]["artifact_data"]
+    held: dict = {}
+    for host in ("node1", "node2"):
+        status = status_from_bytes(base64.b64decode(artifact["gpuaas_agent_status"][host]["content"]))
+        for slot in node_reports.tenant_report(tenant_section(status)):
+            if slot.team is not None and slot.slot:
+                held[slot.team] = held.get(slot.team, 0) + 1
+    return held
+
+
 def test_1_the_agents_serve_on_the_node_address_with_the_token_only(service, pool):
     address = pool["addresses"]["node2"]
     assert agent_get(address, "/status", None)[0] == 401
@@ -269,7 +294,7 @@ def diagnosis(service, pool) -> str:
             f"log: {log[-20:]}")
 
 
-def test_5_subscribed_teams_lists_the_pods_namespaces_and_a_deleted_pods_team_leaves(service, pool):
+def test_5_subscribed_teams_lists_the_pods_namespaces_and_a_deleted_pods_team_leaves(service, pool, tmp_path):
     """Pods of two namespaces in the pool (ratio 2: node1 holds 2 slots, node2 4): the client's
     subscribed_teams request lists both with their slots and RAM; a deleted Pod's team leaves."""
     api = service.api
@@ -293,6 +318,8 @@ def test_5_subscribed_teams_lists_the_pods_namespaces_and_a_deleted_pods_team_le
         assert found["team-a"]["vram_used_mb"] > 0 and found["team-b"]["vram_used_mb"] > 0
         capacity = api.call("GET", f"/gpuaas/pool/{pool['id']}")
         assert (capacity["total_gpus"], capacity["allocated_gpus"], capacity["available_gpus"]) == (6, 3, 3)
+        # The default path carries the same report: the agents' status files, read by the playbook.
+        assert ansible_tenants(tmp_path) == {"team-a": 2, "team-b": 1}
 
         kubectl("delete", "pod", "-n", "team-b", "infer", "--wait=false")
         reply = wait_for_teams(api, pool["id"], lambda reply: {team["team_id"] for team in reply["data"]} == {"team-a"})
