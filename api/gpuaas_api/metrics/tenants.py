@@ -19,7 +19,7 @@ import datetime as dt
 import logging
 from collections import defaultdict
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import Integer, cast, delete, func, select
 
 from .. import node_reports
 from ..db import session
@@ -113,7 +113,8 @@ def _as_row(slot: TenantSlot) -> dict:
 
 def teams_now(pool_ids: list[int] | None = None) -> dict[tuple[int, str], TeamNow]:
     """(pool, team) -> its slots held now (every pool's, or those of ``pool_ids``)."""
-    statement = select(TenantSlot.pool_id, TenantSlot.team, func.count(), func.max(TenantSlot.running),
+    # max() of a boolean: SQLite's is an integer already, PostgreSQL has none for booleans (cast both).
+    statement = select(TenantSlot.pool_id, TenantSlot.team, func.count(), func.max(cast(TenantSlot.running, Integer)),
                        func.sum(TenantSlot.vram_used_mb)).group_by(TenantSlot.pool_id, TenantSlot.team)
     if pool_ids is not None:
         statement = statement.where(TenantSlot.pool_id.in_(pool_ids))
