@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, pre_load, validate, validates_schema
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, post_load, pre_load, validate, validates_schema
 
 from . import models, validation
 from .access import Role
@@ -395,6 +395,11 @@ SCHEMA_RULES = {
     ]},
     "Join": {"anyOf": [{"required": ["joinee_node_id"]}, {"required": ["gpuaas_node_id"]}],
              "description": "One of joinee_node_id (the guide's) and gpuaas_node_id (the clients') is required"},
+    "PoolGpu": {"allOf": [{"not": {"required": ["gpu_index", name],
+                                   "properties": {"gpu_index": {"type": "integer"}, name: {"type": "string"}}}}
+                          for name in ("gpu_uuid", "uuid")],
+                "description": "gpu_index and gpu_uuid (or uuid) each name the GPU: give one of them, or neither "
+                               "(the node's only free GPU)"},
 }
 
 
@@ -634,17 +639,21 @@ class PoolGpuSchema(LenientRequestSchema):
     gpuaas_node_id = _id(required=True)
     gpu_index = fields.Integer(allow_none=True, validate=validate.Range(min=0, max=validation.MAX_GPU_INDEX))
     gpu_uuid = fields.String(allow_none=True, validate=_GPU_UUID)
-
-    @pre_load
-    def _alias(self, data, **_kwargs):
-        if isinstance(data, dict) and "uuid" in data and "gpu_uuid" not in data:
-            data = {**data, "gpu_uuid": data["uuid"]}
-        return data
+    uuid = fields.String(allow_none=True, validate=_GPU_UUID, load_only=True, metadata={
+        "description": "gpu_uuid's alias (used when gpu_uuid is absent)"})
 
     @validates_schema
     def _one_gpu(self, data, **_kwargs):
-        if data.get("gpu_index") is not None and data.get("gpu_uuid") is not None:
-            raise ValidationError("give gpu_index or gpu_uuid, not both", "gpu_uuid")
+        named = next((name for name in ("gpu_uuid", "uuid") if data.get(name) is not None), None)
+        if data.get("gpu_index") is not None and named is not None:
+            raise ValidationError(f"give gpu_index or {named}, not both", named)
+
+    @post_load
+    def _alias(self, data, **_kwargs):
+        if data.get("gpu_uuid") is None and data.get("uuid") is not None:
+            data["gpu_uuid"] = data["uuid"]
+        data.pop("uuid", None)
+        return data
 
 
 class MetricsQuerySchema(LenientRequestSchema):
@@ -744,7 +753,7 @@ class SubscribedTeamsQuerySchema(LenientRequestSchema):
     page = fields.Integer(load_default=0, validate=validate.Range(min=0, max=validation.MAX_PAGE), metadata={
         "description": "Counted from 0"})
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
-    team_id = fields.String(validate=validate.Length(max=253), metadata={
+    team_id = fields.String(validate=Shape(253, PRINTABLE_TEXT, min=1, error=f"not a team ({_PRINTABLE})"), metadata={
         "description": "Only this team (an unknown one gives an empty page)"})
 
 

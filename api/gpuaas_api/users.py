@@ -85,7 +85,7 @@ def token_role(user: User, role: Role | None) -> Role | None:
     if role is None or role is Role(user.role):
         return None
     if role.rank > Role(user.role).rank:
-        raise Invalid(f"a token can't do more than its user: {user.username!r} is {user.role}, not {role.value}", "role")
+        raise Refused(f"a token can't do more than its user: {user.username!r} is {user.role}, not {role.value}", "role")
     return role
 
 
