@@ -7,8 +7,10 @@ in a child process, so that their CPU is not the controller's. In this process:
 
 - ``read``: the HTTP reads alone (metrics/agent_http.read_agents);
 - ``collect``: a whole collection as a job worker runs it (collector.collect_from_agents: the
-  targets from the database, the reads, the samples and rollups stored, the prune), over a
-  database seeded with the N nodes and their pool GPUs (SQLite, or --postgres-url).
+  targets from the database, the reads, the samples and rollups stored, every slot's tenant
+  stored with its team's totals and rollups, the prune), over a database seeded with the N nodes
+  and their pool GPUs (SQLite, or --postgres-url). Every slot is held, by Pods of 4 namespaces,
+  whose GPU-time counters grow at each read.
 
 For each it prints the wall time and the controller's CPU (getrusage(RUSAGE_SELF): every thread
 of this process) per collection and per node, the median of --rounds. Targets: <= 5 ms CPU per
@@ -38,7 +40,21 @@ AGENTS = textwrap.dedent('''
     from gpuaas_agent.gpus import GpuState
     from gpuaas_agent.status_http import serve
 
+    def uuid(node, index):  # NVML's format: the tenant reports are checked against it
+        return f"GPU-00000000-0000-4000-8000-{node:06d}{index:06d}"
+
     nodes, port, token, gpus, ratio = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+
+    reads = {}
+
+    def tenants(node, uuids):
+        reads[node] = reads.get(node, 0) + 1
+        return {"state": "ok", "reason": "", "slots": {
+            f"{u}::{s}": {"resource": "gpuaas.hosted.ai/pool-1", "gpu": u, "state": "running",
+                          "tenant": {"namespace": f"team-{(i * ratio + s) % 4}", "pod": f"pod-{node}-{i}-{s}",
+                                     "container": "main", "uid": None},
+                          "processes": [], "vram_used_mb": 1000.0, "gpu_seconds": 0.5 * reads[node], "shared_with": []}
+            for i, u in enumerate(uuids) for s in range(1, ratio + 1)}, "flagged": [], "unknown": [], "infrastructure": []}
 
     def snapshot(agent, node):
         status = agent.status(readings=True)
@@ -50,11 +66,12 @@ AGENTS = textwrap.dedent('''
                                          "allocations": {}}}
         for uuid in uuids:
             status["gpus"][uuid].update({"pool_id": 1, "resource": "gpuaas.hosted.ai/pool-1", "security_level": "low"})
+        status["tenants"] = tenants(node, uuids)
         return status
 
     for node in range(nodes):
         agent = Agent(Settings())
-        agent.gpu_states = {f"GPU-bench-{node}-{i}": GpuState(i, f"GPU-bench-{node}-{i}", True, compute_mode="DEFAULT",
+        agent.gpu_states = {uuid(node, i): GpuState(i, uuid(node, i), True, compute_mode="DEFAULT",
                                                              memory_mb=81559, readings={
             "utilization_gpu_percent": 37 + i, "utilization_memory_percent": 12, "memory_used_mb": 40960 + i,
             "temperature_c": 55 + i, "power_w": 312.5 + i}) for i in range(gpus)}
@@ -104,7 +121,7 @@ def seed(app, nodes: int, port: int) -> None:
             db.add(node)
             db.flush()
             for index in range(GPUS):
-                db.add(Gpu(node_id=node.id, index=index, uuid=f"GPU-bench-{node_index}-{index}",
+                db.add(Gpu(node_id=node.id, index=index, uuid=f"GPU-00000000-0000-4000-8000-{node_index:06d}{index:06d}",
                            model="NVIDIA H100 80GB HBM3", memory_in_mb=81559, pool_id=pool.id,
                            assignment_status=GpuAssignment.ASSIGNED))
         db.commit()
@@ -144,6 +161,11 @@ def bench(nodes: int, rounds: int, database_url: str | None) -> None:
                 wall, cpu = measure(run, rounds)
                 print(f"{nodes:3d} nodes  {name:8s} wall {wall * 1000:7.1f} ms   CPU {cpu * 1000:7.1f} ms "
                       f"({cpu * 1000 / nodes:5.2f} ms/node)", flush=True)
+            with app.app_context():  # every slot's tenant was stored, not refused
+                from gpuaas_api.db import session
+                from gpuaas_api.models import TenantSlot
+                from sqlalchemy import func, select
+                assert session().scalar(select(func.count()).select_from(TenantSlot)) == nodes * GPUS * RATIO
             app.extensions["gpuaas_engine"].dispose()
             if database_url:
                 from sqlalchemy import create_engine, text

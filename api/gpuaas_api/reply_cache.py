@@ -25,7 +25,7 @@ def failed_operations(db, nodes) -> dict[int, str]:
     rows = db.execute(select(Job.node_id, Job.operation).where(
         Job.node_id.in_(in_error), Job.operation.in_([operation.value for operation in FAILING_TO_ERROR]),
         Job.status.in_(finished), Job.started_at.is_not(None)).order_by(Job.id))
-    return {node_id: operation for node_id, operation in rows}  # the newest (highest id) last, kept
+    return dict(rows.all())  # in id order: each node's newest (highest id) comes last, and is kept
 
 
 def node_reply(db, node: Node) -> dict:

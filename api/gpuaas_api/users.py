@@ -13,7 +13,7 @@ from sqlalchemy import select
 from .access import Role
 from .credentials import forget_cached_tokens, hash_password, new_token
 from .db import commit_unique, session
-from .domain_errors import Conflict, Invalid, Refused, not_found
+from .domain_errors import Conflict, Refused, not_found
 from .models import ApiToken, User
 
 

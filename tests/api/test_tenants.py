@@ -264,7 +264,7 @@ def test_slots_outside_the_pool_or_its_resource_or_ratio_are_not_counted(app, cl
     resource, pool_id = fleet["resource"], fleet["pool"]["id"]
     whole_key, whole = held("nvidia.com/gpu", w2_gpu, 1, "whole-gpu", "w")
     collect(app, fleet, {"w1": tenants(held(resource, gpu0, 5, "over-ratio", "p"),  # ratio 4
-                                       (whole_key.split("::")[0], whole),  # a whole GPU's device: its UUID alone
+                                       (whole_key.split("::", maxsplit=1)[0], whole),  # a whole GPU's device: its UUID alone
                                        held("nvidia.com/gpu", gpu0, 2, "whole-gpu", "p"),
                                        held(resource, w2_gpu, 1, "other-node", "p"),
                                        held(resource, gpu0, 1, "team-a", "p"))})

@@ -30,9 +30,9 @@ def play(out: str) -> str:
 
 def run(tmp_path, status_file, include=True) -> dict:
     out = tmp_path / "out.json"
-    rc, output = run_local_play(tmp_path, play(str(out)), {"gpu_scan_agent_status_file": str(status_file),
-                                                          "gpu_scan_include_metrics": True,
-                                                          "gpu_scan_include_tenants": include}, check=False)
+    variables = {"gpu_scan_agent_status_file": str(status_file), "gpu_scan_include_metrics": True,
+                 "gpu_scan_include_tenants": include}
+    rc, output = run_local_play(tmp_path, play(str(out)), variables, check=False)
     assert rc == 0, output
     return json.loads(out.read_text())["statuses"]
 

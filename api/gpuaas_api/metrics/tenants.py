@@ -33,6 +33,7 @@ from .store import bucket_start, greater, upsert
 
 log = logging.getLogger(__name__)
 
+
 @dataclasses.dataclass
 class TeamNow:
     """A team's slots in a pool at the last collection."""
