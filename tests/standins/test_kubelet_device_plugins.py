@@ -174,8 +174,12 @@ def test_pods_get_preferred_devices_through_allocate_survive_a_restart_or_are_re
         assert len(plugin.allocate_requests) == 1
 
         # A deleted Pod's devices are freed at the next allocation, once its kubelet stopped its
-        # containers and deleted it (kubectl waits for that); never given twice.
+        # containers and deleted it; never given twice. kubectl's own wait returned before that
+        # once under CI's load (all-three then found 1 device free): the test waits for the
+        # kubelet's deletion itself, the Pod gone from the API server.
         assert kubelet.cluster.kubectl("delete", "pod", "train", "-n", "default").returncode == 0
+        assert wait_for(lambda: kubelet.cluster.kubectl("get", "pod", "train", "-n", "default").returncode != 0,
+                        what=lambda: f"train deleted by its kubelet; the kubelet's log: {kubelet.logs()}")
         assert kubelet.cluster.apply(pod("all-three", kubelet.node, {RESOURCE: "3"})).returncode == 0
         assert wait_for(lambda: pod_status(kubelet, "all-three").get("phase") == "Running",
                         what=lambda: f"all-three Running; the kubelet's log: {kubelet.logs()}")
